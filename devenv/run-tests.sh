@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs the quality gates and the whole test suite. `run-tests.sh lint` runs the gates only.
+# Called by `make test` after `make deps`; .ci/run calls `make test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export KUBESANDBOX_CACHE="${KUBESANDBOX_CACHE:-$HOME/.cache/kubesandbox}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KUBESANDBOX_CACHE/cargo-target}"
+export PATH="$PWD/.venv/bin:$PATH"
+
+# The import packages, read from setup.py's folder map (the one place that names them).
+mapfile -t packages < <(python - <<'PY'
+import ast, pathlib
+tree = ast.parse(pathlib.Path("setup.py").read_text())
+roots = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) and n.targets[0].id == "ROOTS")
+for name, folder in ast.literal_eval(roots).items():
+    if (pathlib.Path(folder) / "__init__.py").is_file():
+        print(name)
+PY
+)
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "ruff"
+ruff check .
+ruff format --check .
+
+step "mypy --strict"
+mypy_targets=()
+for p in "${packages[@]}"; do mypy_targets+=(-p "$p"); done
+for d in tests bench examples; do [ -d "$d" ] && [ -n "$(find "$d" -name '*.py' -print -quit)" ] && mypy_targets+=("$d"); done
+mypy "${mypy_targets[@]}"
+
+step "import-linter"
+lint-imports
+
+[ "${1:-}" = lint ] && exit 0
+
+if [ -f guest-agent/Cargo.toml ]; then
+  step "cargo test (guest agent)"
+  cargo test --manifest-path guest-agent/Cargo.toml --workspace --quiet
+fi
+
+step "pytest"
+# shellcheck disable=SC2086  # PYTEST_ARGS is a word list on purpose (e.g. "-k relay -x")
+exec pytest -p no:cacheprovider ${PYTEST_ARGS:-}

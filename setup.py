@@ -1,0 +1,43 @@
+"""Maps the component folders to their import names; everything else is in pyproject.toml.
+
+Folders are named for what they are (``operator/``, ``node-agent/``, ...); import names are
+``kubesandbox_<component>`` so that nothing shadows the standard library (the folder
+``operator/`` must not become the package ``operator``). Subpackages are found by walking each
+folder for ``__init__.py``, so adding a module never means editing a list here.
+
+Install with ``pip install -e . --config-settings editable_mode=strict`` (what ``make deps``
+does): strict mode lays out a link tree by import name, which mypy and import-linter read.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+ROOTS = {
+    "kubesandbox_api": "api",
+    "kubesandbox_devenv": "devenv",
+    "kubesandbox_node": "node-agent",
+    "kubesandbox_operator": "operator",
+}
+
+SKIP = {"__pycache__", "tests", "target"}
+
+
+def _packages() -> list[str]:
+    found = []
+    for name, folder in ROOTS.items():
+        root = Path(folder)
+        if not (root / "__init__.py").is_file():
+            continue
+        for init in sorted(root.rglob("__init__.py")):
+            rel = init.parent.relative_to(root)
+            if SKIP.intersection(rel.parts):
+                continue
+            found.append(".".join((name, *rel.parts)))
+    return found
+
+
+setup(
+    package_dir={name: folder for name, folder in ROOTS.items() if Path(folder, "__init__.py").is_file()},
+    packages=_packages(),
+)
