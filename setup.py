@@ -18,6 +18,7 @@ ROOTS = {
     "kubesandbox_devenv": "devenv",
     "kubesandbox_node": "node-agent",
     "kubesandbox_operator": "operator",
+    "kubesandbox_protocol": "protocol",
 }
 
 SKIP = {"__pycache__", "tests", "target"}
