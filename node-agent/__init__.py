@@ -1,0 +1,1 @@
+"""The kubesandbox node agent: images, layer cache, rootfs, QEMU microVMs, the agent relay."""
