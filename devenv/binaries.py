@@ -1,0 +1,100 @@
+"""Where the pinned control-plane binaries live, and building them when they are missing.
+
+The binaries are built from the Go module proxy by ``devenv/build-binaries.sh`` into a cache
+keyed by version (``$KUBESANDBOX_CACHE/bin/k8s-<version>/``, ``.../etcd-<version>/``). Nothing
+here downloads anything itself: when a binary is missing we run that script, which is
+idempotent and writes a cache entry only once it is complete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.35.4"
+ETCD_VERSION = "v3.6.5"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILD_SCRIPT = REPO_ROOT / "devenv" / "build-binaries.sh"
+
+
+class BinariesMissingError(RuntimeError):
+    """The binaries are not in the cache and building them failed."""
+
+
+def cache_dir() -> Path:
+    """``$KUBESANDBOX_CACHE``, by default ``~/.cache/kubesandbox`` (as in the Makefile)."""
+    configured = os.environ.get("KUBESANDBOX_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "kubesandbox"
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Absolute paths of every binary the control plane runs."""
+
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kubectl: Path
+
+    @classmethod
+    def in_cache(cls, cache: Path | None = None) -> Binaries:
+        root = (cache or cache_dir()) / "bin"
+        k8s = root / f"k8s-{KUBERNETES_VERSION}"
+        return cls(
+            etcd=root / f"etcd-{ETCD_VERSION}" / "etcd",
+            kube_apiserver=k8s / "kube-apiserver",
+            kube_controller_manager=k8s / "kube-controller-manager",
+            kube_scheduler=k8s / "kube-scheduler",
+            kubectl=k8s / "kubectl",
+        )
+
+    def all(self) -> tuple[Path, ...]:
+        return (
+            self.etcd,
+            self.kube_apiserver,
+            self.kube_controller_manager,
+            self.kube_scheduler,
+            self.kubectl,
+        )
+
+    def missing(self) -> list[Path]:
+        return [path for path in self.all() if not os.access(path, os.X_OK)]
+
+
+def ensure_binaries(cache: Path | None = None) -> Binaries:
+    """The cached binaries, building them first (minutes, once per machine) if any is missing."""
+    binaries = Binaries.in_cache(cache)
+    if not binaries.missing():
+        return binaries
+    env = dict(os.environ, GOTOOLCHAIN="local")
+    if cache is not None:
+        env["KUBESANDBOX_CACHE"] = str(cache)
+    env.setdefault("KUBESANDBOX_CACHE", str(cache_dir()))
+    env["K8S_VERSION"] = KUBERNETES_VERSION
+    env["ETCD_VERSION"] = ETCD_VERSION
+    lock_path = Path(env["KUBESANDBOX_CACHE"]) / "bin" / ".build.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    # Two test sessions starting on a fresh machine must not both spend 20 minutes building.
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(
+            ["bash", str(BUILD_SCRIPT)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    still_missing = binaries.missing()
+    if result.returncode != 0 or still_missing:
+        tail = "\n".join(result.stderr.splitlines()[-30:])
+        raise BinariesMissingError(
+            f"{BUILD_SCRIPT} exited {result.returncode}; missing: "
+            f"{', '.join(map(str, still_missing)) or 'none'}\n{tail}"
+        )
+    return binaries
