@@ -1,0 +1,220 @@
+"""``kubesandbox-devenv up | down | status``: the embedded environment behind ``make up``.
+
+The environment is a list of components, each able to start (idempotently), say whether it is
+alive, and stop. ``up`` starts them in order and leaves them running detached (their pid files
+are in ``.kubesandbox/run/``); a second ``up`` reuses what runs and restarts what died. ``down``
+stops them in reverse order. Later issues append the operator, node agent, registry and gateway
+to ``environment_components``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from kubesandbox_devenv.binaries import REPO_ROOT, BinariesMissingError
+from kubesandbox_devenv.controlplane import ControlPlane
+from kubesandbox_devenv.probes import ComponentFailedError
+
+DEFAULT_STATE_DIR = REPO_ROOT / ".kubesandbox"
+DEFAULT_CRDS_DIR = REPO_ROOT / "crds"
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    crds_dir: Path
+    nodes: int
+    timeout: float
+
+
+class EnvironmentComponent(Protocol):
+    """One piece of the environment as ``up``/``down``/``status`` see it."""
+
+    name: str
+
+    def start(self) -> str:
+        """Make it run (reusing what already runs); return a one-line summary."""
+
+    def is_alive(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
+class ControlPlaneComponent:
+    name = "control-plane"
+
+    def __init__(self, settings: Settings) -> None:
+        self.control_plane = ControlPlane(
+            settings.state_dir,
+            nodes=settings.nodes,
+            detached=True,
+            start_timeout=settings.timeout,
+        )
+
+    def start(self) -> str:
+        report = self.control_plane.start()
+        took = ", ".join(f"{name} {secs:.1f}s" for name, secs in report.components.items())
+        return f"ready in {report.total:.1f}s ({took or 'all were running'})"
+
+    def is_alive(self) -> bool:
+        return all(pid is not None for pid in self.control_plane.status().values())
+
+    def stop(self) -> None:
+        self.control_plane.stop()
+
+    def describe(self) -> list[str]:
+        return [
+            f"  {name:<24} {'pid ' + str(pid) if pid else 'not running'}"
+            for name, pid in self.control_plane.status().items()
+        ]
+
+
+class KubectlComponent:
+    """``.kubesandbox/bin/kubectl``: a link to the cached kubectl of the control plane's version."""
+
+    name = "kubectl"
+
+    def __init__(self, settings: Settings, control_plane: ControlPlane) -> None:
+        self.link = settings.state_dir / "bin" / "kubectl"
+        self.control_plane = control_plane
+
+    def start(self) -> str:
+        target = self.control_plane.binaries.kubectl
+        self.link.parent.mkdir(parents=True, exist_ok=True)
+        if self.link.is_symlink() or self.link.exists():
+            self.link.unlink()
+        try:
+            self.link.symlink_to(target)
+        except OSError:
+            shutil.copy2(target, self.link)
+        return str(self.link)
+
+    def is_alive(self) -> bool:
+        return os.access(self.link, os.X_OK)
+
+    def stop(self) -> None:
+        """The link stays: it is harmless and ``up`` refreshes it."""
+
+
+class CrdsComponent:
+    """Every CRD manifest in ``crds/``, applied and Established."""
+
+    name = "crds"
+
+    def __init__(self, settings: Settings, control_plane: ControlPlane) -> None:
+        self.directory = settings.crds_dir
+        self.control_plane = control_plane
+
+    def start(self) -> str:
+        if not self.directory.is_dir():
+            return f"none ({self.directory} does not exist yet)"
+        installed = self.control_plane.install_crds(self.directory)
+        return ", ".join(path.name for path in installed) or f"none in {self.directory}"
+
+    def is_alive(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        """CRDs live in etcd; they go when the control plane's data does."""
+
+
+def environment_components(settings: Settings) -> list[EnvironmentComponent]:
+    control_plane = ControlPlaneComponent(settings)
+    return [
+        control_plane,
+        KubectlComponent(settings, control_plane.control_plane),
+        CrdsComponent(settings, control_plane.control_plane),
+    ]
+
+
+def up(settings: Settings) -> int:
+    components = environment_components(settings)
+    for component in components:
+        print(f"kubesandbox-devenv: {component.name}: {component.start()}", flush=True)
+    kubeconfig = settings.state_dir / "kubeconfig"
+    bin_dir = settings.state_dir / "bin"
+    print(
+        "\nThe environment is up. To use it:\n"
+        f"  export KUBECONFIG={kubeconfig}\n"
+        f'  export PATH="{bin_dir}:$PATH"\n'
+        "  kubectl get nodes\n"
+        "Stop it with `make down`."
+    )
+    return 0
+
+
+def down(settings: Settings, *, purge: bool) -> int:
+    for component in reversed(environment_components(settings)):
+        component.stop()
+        print(f"kubesandbox-devenv: {component.name}: stopped")
+    if purge and settings.state_dir.exists():
+        shutil.rmtree(settings.state_dir)
+        print(f"kubesandbox-devenv: removed {settings.state_dir}")
+    return 0
+
+
+def status(settings: Settings) -> int:
+    components = environment_components(settings)
+    healthy = True
+    for component in components:
+        alive = component.is_alive()
+        healthy = healthy and alive
+        print(f"{component.name:<26} {'running' if alive else 'DOWN'}")
+        if isinstance(component, ControlPlaneComponent):
+            print("\n".join(component.describe()))
+    return 0 if healthy else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubesandbox-devenv", description="The embedded kubesandbox environment."
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("KUBESANDBOX_STATE_DIR", DEFAULT_STATE_DIR)),
+        help="where the environment keeps its PKI, data, logs and pid files (default: %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    up_parser = commands.add_parser("up", help="start everything that is not running")
+    up_parser.add_argument("--nodes", type=int, default=1, help="Nodes to register")
+    up_parser.add_argument("--crds", type=Path, default=DEFAULT_CRDS_DIR, help="CRD directory")
+    up_parser.add_argument("--timeout", type=float, default=120.0, help="start bound, seconds")
+    down_parser = commands.add_parser("down", help="stop everything `up` started")
+    down_parser.add_argument(
+        "--purge", action="store_true", help="also delete the state dir (PKI, etcd data, logs)"
+    )
+    commands.add_parser("status", help="show what runs; exit 1 when something is down")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings(
+        state_dir=args.state_dir.resolve(),
+        crds_dir=getattr(args, "crds", DEFAULT_CRDS_DIR),
+        nodes=getattr(args, "nodes", 1),
+        timeout=getattr(args, "timeout", 120.0),
+    )
+    try:
+        if args.command == "up":
+            return up(settings)
+        if args.command == "down":
+            return down(settings, purge=args.purge)
+        return status(settings)
+    except (ComponentFailedError, BinariesMissingError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", None) or ""
+        print(f"kubesandbox-devenv: {args.command} failed: {error}\n{detail}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

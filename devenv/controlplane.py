@@ -1,0 +1,246 @@
+"""``ControlPlane``: etcd, kube-apiserver, kube-controller-manager and kube-scheduler on loopback.
+
+Start order is etcd → kube-apiserver (until ``/readyz``) → controller manager and scheduler
+together (until ``/healthz``), then the kubelet-less Nodes are registered. Every step is
+bounded by one start timeout; a failure names the component and shows its last log lines.
+
+``start`` is idempotent: with an existing state directory it reuses the PKI, the etcd data, the
+ports of components still alive, and starts only what is dead. Tests use it as a context
+manager with processes *tied* to the test process (see ``processes``); ``kubesandbox-devenv up``
+uses it *detached* and ``down`` stops it again from the pid files.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from kubernetes import client
+from kubesandbox_devenv.binaries import Binaries, ensure_binaries
+from kubesandbox_devenv.certs import CertPair, ClusterPKI
+from kubesandbox_devenv.components import (
+    Layout,
+    Ports,
+    ProcessComponent,
+    control_plane_components,
+    start_stages,
+)
+from kubesandbox_devenv.kubeconfig import write_kubeconfig
+from kubesandbox_devenv.nodes import NodeShape, node_names, register_nodes
+from kubesandbox_devenv.processes import ManagedProcess
+
+DEFAULT_START_TIMEOUT = 120.0
+CRD_SUFFIXES = (".yaml", ".yml", ".json")
+COMPONENT_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+@dataclass(frozen=True)
+class StartReport:
+    """How long each component took from launch to healthy, and the whole start."""
+
+    total: float
+    components: Mapping[str, float] = field(default_factory=dict)
+    nodes: float = 0.0
+
+
+class ControlPlane:
+    """A real Kubernetes control plane whose state lives in ``state_dir``."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        nodes: int = 1,
+        node_shape: NodeShape | None = None,
+        detached: bool = False,
+        binaries: Binaries | None = None,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+    ) -> None:
+        self.layout = Layout(state_dir.resolve())
+        self.pki = ClusterPKI(self.layout.pki)
+        self.node_count = nodes
+        self.node_shape = node_shape or NodeShape()
+        self.detached = detached
+        self.start_timeout = start_timeout
+        self._binaries = binaries
+        self._stages: list[list[ProcessComponent]] = []
+        self._ports: Ports | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> StartReport:
+        """Start every component that is not alive, register the Nodes; stop all on failure."""
+        began = time.monotonic()
+        binaries = self.binaries
+        for directory in (self.layout.root, self.layout.run, self.layout.logs):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.pki.ensure()
+        self._ports = self._choose_ports()
+        self._write_kubeconfigs(self._ports)
+        self._stages = control_plane_components(
+            binaries, self.layout, self.pki, self._ports, tied=not self.detached
+        )
+        try:
+            timings = start_stages(self._stages, self.start_timeout)
+            nodes_began = time.monotonic()
+            with self.api_client() as api:
+                register_nodes(api, node_names(self.node_count), self.node_shape)
+            nodes_took = time.monotonic() - nodes_began
+        except BaseException:
+            if not self.detached:
+                self.stop()
+            raise
+        return StartReport(time.monotonic() - began, timings, nodes_took)
+
+    def stop(self) -> None:
+        """Stop every component (newest first) and remove their pid files."""
+        for process in reversed(self._processes()):
+            process.stop()
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def status(self) -> dict[str, int | None]:
+        """Component name → pid of the running process, or None."""
+        return {process.name: process.pid() for process in self._processes()}
+
+    # -- how to reach it ---------------------------------------------------------------------
+
+    @property
+    def binaries(self) -> Binaries:
+        if self._binaries is None:
+            self._binaries = ensure_binaries()
+        return self._binaries
+
+    @property
+    def ports(self) -> Ports:
+        ports = self._ports or Ports.load(self.layout.ports)
+        if ports is None:
+            raise RuntimeError(f"control plane in {self.layout.root} was never started")
+        return ports
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin kubeconfig (``system:masters``, certificates embedded)."""
+        return self.layout.kubeconfig
+
+    @property
+    def ca(self) -> Path:
+        return self.pki.ca.cert
+
+    @property
+    def admin(self) -> CertPair:
+        return self.pki.admin
+
+    def issue_user(self, user: str, groups: Sequence[str] = ()) -> CertPair:
+        """Client credentials for an x509 user; RBAC decides what it may do."""
+        return self.pki.issue_client(user, groups)
+
+    def client_configuration(self, credentials: CertPair | None = None) -> client.Configuration:
+        """A ``kubernetes`` client configuration as admin, or as the given x509 user."""
+        credentials = credentials or self.admin
+        configuration = client.Configuration()
+        configuration.host = self.server
+        configuration.ssl_ca_cert = str(self.ca)
+        configuration.cert_file = str(credentials.cert)
+        configuration.key_file = str(credentials.key)
+        configuration.verify_ssl = True
+        return configuration
+
+    @contextmanager
+    def api_client(self, credentials: CertPair | None = None) -> Iterator[client.ApiClient]:
+        """A ``kubernetes`` API client whose connections are closed on exit."""
+        with client.ApiClient(self.client_configuration(credentials)) as api:
+            try:
+                yield api
+            finally:
+                api.rest_client.pool_manager.clear()
+
+    def kubectl(
+        self, *args: str, check: bool = True, input_text: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the cached kubectl as admin; raises ``CalledProcessError`` when ``check``."""
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
+        return subprocess.run(
+            [str(self.binaries.kubectl), *args],
+            env=env,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=self.start_timeout,
+        )
+
+    def install_crds(self, directory: Path) -> list[Path]:
+        """Apply every CRD manifest in ``directory`` and wait until each is Established."""
+        files = sorted(p for p in directory.glob("*") if p.suffix in CRD_SUFFIXES)
+        if not files:
+            return []
+        file_args = [arg for path in files for arg in ("-f", str(path))]
+        self.kubectl("apply", "--server-side", "--force-conflicts", *file_args)
+        self.kubectl(
+            "wait",
+            "--for=condition=Established",
+            f"--timeout={int(self.start_timeout)}s",
+            *file_args,
+        )
+        return files
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _processes(self) -> list[ManagedProcess]:
+        """Ours when this object started them; otherwise found through their pid files."""
+        if self._stages:
+            return [component.process for stage in self._stages for component in stage]
+        return [ManagedProcess(name, self.layout.logs, self.layout.run) for name in COMPONENT_NAMES]
+
+    def _choose_ports(self) -> Ports:
+        """Keep the ports while anything still runs on them; pick new ones otherwise."""
+        saved = Ports.load(self.layout.ports)
+        if saved is not None and any(process.is_alive() for process in self._processes()):
+            return saved
+        ports = Ports.pick()
+        ports.save(self.layout.ports)
+        return ports
+
+    def _write_kubeconfigs(self, ports: Ports) -> None:
+        server = f"https://127.0.0.1:{ports.apiserver}"
+        write_kubeconfig(
+            self.layout.kubeconfig,
+            server=server,
+            ca=self.pki.ca.cert,
+            user="kubesandbox-admin",
+            client=self.pki.admin,
+            embed=True,
+        )
+        for name, pair in (
+            ("controller-manager", self.pki.controller_manager),
+            ("scheduler", self.pki.scheduler),
+        ):
+            write_kubeconfig(
+                self.layout.component_kubeconfigs / f"{name}.kubeconfig",
+                server=server,
+                ca=self.pki.ca.cert,
+                user=f"system:kube-{name}",
+                client=pair,
+                embed=False,
+            )
