@@ -1,0 +1,228 @@
+"""Starting a microVM and watching it boot: ``boot(spec, relay_socket)`` → ``VirtualMachine``.
+
+QEMU starts detached from us (own session, stdin ``/dev/null``, only fds 0-2, a scrubbed
+environment) so that it neither stalls on a terminal nor inherits our sockets. We then connect
+to its QMP and agent sockets, hand the agent channel to a ``Relay`` and wait for the guest
+agent's ``core.ready`` (the boot watchdog): if it does not come within ``ready_timeout`` (or
+QEMU exits first) the VM is killed and ``BootError`` carries the console tail, which is where the
+guest explains itself.
+
+The node agent's runtime builds on this: cgroup placement, lifecycle and re-adoption wrap
+``VirtualMachine`` rather than changing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from kubesandbox_node.relay import Relay, RelayClosedError
+from kubesandbox_node.vm.qmp import QMPClient
+from kubesandbox_node.vm.spec import VMSpec
+from kubesandbox_protocol.messages import decode_body
+
+CONSOLE_TAIL = 4000
+SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+class BootError(RuntimeError):
+    """The VM did not become ready; ``console`` holds the guest's last words."""
+
+    def __init__(self, message: str, console: str, qemu_log: str = "") -> None:
+        detail = f"{message}\n--- console tail ---\n{console}"
+        if qemu_log.strip():
+            detail += f"\n--- qemu ---\n{qemu_log}"
+        super().__init__(detail)
+        self.reason = message
+        self.console = console
+        self.qemu_log = qemu_log
+
+
+def tail(path: Path, limit: int = CONSOLE_TAIL) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@dataclass
+class VirtualMachine:
+    spec: VMSpec
+    process: asyncio.subprocess.Process
+    qmp: QMPClient
+    relay: Relay
+    ready: dict[str, Any] = field(default_factory=dict)
+    started_at: float = 0.0
+    ready_at: float = 0.0
+    _relay_task: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def boot_seconds(self) -> float:
+        return self.ready_at - self.started_at
+
+    def console(self, limit: int = CONSOLE_TAIL) -> str:
+        return tail(self.spec.console_log, limit)
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGKILL)
+            await self.process.wait()
+        await self._cleanup()
+
+    async def stop(self, grace: float = 10.0) -> int:
+        """Asks QEMU to quit (it flushes guest disk caches); kills it after ``grace`` s."""
+        if self.process.returncode is None:
+            with contextlib.suppress(OSError, ConnectionError, RuntimeError):
+                async with asyncio.timeout(grace):
+                    await self.qmp.execute("quit")
+            try:
+                async with asyncio.timeout(grace):
+                    await self.process.wait()
+            except TimeoutError:
+                await self.kill()
+        await self._cleanup()
+        rc = self.process.returncode
+        assert rc is not None
+        return rc
+
+    async def _cleanup(self) -> None:
+        await self.relay.close()
+        if self._relay_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._relay_task
+        await self.qmp.close()
+
+
+async def launch(spec: VMSpec) -> asyncio.subprocess.Process:
+    spec.state_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (spec.qmp_socket, spec.agent_socket, spec.console_socket, spec.console_log):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+    env = {k: os.environ[k] for k in SAFE_ENV if k in os.environ}
+    with spec.qemu_log.open("wb") as qemu_log:
+        return await asyncio.create_subprocess_exec(
+            *spec.argv(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=qemu_log,
+            stderr=asyncio.subprocess.STDOUT,
+            close_fds=True,
+            start_new_session=True,
+            env=env,
+        )
+
+
+async def _until_connected(
+    connect: Callable[[], Awaitable[T]], process: asyncio.subprocess.Process, what: str
+) -> T:
+    """Connects once QEMU has created the socket; gives up if QEMU exits first."""
+    delay = 0.002
+    while True:
+        try:
+            return await connect()
+        except (FileNotFoundError, ConnectionRefusedError):
+            if process.returncode is not None:
+                raise ConnectionError(f"QEMU exited before opening its {what} socket") from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+async def boot(
+    spec: VMSpec,
+    relay_socket: Path,
+    *,
+    ready_timeout: float = 60.0,
+    relay_options: dict[str, Any] | None = None,
+) -> VirtualMachine:
+    """Starts the VM and returns once the guest agent said ``core.ready``."""
+    blog = log.bind(vm=spec.name, accel=spec.accel)
+    started = time.monotonic()
+    process = await launch(spec)
+    qmp: QMPClient | None = None
+    relay: Relay | None = None
+    relay_task: asyncio.Task[None] | None = None
+    try:
+        async with asyncio.timeout(ready_timeout):
+            qmp = await _until_connected(lambda: QMPClient.connect(spec.qmp_socket), process, "QMP")
+            reader, writer = await _until_connected(
+                lambda: asyncio.open_unix_connection(str(spec.agent_socket), limit=1 << 22),
+                process,
+                "agent",
+            )
+            relay = Relay(relay_socket, **(relay_options or {}))
+            await relay.start()
+            relay_task = asyncio.create_task(relay.serve_guest(reader, writer))
+            exited = asyncio.create_task(process.wait())
+            ready = asyncio.ensure_future(relay.wait_ready())
+            done, _ = await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if ready not in done:
+                ready.cancel()
+                raise BootError(
+                    f"QEMU exited with status {process.returncode} before the agent was ready",
+                    tail(spec.console_log),
+                    tail(spec.qemu_log, 2000),
+                )
+            exited.cancel()
+            raw_ready = ready.result()
+    except TimeoutError:
+        await _abort(process, qmp, relay, relay_task)
+        blog.warning("vm.boot_timeout", timeout=ready_timeout)
+        raise BootError(
+            f"guest agent not ready after {ready_timeout:.0f}s; VM killed",
+            tail(spec.console_log),
+            tail(spec.qemu_log, 2000),
+        ) from None
+    except (BootError, ConnectionError, RelayClosedError, OSError) as exc:
+        await _abort(process, qmp, relay, relay_task)
+        if isinstance(exc, BootError):
+            raise
+        raise BootError(
+            f"boot failed: {exc}", tail(spec.console_log), tail(spec.qemu_log, 2000)
+        ) from exc
+    assert qmp is not None
+    assert relay is not None
+    vm = VirtualMachine(spec, process, qmp, relay, _relay_task=relay_task)
+    vm.started_at, vm.ready_at = started, time.monotonic()
+    vm.ready = decode_body(raw_ready[9:]).payload
+    blog.info("vm.ready", seconds=round(vm.boot_seconds, 3), pid=process.pid)
+    return vm
+
+
+async def _abort(
+    process: asyncio.subprocess.Process,
+    qmp: QMPClient | None,
+    relay: Relay | None,
+    relay_task: asyncio.Task[None] | None,
+) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    await process.wait()
+    if relay is not None:
+        await relay.close()
+    if relay_task is not None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await relay_task
+    if qmp is not None:
+        await qmp.close()
