@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+
 from kubesandbox_node.images.digests import Digest, digest_hex
 from kubesandbox_node.images.errors import ImageError
 

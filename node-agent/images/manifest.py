@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from kubesandbox_node.images.digests import parse_digest
 from kubesandbox_node.images.errors import ImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

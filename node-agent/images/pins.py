@@ -20,11 +20,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from kubesandbox_node.images.digests import Digest, digest_hex
-from kubesandbox_node.images.errors import ImageError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+from kubesandbox_node.images.digests import Digest, digest_hex
+from kubesandbox_node.images.errors import ImageError
+
+SANDBOX_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class _Record(BaseModel):
@@ -112,7 +113,7 @@ class PinStore:
     # pins, by sandbox uid
 
     def _pin_path(self, sandbox_uid: str) -> Path:
-        if not _UID.match(sandbox_uid):
+        if not SANDBOX_UID.match(sandbox_uid):
             raise ImageError(f"not a sandbox uid: {sandbox_uid!r}", field="metadata.uid")
         return self._pins / f"{sandbox_uid}.json"
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import structlog
+
 from kubesandbox_node.images.auth import Challenge, Credentials, parse_challenge
 from kubesandbox_node.images.digests import Digest, DigestVerifier, digest_of
 from kubesandbox_node.images.errors import AuthError, DigestMismatchError, ImageError

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
+
 from kubesandbox_api.spec import PullPolicy
 from kubesandbox_node.images.auth import Credentials, Keychain
 from kubesandbox_node.images.blobs import BlobStore

@@ -1,0 +1,1 @@
+"""Sandbox volumes on the node: bind directories, named volumes, tmpfs (``prepare``)."""
