@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kubesandbox_devenv.binaries import REPO_ROOT, BinariesMissingError
-from kubesandbox_devenv.controlplane import ControlPlane
+from kubesandbox_devenv.controlplane import ControlPlane, KubectlError
 from kubesandbox_devenv.probes import ComponentFailedError
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".kubesandbox"
@@ -210,9 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "down":
             return down(settings, purge=args.purge)
         return status(settings)
-    except (ComponentFailedError, BinariesMissingError, subprocess.CalledProcessError) as error:
-        detail = getattr(error, "stderr", None) or ""
-        print(f"kubesandbox-devenv: {args.command} failed: {error}\n{detail}", file=sys.stderr)
+    except (ComponentFailedError, BinariesMissingError, KubectlError) as error:
+        print(f"kubesandbox-devenv: {args.command} failed: {error}", file=sys.stderr)
         return 1
 
 

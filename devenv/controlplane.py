@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from kubernetes import client
+
 from kubesandbox_devenv.binaries import Binaries, ensure_binaries
 from kubesandbox_devenv.certs import CertPair, ClusterPKI
 from kubesandbox_devenv.components import (
@@ -38,6 +39,13 @@ from kubesandbox_devenv.processes import ManagedProcess
 DEFAULT_START_TIMEOUT = 120.0
 CRD_SUFFIXES = (".yaml", ".yml", ".json")
 COMPONENT_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl failed; unlike its base class, the message includes what kubectl said."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{(self.stderr or '').strip()}"
 
 
 @dataclass(frozen=True)
@@ -81,11 +89,14 @@ class ControlPlane:
         for directory in (self.layout.root, self.layout.run, self.layout.logs):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.pki.ensure()
-        self._ports = self._choose_ports()
-        self._write_kubeconfigs(self._ports)
-        self._stages = control_plane_components(
-            binaries, self.layout, self.pki, self._ports, tied=not self.detached
-        )
+        ports = self._choose_ports()
+        if ports != self._ports or not self._stages:
+            # Same ports: keep our components, whose process handles reap what they started.
+            self._ports = ports
+            self._write_kubeconfigs(ports)
+            self._stages = control_plane_components(
+                binaries, self.layout, self.pki, ports, tied=not self.detached
+            )
         try:
             timings = start_stages(self._stages, self.start_timeout)
             nodes_began = time.monotonic()
@@ -178,17 +189,21 @@ class ControlPlane:
     def kubectl(
         self, *args: str, check: bool = True, input_text: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run the cached kubectl as admin; raises ``CalledProcessError`` when ``check``."""
+        """Run the cached kubectl as admin; raises ``KubectlError`` when ``check`` and it fails."""
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
-        return subprocess.run(
-            [str(self.binaries.kubectl), *args],
+        argv = [str(self.binaries.kubectl), *args]
+        result = subprocess.run(
+            argv,
             env=env,
             input=input_text,
             capture_output=True,
             text=True,
-            check=check,
+            check=False,
             timeout=self.start_timeout,
         )
+        if check and result.returncode != 0:
+            raise KubectlError(result.returncode, argv, result.stdout, result.stderr)
+        return result
 
     def install_crds(self, directory: Path) -> list[Path]:
         """Apply every CRD manifest in ``directory`` and wait until each is Established."""
