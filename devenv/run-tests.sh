@@ -25,10 +25,15 @@ ruff check .
 ruff format --check .
 
 step "mypy --strict"
-mypy_targets=()
-for p in "${packages[@]}"; do mypy_targets+=(-p "$p"); done
-for d in tests bench examples; do [ -d "$d" ] && [ -n "$(find "$d" -name '*.py' -print -quit)" ] && mypy_targets+=("$d"); done
-mypy "${mypy_targets[@]}"
+# mypy takes packages or files, not both: the packages by import name, then the rest by path.
+package_args=()
+for p in "${packages[@]}"; do package_args+=(-p "$p"); done
+mypy "${package_args[@]}"
+file_args=()
+for d in tests bench examples; do
+  [ -d "$d" ] && [ -n "$(find "$d" -name '*.py' -print -quit)" ] && file_args+=("$d")
+done
+[ "${#file_args[@]}" -eq 0 ] || mypy "${file_args[@]}"
 
 step "import-linter"
 lint-imports

@@ -1,0 +1,1 @@
+"""The CRD on a real kube-apiserver: what it refuses, what it accepts, what it documents."""

@@ -1,0 +1,1 @@
+"""The Sandbox API models and the CRD generated from them."""
