@@ -230,6 +230,7 @@ class Relay:
             return
         if not await client.enqueue(raw, self.slow_client_timeout):
             self._log.warning("relay.slow_client_dropped", slot=client.slot)
+            client.writer.transport.abort()  # close() would wait to flush what it never reads
             await self._drop_client(client, notify_guest=True)
 
     async def _to_guest(self, raw: bytes) -> None:

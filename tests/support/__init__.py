@@ -1,0 +1,1 @@
+"""Helpers shared by test suites: test images, fake guests, registries."""
