@@ -8,7 +8,6 @@ idempotent and writes a cache entry only once it is complete.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 from dataclasses import dataclass
@@ -77,19 +76,15 @@ def ensure_binaries(cache: Path | None = None) -> Binaries:
     env.setdefault("KUBESANDBOX_CACHE", str(cache_dir()))
     env["K8S_VERSION"] = KUBERNETES_VERSION
     env["ETCD_VERSION"] = ETCD_VERSION
-    lock_path = Path(env["KUBESANDBOX_CACHE"]) / "bin" / ".build.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    # Two test sessions starting on a fresh machine must not both spend 20 minutes building.
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        result = subprocess.run(
-            ["bash", str(BUILD_SCRIPT)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+    # The script serialises concurrent builds itself (flock on the cache).
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     still_missing = binaries.missing()
     if result.returncode != 0 or still_missing:
         tail = "\n".join(result.stderr.splitlines()[-30:])

@@ -86,6 +86,10 @@ build_etcd() {
 }
 
 mkdir -p "$CACHE/bin"
+# One build at a time per cache (make deps and a test session may both get here on a fresh
+# machine): the second waits, then finds everything cached.
+exec 9>"$CACHE/bin/.build.lock"
+flock 9
 have_all=1
 for b in "${k8s_bins[@]}"; do [ -x "$k8s_dir/$b" ] || have_all=0; done
 if [ "$have_all" = 1 ]; then log "Kubernetes $K8S_VERSION cached in $k8s_dir"; else build_k8s; fi

@@ -119,7 +119,13 @@ class CrdsComponent:
         return ", ".join(path.name for path in installed) or f"none in {self.directory}"
 
     def is_alive(self) -> bool:
-        return True
+        files = self.control_plane.crd_files(self.directory)
+        if not files:
+            return True
+        if self.control_plane.status().get("kube-apiserver") is None:
+            return False
+        file_args = [arg for path in files for arg in ("-f", str(path))]
+        return self.control_plane.kubectl("get", *file_args, check=False).returncode == 0
 
     def stop(self) -> None:
         """CRDs live in etcd; they go when the control plane's data does."""
@@ -166,7 +172,7 @@ def status(settings: Settings) -> int:
     for component in components:
         alive = component.is_alive()
         healthy = healthy and alive
-        print(f"{component.name:<26} {'running' if alive else 'DOWN'}")
+        print(f"{component.name:<26} {'ok' if alive else 'DOWN'}")
         if isinstance(component, ControlPlaneComponent):
             print("\n".join(component.describe()))
     return 0 if healthy else 1

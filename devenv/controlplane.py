@@ -205,9 +205,14 @@ class ControlPlane:
             raise KubectlError(result.returncode, argv, result.stdout, result.stderr)
         return result
 
+    @staticmethod
+    def crd_files(directory: Path) -> list[Path]:
+        """The manifests ``install_crds`` applies from ``directory`` (none if it is absent)."""
+        return sorted(p for p in directory.glob("*") if p.suffix in CRD_SUFFIXES)
+
     def install_crds(self, directory: Path) -> list[Path]:
         """Apply every CRD manifest in ``directory`` and wait until each is Established."""
-        files = sorted(p for p in directory.glob("*") if p.suffix in CRD_SUFFIXES)
+        files = self.crd_files(directory)
         if not files:
             return []
         file_args = [arg for path in files for arg in ("-f", str(path))]
