@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from kubesandbox_api.spec import ImageSource, Patch, Volume
-from kubesandbox_node.rootfs.assemble import DiskRoot, HostDirRoot, SandboxRootfs
+from kubesandbox_node.rootfs.assemble import HostDirRoot, SandboxRootfs
+from kubesandbox_node.rootfs.disk import DiskRoot
 from kubesandbox_node.rootfs.errors import PatchError, RootfsError
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
 from kubesandbox_node.volumes.prepare import NamedVolumes, prepare_volumes
@@ -49,11 +50,13 @@ def test_volumes_prepare_bind_named_tmpfs(allowed: Path, tmp_path: Path) -> None
         ("/scratch", "tmpfs", False, None),
     ]
     assert prepared[1].host_path == tmp_path / "named/team/my-data"
+    assert prepared[1].host_path is not None
     (prepared[1].host_path / "kept").write_text("x")
     again = prepare_volumes(
         volumes, namespace="team", policy=HostPathPolicy.of([allowed]), named=named
     )
-    assert (again[1].host_path / "kept").read_text() == "x"
+    assert again[1].host_path == prepared[1].host_path
+    assert (prepared[1].host_path / "kept").read_text() == "x"
     assert named.list("team") == ["my-data"]
 
 
