@@ -34,9 +34,12 @@ from kubesandbox_devenv.components import (
 )
 from kubesandbox_devenv.kubeconfig import write_kubeconfig
 from kubesandbox_devenv.nodes import NodeShape, node_names, register_nodes
+from kubesandbox_devenv.probes import ComponentFailedError
 from kubesandbox_devenv.processes import ManagedProcess
 
 DEFAULT_START_TIMEOUT = 120.0
+PORT_ATTEMPTS = 3
+ADDRESS_IN_USE = "address already in use"
 CRD_SUFFIXES = (".yaml", ".yml", ".json")
 COMPONENT_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
@@ -83,31 +86,47 @@ class ControlPlane:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> StartReport:
-        """Start every component that is not alive, register the Nodes; stop all on failure."""
+        """Start every component that is not alive, register the Nodes; stop all on failure.
+
+        Free ports are picked by binding and releasing them, so another process can take one
+        before our component binds it; a fresh start that loses that race starts over on new
+        ports (at most ``PORT_ATTEMPTS`` times).
+        """
         began = time.monotonic()
-        binaries = self.binaries
         for directory in (self.layout.root, self.layout.run, self.layout.logs):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.pki.ensure()
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            fresh = not any(process.is_alive() for process in self._processes())
+            try:
+                timings, nodes_took = self._start_once()
+            except ComponentFailedError as error:
+                if not (fresh and attempt < PORT_ATTEMPTS and ADDRESS_IN_USE in str(error)):
+                    raise
+                self.stop()
+                continue
+            return StartReport(time.monotonic() - began, timings, nodes_took)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _start_once(self) -> tuple[dict[str, float], float]:
         ports = self._choose_ports()
         if ports != self._ports or not self._stages:
             # Same ports: keep our components, whose process handles reap what they started.
             self._ports = ports
             self._write_kubeconfigs(ports)
             self._stages = control_plane_components(
-                binaries, self.layout, self.pki, ports, tied=not self.detached
+                self.binaries, self.layout, self.pki, ports, tied=not self.detached
             )
         try:
             timings = start_stages(self._stages, self.start_timeout)
             nodes_began = time.monotonic()
             with self.api_client() as api:
                 register_nodes(api, node_names(self.node_count), self.node_shape)
-            nodes_took = time.monotonic() - nodes_began
         except BaseException:
             if not self.detached:
                 self.stop()
             raise
-        return StartReport(time.monotonic() - began, timings, nodes_took)
+        return timings, time.monotonic() - nodes_began
 
     def stop(self) -> None:
         """Stop every component (newest first) and remove their pid files."""

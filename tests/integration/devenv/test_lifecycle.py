@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from kubesandbox_devenv.binaries import ensure_binaries
+from kubesandbox_devenv.components import Ports
 from kubesandbox_devenv.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
@@ -105,3 +108,25 @@ def test_control_plane_dies_with_a_killed_owner(tmp_path: Path) -> None:
 
     assert wait_all_gone(pids) == []
     assert processes_under(tmp_path) == []
+
+
+def test_fresh_start_moves_to_new_ports_when_one_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original_pick = Ports.pick
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks: list[Ports] = []
+
+        def pick_taken_first() -> Ports:
+            ports = original_pick()
+            picks.append(replace(ports, apiserver=taken) if not picks else ports)
+            return picks[-1]
+
+        monkeypatch.setattr(Ports, "pick", staticmethod(pick_taken_first))
+
+        with ControlPlane(tmp_path, binaries=ensure_binaries()) as plane:
+            assert plane.ports.apiserver != taken
+            assert len(picks) == 2
