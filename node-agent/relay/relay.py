@@ -207,6 +207,7 @@ class Relay:
         finally:
             if not self._ready.done():
                 self._ready.set_exception(RelayClosedError("guest channel closed before ready"))
+                self._ready.exception()  # mark retrieved: nobody may be waiting
             await self.close()
 
     async def _from_guest(self, raw: bytes) -> None:

@@ -175,15 +175,18 @@ async def boot(
             relay_task = asyncio.create_task(relay.serve_guest(reader, writer))
             exited = asyncio.create_task(process.wait())
             ready = asyncio.ensure_future(relay.wait_ready())
-            done, _ = await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
-            if ready not in done:
-                ready.cancel()
+            try:
+                done, _ = await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in (exited, ready):
+                    waiter.cancel()
+                await asyncio.gather(exited, ready, return_exceptions=True)
+            if ready not in done or ready.exception() is not None:
                 raise BootError(
                     f"QEMU exited with status {process.returncode} before the agent was ready",
                     tail(spec.console_log),
                     tail(spec.qemu_log, 2000),
                 )
-            exited.cancel()
             raw_ready = ready.result()
     except TimeoutError:
         await _abort(process, qmp, relay, relay_task)
