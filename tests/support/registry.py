@@ -275,13 +275,13 @@ class Registry:
             htpasswd.write_bytes(result.stdout)
             config.append(f"auth: {{htpasswd: {{realm: test, path: {htpasswd}}}}}")
         (self.workdir / "config.yml").write_text("\n".join(config) + "\n")
-        log = (self.workdir / "registry.log").open("wb")
-        self._process = subprocess.Popen(
-            ["docker-registry", "serve", str(self.workdir / "config.yml")],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with (self.workdir / "registry.log").open("wb") as log:
+            self._process = subprocess.Popen(
+                ["docker-registry", "serve", str(self.workdir / "config.yml")],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self._wait_ready()
         return self
 
