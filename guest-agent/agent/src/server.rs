@@ -1,0 +1,518 @@
+//! The dispatcher: one task reads inbound frames in order and routes them.
+//!
+//! Every message follows the same thin shape: decode (→ `core.error` on failure, never a
+//! panic) → check the session table → `start_*`/forward → reply. Session-starting requests
+//! spawn their own task; frames for a running session are forwarded over that session's
+//! bounded channel. Host → guest backpressure is head-of-line by design: when one child's
+//! stdin queue is full the dispatcher waits, the reader thread stops reading the port, and
+//! the host's writes block. Memory stays bounded; see docs/guest-agent.md.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ksb_protocol::codec::FLAG_TERMINAL;
+use ksb_protocol::messages::*;
+use ksb_protocol::{Envelope, Frame, HostMessage, IncomingError};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::defaults::Defaults;
+use crate::exec::session as exec_session;
+use crate::exec::spawn::{self, Prepared, SpawnError};
+use crate::exec::status::Stage;
+use crate::fs::{self as gfs, SharedHandles};
+use crate::out::Out;
+use crate::tcp::{self, TcpCmd};
+use crate::transport::Inbound;
+use crate::users::{Identity, UserDb};
+use crate::{log_debug, log_info, log_warn};
+
+/// Ids of recently finished sessions remembered, so late frames for them (stdin EOF after a
+/// fast exit) are dropped quietly instead of answered with `invalid_session`.
+const RECENT_IDS: usize = 4096;
+/// Bytes per `core.fs.data` chunk we send (the protocol allows up to 3 MiB).
+pub const FS_READ_CHUNK: usize = 1024 * 1024;
+/// Host → guest write chunks queued per fs write session.
+const FS_WRITE_QUEUE: usize = 4;
+
+enum Session {
+    Exec { pid: i32, stdin: mpsc::Sender<Vec<u8>>, pty: Option<Arc<OwnedFd>> },
+    FsWrite { data: mpsc::Sender<Vec<u8>> },
+    Stream { task: Option<AbortHandle> },
+    Tcp { cmds: mpsc::Sender<TcpCmd> },
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<u32, Session>,
+    recent: VecDeque<u32>,
+    recent_set: HashSet<u32>,
+}
+
+impl State {
+    fn finish(&mut self, id: u32) {
+        self.sessions.remove(&id);
+        if self.recent_set.insert(id) {
+            self.recent.push_back(id);
+            if self.recent.len() > RECENT_IDS {
+                if let Some(old) = self.recent.pop_front() {
+                    self.recent_set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// How the process should end when [`Server::serve`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// `core.shutdown`: sync and power off.
+    Shutdown,
+    /// The channel closed (development sockets only).
+    Closed,
+}
+
+/// Boot timings reported in `core.ready`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub boot_time_ns: u64,
+    pub init_time_ns: u64,
+}
+
+pub struct Server {
+    out: Out,
+    state: Mutex<State>,
+    handles: SharedHandles,
+    defaults: Defaults,
+    fs_base: PathBuf,
+    timings: Timings,
+    activity: AtomicU64,
+}
+
+fn core_error(kind: ErrorKind, message: String, offending_type: Option<String>) -> CoreError {
+    CoreError { kind, message, offending_type }
+}
+
+impl Server {
+    pub fn new(out: Out, defaults: Defaults, timings: Timings) -> Arc<Self> {
+        let fs_base = PathBuf::from(defaults.workdir.clone().unwrap_or_else(|| "/".into()));
+        Arc::new(Server {
+            out,
+            state: Mutex::new(State::default()),
+            handles: SharedHandles::default(),
+            defaults,
+            fs_base,
+            timings,
+            activity: AtomicU64::new(0),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn touch(&self) -> u64 {
+        self.activity.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    async fn send_ready(&self) {
+        let ready = Ready {
+            boot_time_ns: self.timings.boot_time_ns,
+            init_time_ns: self.timings.init_time_ns,
+            ready_time_ns: crate::sys::boottime_ns(),
+            agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        };
+        self.out.send(0, 0, types::READY, &ready).await;
+    }
+
+    async fn error(&self, id: u32, kind: ErrorKind, message: String, t: Option<String>) {
+        log_debug!("core.error to {id}: {kind:?}: {message}");
+        self.out.send(id, FLAG_TERMINAL, types::ERROR, &core_error(kind, message, t)).await;
+    }
+
+    /// Serves until shutdown or the end of the channel. Sends `core.ready` first.
+    pub async fn serve(self: Arc<Self>, mut inbound: mpsc::Receiver<Inbound>) -> Ending {
+        crate::reaper::start();
+        self.send_ready().await;
+        while let Some(event) = inbound.recv().await {
+            match event {
+                Inbound::Frame(frame) => {
+                    if self.handle(frame).await == Some(Ending::Shutdown) {
+                        self.shutdown_sessions();
+                        return Ending::Shutdown;
+                    }
+                }
+                Inbound::Fatal(e) => {
+                    log_warn!("agent channel: {e}; input dropped");
+                    self.error(0, ErrorKind::MalformedMessage, e.to_string(), None).await;
+                }
+                Inbound::Reconnected => self.send_ready().await,
+                Inbound::Closed => break,
+            }
+        }
+        self.shutdown_sessions();
+        Ending::Closed
+    }
+
+    fn shutdown_sessions(&self) {
+        let st = self.state();
+        for s in st.sessions.values() {
+            if let Session::Exec { pid, .. } = s {
+                kill_group(*pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, frame: Frame) -> Option<Ending> {
+        let id = frame.id;
+        let env = match Envelope::decode(&frame.body) {
+            Ok(env) => env,
+            Err(e) => {
+                self.error(id, ErrorKind::MalformedMessage, e.to_string(), None).await;
+                return None;
+            }
+        };
+        let msg = match HostMessage::decode(&env, frame.flags) {
+            Ok(msg) => msg,
+            Err(e) => {
+                let kind = match &e {
+                    IncomingError::UnsupportedType(_) => ErrorKind::UnsupportedMessageType,
+                    IncomingError::InvalidPayload(_) => ErrorKind::InvalidPayload,
+                    IncomingError::InvalidFlags { .. } | IncomingError::UnknownFlags { .. } => ErrorKind::InvalidFlags,
+                };
+                self.error(id, kind, e.to_string(), Some(env.t.clone())).await;
+                return None;
+            }
+        };
+        if msg.starts_session() && self.state().sessions.contains_key(&id) {
+            let message = format!("id {id} already has an open session");
+            self.error(id, ErrorKind::InvalidSession, message, Some(env.t)).await;
+            return None;
+        }
+        match msg {
+            HostMessage::Ping => {
+                self.out.send(id, FLAG_TERMINAL, types::PONG, &Empty {}).await;
+            }
+            HostMessage::Touch => {
+                let activity_seq = self.touch();
+                self.out.send(id, FLAG_TERMINAL, types::TOUCHED, &Touched { activity_seq }).await;
+            }
+            HostMessage::Shutdown => {
+                log_info!("core.shutdown received");
+                return Some(Ending::Shutdown);
+            }
+            HostMessage::ClockSync(c) => set_clock(c.unix_time_nanos),
+            HostMessage::ClientDisconnected(r) => self.client_gone(r.id_start, r.id_end_exclusive),
+            HostMessage::Error(e) => log_warn!("host reported {:?} on id {id}: {}", e.kind, e.message),
+            HostMessage::ExecRequest(req) => {
+                self.touch();
+                self.start_exec(id, req).await;
+            }
+            HostMessage::FsRequest(req) => {
+                self.touch();
+                self.start_fs(id, req.op).await;
+            }
+            HostMessage::TcpConnect(c) => {
+                self.touch();
+                let (tx, rx) = mpsc::channel(tcp::QUEUE);
+                self.state().sessions.insert(id, Session::Tcp { cmds: tx });
+                let (server, out) = (self.clone(), self.out.clone());
+                tokio::spawn(async move {
+                    tcp::run(id, c.host, c.port, rx, out).await;
+                    server.state().finish(id);
+                });
+            }
+            other => self.forward(id, other, &env.t).await,
+        }
+        None
+    }
+
+    /// Routes a frame that belongs to a running session.
+    async fn forward(&self, id: u32, msg: HostMessage, t: &str) {
+        enum Route {
+            Bytes(mpsc::Sender<Vec<u8>>, Vec<u8>),
+            Tcp(mpsc::Sender<TcpCmd>, TcpCmd),
+            Done,
+            Unknown,
+            Mismatch,
+        }
+        let route = {
+            let st = self.state();
+            match (st.sessions.get(&id), msg) {
+                (Some(Session::Exec { stdin, .. }), HostMessage::ExecStdin(d)) => Route::Bytes(stdin.clone(), d.data),
+                (Some(Session::Exec { pty, pid, .. }), HostMessage::ExecResize(r)) => {
+                    match pty {
+                        Some(fd) => {
+                            if let Err(e) = spawn::set_winsize(fd.as_raw_fd(), r.rows, r.cols) {
+                                log_debug!("resize exec {id} (pid {pid}): {e}");
+                            }
+                        }
+                        None => log_debug!("resize of exec {id} without a pty ignored"),
+                    }
+                    Route::Done
+                }
+                (Some(Session::Exec { pid, .. }), HostMessage::ExecSignal(s)) => {
+                    if (1..=64).contains(&s.signal) {
+                        kill_group(*pid, s.signal);
+                    }
+                    Route::Done
+                }
+                (Some(Session::FsWrite { data }), HostMessage::FsData(d)) => Route::Bytes(data.clone(), d.data),
+                (Some(Session::Tcp { cmds }), HostMessage::TcpData(d)) => Route::Tcp(cmds.clone(), TcpCmd::Data(d.data)),
+                (Some(Session::Tcp { cmds }), HostMessage::TcpEof) => Route::Tcp(cmds.clone(), TcpCmd::Eof),
+                (Some(Session::Tcp { cmds }), HostMessage::TcpClose) => Route::Tcp(cmds.clone(), TcpCmd::Close),
+                (None, _) if st.recent_set.contains(&id) => Route::Done,
+                (None, _) => Route::Unknown,
+                (Some(_), _) => Route::Mismatch,
+            }
+        };
+        match route {
+            Route::Bytes(tx, data) => {
+                let _ = tx.send(data).await;
+            }
+            Route::Tcp(tx, cmd) => {
+                let _ = tx.send(cmd).await;
+            }
+            Route::Done => {}
+            Route::Unknown => {
+                self.error(id, ErrorKind::InvalidSession, format!("no open session with id {id}"), Some(t.into())).await;
+            }
+            Route::Mismatch => {
+                let message = format!("{t} does not apply to the session open on id {id}");
+                self.error(id, ErrorKind::InvalidSession, message, Some(t.into())).await;
+            }
+        }
+    }
+
+    fn client_gone(&self, start: u32, end: u32) {
+        let mut st = self.state();
+        let ids: Vec<u32> = st.sessions.keys().copied().filter(|id| (start..end).contains(id)).collect();
+        for id in &ids {
+            match st.sessions.get(id) {
+                Some(Session::Exec { pid, .. }) => kill_group(*pid, libc::SIGKILL),
+                Some(Session::Stream { task }) => {
+                    if let Some(t) = task {
+                        t.abort();
+                    }
+                    st.finish(*id);
+                }
+                Some(_) => st.finish(*id),
+                None => {}
+            }
+        }
+        drop(st);
+        let closed = self.handles.lock().unwrap_or_else(|p| p.into_inner()).close_owned_by(start, end);
+        log_info!("client [{start}, {end}) gone: {} session(s) ended, {closed} handle(s) closed", ids.len());
+    }
+
+    fn identity(&self, spec: Option<&str>) -> Result<Identity, SpawnError> {
+        match spec {
+            Some(spec) => UserDb::load(std::path::Path::new("/"))
+                .resolve(spec)
+                .map_err(|e| SpawnError::new(ExecFailureKind::UserSetupFailed, Stage::User, e.to_string())),
+            None => {
+                // SAFETY: plain getters.
+                let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+                if uid == 0 {
+                    Ok(Identity::root())
+                } else {
+                    Ok(Identity { uid, gid, groups: vec![gid], name: None, home: None })
+                }
+            }
+        }
+    }
+
+    fn prepare(&self, req: &ExecRequest) -> Result<Prepared, SpawnError> {
+        let identity = self.identity(req.user.as_deref().or(self.defaults.user.as_deref()))?;
+        let home = identity.home.as_ref().map(|h| h.to_string_lossy().into_owned());
+        let env = self.defaults.exec_env(&req.env, home.as_deref(), identity.name.as_deref(), req.tty);
+        let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("");
+        let program = spawn::resolve_command(&req.cmd, path_var, std::path::Path::new("/"))?;
+        let cwd = req
+            .cwd
+            .clone()
+            .filter(|c| !c.is_empty())
+            .or_else(|| self.defaults.workdir.clone())
+            .or_else(|| home.clone().filter(|h| std::path::Path::new(h).is_dir()))
+            .unwrap_or_else(|| "/".into());
+        let tty = req.tty.then_some((req.rows, req.cols));
+        Prepared::new(&program, &req.cmd, &req.args, &env, &cwd, identity, &req.rlimits, tty)
+    }
+
+    async fn start_exec(self: &Arc<Self>, id: u32, req: ExecRequest) {
+        let child = self.prepare(&req).and_then(|p| spawn::spawn(&p));
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                log_info!("exec {id} {:?} failed: {}", req.cmd, e.message);
+                let failed = ExecFailed {
+                    kind: e.kind,
+                    errno: e.errno,
+                    errno_name: e.errno.map(|n| crate::sys::errno_name(n).to_string()),
+                    message: e.message,
+                    stage: Some(e.stage.as_str().to_string()),
+                };
+                self.state().finish(id);
+                self.out.send(id, FLAG_TERMINAL, types::EXEC_FAILED, &failed).await;
+                return;
+            }
+        };
+        let pid = child.pid;
+        log_debug!("exec {id}: {:?} started as pid {pid} (tty: {})", req.cmd, req.tty);
+        let (stdin_tx, stdin_rx) = mpsc::channel(exec_session::STDIN_QUEUE);
+        let is_pty = child.pty.is_some();
+        let pty = match &child.pty {
+            Some(fd) => spawn::dup_cloexec(fd).ok().map(Arc::new),
+            None => None,
+        };
+        self.state().sessions.insert(id, Session::Exec { pid, stdin: stdin_tx, pty });
+        self.out.send(id, 0, types::EXEC_STARTED, &ExecStarted { pid: pid as u32 }).await;
+        let spawn::Child { stdin, stdout, stderr, pty: pty_master, exit, .. } = child;
+        drop(pty_master);
+        tokio::spawn(exec_session::stdin_writer(stdin, is_pty, stdin_rx, self.out.clone(), id));
+        let server = self.clone();
+        let on_done: Arc<dyn Fn() + Send + Sync> = Arc::new(move || server.state().finish(id));
+        tokio::spawn(exec_session::run(stdout, stderr, exit, self.out.clone(), id, on_done));
+    }
+
+    async fn start_fs(self: &Arc<Self>, id: u32, op: FsOp) {
+        match op {
+            FsOp::Read { handle, offset, len } => self.start_fs_read(id, handle, offset, len).await,
+            FsOp::Write { handle, offset, len } => self.start_fs_write(id, handle, offset, len).await,
+            op => {
+                self.state().sessions.insert(id, Session::Stream { task: None });
+                let (server, out) = (self.clone(), self.out.clone());
+                let (handles, base) = (self.handles.clone(), self.fs_base.clone());
+                tokio::spawn(async move {
+                    let name = op.name();
+                    let resp = tokio::task::spawn_blocking(move || gfs::execute(&op, id, &base, &handles))
+                        .await
+                        .unwrap_or_else(|e| gfs::failed(format!("{name}: internal error: {e}")));
+                    server.state().finish(id);
+                    out.send(id, FLAG_TERMINAL, types::FS_RESPONSE, &resp).await;
+                });
+            }
+        }
+    }
+
+    async fn start_fs_read(self: &Arc<Self>, id: u32, handle: u64, offset: u64, len: Option<u64>) {
+        let file = self.handles.lock().unwrap_or_else(|p| p.into_inner()).file(handle);
+        let (file, path) = match file {
+            Ok(f) => f,
+            Err(e) => {
+                self.state().finish(id);
+                self.out.send(id, FLAG_TERMINAL, types::FS_RESPONSE, &gfs::failed(e)).await;
+                return;
+            }
+        };
+        let (server, out) = (self.clone(), self.out.clone());
+        self.state().sessions.insert(id, Session::Stream { task: None });
+        let task = tokio::spawn(async move {
+            let mut pos = offset;
+            let mut remaining = len.unwrap_or(u64::MAX);
+            let result: Result<(), String> = loop {
+                if remaining == 0 {
+                    break Ok(());
+                }
+                let want = remaining.min(FS_READ_CHUNK as u64) as usize;
+                let f = file.clone();
+                let chunk = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; want];
+                    gfs::read_at(&f, &mut buf, pos).map(|n| {
+                        buf.truncate(n);
+                        buf
+                    })
+                })
+                .await;
+                match chunk {
+                    Ok(Ok(buf)) if buf.is_empty() => break Ok(()),
+                    Ok(Ok(buf)) => {
+                        pos += buf.len() as u64;
+                        remaining -= buf.len() as u64;
+                        if !out.send(id, 0, types::FS_DATA, &FsData { data: buf }).await {
+                            return;
+                        }
+                    }
+                    Ok(Err(e)) => break Err(format!("read {}: {e}", path.display())),
+                    Err(e) => break Err(format!("read {}: internal error: {e}", path.display())),
+                }
+            };
+            server.state().finish(id);
+            let resp = match result {
+                Ok(()) => FsResponse { ok: true, error: None, data: None },
+                Err(e) => gfs::failed(e),
+            };
+            out.send(id, FLAG_TERMINAL, types::FS_RESPONSE, &resp).await;
+        });
+        if let Some(Session::Stream { task: slot }) = self.state().sessions.get_mut(&id) {
+            *slot = Some(task.abort_handle());
+        }
+    }
+
+    async fn start_fs_write(self: &Arc<Self>, id: u32, handle: u64, offset: u64, len: Option<u64>) {
+        let file = self.handles.lock().unwrap_or_else(|p| p.into_inner()).file(handle);
+        let (file, path) = match file {
+            Ok(f) => f,
+            Err(e) => {
+                self.state().finish(id);
+                self.out.send(id, FLAG_TERMINAL, types::FS_RESPONSE, &gfs::failed(e)).await;
+                return;
+            }
+        };
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(FS_WRITE_QUEUE);
+        self.state().sessions.insert(id, Session::FsWrite { data: tx });
+        let (server, out) = (self.clone(), self.out.clone());
+        tokio::spawn(async move {
+            let mut written = 0u64;
+            let result: Result<(), String> = loop {
+                let Some(chunk) = rx.recv().await else {
+                    return; // the client went away: no one to answer
+                };
+                if chunk.is_empty() {
+                    break match len {
+                        Some(n) if n != written => Err(format!("write {}: expected {n} bytes, received {written}", path.display())),
+                        _ => Ok(()),
+                    };
+                }
+                let f = file.clone();
+                let at = offset + written;
+                let n = chunk.len() as u64;
+                let r = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    f.write_all_at(&chunk, at)
+                })
+                .await;
+                match r {
+                    Ok(Ok(())) => written += n,
+                    Ok(Err(e)) => break Err(format!("write {}: {e}", path.display())),
+                    Err(e) => break Err(format!("write {}: internal error: {e}", path.display())),
+                }
+            };
+            server.state().finish(id);
+            let resp = match result {
+                Ok(()) => FsResponse { ok: true, error: None, data: None },
+                Err(e) => gfs::failed(e),
+            };
+            out.send(id, FLAG_TERMINAL, types::FS_RESPONSE, &resp).await;
+        });
+    }
+}
+
+/// Signals a child's process group (it leads one: the child calls `setsid`), falling back to
+/// the process itself.
+pub fn kill_group(pid: i32, signal: i32) {
+    if crate::sys::kill(-pid, signal).is_err() {
+        let _ = crate::sys::kill(pid, signal);
+    }
+}
+
+fn set_clock(unix_nanos: u64) {
+    let ts = libc::timespec { tv_sec: (unix_nanos / 1_000_000_000) as i64, tv_nsec: (unix_nanos % 1_000_000_000) as i64 };
+    // SAFETY: valid timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        log_warn!("clock sync: {}", std::io::Error::last_os_error());
+    }
+}
