@@ -1,7 +1,8 @@
 """The assembled root filesystem as the guest sees it, read in a private mount namespace.
 
-``guest_view(layers, upper)`` runs this module as ``unshare -m --propagation private python
--m ...``: it mounts the EROFS layers and the ext4 writable layer exactly as the guest agent
+``guest_view(layers, upper)`` runs this file as ``unshare -m --propagation private python -I
+guestview.py`` (isolated: the repository's ``operator/`` must not shadow the standard
+library). It mounts the EROFS layers and the ext4 writable layer exactly as the guest agent
 does (overlayfs, lowerdir highest first, ``upper/`` and ``work/`` inside the ext4 image),
 walks the merged tree, reads small files, runs commands chrooted into it, and prints JSON.
 Nothing is mounted in the test runner's namespace, so nothing needs unmounting.
@@ -19,8 +20,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-REPO = Path(__file__).resolve().parents[4]
 
 
 @dataclass(frozen=True)
@@ -48,12 +47,12 @@ class GuestView:
 def guest_view(layers: list[Path], upper: Path, commands: list[str] | None = None) -> GuestView:
     argv = [
         *("unshare", "-m", "--propagation", "private"),
-        *(sys.executable, "-m", "tests.integration.node.storage.guestview"),
+        *(sys.executable, "-I", __file__),
         json.dumps(
             {"layers": [str(p) for p in layers], "upper": str(upper), "commands": commands or []}
         ),
     ]
-    result = subprocess.run(argv, capture_output=True, cwd=REPO, check=False)
+    result = subprocess.run(argv, capture_output=True, cwd="/", check=False)
     if result.returncode != 0:
         raise AssertionError(result.stderr.decode())
     raw = json.loads(result.stdout)
