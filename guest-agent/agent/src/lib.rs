@@ -28,6 +28,7 @@ use server::{Ending, Server, Timings};
 pub fn serve_channel(file: File, kind: transport::Kind, defaults: defaults::Defaults, timings: Timings) -> std::io::Result<Ending> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(8).build()?;
     let reader = file.try_clone()?;
+    let closer = file.try_clone()?;
     let (out, out_rx) = out::Out::new();
     let (in_tx, in_rx) = tokio::sync::mpsc::channel(transport::INBOUND_FRAMES);
     // Both threads are daemons of the process: they end with it.
@@ -41,5 +42,10 @@ pub fn serve_channel(file: File, kind: transport::Kind, defaults: defaults::Defa
         ending
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    if kind == transport::Kind::Stream {
+        // Unblocks the reader thread and tells the peer we are done.
+        // SAFETY: shutdown(2) on a socket descriptor we hold.
+        unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&closer), libc::SHUT_RDWR) };
+    }
     Ok(ending)
 }
