@@ -41,6 +41,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1024 * 1024
 _ALLOWED_XATTRS = ("user.", "security.capability")
+_DIR_CACHE_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,10 @@ class _Unpacker:
 
     def __post_init__(self) -> None:
         self.root_fd = os.open(self.dest, _DIR_FLAGS)
+        self._dir_cache: dict[tuple[str, ...], int] = {}
 
     def close(self) -> None:
+        self._forget_dirs()
         os.close(self.root_fd)
 
     def run(self, stream: _CountingReader) -> None:
@@ -299,28 +302,47 @@ class _Unpacker:
 
     @contextmanager
     def _open_dir(self, parts: tuple[str, ...], *, create: bool) -> Iterator[int]:
-        fd = os.dup(self.root_fd)
+        """An fd of the directory at ``parts``, for the duration of the block.
+
+        Directory fds are cached (a layer's entries revisit the same directories); the block
+        gets its own ``dup`` so that cache evictions never close an fd still in use.
+        """
+        fd = os.dup(self._dir_fd(parts, create=create))
         try:
-            for depth, component in enumerate(parts):
-                try:
-                    child = os.open(component, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    os.mkdir(component, 0o755, dir_fd=fd)
-                    child = os.open(component, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        where = "/".join(parts[: depth + 1])
-                        raise LayerError(
-                            "path goes through a symlink or a non-directory", field=where
-                        ) from None
-                    raise
-                os.close(fd)
-                fd = child
             yield fd
         finally:
             os.close(fd)
+
+    def _dir_fd(self, parts: tuple[str, ...], *, create: bool) -> int:
+        if not parts:
+            return self.root_fd
+        cached = self._dir_cache.get(parts)
+        if cached is not None:
+            return cached
+        parent = self._dir_fd(parts[:-1], create=create)
+        component = parts[-1]
+        try:
+            fd = os.open(component, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(component, 0o755, dir_fd=parent)
+            fd = os.open(component, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise LayerError(
+                    "path goes through a symlink or a non-directory", field="/".join(parts)
+                ) from None
+            raise
+        if len(self._dir_cache) >= _DIR_CACHE_SIZE:
+            self._forget_dirs()
+        self._dir_cache[parts] = fd
+        return fd
+
+    def _forget_dirs(self) -> None:
+        for fd in self._dir_cache.values():
+            os.close(fd)
+        self._dir_cache.clear()
 
     def _clear(self, parent: int, name: str, *, keep_dir: bool) -> os.stat_result | None:
         """Remove what is at ``name`` (tar's replace semantics); keep a directory if asked."""
@@ -332,6 +354,7 @@ class _Unpacker:
             if keep_dir:
                 return info
             remove_tree_at(parent, name)
+            self._forget_dirs()  # cached fds below it would point into a deleted tree
         else:
             os.unlink(name, dir_fd=parent)
         return None
