@@ -347,7 +347,7 @@ impl Server {
         let child = match child {
             Ok(c) => c,
             Err(e) => {
-                log_info!("exec {id} {:?} failed: {}", req.cmd, e.message);
+                log_debug!("exec {id} {:?} failed: {}", req.cmd, e.message);
                 let failed = ExecFailed {
                     kind: e.kind,
                     errno: e.errno,

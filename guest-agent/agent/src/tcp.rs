@@ -20,9 +20,35 @@ pub enum TcpCmd {
     Close,
 }
 
+/// Resolves without NSS where possible: the agent is a static binary, and glibc's
+/// `getaddrinfo` cannot load NSS modules there. IP literals, `localhost` and `/etc/hosts`
+/// are handled here; anything else falls back to `getaddrinfo` (DNS may still work).
+pub fn resolve_static(host: &str, hosts_file: &str) -> Option<std::net::IpAddr> {
+    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
+        return Some(ip);
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Some(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    hosts_file.lines().find_map(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        let mut fields = line.split_whitespace();
+        let ip = fields.next()?.parse().ok()?;
+        fields.any(|n| n.eq_ignore_ascii_case(host)).then_some(ip)
+    })
+}
+
+async fn connect(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    match resolve_static(host, &hosts) {
+        Some(ip) => TcpStream::connect((ip, port)).await,
+        None => TcpStream::connect((host, port)).await,
+    }
+}
+
 /// Runs one forwarded connection until both directions ended or the host closed it.
 pub async fn run(id: u32, host: String, port: u16, mut rx: mpsc::Receiver<TcpCmd>, out: Out) {
-    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port))).await;
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, connect(&host, port)).await;
     let stream = match connect {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -63,4 +89,19 @@ pub async fn run(id: u32, host: String, port: u16, mut rx: mpsc::Receiver<TcpCmd
         }
     }
     out.send(id, FLAG_TERMINAL, types::TCP_CLOSED, &Empty {}).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_literals_localhost_and_hosts_entries() {
+        let hosts = "127.0.0.1 localhost\n10.0.0.7 db db.internal # comment\n";
+        assert_eq!(resolve_static("10.1.2.3", ""), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(resolve_static("[::1]", ""), Some("::1".parse().unwrap()));
+        assert_eq!(resolve_static("localhost", ""), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(resolve_static("db.internal", hosts), Some("10.0.0.7".parse().unwrap()));
+        assert_eq!(resolve_static("example.com", hosts), None);
+    }
 }

@@ -64,6 +64,18 @@ fn seeds() -> Vec<Vec<u8>> {
     out
 }
 
+/// `KSB_WRITE_FUZZ_SEEDS=guest-agent/fuzz/corpus/decode cargo test --test decoder_robustness`
+/// writes the seeds as a cargo-fuzz corpus.
+#[test]
+fn write_fuzz_seeds_when_asked() {
+    if let Some(dir) = std::env::var_os("KSB_WRITE_FUZZ_SEEDS") {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, s) in seeds().iter().enumerate() {
+            std::fs::write(std::path::Path::new(&dir).join(format!("seed-{i:02}")), s).unwrap();
+        }
+    }
+}
+
 #[test]
 fn random_and_mutated_input_never_panics() {
     let budget = Duration::from_millis(
