@@ -17,8 +17,10 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -251,9 +253,18 @@ def free_port() -> int:
 class Registry:
     """``docker-registry`` on 127.0.0.1; ``auth=(user, password)`` turns on htpasswd."""
 
-    def __init__(self, workdir: Path, *, auth: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        auth: tuple[str, str] | None = None,
+        tls: tuple[Path, Path] | None = None,
+        token: TokenAuth | None = None,
+    ):
         self.workdir = workdir
         self.auth = auth
+        self.tls = tls
+        self.token = token
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
@@ -265,9 +276,20 @@ class Registry:
             "log: {level: warn}",
             f"storage: {{filesystem: {{rootdirectory: {self.workdir / 'data'}}}, "
             "delete: {enabled: true}}",
-            f"http: {{addr: '{self.host}'}}",
         ]
-        if self.auth is not None:
+        if self.tls is not None:
+            cert, key = self.tls
+            config.append(
+                f"http: {{addr: '{self.host}', tls: {{certificate: {cert}, key: {key}}}}}"
+            )
+        else:
+            config.append(f"http: {{addr: '{self.host}'}}")
+        if self.token is not None:
+            config.append(
+                f"auth: {{token: {{realm: '{self.token.realm}', service: {self.token.service}, "
+                f"issuer: {self.token.issuer}, rootcertbundle: {self.token.cert_file}}}}}"
+            )
+        elif self.auth is not None:
             htpasswd = self.workdir / "htpasswd"
             result = subprocess.run(
                 ["htpasswd", "-Bbn", *self.auth], capture_output=True, check=True
@@ -292,12 +314,15 @@ class Registry:
             if self._process.poll() is not None:
                 raise RuntimeError((self.workdir / "registry.log").read_text())
             try:
-                with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1):
+                scheme = "https" if self.tls else "http"
+                with urllib.request.urlopen(  # noqa: S310 (an http(s) URL we built)
+                    f"{scheme}://{self.host}/v2/", timeout=1, context=_unverified()
+                ):
                     return
             except urllib.error.HTTPError as exc:
                 if exc.code == 401:
                     return
-            except OSError:
+            except (OSError, ssl.SSLError):
                 pass
             time.sleep(0.05)  # polling a port that is not listening yet
         raise RuntimeError(f"registry on {self.host} did not answer within {timeout}s")
@@ -319,16 +344,26 @@ class Registry:
             *("skopeo", "copy", "--all", "--quiet", "--dest-tls-verify=false"),
             "--preserve-digests",
         ]
-        if self.auth is not None:
-            command += ["--dest-creds", ":".join(self.auth)]
+        credentials = self.auth or (self.token.credentials if self.token else None)
+        if credentials is not None:
+            command += ["--dest-creds", ":".join(credentials)]
         command += [f"oci:{layout.path}:{tag}", f"docker://{ref}"]
         subprocess.run(command, check=True, capture_output=True, env=_skopeo_env())
         return ref
 
-    def dockerconfigjson(self) -> bytes:
-        assert self.auth is not None
-        token = base64.b64encode(":".join(self.auth).encode()).decode()
+    def dockerconfigjson(self, password: str | None = None) -> bytes:
+        credentials = self.auth or (self.token.credentials if self.token else None)
+        assert credentials is not None
+        user, real = credentials
+        token = base64.b64encode(f"{user}:{password or real}".encode()).decode()
         return json.dumps({"auths": {self.host: {"auth": token}}}).encode()
+
+
+def _unverified() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _skopeo_env() -> dict[str, str]:
@@ -339,3 +374,183 @@ def _skopeo_env() -> dict[str, str]:
 
 def require_tools(*tools: str) -> list[str]:
     return [tool for tool in tools if shutil.which(tool) is None]
+
+
+# --- TLS and the registry token flow ----------------------------------------------------------
+
+
+@dataclass
+class Pki:
+    """A test CA and a server certificate for 127.0.0.1 (PEM files in ``folder``)."""
+
+    folder: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.folder / "ca.pem"
+
+    @property
+    def cert(self) -> Path:
+        return self.folder / "server.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.folder / "server-key.pem"
+
+    @classmethod
+    def create(cls, folder: Path) -> Pki:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        folder.mkdir(parents=True, exist_ok=True)
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubesandbox test CA")])
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        pki = cls(folder)
+        pki.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        pki.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        pki.key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+        return pki
+
+
+class TokenAuth:
+    """A registry v2 token service (stdlib HTTP server in a thread) that ``docker-registry``
+    trusts: RS256 JWTs whose ``x5c`` certificate is the ``rootcertbundle``."""
+
+    service = "kubesandbox-test-registry"
+    issuer = "kubesandbox-test-issuer"
+
+    def __init__(self, folder: Path, credentials: tuple[str, str]):
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.credentials = credentials
+        self.requests = 0
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.issuer)])
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self._key, hashes.SHA256())
+        )
+        self.cert_file = folder / "token-signer.pem"
+        self.cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        self._x5c = base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()
+        self.port = free_port()
+        self.realm = f"http://127.0.0.1:{self.port}/token"
+        self._server: Any = None
+
+    def start(self) -> TokenAuth:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests += 1
+                status, body = outer.answer(self.path, self.headers.get("Authorization", ""))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def answer(self, path: str, authorization: str) -> tuple[int, bytes]:
+        from urllib.parse import parse_qs, urlsplit
+
+        expected = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
+        if authorization != expected:
+            return 401, b'{"details": "bad credentials"}'
+        query = parse_qs(urlsplit(path).query)
+        access = []
+        for scope in query.get("scope", []):
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        return 200, json.dumps({"token": self._jwt(access)}).encode()
+
+    def _jwt(self, access: list[dict[str, Any]]) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self._x5c]}
+        claims = {
+            "iss": self.issuer,
+            "sub": self.credentials[0],
+            "aud": self.service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": os.urandom(8).hex(),
+            "access": access,
+        }
+        signing_input = f"{_b64url(header)}.{_b64url(claims)}".encode()
+        signature = self._key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        encoded = base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+        return f"{signing_input.decode()}.{encoded}"
+
+
+def _b64url(document: dict[str, Any]) -> str:
+    raw = json.dumps(document, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

@@ -11,7 +11,7 @@ from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
 from kubesandbox_node.images.service import ImageService
 from kubesandbox_node.rootfs.assemble import SandboxRootfs
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
-from tests.support.registry import Registry, require_tools
+from tests.support.registry import Pki, Registry, TokenAuth, require_tools
 
 TOOLS = ("docker-registry", "skopeo", "mkfs.erofs", "mkfs.ext4", "htpasswd", "unshare")
 CREDENTIALS = ("deploy", "pull-s3cret")
@@ -29,6 +29,30 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 @pytest.fixture(scope="session")
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     running = Registry(tmp_path_factory.mktemp("auth-registry"), auth=CREDENTIALS).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def token_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenAuth]:
+    service = TokenAuth(tmp_path_factory.mktemp("token"), CREDENTIALS).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_registry(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki, token_auth: TokenAuth
+) -> Iterator[Registry]:
+    """HTTPS with a certificate from the test CA, and the registry v2 token flow."""
+    running = Registry(
+        tmp_path_factory.mktemp("secure-registry"), tls=(pki.cert, pki.key), token=token_auth
+    ).start()
     yield running
     running.stop()
 
