@@ -188,10 +188,12 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("KUBESANDBOX_STATE_DIR", DEFAULT_STATE_DIR)),
         help="where the environment keeps its PKI, data, logs and pid files (default: %(default)s)",
     )
+    parser.add_argument(
+        "--crds", type=Path, default=DEFAULT_CRDS_DIR, help="CRD directory (default: %(default)s)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     up_parser = commands.add_parser("up", help="start everything that is not running")
     up_parser.add_argument("--nodes", type=int, default=1, help="Nodes to register")
-    up_parser.add_argument("--crds", type=Path, default=DEFAULT_CRDS_DIR, help="CRD directory")
     up_parser.add_argument("--timeout", type=float, default=120.0, help="start bound, seconds")
     down_parser = commands.add_parser("down", help="stop everything `up` started")
     down_parser.add_argument(
@@ -205,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings(
         state_dir=args.state_dir.resolve(),
-        crds_dir=getattr(args, "crds", DEFAULT_CRDS_DIR),
+        crds_dir=args.crds.resolve(),
         nodes=getattr(args, "nodes", 1),
         timeout=getattr(args, "timeout", 120.0),
     )

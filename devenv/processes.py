@@ -77,6 +77,7 @@ class ManagedProcess:
         cwd: Path | None = None,
     ) -> int:
         """Start ``argv``; its stdout and stderr append to the log file. Returns the pid."""
+        self._reap_previous()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
@@ -99,6 +100,16 @@ class ManagedProcess:
         start_time = _read_start_time(pid)
         self.pid_path.write_text(f"{pid} {start_time if start_time is not None else 0}\n")
         return pid
+
+    def _reap_previous(self) -> None:
+        """Collect the exit status of the process we started before, which is dead.
+
+        A killed multi-threaded (Go) process shows as a zombie in ``/proc`` a moment before
+        ``waitpid`` can reap it, so "dead" may still need a short wait here.
+        """
+        if self._popen is not None:
+            self._popen.wait(timeout=DEFAULT_STOP_TIMEOUT)
+            self._popen = None
 
     def pid(self) -> int | None:
         """The pid of the running process this pid file names, or None."""

@@ -16,9 +16,15 @@ from .test_lifecycle import processes_under, running, wait_all_gone
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
 
 
-def devenv(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+# The console script `make up` runs; its sys.path starts at .venv/bin, not at the repository
+# root, where the folder `operator/` would shadow the standard library's `operator`.
+CONSOLE_SCRIPT = Path(sys.executable).parent / "kubesandbox-devenv"
+
+
+def devenv(state_dir: Path, *args: str, crds: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "kubesandbox_devenv.cli", "--state-dir", str(state_dir), *args],
+        [str(CONSOLE_SCRIPT), "--state-dir", str(state_dir), "--crds", str(crds), *args],
+        cwd=state_dir.parent,
         capture_output=True,
         text=True,
         timeout=300,
@@ -32,7 +38,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
     crds.mkdir()
     state = tmp_path / "state"
     try:
-        first = devenv(state, "up", "--crds", str(crds))
+        first = devenv(state, "up", crds=crds)
         assert first.returncode == 0, first.stderr
         assert "export KUBECONFIG=" in first.stdout
         kubectl = state / "bin" / "kubectl"
@@ -48,18 +54,18 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
         assert scheduler is not None
         os.kill(scheduler, signal.SIGKILL)
         assert wait_all_gone([scheduler]) == []
-        assert devenv(state, "status").returncode == 1
+        assert devenv(state, "status", crds=crds).returncode == 1
 
-        second = devenv(state, "up", "--crds", str(crds))
+        second = devenv(state, "up", crds=crds)
 
         assert second.returncode == 0, second.stderr
         after = ControlPlane(state).status()
         assert after.pop("kube-scheduler") not in (None, scheduler)
         assert after == pids
-        assert devenv(state, "status").returncode == 0
+        assert devenv(state, "status", crds=crds).returncode == 0
     finally:
-        down = devenv(state, "down")
+        down = devenv(state, "down", crds=crds)
     assert down.returncode == 0, down.stderr
     assert [pid for pid in pids.values() if pid is not None and running(pid)] == []
     assert processes_under(state) == []
-    assert devenv(state, "status").returncode == 1
+    assert devenv(state, "status", crds=crds).returncode == 1

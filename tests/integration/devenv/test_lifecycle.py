@@ -91,7 +91,10 @@ time.sleep(600)
 def test_control_plane_dies_with_a_killed_owner(tmp_path: Path) -> None:
     ensure_binaries()
     owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER_SCRIPT, str(tmp_path)],
+        # -P: no current directory on sys.path (the repository's `operator/` folder would
+        # shadow the standard library's `operator`).
+        [sys.executable, "-P", "-c", OWNER_SCRIPT, str(tmp_path)],
+        cwd=tmp_path,
         stdout=subprocess.PIPE,
         text=True,
     )
