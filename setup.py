@@ -16,6 +16,7 @@ from setuptools import setup
 ROOTS = {
     "kubesandbox_api": "api",
     "kubesandbox_devenv": "devenv",
+    "kubesandbox_kube": "kube",
     "kubesandbox_node": "node-agent",
     "kubesandbox_operator": "operator",
     "kubesandbox_protocol": "protocol",
@@ -24,13 +25,19 @@ ROOTS = {
 SKIP = {"__pycache__", "tests", "target"}
 
 
+def _is_package(root: Path) -> bool:
+    """A mapped folder is a package when it holds Python code (see NAMESPACE_ROOTS)."""
+    return (root / "__init__.py").is_file() or (root / "py.typed").is_file()
+
+
 def _packages() -> list[str]:
     found = []
     for name, folder in ROOTS.items():
         root = Path(folder)
-        if not (root / "__init__.py").is_file():
+        if not _is_package(root):
             continue
-        for init in sorted(root.rglob("__init__.py")):
+        found.append(name)
+        for init in sorted(root.rglob("*/__init__.py")):
             rel = init.parent.relative_to(root)
             if SKIP.intersection(rel.parts):
                 continue
@@ -39,6 +46,6 @@ def _packages() -> list[str]:
 
 
 setup(
-    package_dir={name: folder for name, folder in ROOTS.items() if Path(folder, "__init__.py").is_file()},
+    package_dir={name: folder for name, folder in ROOTS.items() if _is_package(Path(folder))},
     packages=_packages(),
 )

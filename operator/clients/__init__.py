@@ -1,0 +1,1 @@
+"""Everything the operator says to the outside: the apiserver and the node agents."""

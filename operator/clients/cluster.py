@@ -1,0 +1,99 @@
+"""The operator's view of the cluster: the reads and writes its reconcile loop needs.
+
+Every call goes through :class:`kubesandbox_kube.KubeClient`; this module only knows which
+objects to read for an observation and how the operator writes what it owns (status through
+server-side apply as ``kubesandbox-operator``).
+"""
+
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubesandbox_api import API_VERSION, KIND, Sandbox
+from kubesandbox_kube import KubeClient, NotFound
+from kubesandbox_kube.paths import CONFIG_MAPS, LEASES, PODS, SANDBOXES, SECRETS
+from kubesandbox_operator.reconcile.pod import pod_name
+from kubesandbox_operator.reconcile.references import ObjectRef, referenced_objects
+from kubesandbox_operator.reconcile.sandbox import NodeAgent
+
+JsonDict = dict[str, Any]
+FIELD_MANAGER = "kubesandbox-operator"
+LEASE_PREFIX = "node-agent-"
+ENDPOINT_ANNOTATION = "kubesandbox.dev/endpoint"
+EMULATION_ANNOTATION = "kubesandbox.dev/emulation"
+
+
+class Cluster:
+    def __init__(self, kube: KubeClient, agents_namespace: str) -> None:
+        self.kube = kube
+        self.agents_namespace = agents_namespace
+
+    async def pod(self, sandbox: Sandbox) -> JsonDict | None:
+        try:
+            return await self.kube.get(
+                PODS.in_namespace(sandbox.namespace).named(pod_name(sandbox.name))
+            )
+        except NotFound:
+            return None
+
+    async def create_pod(self, pod: JsonDict) -> None:
+        await self.kube.create(PODS.in_namespace(pod["metadata"]["namespace"]), pod)
+
+    async def delete_pod(self, pod: JsonDict) -> None:
+        metadata = pod["metadata"]
+        path = PODS.in_namespace(metadata["namespace"]).named(metadata["name"])
+        with contextlib.suppress(NotFound):
+            await self.kube.delete(path, uid=metadata["uid"], grace_seconds=0)
+
+    async def node_agent(self, node: str) -> NodeAgent | None:
+        try:
+            lease = await self.kube.get(
+                LEASES.in_namespace(self.agents_namespace).named(LEASE_PREFIX + node)
+            )
+        except NotFound:
+            return None
+        return parse_lease(node, lease)
+
+    async def referenced(self, sandbox: Sandbox) -> dict[ObjectRef, JsonDict | None]:
+        found: dict[ObjectRef, JsonDict | None] = {}
+        for ref in referenced_objects(sandbox.spec):
+            kind = SECRETS if ref.kind == "Secret" else CONFIG_MAPS
+            try:
+                found[ref] = await self.kube.get(
+                    kind.in_namespace(sandbox.namespace).named(ref.name)
+                )
+            except NotFound:
+                found[ref] = None
+        return found
+
+    async def apply_status(self, sandbox: Sandbox, status: JsonDict) -> None:
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": sandbox.name, "namespace": sandbox.namespace},
+            "status": status,
+        }
+        path = SANDBOXES.in_namespace(sandbox.namespace).named(sandbox.name, "status")
+        await self.kube.apply(path, body, field_manager=FIELD_MANAGER)
+
+
+def parse_lease(node: str, lease: JsonDict) -> NodeAgent | None:
+    """The node agent a Lease announces (``None`` when it names no endpoint)."""
+    spec = lease.get("spec", {})
+    annotations = lease.get("metadata", {}).get("annotations", {}) or {}
+    endpoint = annotations.get(ENDPOINT_ANNOTATION)
+    if not endpoint:
+        return None
+    renewed = spec.get("renewTime") or spec.get("acquireTime")
+    renewed_at = (
+        datetime.fromisoformat(str(renewed).replace("Z", "+00:00"))
+        if renewed
+        else datetime.fromtimestamp(0, UTC)
+    )
+    duration = timedelta(seconds=int(spec.get("leaseDurationSeconds") or 40))
+    return NodeAgent(
+        node=node,
+        endpoint=str(endpoint).rstrip("/"),
+        emulation=annotations.get(EMULATION_ANNOTATION) == "true",
+        expires_at=renewed_at + duration,
+    )

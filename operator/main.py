@@ -1,0 +1,112 @@
+"""``kubesandbox-operator``: from a ``Sandbox`` object to a VM on a node, and back.
+
+Layers, enforced by import-linter: :mod:`.handlers` (thin Kopf callbacks) → :mod:`.control`
+(observe, plan, act) → :mod:`.clients` (the apiserver and the node agents) → :mod:`.reconcile`
+(pure decisions) → ``kubesandbox_api`` (models). This module wires them: settings, logging,
+the one-active-operator Lease, and Kopf.
+
+``operator/`` has no ``__init__.py`` on purpose: it is mapped to the namespace package
+``kubesandbox_operator``, so a process whose ``sys.path`` holds the repository root can never
+mistake the folder for the standard library's ``operator`` module.
+"""
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import kopf
+import structlog
+
+from kubesandbox_kube import KubeClient
+from kubesandbox_operator import handlers, logs
+from kubesandbox_operator.clients.cluster import Cluster
+from kubesandbox_operator.clients.leader import LeaderElection
+from kubesandbox_operator.clients.nodeagent import NodeAgentAuth, NodeAgents
+from kubesandbox_operator.control import Runtime
+
+log = structlog.get_logger(__name__)
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+FINALIZER = "kubesandbox.dev/finalizer"
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kubesandbox-operator", description=__doc__)
+    env = os.environ.get
+    parser.add_argument("--kubeconfig", type=Path, default=env("KUBECONFIG"))
+    parser.add_argument(
+        "--namespace",
+        default=env("KUBESANDBOX_NAMESPACE", "kubesandbox-system"),
+        help="where the operator's and the node agents' Leases live",
+    )
+    parser.add_argument(
+        "--node-agent-token-file",
+        type=Path,
+        default=Path(env("KUBESANDBOX_NODE_AGENT_TOKEN_FILE", str(SERVICE_ACCOUNT_TOKEN))),
+        help="bearer token presented to node agents (the operator's service account)",
+    )
+    parser.add_argument("--node-agent-ca-file", type=Path, default=None)
+    parser.add_argument(
+        "--allow-host-paths",
+        action="store_true",
+        default=env("KUBESANDBOX_ALLOW_HOST_PATHS") == "true",
+        help="allow disk/bind roots, bind volumes and host-path copies (cluster policy)",
+    )
+    parser.add_argument("--identity", default=f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    parser.add_argument("--log-level", default=env("KUBESANDBOX_LOG_LEVEL", "INFO"))
+    return parser.parse_args(argv)
+
+
+@kopf.on.startup()
+def configure_kopf(settings: kopf.OperatorSettings, **_: object) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="kubesandbox.dev"
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kubesandbox.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = 20  # INFO: Kopf's own Events for handler failures
+    settings.watching.server_timeout = 300
+
+
+async def run(args: argparse.Namespace) -> int:
+    async with KubeClient.connect(args.kubeconfig) as kube, aiohttp.ClientSession() as http:
+        election = LeaderElection(kube, args.namespace, "kubesandbox-operator", args.identity)
+        await election.acquire()
+        lost = asyncio.Event()
+        holding = asyncio.create_task(election.hold(lost))
+        runtime = Runtime(
+            cluster=Cluster(kube, args.namespace),
+            agents=NodeAgents(
+                NodeAgentAuth(args.node_agent_token_file, args.node_agent_ca_file), http
+            ),
+            allow_host_paths=args.allow_host_paths,
+        )
+        assert handlers.sandbox  # registered with Kopf's default registry on import
+        try:
+            await kopf.operator(
+                standalone=True, clusterwide=True, memo=kopf.Memo(runtime=runtime), stop_flag=lost
+            )
+        finally:
+            holding.cancel()
+            if not lost.is_set():
+                await election.release()
+        return 1 if lost.is_set() else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    logs.configure(args.log_level)
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = str(args.kubeconfig)  # Kopf logs in through the same file
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

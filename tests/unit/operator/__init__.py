@@ -1,0 +1,1 @@
+"""The operator's pure decisions, without a cluster."""
