@@ -65,8 +65,12 @@ class Binaries:
         return [path for path in self.all() if not os.access(path, os.X_OK)]
 
 
-def ensure_binaries(cache: Path | None = None) -> Binaries:
-    """The cached binaries, building them first (minutes, once per machine) if any is missing."""
+def ensure_binaries(cache: Path | None = None, *, show_progress: bool = False) -> Binaries:
+    """The cached binaries, building them first (minutes, once per machine) if any is missing.
+
+    ``show_progress`` lets the build script's progress through to our stderr (the CLI);
+    otherwise it is captured and only its tail is reported on failure (tests).
+    """
     binaries = Binaries.in_cache(cache)
     if not binaries.missing():
         return binaries
@@ -81,13 +85,14 @@ def ensure_binaries(cache: Path | None = None) -> Binaries:
         ["bash", str(BUILD_SCRIPT)],
         env=env,
         stdin=subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.DEVNULL,
+        stderr=None if show_progress else subprocess.PIPE,
         text=True,
         check=False,
     )
     still_missing = binaries.missing()
     if result.returncode != 0 or still_missing:
-        tail = "\n".join(result.stderr.splitlines()[-30:])
+        tail = "\n".join((result.stderr or "").splitlines()[-30:])
         raise BinariesMissingError(
             f"{BUILD_SCRIPT} exited {result.returncode}; missing: "
             f"{', '.join(map(str, still_missing)) or 'none'}\n{tail}"

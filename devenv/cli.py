@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from kubesandbox_devenv.binaries import REPO_ROOT, BinariesMissingError
+from kubesandbox_devenv.binaries import REPO_ROOT, Binaries, BinariesMissingError, ensure_binaries
 from kubesandbox_devenv.controlplane import ControlPlane, KubectlError
 from kubesandbox_devenv.probes import ComponentFailedError
 
@@ -56,6 +56,7 @@ class ControlPlaneComponent:
             nodes=settings.nodes,
             detached=True,
             start_timeout=settings.timeout,
+            binaries=Binaries.in_cache(),
         )
 
     def start(self) -> str:
@@ -141,6 +142,13 @@ def environment_components(settings: Settings) -> list[EnvironmentComponent]:
 
 
 def up(settings: Settings) -> int:
+    if Binaries.in_cache().missing():
+        print(
+            "kubesandbox-devenv: building the control-plane binaries once for this machine "
+            "(about 20 minutes on 2 cores)...",
+            flush=True,
+        )
+        ensure_binaries(show_progress=True)
     components = environment_components(settings)
     for component in components:
         print(f"kubesandbox-devenv: {component.name}: {component.start()}", flush=True)
