@@ -122,10 +122,12 @@ fn dev_serve(args: &[String], start_ns: u64) {
         }
         let file = std::fs::File::from(OwnedFd::from(conn));
         let timings = Timings { boot_time_ns: start_ns, init_time_ns: 0 };
-        match serve_channel(file, transport::Kind::Stream, defaults.clone(), timings) {
+        let defaults = defaults.clone();
+        // One thread (and runtime) per connection, like separate relay clients.
+        std::thread::spawn(move || match serve_channel(file, transport::Kind::Stream, defaults, timings) {
             Ok(Ending::Shutdown) => exit(0),
             Ok(Ending::Closed) => log_info!("client disconnected"),
             Err(e) => log_error!("{e}"),
-        }
+        });
     }
 }
