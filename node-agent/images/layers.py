@@ -46,6 +46,8 @@ class IndexEntry:
     size: int = 0
     target: str = ""
     opaque: bool = False
+    implicit: bool = False
+    """A directory without an entry of its own in the tar (see ``UnpackStats.implicit_dirs``)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class LayerCache:
             stats = unpack_layer(blob, tree, compression=compression, limits=self.limits)
             if stats.diff_id != diff_id:
                 raise LayerError(f"layer unpacks to {stats.diff_id}, the config says {diff_id}")
-            entries = index_tree(tree)
+            entries = index_tree(tree, implicit=stats.implicit_dirs)
             index_tmp = self._layers / f"{digest_hex(diff_id)}.index.json.tmp{os.getpid()}"
             index_tmp.write_text(json.dumps([_entry_json(e) for e in entries]))
             image_tmp = self._layers / f"{digest_hex(diff_id)}.erofs.tmp{os.getpid()}"
@@ -149,17 +151,17 @@ def make_erofs(tree: Path, image: Path) -> None:
         raise LayerError(f"mkfs.erofs failed: {result.stderr.strip() or result.stdout.strip()}")
 
 
-def index_tree(root: Path) -> list[IndexEntry]:
+def index_tree(root: Path, *, implicit: set[str] | None = None) -> list[IndexEntry]:
     entries: list[IndexEntry] = []
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        _index_dir(root_fd, "", entries)
+        _index_dir(root_fd, "", entries, implicit or set())
     finally:
         os.close(root_fd)
     return entries
 
 
-def _index_dir(fd: int, prefix: str, out: list[IndexEntry]) -> None:
+def _index_dir(fd: int, prefix: str, out: list[IndexEntry], implicit: set[str]) -> None:
     with os.scandir(fd) as scan:
         names = sorted(entry.name for entry in scan)
     for name in names:
@@ -174,8 +176,10 @@ def _index_dir(fd: int, prefix: str, out: list[IndexEntry]) -> None:
                     opaque = os.getxattr(child, OPAQUE_XATTR) == b"y"
                 except OSError:
                     opaque = False
-                out.append(IndexEntry(path, "d", opaque=opaque, **common))
-                _index_dir(child, f"{path}/", out)
+                out.append(
+                    IndexEntry(path, "d", opaque=opaque, implicit=path in implicit, **common)
+                )
+                _index_dir(child, f"{path}/", out, implicit)
             finally:
                 os.close(child)
         elif stat.S_ISREG(info.st_mode):
@@ -197,6 +201,8 @@ def _entry_json(entry: IndexEntry) -> dict[str, Any]:
         data["t"] = entry.target
     if entry.opaque:
         data["o"] = True
+    if entry.implicit:
+        data["i"] = True
     return data
 
 
@@ -212,6 +218,7 @@ def load_index(path: Path) -> list[IndexEntry]:
             size=item.get("s", 0),
             target=item.get("t", ""),
             opaque=item.get("o", False),
+            implicit=item.get("i", False),
         )
         for item in raw
     ]

@@ -64,6 +64,9 @@ class UnpackStats:
     whiteouts: int = 0
     opaque_dirs: int = 0
     diff_id: Digest | None = None
+    implicit_dirs: set[str] = field(default_factory=set)
+    """Directories created only because an entry lay below them (no entry of their own):
+    their owner and mode are not the layer's to decide (see ``rootfs.lower``)."""
 
 
 class _CountingReader:
@@ -219,6 +222,7 @@ class _Unpacker:
             raise LayerError("sparse files are not supported", field=member.name)
         with self._open_dir(parts[:-1], create=True) as parent:
             if member.isdir():
+                self.stats.implicit_dirs.discard("/".join(parts))
                 existing = self._clear(parent, name, keep_dir=True)
                 if existing is None:
                     os.mkdir(name, 0o700, dir_fd=parent)
@@ -328,6 +332,7 @@ class _Unpacker:
                 raise
             os.mkdir(component, 0o755, dir_fd=parent)
             fd = os.open(component, _DIR_FLAGS, dir_fd=parent)
+            self.stats.implicit_dirs.add("/".join(parts))
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise LayerError(

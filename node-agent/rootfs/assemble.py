@@ -26,7 +26,12 @@ from kubesandbox_node.images.pins import SANDBOX_UID
 from kubesandbox_node.rootfs.disk import DiskRoot, prepare_disk_root
 from kubesandbox_node.rootfs.errors import PatchError, RootfsError
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
-from kubesandbox_node.rootfs.lower import ErofsReader, LowerReader, merge_layers
+from kubesandbox_node.rootfs.lower import (
+    ErofsReader,
+    LowerReader,
+    merge_layers,
+    shadowed_directories,
+)
 from kubesandbox_node.rootfs.patches import PatchSources, apply_patches, write_scripts
 from kubesandbox_node.rootfs.view import RootView
 from kubesandbox_node.rootfs.writable import DEFAULT_SIZE_MIB, build_ext4, make_staging
@@ -156,12 +161,14 @@ class SandboxRootfs:
             shutil.rmtree(staging)
         upper_dir = make_staging(staging)
         try:
-            if patches or scripts:
-                lower = merge_layers([load_index(layer.index) for layer in layers])
-                reader = reader or ErofsReader([layer.image for layer in layers])
-                with RootView(upper_dir, lower, reader) as view:
-                    apply_patches(view, patches, sources)
-                    write_scripts(view, scripts)
+            lower = merge_layers([load_index(layer.index) for layer in layers])
+            reader = reader or ErofsReader([layer.image for layer in layers])
+            with RootView(upper_dir, lower, reader) as view:
+                for parts in shadowed_directories(lower):
+                    with view.upper_dir(parts, create=True, field="spec.image.oci"):
+                        pass  # created with the lower directory's real owner and mode
+                apply_patches(view, patches, sources)
+                write_scripts(view, scripts)
             build_ext4(staging, folder / UPPER_IMAGE, size_mib=size_mib)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -35,6 +35,10 @@ class LowerNode:
     layer: int = -1
     path: str = ""
     children: dict[str, LowerNode] = field(default_factory=dict)
+    shadowed_attrs: bool = False
+    """The topmost layer has this directory only implicitly (no tar entry: umoci and others
+    omit unchanged parents), with made-up owner and mode that overlayfs would show over the
+    real ones; rootfs assembly restores the real ones in the upper layer."""
 
 
 def merge_layers(indexes: Sequence[Sequence[IndexEntry]]) -> LowerNode:
@@ -57,6 +61,12 @@ def merge_layers(indexes: Sequence[Sequence[IndexEntry]]) -> LowerNode:
             if parent is None or parent.kind != "d":
                 continue  # cannot happen for indexes we wrote; ignore rather than guess
             existing = parent.children.get(name)
+            if entry.implicit and existing is not None and existing.kind == "d":
+                existing.shadowed_attrs = existing.shadowed_attrs or (
+                    (existing.mode, existing.uid, existing.gid)
+                    != (entry.mode, entry.uid, entry.gid)
+                )
+                continue
             node = LowerNode(
                 entry.kind,
                 entry.mode,
@@ -71,6 +81,20 @@ def merge_layers(indexes: Sequence[Sequence[IndexEntry]]) -> LowerNode:
                 node.children = existing.children
             parent.children[name] = node
     return root
+
+
+def shadowed_directories(root: LowerNode) -> list[tuple[str, ...]]:
+    """Directories whose real owner and mode an implicit directory above hides, parents first."""
+    found: list[tuple[str, ...]] = []
+    stack: list[tuple[tuple[str, ...], LowerNode]] = [((), root)]
+    while stack:
+        parts, node = stack.pop()
+        if node.shadowed_attrs:
+            found.append(parts)
+        for name, child in node.children.items():
+            if child.kind == "d":
+                stack.append(((*parts, name), child))
+    return sorted(found, key=len)
 
 
 def _find(root: LowerNode, path: str) -> LowerNode | None:

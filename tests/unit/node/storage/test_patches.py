@@ -13,7 +13,7 @@ from kubesandbox_api.spec import ContentSource, DirectorySource, Patch
 from kubesandbox_node.images.layers import IndexEntry
 from kubesandbox_node.images.unpack import OPAQUE_XATTR
 from kubesandbox_node.rootfs.errors import PatchError
-from kubesandbox_node.rootfs.lower import merge_layers
+from kubesandbox_node.rootfs.lower import merge_layers, shadowed_directories
 from kubesandbox_node.rootfs.patches import apply_patches, write_scripts
 from kubesandbox_node.rootfs.view import RootView
 
@@ -230,3 +230,24 @@ def test_plain_directory_view_has_no_whiteouts(tmp_path: Path) -> None:
         )
     assert not os.path.lexists(root / "etc/motd")
     assert (root / "etc/new").read_text() == "n"
+
+
+def test_implicit_directories_do_not_override_real_attributes() -> None:
+    lower = merge_layers(
+        [
+            [d("tmp", 0o1777), d("home"), d("home/user", 0o700, uid=1000)],
+            [
+                IndexEntry("tmp", "d", 0o755, 0, 0, implicit=True),
+                f("tmp/x"),
+                IndexEntry("home", "d", 0o755, 0, 0, implicit=True),
+                IndexEntry("home/user", "d", 0o755, 0, 0, implicit=True),
+                IndexEntry("new", "d", 0o755, 0, 0, implicit=True),
+                f("new/file"),
+            ],
+        ]
+    )
+    assert shadowed_directories(lower) == [("tmp",), ("home", "user")]
+    assert (lower.children["tmp"].mode, lower.children["home"].children["user"].uid) == (
+        0o1777,
+        1000,
+    )
