@@ -111,7 +111,7 @@ class ImageService:
         keychain = keychain or Keychain()
         ref = parse_reference(reference)
         record = self.pins.pinned(sandbox_uid)
-        pulled = False
+        pulled = new_pin = False
         if record is None:
             if pinned_digest is not None:
                 digest = parse_digest(pinned_digest, field="status.image.digest")
@@ -120,14 +120,25 @@ class ImageService:
                 )
             else:
                 record, pulled = await self._resolve(ref, pull_policy, keychain)
+            # pinned before the layers are fetched, so GC cannot take cached ones meanwhile;
+            # a first resolution whose layers fail is forgotten (nothing ran from it)
             self.pins.pin(sandbox_uid, record)
+            new_pin = True
+        try:
+            layers, fetched = await self._ensure_layers(
+                ref, record, pull_policy, keychain, progress
+            )
+        except BaseException:
+            if new_pin:
+                self.pins.unpin(sandbox_uid)
+            raise
+        if new_pin:
             log.info(
                 "image pinned",
                 sandbox=sandbox_uid,
                 reference=reference,
                 digest=record.manifest_digest,
             )
-        layers, fetched = await self._ensure_layers(ref, record, pull_policy, keychain, progress)
         return ReadyImage(record=record, layers=layers, pulled=pulled or fetched)
 
     def release(self, sandbox_uid: str) -> None:

@@ -279,3 +279,17 @@ async def test_basic_auth_without_credentials_says_so(tmp_path: Path) -> None:
 def _keychain(host: str, password: str, user: str = "deploy") -> Keychain:
     secret = json.dumps({"auths": {f"http://{host}": {"username": user, "password": password}}})
     return Keychain.from_dockerconfigjsons([("spec.image.pullSecrets[0]", secret.encode())])
+
+
+async def test_failed_first_pull_leaves_no_pin(
+    service: ImageService, registry: FakeRegistry
+) -> None:
+    broken, fixed = build_image([BASE]), build_image([TOP_V2])
+    registry.add("team/app", "v", broken)
+    registry.corrupt.add(digest(broken.layers[0]))
+    with pytest.raises(DigestMismatchError):
+        await service.ensure("uid-1", ref(registry))
+    assert service.pins.pinned("uid-1") is None
+    registry.add("team/app", "v", fixed)
+    ready = await service.ensure("uid-1", ref(registry), pull_policy=PullPolicy.ALWAYS)
+    assert ready.record.manifest_digest == fixed.digest
