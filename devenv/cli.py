@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from kubesandbox_devenv import timing
 from kubesandbox_devenv.binaries import REPO_ROOT, Binaries, BinariesMissingError, ensure_binaries
 from kubesandbox_devenv.controlplane import ControlPlane, KubectlError
 from kubesandbox_devenv.probes import ComponentFailedError
@@ -208,6 +209,10 @@ def _parser() -> argparse.ArgumentParser:
         "--purge", action="store_true", help="also delete the state dir (PKI, etcd data, logs)"
     )
     commands.add_parser("status", help="show what runs; exit 1 when something is down")
+    measure_parser = commands.add_parser(
+        "measure", help="time start and stop of fresh control planes (state dir unused)"
+    )
+    measure_parser.add_argument("--runs", type=int, default=5)
     return parser
 
 
@@ -224,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return up(settings)
         if args.command == "down":
             return down(settings, purge=args.purge)
+        if args.command == "measure":
+            print(timing.report(timing.measure(args.runs)))
+            return 0
         return status(settings)
     except (ComponentFailedError, BinariesMissingError, KubectlError) as error:
         print(f"kubesandbox-devenv: {args.command} failed: {error}", file=sys.stderr)
