@@ -1,0 +1,101 @@
+"""What the operator sends (``DesiredSandbox``) and what the node agent reports back.
+
+The shapes are those of docs/node-agent-api.md. ``NodeSandboxStatus`` is the node agent's part
+of ``Sandbox.status`` only: the fields it owns and writes with its own field manager.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from kubesandbox_api.conditions import ConditionStatus, ConditionType, Phase, Reason
+from kubesandbox_api.spec import SandboxSpec
+from kubesandbox_api.status import (
+    Condition,
+    ExitStatus,
+    ImageStatus,
+    SandboxMetrics,
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class PullAuth(_Model):
+    registry: str
+    username: str = ""
+    password: str = ""
+
+
+class Resolved(_Model):
+    env: dict[str, str] = {}
+    files: dict[str, str] = {}
+    """Patch index → base64 content, for ``copyFile`` from Secrets and ConfigMaps."""
+    dirs: dict[str, dict[str, str]] = {}
+    """Patch index → file name → base64 content, for ``copyDir``."""
+    secrets: dict[str, str] = {}
+    pull_auths: list[PullAuth] = []
+
+
+class DesiredSandbox(_Model):
+    namespace: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=253)
+    uid: str = Field(pattern=r"^[0-9a-fA-F-]{8,64}$")
+    generation: int = Field(default=0, ge=0)
+    spec: SandboxSpec
+    pinned_image: ImageStatus | None = None
+    resolved: Resolved = Field(default_factory=Resolved)
+
+
+NODE_CONDITIONS = (
+    ConditionType.IMAGE_READY,
+    ConditionType.AGENT_CONNECTED,
+    ConditionType.PAUSED,
+    ConditionType.SOFTWARE_EMULATION,
+)
+
+
+class NodeSandboxStatus(_Model):
+    """The node agent's fields of ``Sandbox.status`` (and nothing else)."""
+
+    phase: Phase
+    conditions: list[Condition] = []
+    image: ImageStatus | None = None
+    metrics: SandboxMetrics | None = None
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    exit_status: ExitStatus | None = None
+    message: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """camelCase JSON, absent fields left out (so server-side apply never claims them)."""
+        data: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return data
+
+
+def condition_status(value: bool | None) -> ConditionStatus:
+    if value is None:
+        return ConditionStatus.UNKNOWN
+    return ConditionStatus.TRUE if value else ConditionStatus.FALSE
+
+
+__all__ = [
+    "Condition",
+    "ConditionStatus",
+    "ConditionType",
+    "DesiredSandbox",
+    "ExitStatus",
+    "ImageStatus",
+    "NodeSandboxStatus",
+    "Phase",
+    "PullAuth",
+    "Reason",
+    "Resolved",
+    "SandboxMetrics",
+    "condition_status",
+]

@@ -1,0 +1,75 @@
+"""The per-sandbox JSON record: everything the node agent knows about a sandbox, written
+atomically on every transition, so that a restarted node agent picks up where it was.
+
+Layout under the state directory: ``sandboxes/<uid>/record.json`` next to the VM's own files
+(``vm/``: QMP and agent-port sockets, console and QEMU logs, the initrd) and the relay socket
+``agent.sock`` that node-local clients (and the SDK's ``AgentClient.connect``) use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from kubesandbox_api.conditions import Phase
+from kubesandbox_api.status import Condition, ExitStatus, ImageStatus
+from kubesandbox_node.runtime.model import DesiredSandbox
+from kubesandbox_node.runtime.vmm import VMRecord
+
+RECORD = "record.json"
+
+
+class SandboxRecord(BaseModel):
+    desired: DesiredSandbox
+    phase: Phase = Phase.SCHEDULED
+    conditions: list[Condition] = []
+    image: ImageStatus | None = None
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    exit_status: ExitStatus | None = None
+    message: str | None = None
+    vm: VMRecord | None = None
+    runs: int = 0
+    started_generation: int | None = None
+    oom_kills_at_start: int = 0
+    ending: str | None = Field(default=None, description="reason of a stop we asked for")
+
+
+class RecordStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root / "sandboxes"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def dir(self, uid: str) -> Path:
+        return self.root / uid
+
+    def save(self, uid: str, record: SandboxRecord) -> None:
+        folder = self.dir(uid)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".record.")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(record.model_dump_json(by_alias=True))
+            os.replace(tmp, folder / RECORD)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def load_all(self) -> dict[str, SandboxRecord]:
+        found: dict[str, SandboxRecord] = {}
+        for path in sorted(self.root.glob(f"*/{RECORD}")):
+            try:
+                found[path.parent.name] = SandboxRecord.model_validate_json(path.read_text())
+            except (OSError, ValueError):
+                continue
+        return found
+
+    def delete(self, uid: str) -> None:
+        shutil.rmtree(self.dir(uid), ignore_errors=True)

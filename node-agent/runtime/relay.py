@@ -1,0 +1,87 @@
+"""The sandbox's relay: ``kubesandbox_node.relay.Relay`` plus what lifecycle needs.
+
+- **Sessions in flight.** A client frame with SESSION_START opens a session (an exec, an fs
+  operation, a tcp connect); the guest's TERMINAL frame on that id closes it; a client that
+  disconnects closes all of its own. Drain waits on this count.
+- **Drain.** New connections are closed at once and new sessions on existing connections are
+  answered with ``core.error`` (``invalid_session``, "draining"); frames of sessions already
+  running pass, so running commands finish and their output arrives.
+- **Re-adoption.** The guest says ``core.ready`` once per boot. A node agent that restarts
+  reconnects to QEMU's agent socket and hands the relay the ready frame it recorded before
+  (``assume_ready``), so new clients get the same preamble as before the restart.
+- **Activity.** ``idle_seconds`` is 0 while sessions are open, else time since the last frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+
+from kubesandbox_node.relay import Relay
+from kubesandbox_node.relay.relay import SLOT_STEP, _Client
+from kubesandbox_protocol.frame import FLAG_SESSION_START, FLAG_TERMINAL
+from kubesandbox_protocol.messages import ErrorKind
+
+
+class SandboxRelay(Relay):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.draining = False
+        self.sessions: set[int] = set()
+        self._sessions_changed = asyncio.Event()
+
+    def assume_ready(self, raw_ready: bytes) -> None:
+        if not self._ready.done():
+            self._ready.set_result(raw_ready)
+
+    async def send_to_guest(self, raw: bytes) -> None:
+        """A frame of the node agent's own (``core.shutdown``) on the guest channel."""
+        await super()._to_guest(raw)
+
+    def start_draining(self) -> None:
+        self.draining = True
+        self._sessions_changed.set()
+
+    @property
+    def idle_seconds(self) -> float:
+        if self.sessions:
+            return 0.0
+        return max(0.0, time.monotonic() - self.last_activity)
+
+    async def wait_sessions_done(self) -> None:
+        while self.sessions:
+            self._sessions_changed.clear()
+            await self._sessions_changed.wait()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.draining:
+            writer.close()
+            return
+        await super()._on_client(reader, writer)
+
+    async def _to_guest(self, raw: bytes) -> None:
+        (id,) = struct.unpack_from(">I", raw, 4)
+        flags = raw[8]
+        if flags & FLAG_SESSION_START and id != 0:
+            client = self._slots.get(id // SLOT_STEP)
+            if self.draining and client is not None:
+                await self._reject(client, id, ErrorKind.INVALID_SESSION, "the sandbox is draining")
+                return
+            self.sessions.add(id)
+        await super()._to_guest(raw)
+
+    async def _from_guest(self, raw: bytes) -> None:
+        await super()._from_guest(raw)
+        if len(raw) > 8 and raw[8] & FLAG_TERMINAL:
+            (id,) = struct.unpack_from(">I", raw, 4)
+            if id in self.sessions:
+                self.sessions.discard(id)
+                self._sessions_changed.set()
+
+    async def _drop_client(self, client: _Client, *, notify_guest: bool) -> None:
+        gone = {id for id in self.sessions if client.id_start <= id < client.id_end}
+        if gone:
+            self.sessions -= gone
+            self._sessions_changed.set()
+        await super()._drop_client(client, notify_guest=notify_guest)

@@ -1,0 +1,493 @@
+"""One sandbox's state machine: Scheduled → Pulling → Booting → Running ⇄ Paused,
+Running → Draining → Stopping → Stopped, and Crashed/Failed; start again from Stopped.
+
+Every operation runs under one lock, so verbs never interleave; long ones (start, stop,
+drain) run as tasks so the API answers at once and reports the phase. The supervisor persists
+its ``SandboxRecord`` after every transition and calls ``on_change`` so that the status writer
+can patch the Sandbox. Two background tasks per running VM: ``_monitor`` waits for QEMU to end
+and decides why (``crash``), ``_policies`` enforces ``maxDurationSeconds`` and
+``idleTimeoutSeconds`` (idle = no relay traffic and no session in flight) by draining to
+Stopped with the reason.
+
+Stop is graceful by default: ``core.shutdown`` to the guest agent (it syncs and powers off),
+QMP ``quit`` when the grace period ran out, SIGKILL last. The writable layer stays, so a
+later start boots from what the sandbox wrote. Next: ``manager`` holds all supervisors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from kubesandbox_api.conditions import ConditionStatus, ConditionType, Phase, Reason
+from kubesandbox_api.spec import DesiredState, RestartPolicy, StopMode
+from kubesandbox_api.status import Condition, ExitStatus, ImageStatus
+from kubesandbox_node.runtime.crash import classify
+from kubesandbox_node.runtime.model import DesiredSandbox, NodeSandboxStatus
+from kubesandbox_node.runtime.records import RecordStore, SandboxRecord
+from kubesandbox_node.runtime.vmm import VMM, VMHandle
+from kubesandbox_node.vm.machine import BootError
+from kubesandbox_node.vm.spec import VMSpec
+
+log = structlog.get_logger(__name__)
+
+RUNNING_PHASES = frozenset({Phase.RUNNING, Phase.PAUSED, Phase.DRAINING, Phase.STOPPING})
+KILL_WAIT = 5.0
+
+
+class PrepareError(Exception):
+    """The sandbox cannot run as specified; ``reason`` goes to the status."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Preparer(Protocol):
+    """Image, rootfs and boot configuration (``kubesandbox_node.runtime.prepare``)."""
+
+    async def image(self, desired: DesiredSandbox) -> ImageStatus | None: ...
+    async def build(self, desired: DesiredSandbox, vm_dir: Path) -> VMSpec: ...
+    async def remove(self, desired: DesiredSandbox) -> None: ...
+
+
+@dataclass(frozen=True)
+class Timing:
+    ready_timeout: float = 120.0
+    policy_tick: float = 1.0
+
+
+DEFAULT_TIMING = Timing()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        record: SandboxRecord,
+        *,
+        store: RecordStore,
+        vmm: VMM,
+        preparer: Preparer,
+        emulation: bool,
+        on_change: Callable[[Supervisor], None] = lambda _: None,
+        timing: Timing = DEFAULT_TIMING,
+    ) -> None:
+        self.record = record
+        self.store = store
+        self.vmm = vmm
+        self.preparer = preparer
+        self.emulation = emulation
+        self.on_change = on_change
+        self.timing = timing
+        self.handle: VMHandle | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watchers: list[asyncio.Task[None]] = []
+        self._run_ended = asyncio.Event()
+        self._run_ended.set()
+        self.log = log.bind(
+            sandbox=record.desired.name, namespace=record.desired.namespace, uid=self.uid
+        )
+
+    # --- identity and paths ----------------------------------------------------------------
+
+    @property
+    def uid(self) -> str:
+        return self.record.desired.uid
+
+    @property
+    def desired(self) -> DesiredSandbox:
+        return self.record.desired
+
+    @property
+    def dir(self) -> Path:
+        return self.store.dir(self.uid)
+
+    @property
+    def relay_socket(self) -> Path:
+        return self.dir / "agent.sock"
+
+    @property
+    def phase(self) -> Phase:
+        return self.record.phase
+
+    # --- status ----------------------------------------------------------------------------
+
+    def status(self) -> NodeSandboxStatus:
+        r = self.record
+        return NodeSandboxStatus(
+            phase=r.phase,
+            conditions=list(r.conditions),
+            image=r.image,
+            started_at=r.started_at,
+            stopped_at=r.stopped_at,
+            exit_status=r.exit_status,
+            message=r.message,
+        )
+
+    def _condition(
+        self, type: ConditionType, status: bool, reason: Reason, message: str = ""
+    ) -> None:
+        value = ConditionStatus.TRUE if status else ConditionStatus.FALSE
+        generation = self.desired.generation
+        for i, old in enumerate(self.record.conditions):
+            if old.type == type:
+                moved = old.status != value
+                self.record.conditions[i] = Condition(
+                    type=type,
+                    status=value,
+                    reason=reason,
+                    message=message,
+                    observed_generation=generation,
+                    last_transition_time=_now() if moved else old.last_transition_time,
+                )
+                return
+        self.record.conditions.append(
+            Condition(
+                type=type,
+                status=value,
+                reason=reason,
+                message=message,
+                observed_generation=generation,
+                last_transition_time=_now(),
+            )
+        )
+
+    def _transition(self, phase: Phase, message: str | None = None) -> None:
+        if phase != self.record.phase:
+            self.log.info("sandbox.phase", phase=phase.value, was=self.record.phase.value)
+        self.record.phase = phase
+        self.record.message = message
+        self._save()
+
+    def _save(self) -> None:
+        self.store.save(self.uid, self.record)
+        self.on_change(self)
+
+    # --- operations ------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        async def locked() -> None:
+            async with self._lock:
+                await coro
+
+        task = asyncio.create_task(locked())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def apply(self, desired: DesiredSandbox) -> asyncio.Task[None] | None:
+        """New desired state from the operator; starts, stops or pauses as the spec asks."""
+        changed = desired.generation != self.record.desired.generation
+        self.record.desired = desired
+        self._save()
+        want = desired.spec.lifecycle.state
+        running = self.handle is not None
+        if want in (DesiredState.RUNNING, DesiredState.PAUSED):
+            if not running and (self.record.runs == 0 or changed) and not self._busy():
+                return self.start(pause_after=want == DesiredState.PAUSED)
+            if running and want == DesiredState.PAUSED and self.phase == Phase.RUNNING:
+                return self.pause()
+            if running and want == DesiredState.RUNNING and self.phase == Phase.PAUSED:
+                return self.resume()
+        elif want == DesiredState.STOPPED and running and self.phase in RUNNING_PHASES:
+            mode = desired.spec.lifecycle.stop_mode
+            if mode == StopMode.KILL:
+                return self.kill(Reason.STOPPED_BY_USER)
+            if mode == StopMode.DRAIN:
+                return self.drain(Reason.STOPPED_BY_USER)
+            return self.stop(reason=Reason.STOPPED_BY_USER)
+        elif want == DesiredState.STOPPED and self.record.runs == 0:
+            self.record.phase = Phase.STOPPED
+            self.record.message = "created stopped (lifecycle.state is Stopped)"
+            self._save()
+        return None
+
+    def _busy(self) -> bool:
+        return self._lock.locked() or any(not t.done() for t in self._tasks)
+
+    def start(self, *, pause_after: bool = False) -> asyncio.Task[None]:
+        return self._spawn(self._start(pause_after))
+
+    def stop(
+        self, grace: float | None = None, reason: Reason = Reason.STOPPED_BY_USER
+    ) -> asyncio.Task[None]:
+        return self._spawn(self._stop(grace, reason))
+
+    def kill(self, reason: Reason = Reason.STOPPED_BY_USER) -> asyncio.Task[None]:
+        return self._spawn(self._kill(reason))
+
+    def drain(
+        self, reason: Reason = Reason.STOPPED_BY_USER, limit: float | None = None
+    ) -> asyncio.Task[None]:
+        return self._spawn(self._drain(reason, limit))
+
+    def pause(self) -> asyncio.Task[None]:
+        return self._spawn(self._pause())
+
+    def resume(self) -> asyncio.Task[None]:
+        return self._spawn(self._resume())
+
+    async def wait(self) -> ExitStatus | None:
+        """Until the current run ends (at once when nothing runs)."""
+        await self._run_ended.wait()
+        return self.record.exit_status
+
+    # --- start -----------------------------------------------------------------------------
+
+    async def _start(self, pause_after: bool) -> None:
+        if self.handle is not None:
+            return
+        desired = self.desired
+        self.record.runs += 1
+        self.record.started_generation = desired.generation
+        self.record.exit_status = None
+        self._run_ended.clear()
+        try:
+            self._condition(
+                ConditionType.SOFTWARE_EMULATION,
+                self.emulation,
+                Reason.KVM_UNAVAILABLE if self.emulation else Reason.KVM,
+                "KVM cannot run guests on this node; the VM runs under TCG"
+                if self.emulation
+                else "",
+            )
+            self._transition(Phase.PULLING, "resolving the image")
+            self._condition(ConditionType.IMAGE_READY, False, Reason.PULLING)
+            try:
+                image = await self.preparer.image(desired)
+                if image is not None:
+                    self.record.image = image
+                self._condition(ConditionType.IMAGE_READY, True, Reason.PULLED)
+                self._transition(Phase.BOOTING, "building the root filesystem")
+                spec = await self.preparer.build(desired, self.dir / "vm")
+            except PrepareError as exc:
+                reason = exc.reason
+                if reason != Reason.ROOTFS_FAILED:
+                    self._condition(ConditionType.IMAGE_READY, False, reason, str(exc))
+                self._end(Phase.FAILED, reason, False, None, str(exc))
+                return
+            self._condition(ConditionType.AGENT_CONNECTED, False, Reason.BOOTING)
+            self._transition(Phase.BOOTING, "waiting for the guest agent")
+            try:
+                handle = await self.vmm.start(
+                    spec, self.relay_socket, ready_timeout=self.timing.ready_timeout
+                )
+            except BootError as exc:
+                timeout = "not ready after" in exc.reason
+                reason = Reason.BOOT_TIMEOUT if timeout else Reason.VMM_EXITED
+                self._condition(ConditionType.AGENT_CONNECTED, False, reason, exc.reason)
+                self._end(
+                    Phase.CRASHED, reason, False, None, f"{exc.reason}\n{exc.console[-1500:]}"
+                )
+                return
+        except Exception as exc:
+            self.log.exception("sandbox.start_failed")
+            self._end(Phase.FAILED, Reason.VMM_EXITED, False, None, f"start failed: {exc}")
+            return
+        self._attach(handle)
+        group = handle.record.cgroup()
+        self.record.oom_kills_at_start = group.usage().oom_kills if group else 0
+        self.record.started_at = _now()
+        self.record.stopped_at = None
+        self._condition(ConditionType.AGENT_CONNECTED, True, Reason.AGENT_READY)
+        self._condition(ConditionType.PAUSED, False, Reason.RUNNING)
+        self._transition(Phase.RUNNING)
+        if pause_after:
+            await self._pause()
+
+    def _attach(self, handle: VMHandle) -> None:
+        self.handle = handle
+        self.record.vm = handle.record
+        self.record.ending = None
+        self._run_ended.clear()
+        self._watchers = [
+            asyncio.create_task(self._monitor(handle), name=f"monitor-{self.uid}"),
+            asyncio.create_task(self._policies(handle), name=f"policies-{self.uid}"),
+        ]
+
+    async def adopt(self) -> bool:
+        """Re-attaches to the VM of a previous node agent; False when it is gone."""
+        vm = self.record.vm
+        if vm is None or self.phase not in RUNNING_PHASES:
+            return False
+        handle = await self.vmm.adopt(vm, self.relay_socket)
+        if handle is None:
+            self.log.warning("sandbox.vm_lost_while_away")
+            self._end(Phase.CRASHED, Reason.VMM_EXITED, False, None,
+                      "the VM ended while the node agent was away")  # fmt: skip
+            return False
+        self._attach(handle)
+        if self.phase in (Phase.DRAINING, Phase.STOPPING):
+            self._spawn(self._stop(None, Reason(self.record.ending or Reason.STOPPED_BY_USER)))
+        else:
+            self._save()
+        return True
+
+    # --- the end of a run ------------------------------------------------------------------
+
+    async def _monitor(self, handle: VMHandle) -> None:
+        info = await handle.wait_exit()
+        if self.handle is not handle:
+            return
+        self.handle = None
+        self.record.vm = None
+        for task in self._watchers:
+            if task is not asyncio.current_task():
+                task.cancel()
+        group = handle.record.cgroup()
+        if group is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(group.remove)
+        if self.record.ending is not None:
+            self._end(Phase.STOPPED, Reason(self.record.ending), True, info.code, None)
+            return
+        ending = classify(info, self.record.oom_kills_at_start)
+        self.log.warning("sandbox.vm_ended", reason=ending.reason.value, code=info.code)
+        self._end(ending.phase, ending.reason, ending.success, ending.code, ending.message)
+        policy = self.desired.spec.lifecycle.restart_policy
+        if (policy == RestartPolicy.ALWAYS) or (
+            policy == RestartPolicy.ON_FAILURE and not ending.success
+        ):
+            self.start()
+
+    def _end(
+        self, phase: Phase, reason: Reason, success: bool, code: int | None, message: str | None
+    ) -> None:
+        self.record.exit_status = ExitStatus(code=code, success=success, reason=reason)
+        self.record.stopped_at = _now()
+        self._condition(ConditionType.AGENT_CONNECTED, False, reason, message or "")
+        self._condition(ConditionType.PAUSED, False, reason)
+        self._transition(phase, message)
+        self._run_ended.set()
+
+    async def _policies(self, handle: VMHandle) -> None:
+        lifecycle = self.desired.spec.lifecycle
+        while self.handle is handle:
+            await asyncio.sleep(self.timing.policy_tick)
+            if self.handle is not handle or self.record.ending is not None:
+                return
+            lifecycle = self.desired.spec.lifecycle
+            started = self.record.started_at
+            grace = float(lifecycle.stop_grace_period_seconds)
+            limit = lifecycle.max_duration_seconds
+            if limit and started is not None and (_now() - started).total_seconds() >= limit:
+                self.drain(Reason.MAX_DURATION_EXCEEDED, limit=grace)
+                return
+            idle = lifecycle.idle_timeout_seconds
+            if idle and self.phase == Phase.RUNNING and handle.relay.idle_seconds >= idle:
+                self.drain(Reason.IDLE_TIMEOUT, limit=grace)
+                return
+
+    async def _wait_end(self, handle: VMHandle, within: float) -> bool:
+        waiter = next((t for t in self._watchers if t.get_name().startswith("monitor-")), None)
+        if waiter is None:
+            return True
+        try:
+            async with asyncio.timeout(within):
+                await asyncio.shield(waiter)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _stop(self, grace: float | None, reason: Reason) -> None:
+        handle = self.handle
+        if handle is None:
+            return
+        if grace is None:
+            grace = float(self.desired.spec.lifecycle.stop_grace_period_seconds)
+        self.record.ending = reason.value
+        if self.phase == Phase.PAUSED:
+            with contextlib.suppress(Exception):
+                await handle.resume()
+        self._transition(Phase.STOPPING, f"stopping ({reason.value})")
+        await handle.request_shutdown()
+        if await self._wait_end(handle, grace):
+            return
+        self.log.info("sandbox.stop_grace_expired", grace=grace)
+        await handle.quit()
+        if await self._wait_end(handle, KILL_WAIT):
+            return
+        await handle.kill()
+        await self._wait_end(handle, KILL_WAIT)
+
+    async def _kill(self, reason: Reason) -> None:
+        handle = self.handle
+        if handle is None:
+            return
+        self.record.ending = reason.value
+        await handle.kill()
+        await self._wait_end(handle, KILL_WAIT)
+
+    async def _drain(self, reason: Reason, limit: float | None) -> None:
+        handle = self.handle
+        if handle is None:
+            return
+        self.record.ending = reason.value
+        handle.relay.start_draining()
+        if self.phase == Phase.PAUSED:
+            await handle.resume()
+        self._transition(Phase.DRAINING, f"draining ({reason.value}): new sessions are refused")
+        try:
+            async with asyncio.timeout(limit):
+                await handle.relay.wait_sessions_done()
+        except TimeoutError:
+            self.log.info("sandbox.drain_limit_reached", limit=limit)
+        await self._stop(None, reason)
+
+    async def _pause(self) -> None:
+        handle = self.handle
+        if handle is None or self.phase != Phase.RUNNING:
+            return
+        await handle.pause()
+        self._condition(ConditionType.PAUSED, True, Reason.PAUSED_BY_USER)
+        self._transition(Phase.PAUSED)
+
+    async def _resume(self) -> None:
+        handle = self.handle
+        if handle is None or self.phase != Phase.PAUSED:
+            return
+        await handle.resume()
+        self._condition(ConditionType.PAUSED, False, Reason.RUNNING)
+        self._transition(Phase.RUNNING)
+
+    # --- removal and shutdown --------------------------------------------------------------
+
+    async def remove(self) -> None:
+        """Kills the VM and deletes every per-sandbox file (named volumes stay)."""
+        for task in list(self._tasks):
+            task.cancel()
+        async with self._lock:
+            self.record.ending = Reason.DELETING.value
+            handle = self.handle
+            if handle is not None:
+                await handle.kill()
+                await self._wait_end(handle, KILL_WAIT)
+            await self.preparer.remove(self.desired)
+            self.store.delete(self.uid)
+            self._run_ended.set()
+
+    async def detach(self) -> None:
+        """Node agent shutdown: stop watching, leave the VM running for the next agent."""
+        for task in [*self._tasks, *self._watchers]:
+            task.cancel()
+        for task in [*self._tasks, *self._watchers]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.handle is not None:
+            await self.handle.detach()
+            self.handle = None
+
+
+Hook = Callable[[Supervisor], Awaitable[None]]

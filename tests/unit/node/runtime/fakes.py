@@ -1,0 +1,161 @@
+"""A fake VMM (the fake guest agent behind a real ``SandboxRelay``) and a fake preparer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubesandbox_api.conditions import Reason
+from kubesandbox_api.status import ImageStatus, LayerPin
+from kubesandbox_node.runtime.model import DesiredSandbox
+from kubesandbox_node.runtime.relay import SandboxRelay
+from kubesandbox_node.runtime.supervisor import PrepareError
+from kubesandbox_node.runtime.vmm import ExitInfo, VMRecord
+from kubesandbox_node.vm.machine import BootError
+from kubesandbox_node.vm.spec import VMSpec
+from tests.support.fakeguest import FakeGuest, guest_pair
+
+DIGEST = "sha256:" + "a" * 64
+_pids = itertools.count(1000)
+
+
+@dataclass
+class FakeHandle:
+    record: VMRecord
+    relay: SandboxRelay
+    guest: FakeGuest
+    vmm: FakeVMM
+    obeys_shutdown: bool = True
+    paused: bool = False
+    console: str = ""
+    calls: list[str] = field(default_factory=list)
+    _ended: asyncio.Future[ExitInfo] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def end(self, code: int | None, shutdown_reason: str | None = None, console: str = "") -> None:
+        if not self._ended.done():
+            self.vmm.alive.discard(self.record.pid)
+            self._ended.set_result(ExitInfo(code, shutdown_reason, console or self.console))
+
+    async def pause(self) -> None:
+        self.calls.append("pause")
+        self.paused = True
+
+    async def resume(self) -> None:
+        self.calls.append("resume")
+        self.paused = False
+
+    async def query(self, command: str) -> Any:
+        return {"status": "paused" if self.paused else "running"}
+
+    async def request_shutdown(self) -> None:
+        self.calls.append("shutdown")
+        if self.obeys_shutdown:
+            self.end(0, "guest-shutdown")
+
+    async def quit(self) -> None:
+        self.calls.append("quit")
+        self.end(0, "host-qmp-quit")
+
+    async def kill(self) -> None:
+        self.calls.append("kill")
+        self.end(137)
+
+    async def wait_exit(self) -> ExitInfo:
+        info = await asyncio.shield(self._ended)
+        await self._close()
+        return info
+
+    async def detach(self) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        await self.relay.close()
+        self.guest.writer.close()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def console_tail(self, limit: int = 4000) -> str:
+        return self.console[-limit:]
+
+
+@dataclass
+class FakeVMM:
+    accel: str = "tcg"
+    boot_error: BootError | None = None
+    obeys_shutdown: bool = True
+    handles: list[FakeHandle] = field(default_factory=list)
+    alive: set[int] = field(default_factory=set)
+    specs: list[VMSpec] = field(default_factory=list)
+
+    async def _handle(self, record: VMRecord, relay_socket: Path) -> FakeHandle:
+        guest, reader, writer = await guest_pair()
+        relay = SandboxRelay(relay_socket)
+        await relay.start()
+        tasks = [
+            asyncio.create_task(guest.run()),
+            asyncio.create_task(relay.serve_guest(reader, writer)),
+        ]
+        handle = FakeHandle(record, relay, guest, self, self.obeys_shutdown, _tasks=tasks)
+        self.handles.append(handle)
+        return handle
+
+    async def start(self, spec: VMSpec, relay_socket: Path, *, ready_timeout: float) -> FakeHandle:
+        self.specs.append(spec)
+        if self.boot_error is not None:
+            raise self.boot_error
+        pid = next(_pids)
+        record = VMRecord(
+            pid=pid, start_ticks=1, state_dir=str(spec.state_dir), qmp_socket="q",
+            agent_socket="a", console_log="c", ready_frame="",
+        )  # fmt: skip
+        handle = await self._handle(record, relay_socket)
+        ready = await handle.relay.wait_ready()
+        record.ready_frame = base64.b64encode(ready).decode()
+        self.alive.add(pid)
+        return handle
+
+    async def adopt(self, record: VMRecord, relay_socket: Path) -> FakeHandle | None:
+        if record.pid not in self.alive:
+            return None
+        return await self._handle(record, relay_socket)
+
+    @property
+    def last(self) -> FakeHandle:
+        return self.handles[-1]
+
+
+@dataclass
+class FakePreparer:
+    root: Path
+    image_error: PrepareError | None = None
+    built: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    async def image(self, desired: DesiredSandbox) -> ImageStatus | None:
+        if self.image_error is not None:
+            raise self.image_error
+        return ImageStatus(
+            reference=desired.spec.image.oci or "", digest=DIGEST,
+            layers=[LayerPin(digest=DIGEST, size=1)],
+        )  # fmt: skip
+
+    async def build(self, desired: DesiredSandbox, vm_dir: Path) -> VMSpec:
+        self.built.append(desired.uid)
+        return VMSpec(name=desired.uid[:8], kernel=Path("k"), initrd=Path("i"), state_dir=vm_dir)
+
+    async def remove(self, desired: DesiredSandbox) -> None:
+        self.removed.append(desired.uid)
+
+
+def not_found() -> PrepareError:
+    return PrepareError(Reason.IMAGE_NOT_FOUND, "registry does not know busybox:nope")

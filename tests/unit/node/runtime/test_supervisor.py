@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from kubesandbox_api.conditions import ConditionStatus, Phase, Reason
+from kubesandbox_node.runtime.model import DesiredSandbox
+from kubesandbox_node.runtime.supervisor import Supervisor
+from kubesandbox_node.vm.machine import BootError
+from kubesandbox_protocol import AgentClient
+from kubesandbox_protocol.client import AgentError
+from kubesandbox_protocol.messages import MessageType
+from tests.unit.node.runtime.conftest import Env
+from tests.unit.node.runtime.fakes import DIGEST, not_found
+
+
+def desired(generation: int = 1, **spec: Any) -> DesiredSandbox:
+    body: dict[str, Any] = {"image": {"oci": "busybox:1.36"}, **spec}
+    return DesiredSandbox.model_validate(
+        {"namespace": "default", "name": "s", "uid": str(uuid.uuid4()),
+         "generation": generation, "spec": body}
+    )  # fmt: skip
+
+
+def again(d: DesiredSandbox, generation: int, **lifecycle: Any) -> DesiredSandbox:
+    data = d.model_dump(by_alias=True)
+    data["generation"] = generation
+    data["spec"]["lifecycle"] = {**data["spec"]["lifecycle"], **lifecycle}
+    return DesiredSandbox.model_validate(data)
+
+
+async def until(supervisor: Supervisor, *phases: Phase, within: float = 5.0) -> None:
+    async with asyncio.timeout(within):
+        while supervisor.phase not in phases:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def condition(supervisor: Supervisor, type: str) -> tuple[ConditionStatus, str]:
+    found = next(c for c in supervisor.record.conditions if c.type == type)
+    return found.status, found.reason
+
+
+async def running(env: Env, **spec: Any) -> Supervisor:
+    supervisor = env.runtime.put(desired(**spec))
+    await until(supervisor, Phase.RUNNING)
+    return supervisor
+
+
+async def test_put_boots_to_running_with_conditions_and_pin(env: Env) -> None:
+    supervisor = await running(env)
+    assert condition(supervisor, "ImageReady") == (ConditionStatus.TRUE, Reason.PULLED)
+    assert condition(supervisor, "AgentConnected") == (ConditionStatus.TRUE, Reason.AGENT_READY)
+    assert condition(supervisor, "SoftwareEmulation")[0] == ConditionStatus.TRUE
+    assert supervisor.record.image is not None
+    assert supervisor.record.image.digest == DIGEST
+    assert supervisor.status().started_at is not None
+
+
+async def test_exec_through_the_relay_socket(env: Env) -> None:
+    supervisor = await running(env)
+    async with await AgentClient.connect(supervisor.relay_socket) as client:
+        result = await client.run("echo", ["hi"])
+    assert result.stdout == b"hi\n"
+
+
+async def test_put_is_idempotent_per_uid(env: Env) -> None:
+    d = desired()
+    supervisor = env.runtime.put(d)
+    assert env.runtime.put(d) is supervisor
+    await until(supervisor, Phase.RUNNING)
+    env.runtime.put(d)
+    await asyncio.sleep(0.05)
+    assert len(env.vmm.handles) == 1
+
+
+async def test_graceful_stop_asks_the_guest_then_start_boots_again(env: Env) -> None:
+    supervisor = await running(env)
+    await supervisor.stop()
+    assert supervisor.status().phase == Phase.STOPPED
+    assert env.vmm.last.calls == ["shutdown"]
+    assert supervisor.record.exit_status is not None
+    assert supervisor.record.exit_status.reason == Reason.STOPPED_BY_USER
+    assert supervisor.record.exit_status.success
+    await supervisor.start()
+    assert supervisor.status().phase == Phase.RUNNING
+    assert len(env.vmm.handles) == 2
+
+
+async def test_stop_quits_qemu_when_the_guest_ignores_shutdown(env: Env) -> None:
+    env.vmm.obeys_shutdown = False
+    supervisor = await running(env)
+    await supervisor.stop(grace=0.1)
+    assert env.vmm.last.calls == ["shutdown", "quit"]
+    assert supervisor.status().phase == Phase.STOPPED
+
+
+async def test_kill(env: Env) -> None:
+    supervisor = await running(env)
+    await supervisor.kill()
+    assert env.vmm.last.calls == ["kill"]
+    assert supervisor.status().phase == Phase.STOPPED
+
+
+async def test_pause_and_resume(env: Env) -> None:
+    supervisor = await running(env)
+    await supervisor.pause()
+    assert supervisor.status().phase == Phase.PAUSED
+    assert condition(supervisor, "Paused") == (ConditionStatus.TRUE, Reason.PAUSED_BY_USER)
+    await supervisor.resume()
+    assert supervisor.status().phase == Phase.RUNNING
+    assert condition(supervisor, "Paused")[0] == ConditionStatus.FALSE
+    assert env.vmm.last.calls == ["pause", "resume"]
+
+
+async def test_lifecycle_state_in_a_new_generation_steers_the_sandbox(env: Env) -> None:
+    d = desired()
+    supervisor = env.runtime.put(d)
+    await until(supervisor, Phase.RUNNING)
+    env.runtime.put(again(d, 2, state="Paused"))
+    await until(supervisor, Phase.PAUSED)
+    env.runtime.put(again(d, 3, state="Running"))
+    await until(supervisor, Phase.RUNNING)
+    env.runtime.put(again(d, 4, state="Stopped", stopMode="Kill"))
+    await until(supervisor, Phase.STOPPED)
+    assert env.vmm.last.calls[-1] == "kill"
+    env.runtime.put(again(d, 5, state="Running"))
+    await until(supervisor, Phase.RUNNING)
+
+
+async def test_drain_lets_running_commands_finish_and_refuses_new_ones(env: Env) -> None:
+    supervisor = await running(env)
+    async with await AgentClient.connect(supervisor.relay_socket) as client:
+        cat = await client.exec("cat", keep_stdin_open=True)
+        await cat.write_stdin(b"still here")
+        await env.vmm.last.guest.wait_for(MessageType.EXEC_STDIN)
+        drain = supervisor.drain()
+        await until(supervisor, Phase.DRAINING)
+        with pytest.raises(AgentError, match="draining"):
+            await client.run("echo", ["refused"])
+        with pytest.raises(AgentError, match="preamble"):
+            await AgentClient.connect(supervisor.relay_socket, connect_timeout=1)
+        assert supervisor.status().phase == Phase.DRAINING
+        await cat.close_stdin()
+        assert (await cat.wait()).stdout == b"still here"
+        await drain
+    assert supervisor.status().phase == Phase.STOPPED
+
+
+async def test_max_duration_drains_to_stopped(env: Env) -> None:
+    supervisor = await running(env, lifecycle={"maxDurationSeconds": 1})
+    await until(supervisor, Phase.STOPPED, within=5)
+    assert supervisor.record.exit_status is not None
+    assert supervisor.record.exit_status.reason == Reason.MAX_DURATION_EXCEEDED
+
+
+async def test_idle_timeout_counts_relay_activity(env: Env) -> None:
+    supervisor = await running(env, lifecycle={"idleTimeoutSeconds": 1})
+    async with await AgentClient.connect(supervisor.relay_socket) as client:
+        for _ in range(6):
+            await client.ping()
+            await asyncio.sleep(0.25)
+        assert supervisor.status().phase == Phase.RUNNING
+    await until(supervisor, Phase.STOPPED, within=5)
+    assert supervisor.record.exit_status is not None
+    assert supervisor.record.exit_status.reason == Reason.IDLE_TIMEOUT
+
+
+async def test_guest_panic_is_a_crash_and_wait_returns(env: Env) -> None:
+    supervisor = await running(env)
+    waiter = asyncio.create_task(supervisor.wait())
+    env.vmm.last.end(None, "guest-reset", "[ 1.2] Kernel panic - not syncing: boom\n")
+    exit_status = await asyncio.wait_for(waiter, 5)
+    assert supervisor.status().phase == Phase.CRASHED
+    assert exit_status is not None
+    assert exit_status.reason == Reason.GUEST_PANIC
+    assert "boom" in (supervisor.record.message or "")
+
+
+async def test_restart_policy_on_failure_boots_again(env: Env) -> None:
+    supervisor = await running(env, lifecycle={"restartPolicy": "OnFailure"})
+    env.vmm.last.end(1)
+    async with asyncio.timeout(5):
+        while len(env.vmm.handles) < 2 or supervisor.phase != Phase.RUNNING:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_image_error_fails_with_the_reason(env: Env) -> None:
+    env.preparer.image_error = not_found()
+    supervisor = env.runtime.put(desired())
+    await until(supervisor, Phase.FAILED)
+    assert condition(supervisor, "ImageReady") == (ConditionStatus.FALSE, Reason.IMAGE_NOT_FOUND)
+    assert "busybox:nope" in (supervisor.record.message or "")
+
+
+async def test_boot_timeout_is_reported(env: Env) -> None:
+    env.vmm.boot_error = BootError("guest agent not ready after 5s; VM killed", "last words")
+    supervisor = env.runtime.put(desired())
+    await until(supervisor, Phase.CRASHED)
+    assert condition(supervisor, "AgentConnected") == (ConditionStatus.FALSE, Reason.BOOT_TIMEOUT)
+    assert "last words" in (supervisor.record.message or "")
+
+
+async def test_a_restarted_runtime_re_adopts_running_vms(env: Env) -> None:
+    first, second = await running(env), await running(env)
+    gone = await running(env)
+    for supervisor in (first, second, gone):
+        await supervisor.detach()
+    env.vmm.alive.discard(gone.record.vm.pid if gone.record.vm else 0)
+    runtime = env.fresh_runtime()
+    adopted = await runtime.recover()
+    assert adopted == {first.uid: True, second.uid: True, gone.uid: False}
+    assert runtime.sandboxes[first.uid].status().phase == Phase.RUNNING
+    assert runtime.sandboxes[gone.uid].status().phase == Phase.CRASHED
+    async with await AgentClient.connect(runtime.sandboxes[second.uid].relay_socket) as client:
+        assert (await client.run("echo", ["back"])).stdout == b"back\n"
+    assert len(env.vmm.specs) == 3  # nothing booted again
+    env.runtime = runtime
+
+
+async def test_remove_deletes_every_per_sandbox_file(env: Env) -> None:
+    supervisor = await running(env)
+    folder = supervisor.dir
+    assert (folder / "record.json").exists()
+    await env.runtime.remove(supervisor.uid)
+    assert not folder.exists()
+    assert env.preparer.removed == [supervisor.uid]
+    assert env.vmm.last.calls == ["kill"]
+    assert supervisor.uid not in env.runtime.sandboxes
