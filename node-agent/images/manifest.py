@@ -159,11 +159,3 @@ def validate_manifest(manifest: Manifest, config: ImageConfig, *, reference: str
             )
     for position, diff_id in enumerate(config.rootfs.diff_ids):
         parse_digest(diff_id, field=f"{reference}: config.rootfs.diff_ids[{position}]")
-
-
-def layer_compression(media_type: str) -> str:
-    if media_type.endswith("+zstd"):
-        return "zstd"
-    if media_type.endswith("gzip"):
-        return "gzip"
-    return "none"

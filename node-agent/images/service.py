@@ -37,7 +37,6 @@ from kubesandbox_node.images.manifest import (
     ImageConfig,
     Index,
     Manifest,
-    layer_compression,
     parse_json,
     select_platform,
     validate_manifest,
@@ -281,9 +280,7 @@ class ImageService:
 
             blob = await self.blobs.ensure(digest, fetch)
             try:
-                cached = await self.layers.ensure(
-                    Digest(layer.diff_id), blob, compression=layer_compression(layer.media_type)
-                )
+                cached = await self.layers.ensure(Digest(layer.diff_id), blob, compression="auto")
             finally:
                 self.blobs.remove(digest)
             self.stats.layers_built += 1

@@ -98,17 +98,17 @@ class _CountingReader:
 @contextmanager
 def open_decompressed(blob: Path, compression: str) -> Iterator[IO[bytes]]:
     """The layer blob as a stream of tar bytes; ``compression`` is gzip, zstd, none or auto."""
+    if compression == "auto":
+        with blob.open("rb") as probe:
+            magic = probe.read(4)
+        compression = (
+            "gzip"
+            if magic[:2] == b"\x1f\x8b"
+            else "zstd"
+            if magic == b"\x28\xb5\x2f\xfd"
+            else "none"
+        )
     with blob.open("rb") as raw:
-        if compression == "auto":
-            magic = raw.read(4)
-            raw.seek(0)
-            compression = (
-                "gzip"
-                if magic[:2] == b"\x1f\x8b"
-                else "zstd"
-                if magic == b"\x28\xb5\x2f\xfd"
-                else "none"
-            )
         if compression == "gzip":
             with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
                 yield cast(IO[bytes], unzipped)

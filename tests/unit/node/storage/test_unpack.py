@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -162,3 +163,16 @@ def test_trusted_xattrs_from_the_tar_are_dropped(tmp_path: Path, dest: Path) -> 
     with pytest.raises(OSError):  # noqa: PT011 (ENODATA)
         os.getxattr(dest / "dir", OPAQUE_XATTR)
     assert os.getxattr(dest / "dir", "user.note") == b"ok"
+
+
+def test_zstd_and_plain_layers_are_detected(tmp_path: Path, dest: Path) -> None:
+    tar = layer_tar([file("z", "zstd"), directory("d")])
+    raw = tmp_path / "raw"
+    raw.write_bytes(tar)
+    compressed = tmp_path / "raw.zst"
+    subprocess.run(["zstd", "-q", "-o", str(compressed), str(raw)], check=True)
+    assert unpack_layer(compressed, dest).diff_id == digest(tar)
+    assert (dest / "z").read_text() == "zstd"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert unpack_layer(raw, plain).diff_id == digest(tar)
