@@ -14,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from kubesandbox_devenv.binaries import KUBERNETES_VERSION
 from kubesandbox_devenv.controlplane import ControlPlane
 from kubesandbox_devenv.nodes import NODE_AGENT_LABEL
+from kubesandbox_devenv.probes import HealthProbe
 
 pytestmark = pytest.mark.controlplane
 
@@ -114,14 +115,21 @@ def test_rolebinding_grants_a_user_access(
     assert pods.items == []
 
 
-def test_pod_is_bound_to_a_registered_node_by_the_scheduler(
-    core: client.CoreV1Api, namespace: str
-) -> None:
+def test_anonymous_requests_see_version_and_nothing_else(control_plane: ControlPlane) -> None:
+    port = control_plane.ports.apiserver
+    version_ok, _ = HealthProbe(port, "/version", ca=control_plane.ca).check()
+    pods_ok, pods = HealthProbe(port, "/api/v1/pods", ca=control_plane.ca).check()
+    assert version_ok
+    assert not pods_ok
+    assert pods.startswith("HTTP 403")
+
+
+def create_bound_pod(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod:
     wait_for(lambda: default_service_account(core, namespace), "the default ServiceAccount")
     core.create_namespaced_pod(
         namespace,
         client.V1Pod(
-            metadata=client.V1ObjectMeta(name="sandbox"),
+            metadata=client.V1ObjectMeta(name=name),
             spec=client.V1PodSpec(
                 node_selector={NODE_AGENT_LABEL: "true"},
                 containers=[client.V1Container(name="main", image="example.invalid/none")],
@@ -129,12 +137,53 @@ def test_pod_is_bound_to_a_registered_node_by_the_scheduler(
         ),
     )
 
-    def bound_node() -> str | None:
-        pod = core.read_namespaced_pod("sandbox", namespace)
-        return pod.spec.node_name if pod.spec else None
+    def bound() -> client.V1Pod | None:
+        pod = core.read_namespaced_pod(name, namespace)
+        return pod if pod.spec and pod.spec.node_name else None
 
-    node = wait_for(bound_node, "kube-scheduler to bind the Pod")
-    assert node.startswith("kubesandbox-node-")
+    return wait_for(bound, f"kube-scheduler to bind Pod {name}")
+
+
+def test_pod_is_bound_to_a_registered_node_by_the_scheduler(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    pod = create_bound_pod(core, namespace, "sandbox")
+
+    assert pod.spec is not None
+    assert pod.spec.node_name is not None
+    assert pod.spec.node_name.startswith("kubesandbox-node-")
+
+
+def test_pod_bound_token_names_the_node(
+    control_plane: ControlPlane, core: client.CoreV1Api, namespace: str
+) -> None:
+    pod = create_bound_pod(core, namespace, "agent")
+    assert pod.metadata is not None
+    assert pod.spec is not None
+    issued = core.create_namespaced_service_account_token(
+        "default",
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[],
+                expiration_seconds=600,
+                bound_object_ref=client.V1BoundObjectReference(
+                    api_version="v1", kind="Pod", name="agent", uid=pod.metadata.uid
+                ),
+            )
+        ),
+    )
+    assert issued.status is not None
+    with control_plane.api_client() as api:
+        review = client.AuthenticationV1Api(api).create_token_review(
+            client.V1TokenReview(spec=client.V1TokenReviewSpec(token=issued.status.token))
+        )
+    assert review.status is not None
+    assert review.status.user is not None
+    assert review.status.user.extra is not None
+    assert review.status.user.extra["authentication.kubernetes.io/node-name"] == [
+        pod.spec.node_name
+    ]
 
 
 def test_service_account_token_is_issued_and_reviewed(
