@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from kubesandbox_devenv.certs import CertPair
 
 CLUSTER_NAME = "kubesandbox"

@@ -13,6 +13,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
 from kubesandbox_devenv.binaries import KUBERNETES_VERSION
 
 NODE_AGENT_LABEL = "kubesandbox.dev/node-agent"
