@@ -149,25 +149,31 @@ class Relay:
         os.chmod(self.socket_path, self.socket_mode)
 
     async def close(self) -> None:
+        if self._closed.is_set() and self._server is None:
+            return
         self._closed.set()
-        if self._server is not None:
-            self._server.close()
-        for client in list(self._slots.values()):
-            await self._drop_client(client, notify_guest=False)
-        for task in list(self._client_tasks):
-            task.cancel()
-        for task in list(self._client_tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._guest_writer is not None:
-            self._guest_writer.close()
         if not self._ready.done():
             self._ready.set_exception(RelayClosedError("relay closed before the guest was ready"))
             self._ready.exception()  # mark retrieved: nobody may be waiting
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for client in list(self._slots.values()):
+            client.writer.transport.abort()
+            await self._drop_client(client, notify_guest=False)
+        if self._guest_writer is not None:
+            self._guest_writer.close()
+        # client tasks end on their own once their sockets are gone; cancelling them would
+        # make asyncio's stream callback log the cancellation as an error
+        pending = [t for t in self._client_tasks if t is not asyncio.current_task()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=5)
+            for task in late:
+                task.cancel()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        if self._server is not None:
-            await self._server.wait_closed()
+        if server is not None:
+            await server.wait_closed()
 
     @property
     def ready_frame(self) -> bytes | None:

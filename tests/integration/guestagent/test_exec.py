@@ -54,13 +54,13 @@ async def test_missing_command_fails_with_not_found(client: AgentClient) -> None
 
 async def test_50_mb_through_stdin_arrive_intact(client: AgentClient) -> None:
     data = os.urandom(50 * 1024 * 1024)
-    result = await client.run("/bin/sha256sum", stdin=data)
+    result = await client.run("sha256sum", stdin=data)
     assert result.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
 
 
 async def test_50_mb_through_stdin_with_the_sdk(sdk: SdkClient) -> None:
     data = os.urandom(50 * 1024 * 1024)
-    code, out, _ = await sdk_exec(sdk, "/bin/sha256sum", stdin=data)
+    code, out, _ = await sdk_exec(sdk, "sha256sum", stdin=data)
     assert code == 0
     assert out.split()[0].decode() == hashlib.sha256(data).hexdigest()
 
