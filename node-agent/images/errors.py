@@ -25,6 +25,10 @@ class ImageError(StorageError):
     """A reference that does not parse or resolve, a registry failure, a refused pull."""
 
 
+class ImageNotFoundError(ImageError):
+    """The registry has no such repository, tag or digest (HTTP 404)."""
+
+
 class AuthError(ImageError):
     """The registry refused our credentials (or we had none)."""
 

@@ -24,7 +24,12 @@ import structlog
 
 from kubesandbox_node.images.auth import Challenge, Credentials, parse_challenge
 from kubesandbox_node.images.digests import Digest, DigestVerifier, digest_of
-from kubesandbox_node.images.errors import AuthError, DigestMismatchError, ImageError
+from kubesandbox_node.images.errors import (
+    AuthError,
+    DigestMismatchError,
+    ImageError,
+    ImageNotFoundError,
+)
 from kubesandbox_node.images.manifest import ACCEPT, MAX_MANIFEST_BYTES, detect_media_type
 from kubesandbox_node.images.reference import ImageReference
 
@@ -234,7 +239,7 @@ class _AuthorizedRequest:
             return response
         response.release()
         if response.status == 404:
-            raise ImageError(f"{self.ref}: not found in {self.ref.registry} ({self.url})")
+            raise ImageNotFoundError(f"{self.ref}: not found in {self.ref.registry} ({self.url})")
         if response.status == 403:
             raise AuthError(f"{self.ref.registry}: access to {self.ref} denied")
         raise ImageError(

@@ -13,6 +13,7 @@ from kubesandbox_node.images.errors import (
     AuthError,
     DigestMismatchError,
     ImageError,
+    ImageNotFoundError,
     LayerError,
     NotCachedError,
 )
@@ -217,7 +218,7 @@ def _rebuild_with_config(image: BuiltImage, config: bytes) -> BuiltImage:
 
 
 async def test_not_found_names_the_reference(service: ImageService, registry: FakeRegistry) -> None:
-    with pytest.raises(ImageError, match="team/app:nope: not found"):
+    with pytest.raises(ImageNotFoundError, match="team/app:nope: not found"):
         await service.ensure("uid-1", ref(registry, "nope"))
 
 
