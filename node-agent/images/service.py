@@ -95,6 +95,8 @@ class ImageService:
         self.pins = PinStore(self.root / "meta")
         self.stats = FetchStats()
         self._layer_tasks: dict[Digest, asyncio.Task[CachedLayer]] = {}
+        self._listeners: dict[Digest, list[_Reporter]] = {}
+        """Every caller waiting for a layer download hears its progress, not only the first."""
         self._semaphore = asyncio.Semaphore(PARALLEL_LAYERS)
 
     async def ensure(
@@ -250,11 +252,16 @@ class ImageService:
                 return cached
             task = self._layer_tasks.get(diff_id)
             if task is None:
-                task = asyncio.create_task(
-                    self._fetch_layer(pinned_ref, layer, credentials, reporter)
-                )
+                task = asyncio.create_task(self._fetch_layer(pinned_ref, layer, credentials))
                 self._layer_tasks[diff_id] = task
-                task.add_done_callback(lambda _t: self._layer_tasks.pop(diff_id, None))
+                self._listeners[diff_id] = []
+
+                def done(_task: asyncio.Task[CachedLayer]) -> None:
+                    self._layer_tasks.pop(diff_id, None)
+                    self._listeners.pop(diff_id, None)
+
+                task.add_done_callback(done)
+            self._listeners[diff_id].append(reporter)
             return await asyncio.shield(task)
 
         layers = await asyncio.gather(*(one(layer) for layer in record.layers))
@@ -267,14 +274,19 @@ class ImageService:
         ref: ImageReference,
         layer: LayerRecord,
         credentials: Credentials | None,
-        reporter: _Reporter,
     ) -> CachedLayer:
         digest = Digest(layer.digest)
+        diff_id = Digest(layer.diff_id)
+
+        def progress(delta: int) -> None:
+            for listener in self._listeners.get(diff_id, ()):
+                listener.add(delta)
+
         async with self._semaphore:
 
             async def fetch(temp: Path) -> None:
                 await self.registry.fetch_blob(
-                    ref, digest, layer.size, credentials, temp, progress=reporter.add
+                    ref, digest, layer.size, credentials, temp, progress=progress
                 )
                 self.stats.blob_bytes += layer.size
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -121,12 +121,22 @@ async def test_concurrent_sandboxes_fetch_each_layer_once(
 ) -> None:
     image = build_image([BASE, TOP_V1])
     registry.add("team/app", "v", image)
+    seen: dict[int, list[tuple[int, int]]] = {i: [] for i in range(8)}
+
+    def progress(i: int) -> Callable[[int, int], None]:
+        return lambda done, total: seen[i].append((done, total))
+
     results = await asyncio.gather(
         *(
-            service.ensure(f"uid-{i}", ref(registry), pull_policy=PullPolicy.ALWAYS)
+            service.ensure(
+                f"uid-{i}", ref(registry), pull_policy=PullPolicy.ALWAYS, progress=progress(i)
+            )
             for i in range(8)
         )
     )
+    total = sum(map(len, image.layers))
+    assert all(reports[-1] == (total, total) for reports in seen.values())
+    assert all(max(done for done, _ in reports) <= total for reports in seen.values())
     assert {r.record.manifest_digest for r in results} == {image.digest}
     for layer in image.layers:
         assert registry.requests[f"blob {digest(layer)}"] == 1
