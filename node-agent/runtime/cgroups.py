@@ -25,7 +25,10 @@ PERIOD_US = 100_000
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory")
 # QEMU's own threads (I/O, QMP, TCG translation) get a fifth of a CPU on top of the vCPUs.
 VMM_CPU_SHARE = 0.2
-_WRAP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 121; shift; done; shift; exec "$@"'
+_WRAP = (
+    'while [ "$1" != -- ]; do echo $$ > "$1" || exit 121; shift; done; shift; '
+    'unset PWD OLDPWD; exec "$@"'  # dash exports PWD: QEMU gets no environment of ours
+)
 
 
 def vmm_overhead_mib(accel: str, tb_size_mib: int = 64) -> int:

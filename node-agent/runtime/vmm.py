@@ -250,6 +250,8 @@ class QemuVMM:
 
     accel: str = "tcg"
     cgroups: CgroupManager | None = field(default_factory=CgroupManager)
+    wrap: Callable[[str, list[str]], list[str]] | None = None
+    """Runs QEMU inside something (the sandbox's network namespace), given the VM's name."""
 
     async def start(self, spec: VMSpec, relay_socket: Path, *, ready_timeout: float) -> QemuHandle:
         spec.state_dir.mkdir(parents=True, exist_ok=True)
@@ -258,6 +260,8 @@ class QemuVMM:
                 stale.unlink()
         group: Cgroup | None = None
         argv = spec.argv()
+        if self.wrap is not None:
+            argv = self.wrap(spec.name, argv)
         limit = (spec.memory_mib + vmm_overhead_mib(spec.accel, spec.tcg_tb_size_mib)) << 20
         if self.cgroups is not None:
             group = await asyncio.to_thread(

@@ -1,0 +1,285 @@
+"""From a ``DesiredSandbox`` to a bootable ``VMSpec``: the real ``Preparer``.
+
+1. ``image``: OCI references go through the image service (pinned digest first, then the
+   pull policy), with registry mirrors applied (``docker.io`` → a loopback registry in the
+   embedded environment) and the pull credentials the operator resolved. The pin becomes
+   ``status.image``.
+2. ``build``: the rootfs (``rootfs.assemble``: EROFS layers + a writable ext4 layer with the
+   patches and scripts, or a qcow2 overlay over a disk image, or a host directory), the
+   volumes, the network (``network``), the boot configuration, and the per-sandbox initrd
+   (``bootimage.initramfs.write_initrd``) → ``VMSpec`` with devices named by serial.
+3. ``remove``: the rootfs folder, the network, the layer pin. Named volumes stay.
+
+Storage errors become ``PrepareError`` with the reason the status shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from kubesandbox_api.conditions import Reason
+from kubesandbox_api.spec import ContentSource, DirectorySource, LogLevel
+from kubesandbox_api.status import ImageStatus, LayerPin
+from kubesandbox_node.bootimage.initramfs import BootImage, write_initrd
+from kubesandbox_node.images.auth import Credentials, Keychain
+from kubesandbox_node.images.errors import (
+    AuthError,
+    ImageError,
+    NotCachedError,
+    StorageError,
+)
+from kubesandbox_node.images.reference import parse_reference
+from kubesandbox_node.images.service import ImageService, ReadyImage
+from kubesandbox_node.rootfs.assemble import HostDirRoot, OverlayRoot, SandboxRootfs
+from kubesandbox_node.rootfs.disk import DiskRoot
+from kubesandbox_node.rootfs.errors import PatchError, RootfsError
+from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
+from kubesandbox_node.runtime.model import DesiredSandbox
+from kubesandbox_node.runtime.supervisor import PrepareError
+from kubesandbox_node.vm import bootconfig as bc
+from kubesandbox_node.vm.spec import Accel, Drive, Share, VMSpec
+from kubesandbox_node.volumes.prepare import NamedVolumes, prepare_volumes
+
+_PATCH_INDEX = re.compile(r"patches\[(\d+)\]")
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class NetworkProvider(Protocol):
+    """Per-sandbox networking (``kubesandbox_node.network``)."""
+
+    async def attach(self, desired: DesiredSandbox) -> tuple[bc.Network | None, list[str]]:
+        """The guest's network configuration and extra QEMU arguments (the NIC)."""
+        ...
+
+    def wrap_argv(self, uid: str, argv: list[str]) -> list[str]: ...
+
+    async def detach(self, uid: str) -> None: ...
+
+
+class NoNetwork:
+    async def attach(self, desired: DesiredSandbox) -> tuple[bc.Network | None, list[str]]:
+        return None, []
+
+    def wrap_argv(self, uid: str, argv: list[str]) -> list[str]:
+        return argv
+
+    async def detach(self, uid: str) -> None:
+        return None
+
+
+@dataclass
+class ResolvedSources:
+    """Copy sources the operator resolved, by patch index (docs/node-agent-api.md)."""
+
+    files: Mapping[str, str]
+    dirs: Mapping[str, Mapping[str, str]]
+
+    def _index(self, where: str) -> str:
+        found = _PATCH_INDEX.search(where)
+        if found is None:
+            raise PatchError("copy source without a patch index", field=where)
+        return found.group(1)
+
+    def file(self, source: ContentSource, *, field: str) -> bytes:
+        key = self._index(field)
+        if key not in self.files:
+            raise PatchError("the operator sent no content for this copy source", field=field)
+        return base64.b64decode(self.files[key])
+
+    def directory(self, source: DirectorySource, *, field: str) -> Mapping[str, bytes]:
+        key = self._index(field)
+        if key not in self.dirs:
+            raise PatchError("the operator sent no content for this copy source", field=field)
+        return {name: base64.b64decode(data) for name, data in self.dirs[key].items()}
+
+
+def mirrored(reference: str, mirrors: Mapping[str, str]) -> str:
+    ref = parse_reference(reference)
+    mirror = mirrors.get(ref.registry)
+    if mirror is None:
+        return reference
+    out = f"{mirror}/{ref.repository}"
+    if ref.tag:
+        out += f":{ref.tag}"
+    if ref.digest:
+        out += f"@{ref.digest}"
+    return out
+
+
+def _image_reason(exc: StorageError) -> Reason:
+    if isinstance(exc, NotCachedError):
+        return Reason.IMAGE_NOT_CACHED
+    if isinstance(exc, AuthError) or exc.temporary:
+        return Reason.IMAGE_PULL_FAILED
+    text = str(exc).lower()
+    if "not found" in text or "unknown" in text or "404" in text:
+        return Reason.IMAGE_NOT_FOUND
+    if isinstance(exc, ImageError):
+        return Reason.INVALID_IMAGE
+    return Reason.IMAGE_PULL_FAILED
+
+
+@dataclass
+class SandboxPreparer:
+    images: ImageService
+    rootfs: SandboxRootfs
+    named: NamedVolumes
+    policy: HostPathPolicy
+    boot_image: BootImage
+    accel: Accel = "tcg"
+    tsc_khz: int | None = None
+    mirrors: Mapping[str, str] = field(default_factory=dict)
+    network: NetworkProvider = field(default_factory=NoNetwork)
+    _ready: dict[str, ReadyImage] = field(default_factory=dict)
+
+    async def image(self, desired: DesiredSandbox) -> ImageStatus | None:
+        source = desired.spec.image
+        if source.oci is None:
+            return None
+        keychain = Keychain()
+        for auth in desired.resolved.pull_auths:
+            keychain.add(auth.registry, Credentials(auth.username, auth.password))
+        pinned = desired.pinned_image.digest if desired.pinned_image else None
+        try:
+            ready = await self.images.ensure(
+                desired.uid,
+                mirrored(source.oci, self.mirrors),
+                pull_policy=source.pull_policy,
+                keychain=keychain,
+                pinned_digest=pinned,
+            )
+        except StorageError as exc:
+            raise PrepareError(_image_reason(exc), str(exc)) from exc
+        self._ready[desired.uid] = ready
+        record = ready.record
+        return ImageStatus(
+            reference=source.oci,
+            digest=record.manifest_digest,
+            layers=[LayerPin(digest=layer.digest, size=layer.size) for layer in record.layers],
+            resolved_at=record.resolved_at,
+        )
+
+    async def build(self, desired: DesiredSandbox, vm_dir: Path) -> VMSpec:
+        try:
+            return await self._build(desired, vm_dir)
+        except StorageError as exc:
+            raise PrepareError(Reason.ROOTFS_FAILED, str(exc)) from exc
+
+    async def _build(self, desired: DesiredSandbox, vm_dir: Path) -> VMSpec:
+        spec = desired.spec
+        ready = self._ready.get(desired.uid)
+        sources = ResolvedSources(desired.resolved.files, desired.resolved.dirs)
+        prepared = await self.rootfs.prepare(
+            desired.uid,
+            spec.image,
+            layers=ready.layers if ready else (),
+            patches=spec.patches,
+            scripts=spec.scripts,
+            sources=sources,
+            size_mib=spec.rootfs_size_mib,
+        )
+        drives: list[Drive] = []
+        shares: list[Share] = []
+        root: bc.OverlayRoot | bc.DiskRoot | bc.NinePRoot
+        if isinstance(prepared, OverlayRoot):
+            serials = [f"layer{i}" for i in range(len(prepared.layers))]
+            drives += [Drive(s, p) for s, p in zip(serials, prepared.layers, strict=True)]
+            drives.append(Drive("upper", prepared.upper, read_only=False))
+            root = bc.OverlayRoot(layers=serials, upper="upper")
+        elif isinstance(prepared, DiskRoot):
+            drives.append(Drive("root", prepared.overlay, read_only=False, format="qcow2"))
+            root = bc.DiskRoot(device="root", fstype=prepared.fstype or "ext4")
+        else:
+            assert isinstance(prepared, HostDirRoot)
+            shares.append(Share("root", prepared.path, read_only=prepared.read_only))
+            root = bc.NinePRoot(tag="root", read_only=prepared.read_only)
+        volumes: list[bc.TmpfsVolume | bc.NinePVolume | bc.BlockVolume] = []
+        for volume in prepare_volumes(
+            spec.volumes, namespace=desired.namespace, policy=self.policy, named=self.named
+        ):
+            if volume.kind == "tmpfs":
+                volumes.append(
+                    bc.TmpfsVolume(mount_path=volume.mount_path, size_mib=volume.size_mib)
+                )
+            else:
+                assert volume.host_path is not None
+                assert volume.tag is not None
+                shares.append(Share(volume.tag, volume.host_path, read_only=volume.read_only))
+                volumes.append(
+                    bc.NinePVolume(
+                        mount_path=volume.mount_path, tag=volume.tag, read_only=volume.read_only
+                    )
+                )
+        network, nic_args = await self.network.attach(desired)
+        defaults = ready.record.defaults if ready else None
+        config = bc.BootConfig(
+            hostname=spec.hostname or desired.name[:63].strip("-.") or "sandbox",
+            root=root,
+            volumes=volumes,
+            env=self._env(desired, defaults.env if defaults else []),
+            workdir=spec.workdir or (defaults.working_dir if defaults else None) or None,
+            user=str(spec.user)
+            if spec.user is not None
+            else (defaults.user if defaults else None) or None,
+            shell=spec.shell,
+            init=None if spec.init == "none" else spec.init,
+            network=network,
+            log_level=_log_level(spec.log_level),
+        )
+        initrd = await asyncio.to_thread(self._initrd, config, vm_dir)
+        return VMSpec(
+            name=desired.uid,
+            kernel=self.boot_image.kernel,
+            initrd=initrd,
+            state_dir=vm_dir,
+            cpus=spec.cpus,
+            memory_mib=spec.memory_mib,
+            accel=self.accel,
+            tsc_khz=self.tsc_khz,
+            drives=tuple(drives),
+            shares=tuple(shares),
+            extra_args=tuple(nic_args),
+        )
+
+    def _initrd(self, config: bc.BootConfig, vm_dir: Path) -> Path:
+        vm_dir.mkdir(parents=True, exist_ok=True)
+        return write_initrd(self.boot_image, config, vm_dir / "initrd.cpio")
+
+    def _env(self, desired: DesiredSandbox, image_env: list[str]) -> list[str]:
+        merged: dict[str, str] = {}
+        for item in [DEFAULT_PATH, *image_env]:
+            name, _, value = item.partition("=")
+            merged[name] = value
+        for var in desired.spec.env:
+            if var.value is not None:
+                merged[var.name] = var.value
+            elif var.name in desired.resolved.env:
+                merged[var.name] = desired.resolved.env[var.name]
+        return [f"{k}={v}" for k, v in merged.items()]
+
+    async def remove(self, desired: DesiredSandbox) -> None:
+        self._ready.pop(desired.uid, None)
+        with contextlib.suppress(RootfsError):
+            self.rootfs.delete(desired.uid)
+        await self.network.detach(desired.uid)
+        self.images.release(desired.uid)
+
+
+def _log_level(level: LogLevel | None) -> bc.LogLevel:
+    if level is None:
+        return "info"
+    mapping: dict[LogLevel, bc.LogLevel] = {
+        LogLevel.ERROR: "error",
+        LogLevel.WARN: "warn",
+        LogLevel.INFO: "info",
+        LogLevel.DEBUG: "debug",
+        LogLevel.TRACE: "trace",
+    }
+    return mapping[level]

@@ -1,0 +1,50 @@
+"""A preparer for VM tests that boots the busybox ``ready`` stand-in (no Rust agent needed):
+real kernel, real initramfs, real QEMU, real relay; the stand-in sends ``core.ready`` and
+then sleeps, ignoring ``core.shutdown``."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubesandbox_api.status import ImageStatus
+from kubesandbox_node.bootimage import initramfs, standin
+from kubesandbox_node.bootimage.initramfs import BootImage
+from kubesandbox_node.runtime.model import DesiredSandbox
+from kubesandbox_node.vm.bootconfig import BootConfig, OverlayRoot
+from kubesandbox_node.vm.host import tsc_khz
+from kubesandbox_node.vm.spec import VMSpec
+
+
+def standin_image() -> BootImage:
+    init, extra = standin.entries("ready")
+    return initramfs.build(init, extra=extra)
+
+
+@dataclass
+class StandinPreparer:
+    image_: BootImage = field(default_factory=standin_image)
+    removed: list[str] = field(default_factory=list)
+
+    async def image(self, desired: DesiredSandbox) -> ImageStatus | None:
+        return None
+
+    async def build(self, desired: DesiredSandbox, vm_dir: Path) -> VMSpec:
+        config = BootConfig(root=OverlayRoot(layers=[], upper="upper"))
+        await asyncio.to_thread(vm_dir.mkdir, parents=True, exist_ok=True)
+        initrd = await asyncio.to_thread(
+            initramfs.write_initrd, self.image_, config, vm_dir / "initrd.cpio"
+        )
+        return VMSpec(
+            name=desired.uid,
+            kernel=self.image_.kernel,
+            initrd=initrd,
+            state_dir=vm_dir,
+            cpus=desired.spec.cpus,
+            memory_mib=desired.spec.memory_mib,
+            tsc_khz=tsc_khz(),
+        )
+
+    async def remove(self, desired: DesiredSandbox) -> None:
+        self.removed.append(desired.uid)
