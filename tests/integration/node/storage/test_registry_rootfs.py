@@ -44,6 +44,10 @@ def app_layers() -> list[bytes]:
             directory("var/lib/stale"),
             file("var/lib/stale/a", "a"),
             file("etc/doomed", "bye"),
+            directory("opt"),
+            directory("opt/vendor"),
+            file("opt/vendor/a", "a"),
+            file("opt/vendor/b", "b"),
         ]
     )
     middle = layer_tar(
@@ -126,6 +130,9 @@ async def test_multi_layer_image_assembles_as_the_guest_sees_it(
             {"append": {"path": "/etc/hosts", "content": "127.0.0.1 myapp.local\n"}},
             {"remove": {"path": "/etc/passwd"}},
             {"symlink": {"path": "/app/link", "target": "/etc/greeting.txt"}},
+            {"remove": {"path": "/opt/vendor"}},
+            {"text": {"path": "/opt/vendor/only", "content": "only"}},
+            {"text": {"path": "/bin/tool", "content": "#!/bin/sh\necho tool\n", "mode": 0o755}},
         ],
         scripts={"setup": "#!/bin/sh\necho set up\n"},
     )
@@ -160,6 +167,8 @@ async def test_multi_layer_image_assembles_as_the_guest_sees_it(
     assert view.outputs[1] == "set up\n"
     assert view.outputs[2] == "fresh\n"
     assert view.outputs[3] == "Hello\n"
+    assert sorted(p for p in files if p.startswith("/opt/vendor/")) == ["/opt/vendor/only"]
+    assert files["/bin/tool"].mode == 0o755
 
 
 async def test_pinned_sandbox_ignores_a_moved_tag(
