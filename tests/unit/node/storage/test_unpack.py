@@ -106,6 +106,10 @@ def test_diff_id_is_the_uncompressed_digest(tmp_path: Path, dest: Path) -> None:
         ([chardev("dev/mem", 1, 1)], "device nodes"),
         ([file("a", "x"), file("a/b", "y")], "non-directory"),
         ([whiteout("..")], "names no entry"),
+        ([directory("d"), hardlink("h", "d")], "hard link to a non-file"),
+        ([file("a" * 300, "x")], "longer than 255 bytes"),
+        ([file("/".join(["d"] * 2100), "x")], "longer than 4096 bytes"),
+        ([file("ok", "x"), whiteout("ok"), hardlink("h", "ok")], "hard link to a non-file"),
     ],
 )
 def test_hostile_entries_are_refused_and_nothing_escapes(
@@ -176,3 +180,24 @@ def test_zstd_and_plain_layers_are_detected(tmp_path: Path, dest: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
     assert unpack_layer(raw, plain).diff_id == digest(tar)
+
+
+def test_pax_path_override_is_checked_like_any_name(tmp_path: Path, dest: Path) -> None:
+    info = tarfile.TarInfo("harmless")
+    info.size = 1
+    info.pax_headers = {"path": "../../outside/victim"}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        archive.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(LayerError, match=r"'\.\.' component"):
+        unpack(tmp_path, dest, buffer.getvalue())
+    assert_outside_untouched(tmp_path)
+
+
+def test_later_entries_replace_earlier_ones_as_tar_does(tmp_path: Path, dest: Path) -> None:
+    tar = layer_tar(
+        [directory("x"), file("x/inner", "i"), file("x", "now a file"), symlink("y", "x")]
+    )
+    unpack(tmp_path, dest, tar)
+    assert (dest / "x").read_text() == "now a file"
+    assert os.readlink(dest / "y") == "x"
