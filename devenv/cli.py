@@ -10,10 +10,12 @@ to ``environment_components``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -187,6 +189,15 @@ def status(settings: Settings) -> int:
     return 0 if healthy else 1
 
 
+@contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """One ``up`` or ``down`` at a time per state dir (the checkout is shared)."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with (state_dir / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubesandbox-devenv", description="The embedded kubesandbox environment."
@@ -226,9 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "up":
-            return up(settings)
+            with state_lock(settings.state_dir):
+                return up(settings)
         if args.command == "down":
-            return down(settings, purge=args.purge)
+            with state_lock(settings.state_dir):
+                return down(settings, purge=args.purge)
         if args.command == "measure":
             print(timing.report(timing.measure(args.runs)))
             return 0
