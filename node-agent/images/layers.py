@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -112,7 +113,15 @@ class LayerCache:
             found = self.get(diff_id)
             if found is not None:
                 return found
-            await asyncio.to_thread(self._build, diff_id, blob, compression)
+            try:
+                await asyncio.to_thread(self._build, diff_id, blob, compression)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise LayerError(
+                        f"no space left in the layer cache ({self.root}) for {diff_id}",
+                        temporary=True,
+                    ) from None
+                raise
             self.builds += 1
         built = self.get(diff_id)
         assert built is not None

@@ -304,3 +304,15 @@ async def test_failed_first_pull_leaves_no_pin(
     registry.add("team/app", "v", fixed)
     ready = await service.ensure("uid-1", ref(registry), pull_policy=PullPolicy.ALWAYS)
     assert ready.record.manifest_digest == fixed.digest
+
+
+async def test_images_sharing_a_base_fetch_it_once(
+    service: ImageService, registry: FakeRegistry
+) -> None:
+    registry.add("team/app", "one", build_image([BASE, TOP_V1]))
+    registry.add("team/app", "two", build_image([BASE, TOP_V2]))
+    await asyncio.gather(
+        service.ensure("uid-1", ref(registry, "one")), service.ensure("uid-2", ref(registry, "two"))
+    )
+    assert registry.requests[f"blob {digest(build_image([BASE]).layers[0])}"] == 1
+    assert service.layers.builds == 3
