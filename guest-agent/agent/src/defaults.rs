@@ -40,7 +40,8 @@ impl Defaults {
                 set(&mut vars, &k, v);
             }
         }
-        let path = vars.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_else(|| DEFAULT_PATH.into());
+        let path =
+            vars.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_else(|| DEFAULT_PATH.into());
         if !path.split(':').any(|p| p == SCRIPTS_DIR) {
             set(&mut vars, "PATH", format!("{path}:{SCRIPTS_DIR}"));
         }
@@ -49,7 +50,13 @@ impl Defaults {
 
     /// The environment of one exec: defaults, `HOME`/`USER` of the identity when unset, then
     /// the request's entries (malformed entries without `=` are ignored).
-    pub fn exec_env(&self, request: &[String], home: Option<&str>, user: Option<&str>, tty: bool) -> Vec<(String, String)> {
+    pub fn exec_env(
+        &self,
+        request: &[String],
+        home: Option<&str>,
+        user: Option<&str>,
+        tty: bool,
+    ) -> Vec<(String, String)> {
         let mut env = self.env.clone();
         let has = |env: &Vec<(String, String)>, k: &str| env.iter().any(|(key, _)| key == k);
         if let Some(h) = home {

@@ -122,6 +122,10 @@ impl Handles {
     pub fn len(&self) -> usize {
         self.map.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
 }
 
 pub type SharedHandles = Arc<Mutex<Handles>>;
@@ -238,7 +242,12 @@ fn lock(handles: &SharedHandles) -> std::sync::MutexGuard<'_, Handles> {
     handles.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn execute_inner(op: &FsOp, owner: u32, base: &Path, handles: &SharedHandles) -> Result<Option<FsResponseData>, String> {
+fn execute_inner(
+    op: &FsOp,
+    owner: u32,
+    base: &Path,
+    handles: &SharedHandles,
+) -> Result<Option<FsResponseData>, String> {
     let p = |raw: &str| guest_path(raw, base);
     Ok(match op {
         FsOp::Stat { path, follow_symlink } => {
@@ -270,7 +279,9 @@ fn execute_inner(op: &FsOp, owner: u32, base: &Path, handles: &SharedHandles) ->
         FsOp::Remove { path } => {
             let path = p(path)?;
             match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => return Err(format!("remove {}: is a directory (use RemoveDir)", path.display())),
+                Ok(m) if m.is_dir() => {
+                    return Err(format!("remove {}: is a directory (use RemoveDir)", path.display()))
+                }
                 _ => fs::remove_file(&path).map_err(ctx("remove", &path))?,
             }
             None
@@ -280,7 +291,8 @@ fn execute_inner(op: &FsOp, owner: u32, base: &Path, handles: &SharedHandles) ->
             if path == Path::new("/") {
                 return Err("refusing to remove /".into());
             }
-            if *recursive { fs::remove_dir_all(&path) } else { fs::remove_dir(&path) }.map_err(ctx("remove directory", &path))?;
+            if *recursive { fs::remove_dir_all(&path) } else { fs::remove_dir(&path) }
+                .map_err(ctx("remove directory", &path))?;
             None
         }
         FsOp::Copy { src, dst } => {

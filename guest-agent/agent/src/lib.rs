@@ -25,15 +25,20 @@ use server::{Ending, Server, Timings};
 
 /// Serves one channel (port or socket) until shutdown or its end. Builds its own
 /// current-thread runtime; see docs/guest-agent.md for why one thread is enough.
-pub fn serve_channel(file: File, kind: transport::Kind, defaults: defaults::Defaults, timings: Timings) -> std::io::Result<Ending> {
+pub fn serve_channel(
+    file: File,
+    kind: transport::Kind,
+    defaults: defaults::Defaults,
+    timings: Timings,
+) -> std::io::Result<Ending> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(8).build()?;
     let reader = file.try_clone()?;
     let closer = file.try_clone()?;
     let (out, out_rx) = out::Out::new();
     let (in_tx, in_rx) = tokio::sync::mpsc::channel(transport::INBOUND_FRAMES);
     // Both threads are daemons of the process: they end with it.
-    let _r = transport::spawn_reader(reader, kind, in_tx);
-    let _w = transport::spawn_writer(file, out_rx);
+    let _r = transport::spawn_reader(reader, kind, in_tx)?;
+    let _w = transport::spawn_writer(file, out_rx)?;
     let server = Server::new(out, defaults, timings);
     let ending = runtime.block_on(async move {
         let ending = Arc::clone(&server).serve(in_rx).await;

@@ -20,7 +20,11 @@ fn main() {
     let start_ns = sys::boottime_ns();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("--version") => println!("kubesandbox-agent {} (protocol generation {})", env!("CARGO_PKG_VERSION"), ksb_protocol::GENERATION),
+        Some("--version") => println!(
+            "kubesandbox-agent {} (protocol generation {})",
+            env!("CARGO_PKG_VERSION"),
+            ksb_protocol::GENERATION
+        ),
         Some("check-boot-config") => check_boot_config(args.get(1)),
         Some("serve") => dev_serve(&args[1..], start_ns),
         _ if std::process::id() == 1 => pid1(start_ns),
@@ -64,7 +68,10 @@ fn check_boot_config(path: Option<&String>) {
         eprintln!("{USAGE}");
         exit(2)
     };
-    match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| BootConfig::parse(&t).map_err(|e| e.to_string())) {
+    match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| BootConfig::parse(&t).map_err(|e| e.to_string()))
+    {
         Ok(c) => println!("{c:#?}"),
         Err(e) => {
             eprintln!("{path}: {e}");

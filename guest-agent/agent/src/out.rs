@@ -35,9 +35,10 @@ impl Out {
     /// Encodes and queues one frame, waiting while the queue is over budget. Returns false
     /// when the writer is gone (the agent is shutting down).
     pub async fn send<T: Serialize>(&self, id: u32, flags: u8, t: &str, payload: &T) -> bool {
-        let bytes = match encode_body(t, payload).map_err(|e| e.to_string()).and_then(|body| {
-            Frame::new(id, flags, body).encode().map_err(|e| e.to_string())
-        }) {
+        let bytes = match encode_body(t, payload)
+            .map_err(|e| e.to_string())
+            .and_then(|body| Frame::new(id, flags, body).encode().map_err(|e| e.to_string()))
+        {
             Ok(b) => b,
             Err(e) => {
                 log_error!("cannot encode {t} for id {id}: {e}");

@@ -261,7 +261,9 @@ impl Server {
                     Route::Done
                 }
                 (Some(Session::FsWrite { data }), HostMessage::FsData(d)) => Route::Bytes(data.clone(), d.data),
-                (Some(Session::Tcp { cmds }), HostMessage::TcpData(d)) => Route::Tcp(cmds.clone(), TcpCmd::Data(d.data)),
+                (Some(Session::Tcp { cmds }), HostMessage::TcpData(d)) => {
+                    Route::Tcp(cmds.clone(), TcpCmd::Data(d.data))
+                }
                 (Some(Session::Tcp { cmds }), HostMessage::TcpEof) => Route::Tcp(cmds.clone(), TcpCmd::Eof),
                 (Some(Session::Tcp { cmds }), HostMessage::TcpClose) => Route::Tcp(cmds.clone(), TcpCmd::Close),
                 (None, _) if st.recent_set.contains(&id) => Route::Done,
@@ -278,7 +280,8 @@ impl Server {
             }
             Route::Done => {}
             Route::Unknown => {
-                self.error(id, ErrorKind::InvalidSession, format!("no open session with id {id}"), Some(t.into())).await;
+                self.error(id, ErrorKind::InvalidSession, format!("no open session with id {id}"), Some(t.into()))
+                    .await;
             }
             Route::Mismatch => {
                 let message = format!("{t} does not apply to the session open on id {id}");
@@ -338,8 +341,7 @@ impl Server {
             .or_else(|| self.defaults.workdir.clone())
             .or_else(|| home.clone().filter(|h| std::path::Path::new(h).is_dir()))
             .unwrap_or_else(|| "/".into());
-        let tty = req.tty.then_some((req.rows, req.cols));
-        Prepared::new(&program, &req.cmd, &req.args, &env, &cwd, identity, &req.rlimits, tty)
+        Prepared::new(&program, req, &env, &cwd, identity)
     }
 
     async fn start_exec(self: &Arc<Self>, id: u32, req: ExecRequest) {
@@ -473,7 +475,9 @@ impl Server {
                 };
                 if chunk.is_empty() {
                     break match len {
-                        Some(n) if n != written => Err(format!("write {}: expected {n} bytes, received {written}", path.display())),
+                        Some(n) if n != written => {
+                            Err(format!("write {}: expected {n} bytes, received {written}", path.display()))
+                        }
                         _ => Ok(()),
                     };
                 }
@@ -510,7 +514,8 @@ pub fn kill_group(pid: i32, signal: i32) {
 }
 
 fn set_clock(unix_nanos: u64) {
-    let ts = libc::timespec { tv_sec: (unix_nanos / 1_000_000_000) as i64, tv_nsec: (unix_nanos % 1_000_000_000) as i64 };
+    let ts =
+        libc::timespec { tv_sec: (unix_nanos / 1_000_000_000) as i64, tv_nsec: (unix_nanos % 1_000_000_000) as i64 };
     // SAFETY: valid timespec.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
         log_warn!("clock sync: {}", std::io::Error::last_os_error());

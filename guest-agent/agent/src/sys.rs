@@ -89,10 +89,8 @@ pub fn mount(
     let target = cstring(target)?;
     let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
     // SAFETY: every pointer is either null or a NUL-terminated string alive for the call.
-    cvt(unsafe {
-        libc::mount(ptr(&source), target.as_ptr(), ptr(&fstype), flags, ptr(&data) as *const libc::c_void)
-    })
-    .map(drop)
+    cvt(unsafe { libc::mount(ptr(&source), target.as_ptr(), ptr(&fstype), flags, ptr(&data) as *const libc::c_void) })
+        .map(drop)
 }
 
 pub fn kill(pid: i32, signal: i32) -> io::Result<()> {

@@ -52,7 +52,8 @@ pub async fn run(id: u32, host: String, port: u16, mut rx: mpsc::Receiver<TcpCmd
     let stream = match connect {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            out.send(id, FLAG_TERMINAL, types::TCP_FAILED, &TcpFailed { error: format!("connect {host}:{port}: {e}") }).await;
+            out.send(id, FLAG_TERMINAL, types::TCP_FAILED, &TcpFailed { error: format!("connect {host}:{port}: {e}") })
+                .await;
             return;
         }
         Err(_) => {

@@ -79,91 +79,89 @@ fn host_hung_up(fd: i32) -> bool {
 }
 
 /// Reader thread: bytes → frames → dispatcher.
-pub fn spawn_reader(mut reader: File, kind: Kind, tx: mpsc::Sender<Inbound>) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("agent-reader".into())
-        .spawn(move || {
-            let mut dec = FrameDecoder::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut disconnected = false;
-            loop {
-                if kind == Kind::SerialPort && host_hung_up(reader.as_raw_fd()) {
-                    if !disconnected {
-                        log_info!("agent port: host disconnected");
-                        dec.reset();
-                    }
+pub fn spawn_reader(
+    mut reader: File,
+    kind: Kind,
+    tx: mpsc::Sender<Inbound>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("agent-reader".into()).spawn(move || {
+        let mut dec = FrameDecoder::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut disconnected = false;
+        loop {
+            if kind == Kind::SerialPort && host_hung_up(reader.as_raw_fd()) {
+                if !disconnected {
+                    log_info!("agent port: host disconnected");
+                    dec.reset();
+                }
+                disconnected = true;
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            let n = match reader.read(&mut buf) {
+                Ok(0) if kind == Kind::SerialPort => {
                     disconnected = true;
                     std::thread::sleep(Duration::from_millis(50));
                     continue;
                 }
-                let n = match reader.read(&mut buf) {
-                    Ok(0) if kind == Kind::SerialPort => {
-                        disconnected = true;
-                        std::thread::sleep(Duration::from_millis(50));
-                        continue;
-                    }
-                    Ok(0) => {
+                Ok(0) => {
+                    let _ = tx.blocking_send(Inbound::Closed);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log_warn!("agent channel read: {e}");
+                    if kind == Kind::Stream {
                         let _ = tx.blocking_send(Inbound::Closed);
                         return;
                     }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        log_warn!("agent channel read: {e}");
-                        if kind == Kind::Stream {
-                            let _ = tx.blocking_send(Inbound::Closed);
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if disconnected {
+                disconnected = false;
+                dec.reset();
+                log_info!("agent port: host connected");
+                if tx.blocking_send(Inbound::Reconnected).is_err() {
+                    return;
+                }
+            }
+            dec.push(&buf[..n]);
+            loop {
+                match dec.next_frame() {
+                    Ok(Some(frame)) => {
+                        if tx.blocking_send(Inbound::Frame(frame)).is_err() {
                             return;
                         }
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
                     }
-                };
-                if disconnected {
-                    disconnected = false;
-                    dec.reset();
-                    log_info!("agent port: host connected");
-                    if tx.blocking_send(Inbound::Reconnected).is_err() {
-                        return;
-                    }
-                }
-                dec.push(&buf[..n]);
-                loop {
-                    match dec.next_frame() {
-                        Ok(Some(frame)) => {
-                            if tx.blocking_send(Inbound::Frame(frame)).is_err() {
-                                return;
-                            }
+                    Ok(None) => break,
+                    Err(e) => {
+                        dec.reset();
+                        if tx.blocking_send(Inbound::Fatal(e)).is_err() {
+                            return;
                         }
-                        Ok(None) => break,
-                        Err(e) => {
-                            dec.reset();
-                            if tx.blocking_send(Inbound::Fatal(e)).is_err() {
-                                return;
-                            }
-                            break;
-                        }
+                        break;
                     }
                 }
             }
-        })
-        .expect("spawn reader thread")
+        }
+    })
 }
 
 /// Writer thread: queued frames → channel. Blocks while no host is connected.
-pub fn spawn_writer(mut writer: File, mut rx: mpsc::Receiver<OutFrame>) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("agent-writer".into())
-        .spawn(move || {
-            while let Some(frame) = rx.blocking_recv() {
-                if let Err(e) = writer.write_all(&frame.bytes) {
-                    log_warn!("agent channel write: {e}");
-                    if e.kind() == io::ErrorKind::BrokenPipe {
-                        return;
-                    }
+pub fn spawn_writer(mut writer: File, mut rx: mpsc::Receiver<OutFrame>) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("agent-writer".into()).spawn(move || {
+        while let Some(frame) = rx.blocking_recv() {
+            if let Err(e) = writer.write_all(&frame.bytes) {
+                log_warn!("agent channel write: {e}");
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return;
                 }
             }
-        })
-        .expect("spawn writer thread")
+        }
+    })
 }
 
 #[cfg(test)]

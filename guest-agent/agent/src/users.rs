@@ -139,7 +139,7 @@ impl UserDb {
         };
         let mut groups = vec![gid];
         if !entry.name.is_empty() {
-            for g in self.group.iter().filter(|g| g.members.iter().any(|m| *m == entry.name)) {
+            for g in self.group.iter().filter(|g| g.members.contains(&entry.name)) {
                 if !groups.contains(&g.gid) {
                     groups.push(g.gid);
                 }

@@ -6,12 +6,12 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use kubesandbox_agent::defaults::Defaults;
-use kubesandbox_agent::server::Timings;
-use kubesandbox_agent::transport::Kind;
 use ksb_protocol::codec::{FLAG_SESSION_START, FLAG_SHUTDOWN, FLAG_TERMINAL};
 use ksb_protocol::messages::*;
 use ksb_protocol::{encode_body, Envelope, Frame, FrameDecoder};
+use kubesandbox_agent::defaults::Defaults;
+use kubesandbox_agent::server::Timings;
+use kubesandbox_agent::transport::Kind;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -194,7 +194,10 @@ fn failures_are_classified() {
     req.cwd = Some("/no/such/dir".into());
     c.send(2, FLAG_SESSION_START, types::EXEC_REQUEST, &req);
     let f: ExecFailed = c.recv().p();
-    assert_eq!((f.kind, f.stage.as_deref(), f.errno_name.as_deref()), (ExecFailureKind::BadCwd, Some("chdir"), Some("ENOENT")));
+    assert_eq!(
+        (f.kind, f.stage.as_deref(), f.errno_name.as_deref()),
+        (ExecFailureKind::BadCwd, Some("chdir"), Some("ENOENT"))
+    );
 
     let mut req = request("true", &[]);
     req.rlimits = vec![Rlimit { resource: "bogus".into(), soft: 1, hard: 1 }];
@@ -308,7 +311,12 @@ fn fs_write_then_read_like_the_sdk() {
         other => panic!("{other:?}"),
     };
     let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
-    c.send(2, FLAG_SESSION_START, types::FS_REQUEST, &FsRequest { op: FsOp::Write { handle: h, offset: 0, len: Some(big.len() as u64) } });
+    c.send(
+        2,
+        FLAG_SESSION_START,
+        types::FS_REQUEST,
+        &FsRequest { op: FsOp::Write { handle: h, offset: 0, len: Some(big.len() as u64) } },
+    );
     for chunk in big.chunks(FS_CHUNK_MAX) {
         c.send(2, 0, types::FS_DATA, &FsData { data: chunk.to_vec() });
     }

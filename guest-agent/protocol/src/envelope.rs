@@ -39,10 +39,8 @@ impl Envelope {
     /// send for payload-less messages such as `core.ping`.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, EnvelopeError> {
         let bytes: &[u8] = if self.p.is_empty() { &[0xA0] } else { &self.p };
-        ciborium::de::from_reader(bytes).map_err(|e| EnvelopeError::InvalidPayload {
-            t: self.t.clone(),
-            reason: e.to_string(),
-        })
+        ciborium::de::from_reader(bytes)
+            .map_err(|e| EnvelopeError::InvalidPayload { t: self.t.clone(), reason: e.to_string() })
     }
 
     /// Builds an envelope of our own generation around `payload`.

@@ -52,11 +52,24 @@ fn seeds() -> Vec<Vec<u8>> {
         let _ = t;
         out.push(Frame::new(1, 2, body).encode().unwrap());
     };
-    push("exec", encode_body(types::EXEC_REQUEST, &ExecRequest {
-        cmd: "ls".into(), args: vec!["-l".into()], env: vec!["A=B".into()], cwd: Some("/".into()),
-        user: None, tty: true, rows: 24, cols: 80,
-        rlimits: vec![Rlimit { resource: "nofile".into(), soft: 1, hard: 2 }],
-    }).unwrap());
+    push(
+        "exec",
+        encode_body(
+            types::EXEC_REQUEST,
+            &ExecRequest {
+                cmd: "ls".into(),
+                args: vec!["-l".into()],
+                env: vec!["A=B".into()],
+                cwd: Some("/".into()),
+                user: None,
+                tty: true,
+                rows: 24,
+                cols: 80,
+                rlimits: vec![Rlimit { resource: "nofile".into(), soft: 1, hard: 2 }],
+            },
+        )
+        .unwrap(),
+    );
     for op in ksb_protocol::schema::sample_fs_ops() {
         push("fs", encode_body(types::FS_REQUEST, &FsRequest { op }).unwrap());
     }
@@ -78,9 +91,7 @@ fn write_fuzz_seeds_when_asked() {
 
 #[test]
 fn random_and_mutated_input_never_panics() {
-    let budget = Duration::from_millis(
-        std::env::var("KSB_FUZZ_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1500),
-    );
+    let budget = Duration::from_millis(std::env::var("KSB_FUZZ_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1500));
     let seeds = seeds();
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let start = Instant::now();
@@ -95,7 +106,9 @@ fn random_and_mutated_input_never_panics() {
                 match rng.below(4) {
                     0 => s[i] = rng.next() as u8,
                     1 => s[i] ^= 1 << rng.below(8),
-                    2 => { s.remove(i); }
+                    2 => {
+                        s.remove(i);
+                    }
                     _ => s.insert(i, rng.next() as u8),
                 }
             }

@@ -21,9 +21,18 @@ fn err(path: &str, problem: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Root {
     /// EROFS layers (serials, lowest first) under an ext4 upper device.
-    Overlay { layers: Vec<String>, upper: String },
-    Disk { device: String, fstype: String },
-    NineP { tag: String, read_only: bool },
+    Overlay {
+        layers: Vec<String>,
+        upper: String,
+    },
+    Disk {
+        device: String,
+        fstype: String,
+    },
+    NineP {
+        tag: String,
+        read_only: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,11 +151,9 @@ impl<'a> Obj<'a> {
     fn str_list(&self, k: &str) -> Result<Vec<String>, ConfigError> {
         match self.get(k) {
             None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| as_str(&format!("{}[{i}]", self.key(k)), v))
-                .collect(),
+            Some(Value::Array(items)) => {
+                items.iter().enumerate().map(|(i, v)| as_str(&format!("{}[{i}]", self.key(k)), v)).collect()
+            }
             Some(_) => Err(err(&self.key(k), "expected a list of strings")),
         }
     }
@@ -268,8 +275,7 @@ fn parse_network(path: &str, v: &Value) -> Result<Network, ConfigError> {
 
 impl BootConfig {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| err("(document)", format!("not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| err("(document)", format!("not valid JSON: {e}")))?;
         Self::from_value(&value)
     }
 
@@ -372,7 +378,10 @@ mod tests {
     fn parses_the_documented_example() {
         let c = BootConfig::parse(EXAMPLE).unwrap();
         assert_eq!(c.root, Root::Overlay { layers: vec!["layer0".into(), "layer1".into()], upper: "upper".into() });
-        assert_eq!(c.volumes[0], Volume { mount_path: "/data".into(), kind: VolumeKind::Tmpfs { size_mib: Some(100) } });
+        assert_eq!(
+            c.volumes[0],
+            Volume { mount_path: "/data".into(), kind: VolumeKind::Tmpfs { size_mib: Some(100) } }
+        );
         assert_eq!(c.volumes[1].kind, VolumeKind::NineP { tag: "vol1".into(), read_only: true });
         assert_eq!(c.init, Init::Agent);
         assert_eq!(c.user.as_deref(), Some("1000:1000"));

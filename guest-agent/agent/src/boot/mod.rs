@@ -122,7 +122,11 @@ pub fn setup(start_ns: u64) -> Result<Booted, BootError> {
     let Some(config) = config else {
         log_warn!("no {BOOT_CONFIG}: serving from the initramfs root with default settings");
         let _ = std::fs::create_dir_all(SCRIPTS_DIR);
-        return Ok(Booted { defaults: Defaults::default(), init: None, init_time_ns: crate::sys::boottime_ns() - start_ns });
+        return Ok(Booted {
+            defaults: Defaults::default(),
+            init: None,
+            init_time_ns: crate::sys::boottime_ns() - start_ns,
+        });
     };
 
     let new_root = rootfs::assemble(&config.root).map_err(stage("root filesystem"))?;

@@ -21,13 +21,62 @@ const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
 
 /// Mounted in order, in the initramfs, before anything else runs.
 pub const EARLY_MOUNTS: &[EarlyMount] = &[
-    EarlyMount { source: "proc", target: "/proc", fstype: "proc", flags: NOSUID | NODEV | NOEXEC, data: "", move_into_root: true },
-    EarlyMount { source: "sysfs", target: "/sys", fstype: "sysfs", flags: NOSUID | NODEV | NOEXEC, data: "", move_into_root: true },
-    EarlyMount { source: "devtmpfs", target: "/dev", fstype: "devtmpfs", flags: NOSUID, data: "mode=0755", move_into_root: true },
-    EarlyMount { source: "devpts", target: "/dev/pts", fstype: "devpts", flags: NOSUID | NOEXEC, data: "newinstance,ptmxmode=0666,mode=0620,gid=5", move_into_root: false },
-    EarlyMount { source: "shm", target: "/dev/shm", fstype: "tmpfs", flags: NOSUID | NODEV, data: "mode=1777", move_into_root: false },
-    EarlyMount { source: "tmpfs", target: "/run", fstype: "tmpfs", flags: NOSUID | NODEV, data: "mode=0755", move_into_root: true },
-    EarlyMount { source: "tmpfs", target: "/tmp", fstype: "tmpfs", flags: NOSUID | NODEV, data: "mode=1777", move_into_root: true },
+    EarlyMount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID | NODEV | NOEXEC,
+        data: "",
+        move_into_root: true,
+    },
+    EarlyMount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID | NODEV | NOEXEC,
+        data: "",
+        move_into_root: true,
+    },
+    EarlyMount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: NOSUID,
+        data: "mode=0755",
+        move_into_root: true,
+    },
+    EarlyMount {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: NOSUID | NOEXEC,
+        data: "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        move_into_root: false,
+    },
+    EarlyMount {
+        source: "shm",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: NOSUID | NODEV,
+        data: "mode=1777",
+        move_into_root: false,
+    },
+    EarlyMount {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: NOSUID | NODEV,
+        data: "mode=0755",
+        move_into_root: true,
+    },
+    EarlyMount {
+        source: "tmpfs",
+        target: "/tmp",
+        fstype: "tmpfs",
+        flags: NOSUID | NODEV,
+        data: "mode=1777",
+        move_into_root: true,
+    },
 ];
 
 /// Symlinks devtmpfs does not create but programs expect.

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::config::{Root, Volume, VolumeKind};
-use crate::sys;
 use crate::log_info;
+use crate::sys;
 
 pub const NEW_ROOT: &str = "/newroot";
 /// Where layer and upper devices are mounted before the overlay is built.

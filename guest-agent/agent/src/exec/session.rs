@@ -17,9 +17,9 @@ use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::status::exit_code;
+use crate::log_debug;
 use crate::out::Out;
 use crate::sys::errno_name;
-use crate::log_debug;
 
 pub const CHUNK: usize = 64 * 1024;
 pub const DRAIN_QUIET: Duration = Duration::from_millis(500);

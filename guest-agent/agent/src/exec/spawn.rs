@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ksb_protocol::messages::{ExecFailureKind, Rlimit};
+use ksb_protocol::messages::{ExecFailureKind, ExecRequest, Rlimit};
 use tokio::sync::oneshot;
 
 use super::status::{classify, Stage};
@@ -118,29 +118,35 @@ pub struct Prepared {
 }
 
 fn cstr(s: &str, what: &str) -> Result<CString, SpawnError> {
-    CString::new(s).map_err(|_| SpawnError::new(ExecFailureKind::BadArgs, Stage::Resolve, format!("{what} contains a NUL byte")))
+    CString::new(s)
+        .map_err(|_| SpawnError::new(ExecFailureKind::BadArgs, Stage::Resolve, format!("{what} contains a NUL byte")))
 }
 
 impl Prepared {
+    /// `program` is the resolved path; argv, rlimits and the tty come from `req`.
     pub fn new(
         program: &Path,
-        cmd: &str,
-        args: &[String],
+        req: &ExecRequest,
         env: &[(String, String)],
         cwd: &str,
         identity: Identity,
-        rlimits: &[Rlimit],
-        tty: Option<(u16, u16)>,
     ) -> Result<Self, SpawnError> {
-        let mut argv = vec![cstr(cmd, "command")?];
-        for a in args {
+        let rlimits: &[Rlimit] = &req.rlimits;
+        let tty = req.tty.then_some((req.rows, req.cols));
+        let mut argv = vec![cstr(&req.cmd, "command")?];
+        for a in &req.args {
             argv.push(cstr(a, "an argument")?);
         }
-        let envp = env.iter().map(|(k, v)| cstr(&format!("{k}={v}"), "an environment entry")).collect::<Result<_, _>>()?;
+        let envp =
+            env.iter().map(|(k, v)| cstr(&format!("{k}={v}"), "an environment entry")).collect::<Result<_, _>>()?;
         let mut limits = Vec::new();
         for r in rlimits {
             let res = rlimit_resource(&r.resource).ok_or_else(|| {
-                SpawnError::new(ExecFailureKind::BadArgs, Stage::Rlimit, format!("unknown rlimit resource {:?}", r.resource))
+                SpawnError::new(
+                    ExecFailureKind::BadArgs,
+                    Stage::Rlimit,
+                    format!("unknown rlimit resource {:?}", r.resource),
+                )
             })?;
             if r.soft > r.hard {
                 return Err(SpawnError::new(
@@ -251,7 +257,14 @@ struct ChildStdio {
 
 /// Runs in the child between `fork` and `execve`: async-signal-safe syscalls only, no
 /// allocation, no locks. Never returns.
-unsafe fn child_exec(p: &Prepared, io: &ChildStdio, err_fd: RawFd, argv: &[*const libc::c_char], envp: &[*const libc::c_char], change_ids: bool) -> ! {
+unsafe fn child_exec(
+    p: &Prepared,
+    io: &ChildStdio,
+    err_fd: RawFd,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    change_ids: bool,
+) -> ! {
     let fail = |stage: Stage| -> ! {
         let errno = *libc::__errno_location();
         let mut msg = [0u8; 5];
@@ -315,12 +328,23 @@ pub fn spawn(p: &Prepared) -> Result<Child, SpawnError> {
     let (err_r, err_w) = pipe().map_err(io_err(Stage::Fork, "pipe"))?;
 
     // Parent ends and child ends of stdio.
-    let (parent_in, parent_out, parent_err, pty_dup, child_fds): (OwnedFd, OwnedFd, Option<OwnedFd>, Option<OwnedFd>, Vec<OwnedFd>);
+    let (parent_in, parent_out, parent_err, pty_dup, child_fds): (
+        OwnedFd,
+        OwnedFd,
+        Option<OwnedFd>,
+        Option<OwnedFd>,
+        Vec<OwnedFd>,
+    );
     let stdio;
     match p.tty {
         Some((rows, cols)) => {
             let (master, slave) = open_pty(rows, cols).map_err(io_err(Stage::Pty, "openpty"))?;
-            stdio = ChildStdio { stdin: slave.as_raw_fd(), stdout: slave.as_raw_fd(), stderr: slave.as_raw_fd(), ctty: Some(slave.as_raw_fd()) };
+            stdio = ChildStdio {
+                stdin: slave.as_raw_fd(),
+                stdout: slave.as_raw_fd(),
+                stderr: slave.as_raw_fd(),
+                ctty: Some(slave.as_raw_fd()),
+            };
             parent_in = dup_cloexec(&master).map_err(io_err(Stage::Pty, "dup"))?;
             pty_dup = Some(dup_cloexec(&master).map_err(io_err(Stage::Pty, "dup"))?);
             parent_out = master;
@@ -331,7 +355,8 @@ pub fn spawn(p: &Prepared) -> Result<Child, SpawnError> {
             let (in_r, in_w) = pipe().map_err(io_err(Stage::Stdio, "pipe"))?;
             let (out_r, out_w) = pipe().map_err(io_err(Stage::Stdio, "pipe"))?;
             let (e_r, e_w) = pipe().map_err(io_err(Stage::Stdio, "pipe"))?;
-            stdio = ChildStdio { stdin: in_r.as_raw_fd(), stdout: out_w.as_raw_fd(), stderr: e_w.as_raw_fd(), ctty: None };
+            stdio =
+                ChildStdio { stdin: in_r.as_raw_fd(), stdout: out_w.as_raw_fd(), stderr: e_w.as_raw_fd(), ctty: None };
             parent_in = in_w;
             parent_out = out_r;
             parent_err = Some(e_r);
@@ -387,7 +412,9 @@ pub fn spawn(p: &Prepared) -> Result<Child, SpawnError> {
         let what = match stage {
             Stage::Exec => format!("exec {}", p.program.to_string_lossy()),
             Stage::Cwd => format!("working directory {}", p.cwd.to_string_lossy()),
-            Stage::Groups | Stage::Gid | Stage::Uid => format!("switch to uid {} gid {}", p.identity.uid, p.identity.gid),
+            Stage::Groups | Stage::Gid | Stage::Uid => {
+                format!("switch to uid {} gid {}", p.identity.uid, p.identity.gid)
+            }
             other => other.as_str().to_string(),
         };
         return Err(SpawnError::from_errno(stage, errno, &what));

@@ -135,8 +135,19 @@ mod tests {
 
     #[test]
     fn stage_codes_round_trip() {
-        for s in [Stage::Resolve, Stage::Fork, Stage::Pty, Stage::Setsid, Stage::Stdio, Stage::Rlimit,
-                  Stage::Groups, Stage::Gid, Stage::Uid, Stage::Cwd, Stage::Exec] {
+        for s in [
+            Stage::Resolve,
+            Stage::Fork,
+            Stage::Pty,
+            Stage::Setsid,
+            Stage::Stdio,
+            Stage::Rlimit,
+            Stage::Groups,
+            Stage::Gid,
+            Stage::Uid,
+            Stage::Cwd,
+            Stage::Exec,
+        ] {
             assert_eq!(Stage::from_u8(s as u8), s);
         }
     }
