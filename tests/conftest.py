@@ -2,7 +2,8 @@
 
 ``control_plane`` is one real control plane (etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler, two registered Nodes) for the whole session, built from the cached binaries
-(or building them first: minutes, once per machine). Tests that use it are marked
+(building them first, right after collection and outside any test's timeout, when a selected
+test needs them: about 20 minutes, once per machine). Tests that use it are marked
 ``controlplane`` automatically, so ``-m "not controlplane"`` deselects them.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kubesandbox_devenv.binaries import REPO_ROOT, ensure_binaries
+from kubesandbox_devenv.binaries import REPO_ROOT, Binaries, ensure_binaries
 from kubesandbox_devenv.controlplane import ControlPlane
 
 CRDS_DIR = REPO_ROOT / "crds"
@@ -24,6 +25,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "control_plane" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.controlplane)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing binaries now, outside any test's timeout (a first build takes ~20 min)."""
+    wanted = any(item.get_closest_marker("controlplane") for item in session.items)
+    if wanted and Binaries.in_cache().missing():
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("building the control-plane binaries (devenv/build-binaries.sh)")
+        ensure_binaries()
 
 
 @pytest.fixture(scope="session")
