@@ -177,7 +177,7 @@ def remove(view: RootView, path: str, *, field: str) -> None:
     entry = view.lookup(parts)
     if entry is None:
         return
-    below_visible = entry.lower is not None or not entry.in_upper
+    below_visible = entry.covers_lower or not entry.in_upper
     with view.upper_dir(parts[:-1], create=True, field=f"{field}.path") as parent:
         view.clear_upper(parent, parts[-1])
         if view.whiteouts and below_visible:
@@ -193,6 +193,7 @@ def append(view: RootView, path: str, data: bytes, *, field: str) -> None:
         raise PatchError(f"{path} is not a regular file", field=f"{field}.path")
     with view.upper_dir(parts[:-1], create=True, field=f"{field}.path") as parent:
         if entry is None:
+            view.clear_upper(parent, parts[-1])  # a whiteout of an earlier remove
             view.create_file(parent, parts[-1], data, mode=0o644)
         elif entry.in_upper:
             view.append_file(parent, parts[-1], data)

@@ -45,6 +45,8 @@ class Entry:
     in_upper: bool
     lower: LowerNode | None
     """The lower node this path shows or merges with (``None``: nothing visible below)."""
+    covers_lower: bool = False
+    """An upper entry over a lower one of the same name (removing it needs a whiteout)."""
 
 
 def _kind(mode: int) -> str:
@@ -134,6 +136,7 @@ class RootView:
                         target,
                         True,
                         visible_below if not self._opaque(upper_fd, name) else None,
+                        covers_lower=below is not None,
                     )
                 if kind != "d":
                     return None

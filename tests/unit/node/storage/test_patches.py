@@ -251,3 +251,27 @@ def test_implicit_directories_do_not_override_real_attributes() -> None:
         0o1777,
         1000,
     )
+
+
+def test_remove_after_replace_still_hides_the_image_file(view: RootView) -> None:
+    run(
+        view,
+        {"text": {"path": "/etc/motd", "content": "mine", "replace": True}},
+        {"remove": {"path": "/etc/motd"}},
+    )
+    assert is_whiteout(view.upper / "etc/motd")
+    assert view.lookup(("etc", "motd")) is None
+
+
+def test_append_and_mkdir_after_remove(view: RootView) -> None:
+    run(
+        view,
+        {"remove": {"path": "/etc/hosts"}},
+        {"append": {"path": "/etc/hosts", "content": "fresh\n"}},
+        {"remove": {"path": "/etc/motd"}},
+        {"mkdir": {"path": "/etc/motd"}},
+    )
+    assert (view.upper / "etc/hosts").read_text() == "fresh\n"
+    entry = view.lookup(("etc", "motd"))
+    assert entry is not None
+    assert entry.kind == "d"
