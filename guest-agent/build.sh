@@ -13,9 +13,10 @@ target=x86_64-unknown-linux-gnu
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   cargo build --manifest-path "$here/Cargo.toml" --release --locked -p kubesandbox-agent --target "$target" >&2
 bin="$CARGO_TARGET_DIR/$target/release/kubesandbox-agent"
-if ! file "$bin" | grep -q 'statically linked\|static-pie linked'; then
+# Static means: no program interpreter and no DT_NEEDED libraries.
+if readelf -l "$bin" | grep -q 'program interpreter' || readelf -d "$bin" | grep -q NEEDED; then
   echo "build.sh: $bin is not statically linked:" >&2
-  file "$bin" >&2
+  readelf -l -d "$bin" | grep -E 'interpreter|NEEDED' >&2
   exit 1
 fi
 echo "$bin"

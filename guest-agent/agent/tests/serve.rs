@@ -429,3 +429,26 @@ fn shutdown_ends_the_server() {
     let n = c.sock.read(&mut buf).unwrap();
     assert_eq!(n, 0, "channel closed after shutdown");
 }
+
+#[test]
+fn exec_as_another_user() {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: skipping");
+        return;
+    }
+    let mut c = Client::start();
+    let mut req = request("sh", &["-c", "id -u; id -g; id -G"]);
+    req.user = Some("4242:4343".into());
+    c.send(1, FLAG_SESSION_START, types::EXEC_REQUEST, &req);
+    let (out, _, end) = c.exec_output(1);
+    assert_eq!(String::from_utf8_lossy(&out), "4242\n4343\n4343\n");
+    assert_eq!(exit_code(&end), 0);
+
+    let mut req = request("true", &[]);
+    req.user = Some("no-such-user-xyz".into());
+    c.send(2, FLAG_SESSION_START, types::EXEC_REQUEST, &req);
+    let f: ExecFailed = c.recv().p();
+    assert_eq!(f.kind, ExecFailureKind::UserSetupFailed);
+    assert!(f.message.contains("no-such-user-xyz"), "{}", f.message);
+}

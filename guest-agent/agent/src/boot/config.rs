@@ -33,12 +33,18 @@ pub enum Root {
         tag: String,
         read_only: bool,
     },
+    /// A host directory over virtio-fs (the Debian cloud kernel has no 9p).
+    VirtioFs {
+        tag: String,
+        read_only: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeKind {
     Tmpfs { size_mib: Option<u64> },
     NineP { tag: String, read_only: bool },
+    VirtioFs { tag: String, read_only: bool },
     Block { device: String, fstype: String, read_only: bool },
 }
 
@@ -209,7 +215,11 @@ fn parse_root(o: &Obj) -> Result<Root, ConfigError> {
             tag: non_empty(&root.key("tag"), root.str_req("tag")?)?,
             read_only: root.bool_opt("readOnly", false)?,
         }),
-        other => Err(err(&root.key("kind"), format!("unknown root kind {other:?} (overlay, disk, 9p)"))),
+        "virtiofs" => Ok(Root::VirtioFs {
+            tag: non_empty(&root.key("tag"), root.str_req("tag")?)?,
+            read_only: root.bool_opt("readOnly", false)?,
+        }),
+        other => Err(err(&root.key("kind"), format!("unknown root kind {other:?} (overlay, disk, 9p, virtiofs)"))),
     }
 }
 
@@ -225,12 +235,18 @@ fn parse_volume(path: &str, v: &Value) -> Result<Volume, ConfigError> {
             tag: non_empty(&o.key("tag"), o.str_req("tag")?)?,
             read_only: o.bool_opt("readOnly", false)?,
         },
+        "virtiofs" => VolumeKind::VirtioFs {
+            tag: non_empty(&o.key("tag"), o.str_req("tag")?)?,
+            read_only: o.bool_opt("readOnly", false)?,
+        },
         "block" => VolumeKind::Block {
             device: non_empty(&o.key("device"), o.str_req("device")?)?,
             fstype: o.str_opt("fstype")?.unwrap_or_else(|| "ext4".into()),
             read_only: o.bool_opt("readOnly", false)?,
         },
-        other => return Err(err(&o.key("kind"), format!("unknown volume kind {other:?} (tmpfs, 9p, block)"))),
+        other => {
+            return Err(err(&o.key("kind"), format!("unknown volume kind {other:?} (tmpfs, 9p, virtiofs, block)")))
+        }
     };
     Ok(Volume { mount_path, kind })
 }
@@ -431,6 +447,11 @@ mod tests {
         assert_eq!(c.root, Root::Disk { device: "root".into(), fstype: "ext4".into() });
         let c = with("root", json!({"kind": "9p", "tag": "rootfs", "readOnly": true})).unwrap();
         assert_eq!(c.root, Root::NineP { tag: "rootfs".into(), read_only: true });
+        let c = with("root", json!({"kind": "virtiofs", "tag": "rootfs"})).unwrap();
+        assert_eq!(c.root, Root::VirtioFs { tag: "rootfs".into(), read_only: false });
+        let c =
+            with("volumes", json!([{"mountPath": "/v", "kind": "virtiofs", "tag": "v", "readOnly": true}])).unwrap();
+        assert_eq!(c.volumes[0].kind, VolumeKind::VirtioFs { tag: "v".into(), read_only: true });
         assert_eq!(with("init", json!("auto")).unwrap().init, Init::Auto);
         assert_eq!(with("init", json!("/sbin/init")).unwrap().init, Init::Path("/sbin/init".into()));
     }

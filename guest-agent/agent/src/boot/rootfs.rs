@@ -60,11 +60,14 @@ fn mount_dev(serial: &str, target: &Path, fstype: &str, flags: libc::c_ulong, da
         .map_err(|e| ctx(e, format!("mount {dev_s} ({serial}, {fstype}) on {}", target.display())))
 }
 
-fn mount_9p(tag: &str, target: &Path, read_only: bool) -> io::Result<()> {
+/// A host directory shared by tag: `9p` (`trans=virtio`) or `virtiofs`.
+fn mount_share(fstype: &str, tag: &str, target: &Path, read_only: bool) -> io::Result<()> {
     std::fs::create_dir_all(target).map_err(|e| ctx(e, format!("mkdir {}", target.display())))?;
     let flags = if read_only { libc::MS_RDONLY } else { 0 };
-    sys::mount(Some(tag), target, Some("9p"), flags, Some(NINEP_OPTIONS))
-        .map_err(|e| ctx(e, format!("mount 9p tag {tag:?} on {}", target.display())))
+    let data = (fstype == "9p").then_some(NINEP_OPTIONS);
+    sys::mount(Some(tag), target, Some(fstype), flags, data).map_err(|e| {
+        ctx(e, format!("mount {fstype} tag {tag:?} on {} (is the {fstype} module loaded?)", target.display()))
+    })
 }
 
 /// The overlayfs `lowerdir` option: layers are given lowest first, overlayfs wants highest first.
@@ -101,8 +104,12 @@ pub fn assemble(root: &Root) -> io::Result<PathBuf> {
             log_info!("root: {fstype} disk {device}");
         }
         Root::NineP { tag, read_only } => {
-            mount_9p(tag, &new_root, *read_only)?;
+            mount_share("9p", tag, &new_root, *read_only)?;
             log_info!("root: 9p {tag} (read-only: {read_only})");
+        }
+        Root::VirtioFs { tag, read_only } => {
+            mount_share("virtiofs", tag, &new_root, *read_only)?;
+            log_info!("root: virtiofs {tag} (read-only: {read_only})");
         }
     }
     Ok(new_root)
@@ -119,7 +126,8 @@ pub fn mount_volumes(new_root: &Path, volumes: &[Volume]) -> io::Result<()> {
                 sys::mount(Some("tmpfs"), &target, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, data.as_deref())
                     .map_err(|e| ctx(e, format!("mount tmpfs on {}", v.mount_path)))?;
             }
-            VolumeKind::NineP { tag, read_only } => mount_9p(tag, &target, *read_only)?,
+            VolumeKind::NineP { tag, read_only } => mount_share("9p", tag, &target, *read_only)?,
+            VolumeKind::VirtioFs { tag, read_only } => mount_share("virtiofs", tag, &target, *read_only)?,
             VolumeKind::Block { device, fstype, read_only } => {
                 let flags = if *read_only { libc::MS_RDONLY } else { 0 };
                 mount_dev(device, &target, fstype, flags, None)?
