@@ -62,6 +62,10 @@ class FetchedManifest:
 @dataclass
 class _TokenCache:
     tokens: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    """Bearer tokens by (registry, scope, user)."""
+    hints: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    """The Authorization header that last worked, by (registry, repository, user): sent
+    up front, so a pull of many blobs does not pay a 401 round trip for each."""
 
 
 class RegistryClient:
@@ -164,7 +168,12 @@ class RegistryClient:
         return _AuthorizedRequest(self, ref, url, credentials, dict(headers))
 
     async def _authorize(
-        self, ref: ImageReference, challenge: Challenge, credentials: Credentials | None
+        self,
+        ref: ImageReference,
+        challenge: Challenge,
+        credentials: Credentials | None,
+        *,
+        refresh: bool = False,
     ) -> str:
         if challenge.scheme == "basic":
             if credentials is None:
@@ -174,6 +183,8 @@ class RegistryClient:
             raise AuthError(f"{ref.registry}: unsupported auth challenge {challenge.scheme!r}")
         scope = challenge.params.get("scope") or f"repository:{ref.repository}:pull"
         key = (ref.registry, scope, credentials.username if credentials else "")
+        if refresh:  # the token we had was refused: expired, or revoked
+            self._tokens.tokens.pop(key, None)
         cached = self._tokens.tokens.get(key)
         if cached:
             return f"Bearer {cached}"
@@ -223,17 +234,23 @@ class _AuthorizedRequest:
         self._response: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
-        response = await self._get(self.headers)
+        tokens = self.client._tokens
+        user = self.credentials.username if self.credentials else ""
+        key = (self.ref.registry, self.ref.repository, user)
+        hint = tokens.hints.get(key)
+        response = await self._get({**self.headers, **({"Authorization": hint} if hint else {})})
         if response.status == 401:
             header = response.headers.get("WWW-Authenticate", "")
             response.release()
             authorization = await self.client._authorize(
-                self.ref, parse_challenge(header), self.credentials
+                self.ref, parse_challenge(header), self.credentials, refresh=hint is not None
             )
             response = await self._get({**self.headers, "Authorization": authorization})
             if response.status == 401:
                 response.release()
+                tokens.hints.pop(key, None)
                 raise AuthError(f"{self.ref.registry} refused the credentials for {self.ref}")
+            tokens.hints[key] = authorization
         self._response = response
         if response.status == 200:
             return response

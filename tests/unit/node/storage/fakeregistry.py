@@ -24,6 +24,11 @@ class FakeRegistry:
     requests: Counter[str] = field(default_factory=Counter)
     corrupt: set[str] = field(default_factory=set)
     host: str = ""
+    generation: int = 1
+    """Tokens of older generations are refused (``expire_tokens``)."""
+
+    def expire_tokens(self) -> None:
+        self.generation += 1
 
     def add(self, repo: str, tag: str, image: BuiltImage) -> None:
         self.manifests[image.digest] = (OCI_MANIFEST, image.manifest)
@@ -40,7 +45,7 @@ class FakeRegistry:
         header = request.headers.get("Authorization", "")
         if self.basic_only:
             return header in {_basic(u, p) for u, p in self.users.items()}
-        return header == "Bearer good-token"
+        return header == f"Bearer token-{self.generation}"
 
     def _challenge(self, repo: str) -> web.Response:
         if self.basic_only:
@@ -58,7 +63,7 @@ class FakeRegistry:
         if header not in {_basic(u, p) for u, p in self.users.items()}:
             return web.Response(status=401)
         assert request.query["scope"].startswith("repository:")
-        return web.json_response({"token": "good-token"})
+        return web.json_response({"token": f"token-{self.generation}"})
 
     async def manifest(self, request: web.Request) -> web.Response:
         repo, ref = request.match_info["repo"], request.match_info["ref"]

@@ -316,3 +316,18 @@ async def test_images_sharing_a_base_fetch_it_once(
     )
     assert registry.requests[f"blob {digest(build_image([BASE]).layers[0])}"] == 1
     assert service.layers.builds == 3
+
+
+async def test_expired_token_is_renewed_and_tokens_are_reused(tmp_path: Path) -> None:
+    async with serve(FakeRegistry(users={"deploy": "s3cret"})) as registry:
+        registry.add("team/app", "a", build_image([BASE, TOP_V1]))
+        registry.add("team/app", "b", build_image([TOP_V2]))
+        config = RegistryConfig(plain_http=frozenset({registry.host}))
+        async with RegistryClient(config) as client:
+            service = ImageService(tmp_path / "images", client)
+            keychain = _keychain(registry.host, "s3cret")
+            await service.ensure("uid-1", ref(registry, "a"), keychain=keychain)
+            assert registry.requests["token"] == 1
+            registry.expire_tokens()
+            await service.ensure("uid-2", ref(registry, "b"), keychain=keychain)
+            assert registry.requests["token"] == 2
