@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import stat
@@ -103,6 +104,7 @@ class LayerCache:
     def remove(self, diff_id: Digest) -> None:
         self.image_path(diff_id).unlink(missing_ok=True)
         self.index_path(diff_id).unlink(missing_ok=True)
+        (self._layers / f"{digest_hex(diff_id)}.lock").unlink(missing_ok=True)
 
     async def ensure(self, diff_id: Digest, blob: Path, *, compression: str) -> CachedLayer:
         found = self.get(diff_id)
@@ -128,6 +130,17 @@ class LayerCache:
         return built
 
     def _build(self, diff_id: Digest, blob: Path, compression: str) -> None:
+        # the asyncio lock orders this process; the file lock another one sharing the cache
+        # (a node agent restarted while its predecessor still finishes a build)
+        lock_path = self._layers / f"{digest_hex(diff_id)}.lock"
+        with lock_path.open("a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            if self.get(diff_id) is None:
+                self._build_locked(diff_id, blob, compression)
+        # the lock file stays (unlinking it would let a waiter and a newcomer both "hold" it);
+        # ``remove`` deletes it with the layer
+
+    def _build_locked(self, diff_id: Digest, blob: Path, compression: str) -> None:
         scratch = Path(tempfile.mkdtemp(prefix=f"{digest_hex(diff_id)[:16]}.", dir=self._scratch))
         tree = scratch / "tree"
         tree.mkdir(mode=0o755)
