@@ -1,0 +1,77 @@
+"""The node agent's ``coordination.k8s.io/v1`` Lease: ``node-agent-<node>``, renewed about
+every 10 s with ``leaseDurationSeconds: 40``, announcing the API endpoint, the emulation mode
+and the capabilities (docs/node-agent-api.md). Written with server-side apply, so the first
+renewal creates it and nothing else about the object is ours to clobber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from kubesandbox_node.kube.client import ApiError, KubeClient
+
+FIELD_MANAGER = "kubesandbox-node-agent"
+log = structlog.get_logger(__name__)
+
+
+def micro_time(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class LeaseRenewer:
+    kube: KubeClient
+    node: str
+    namespace: str
+    endpoint: str
+    emulation: bool
+    capabilities: tuple[str, ...]
+    instance: str
+    interval: float = 10.0
+    duration: int = 40
+
+    @property
+    def name(self) -> str:
+        return f"node-agent-{self.node}"
+
+    def body(self, now: datetime, acquired: datetime) -> dict[str, Any]:
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "annotations": {
+                    "kubesandbox.dev/endpoint": self.endpoint,
+                    "kubesandbox.dev/emulation": "true" if self.emulation else "false",
+                    "kubesandbox.dev/capabilities": ",".join(self.capabilities),
+                },
+                "labels": {"kubesandbox.dev/node": self.node},
+            },
+            "spec": {
+                "holderIdentity": f"{self.node}/{self.instance}",
+                "leaseDurationSeconds": self.duration,
+                "acquireTime": micro_time(acquired),
+                "renewTime": micro_time(now),
+            },
+        }
+
+    async def renew_once(self, acquired: datetime) -> dict[str, Any]:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/{self.name}"
+        return await self.kube.apply(
+            path, self.body(datetime.now(UTC), acquired), field_manager=FIELD_MANAGER
+        )
+
+    async def run(self) -> None:
+        acquired = datetime.now(UTC)
+        while True:
+            try:
+                await self.renew_once(acquired)
+            except ApiError as exc:
+                log.warning("lease.renew_failed", error=str(exc), lease=self.name)
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,268 @@
+"""The aiohttp application of docs/node-agent-api.md.
+
+Every route but ``/healthz`` needs ``Authorization: Bearer <token>``: the token is reviewed
+(``Authenticator.authenticate``: 401 when unknown) and the caller authorized in the Sandbox's
+namespace (403): control routes need ``update`` on ``sandboxes``, the agent WebSocket
+``create`` on ``sandboxes/exec``, ``/metrics`` ``get`` on ``sandboxes`` cluster-wide.
+
+Handlers are thin: parse, authorize, one call into the runtime, serialize. The agent
+WebSocket is a byte pipe to the sandbox's relay socket, so it gets its own client slot and
+every relay rule (id range, drain refusal, disconnect notice) applies unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+from pydantic import ValidationError
+
+from kubesandbox_api.conditions import Phase
+from kubesandbox_node.kube.auth import Access, User
+from kubesandbox_node.metrics import prometheus
+from kubesandbox_node.runtime.model import DesiredSandbox
+from kubesandbox_node.runtime.supervisor import Supervisor
+from kubesandbox_node.server.services import Services
+
+SERVICES = web.AppKey("services", Services)
+USER = web.RequestKey("user", User)
+DELETE_PATIENCE = 1.0
+WS_CHUNK = 1 << 16
+VERBS = ("stop", "start", "kill", "drain", "pause", "resume")
+
+log = structlog.get_logger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == "/healthz":
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise web.HTTPUnauthorized(text="bearer token required")
+    user = await _services(request).authenticator.authenticate(token.strip())
+    if user is None:
+        raise web.HTTPUnauthorized(text="token not accepted")
+    request[USER] = user
+    return await handler(request)
+
+
+async def authorize(request: web.Request, access: Access) -> None:
+    user = request[USER]
+    if not await _services(request).authenticator.authorize(user, access):
+        what = access.resource + (f"/{access.subresource}" if access.subresource else "")
+        where = f"in namespace {access.namespace}" if access.namespace else "cluster-wide"
+        raise web.HTTPForbidden(text=f"{user.name} may not {access.verb} {what} {where}")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+async def _known(request: web.Request, verb: str = "update", subresource: str = "") -> Supervisor:
+    uid = request.match_info["uid"]
+    supervisor = _services(request).runtime.get(uid)
+    if supervisor is None:
+        await authorize(request, Access(verb, "", subresource=subresource))
+        raise web.HTTPNotFound(text=f"no sandbox {uid} on this node")
+    desired = supervisor.desired
+    await authorize(
+        request, Access(verb, desired.namespace, subresource=subresource, name=desired.name)
+    )
+    return supervisor
+
+
+def _status(supervisor: Supervisor, services: Services) -> dict[str, Any]:
+    status = supervisor.status()
+    metrics = services.sampler.latest.get(supervisor.uid)
+    if metrics is not None and supervisor.handle is not None:
+        status = status.model_copy(update={"metrics": metrics})
+    return status.wire()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def put_sandbox(request: web.Request) -> web.Response:
+    uid = request.match_info["uid"]
+    try:
+        desired = DesiredSandbox.model_validate(await request.json())
+    except ValueError as exc:
+        detail = exc.errors() if isinstance(exc, ValidationError) else str(exc)
+        return _json({"message": "invalid DesiredSandbox", "details": detail}, 422)
+    if desired.uid != uid:
+        return _json({"message": f"body uid {desired.uid} does not match the path"}, 422)
+    services = _services(request)
+    existing = services.runtime.get(uid)
+    await authorize(request, Access("update", desired.namespace, name=desired.name))
+    if existing is not None and existing.desired.namespace != desired.namespace:
+        return _json({"message": "a sandbox cannot change namespace"}, 409)
+    supervisor = services.runtime.put(desired)
+    return _json(_status(supervisor, services))
+
+
+async def get_sandbox(request: web.Request) -> web.Response:
+    supervisor = await _known(request)
+    return _json(_status(supervisor, _services(request)))
+
+
+async def delete_sandbox(request: web.Request) -> web.Response:
+    uid = request.match_info["uid"]
+    services = _services(request)
+    supervisor = services.runtime.get(uid)
+    if supervisor is None:
+        await authorize(request, Access("update", ""))
+        return web.Response(status=204)
+    await authorize(
+        request, Access("update", supervisor.desired.namespace, name=supervisor.desired.name)
+    )
+    removals: dict[str, asyncio.Task[None]] = request.app[REMOVALS]
+    task = removals.get(uid)
+    if task is None:
+        task = asyncio.create_task(services.runtime.remove(uid))
+        removals[uid] = task
+        task.add_done_callback(lambda _: removals.pop(uid, None))
+        if services.status is not None:
+            services.status.forget(uid)
+        services.sampler.forget(uid)
+    done, _ = await asyncio.wait({task}, timeout=DELETE_PATIENCE)
+    return web.Response(status=204 if done else 202)
+
+
+async def verb(request: web.Request) -> web.Response:
+    name = request.match_info["verb"]
+    if name not in VERBS:
+        raise web.HTTPNotFound(text=f"unknown verb {name}")
+    supervisor = await _known(request)
+    body: dict[str, Any] = {}
+    if request.can_read_body:
+        with contextlib.suppress(ValueError):
+            body = await request.json() or {}
+    if name == "stop":
+        grace = body.get("gracePeriodSeconds")
+        supervisor.stop(None if grace is None else float(grace))
+    elif name == "start":
+        if supervisor.handle is None and supervisor.phase not in (Phase.PULLING, Phase.BOOTING):
+            supervisor.start()
+    elif name == "kill":
+        supervisor.kill()
+    elif name == "drain":
+        supervisor.drain()
+    elif name == "pause":
+        supervisor.pause()
+    else:
+        supervisor.resume()
+    await asyncio.sleep(0)
+    return _json(_status(supervisor, _services(request)), 202)
+
+
+async def wait(request: web.Request) -> web.Response:
+    supervisor = await _known(request)
+    exit_status = await supervisor.wait()
+    data = (
+        exit_status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if exit_status
+        else None
+    )
+    return _json({"phase": supervisor.phase.value, "exitStatus": data})
+
+
+async def sandbox_metrics(request: web.Request) -> web.Response:
+    supervisor = await _known(request)
+    services = _services(request)
+    handle = supervisor.handle
+    if handle is None:
+        raise web.HTTPConflict(text=f"sandbox is {supervisor.phase.value}, not running")
+    metrics = services.sampler.latest.get(supervisor.uid)
+    if metrics is None:
+        metrics = await services.sampler.sample(supervisor.uid, handle)
+    return _json(metrics.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+async def node_metrics(request: web.Request) -> web.Response:
+    await authorize(request, Access("get", ""))
+    services = _services(request)
+    phases: dict[str, int] = {}
+    labelled = []
+    for uid, supervisor in services.runtime.sandboxes.items():
+        phases[supervisor.phase.value] = phases.get(supervisor.phase.value, 0) + 1
+        metrics = services.sampler.latest.get(uid)
+        if metrics is not None and supervisor.handle is not None:
+            d = supervisor.desired
+            labelled.append(prometheus.Labelled(d.namespace, d.name, uid, metrics))
+    text = prometheus.render(labelled, phases)
+    return web.Response(body=text.encode(), headers={"Content-Type": prometheus.CONTENT_TYPE})
+
+
+async def agent(request: web.Request) -> web.StreamResponse:
+    supervisor = await _known(request, "create", "exec")
+    if supervisor.handle is None:
+        raise web.HTTPConflict(text=f"sandbox is {supervisor.phase.value}, not running")
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(supervisor.relay_socket))
+    except OSError as exc:
+        raise web.HTTPServiceUnavailable(text=f"relay unavailable: {exc}") from exc
+    ws = web.WebSocketResponse(max_msg_size=8 << 20)
+    await ws.prepare(request)
+
+    async def relay_to_ws() -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while chunk := await reader.read(WS_CHUNK):
+                await ws.send_bytes(chunk)
+        await ws.close()  # the relay ended the slot (drain, VM gone): end the socket too
+
+    pump = asyncio.create_task(relay_to_ws())
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.BINARY:
+                writer.write(message.data)
+                await writer.drain()
+            elif message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                break
+            if pump.done():
+                break
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+            await asyncio.wait_for(pump, 2)
+        pump.cancel()
+        await ws.close()
+    return ws
+
+
+REMOVALS = web.AppKey("removals", dict[str, asyncio.Task[None]])
+
+
+def make_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[authenticate], client_max_size=16 << 20)
+    app[SERVICES] = services
+    app[REMOVALS] = {}
+
+    async def background(app: web.Application) -> AsyncIterator[None]:
+        async with app[SERVICES].running():
+            yield
+
+    app.cleanup_ctx.append(background)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", node_metrics)
+    app.router.add_put("/v1/sandboxes/{uid}", put_sandbox)
+    app.router.add_get("/v1/sandboxes/{uid}", get_sandbox)
+    app.router.add_delete("/v1/sandboxes/{uid}", delete_sandbox)
+    app.router.add_get("/v1/sandboxes/{uid}/wait", wait)
+    app.router.add_get("/v1/sandboxes/{uid}/metrics", sandbox_metrics)
+    app.router.add_get("/v1/sandboxes/{uid}/agent", agent)
+    app.router.add_post("/v1/sandboxes/{uid}/{verb}", verb)
+    return app

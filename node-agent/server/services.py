@@ -1,0 +1,86 @@
+"""What the API serves and what runs beside it, as one object the app factory receives.
+
+``background`` is the ``cleanup_ctx`` body: re-adopt what a previous node agent left running,
+then run the metrics loop (sample every ``sample_interval``, offer samples to the status
+writer), the status writer and the Lease renewer; on shutdown, stop those and let go of the
+VMs without stopping them (the next node agent adopts them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import structlog
+
+from kubesandbox_node.kube.auth import Authenticator
+from kubesandbox_node.kube.lease import LeaseRenewer
+from kubesandbox_node.metrics.sampler import Sampler
+from kubesandbox_node.runtime.manager import Runtime
+from kubesandbox_node.runtime.supervisor import Supervisor
+from kubesandbox_node.status.writer import StatusWriter, Target
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Services:
+    runtime: Runtime
+    authenticator: Authenticator
+    sampler: Sampler = field(default_factory=Sampler)
+    status: StatusWriter | None = None
+    lease: LeaseRenewer | None = None
+    sample_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.runtime.listeners.append(self._changed)
+
+    def _changed(self, supervisor: Supervisor) -> None:
+        if self.status is not None:
+            desired = supervisor.desired
+            target = Target(desired.namespace, desired.name, desired.uid)
+            self.status.notify(target, supervisor.status())
+
+    async def sample_all(self) -> None:
+        for uid, supervisor in list(self.runtime.sandboxes.items()):
+            handle = supervisor.handle
+            if handle is None:
+                self.sampler.forget(uid)
+                continue
+            try:
+                metrics = await self.sampler.sample(uid, handle)
+            except (OSError, ValueError) as exc:
+                log.debug("metrics.sample_failed", uid=uid, error=str(exc))
+                continue
+            if self.status is not None:
+                self.status.offer_metrics(uid, metrics)
+
+    async def _sampling(self) -> None:
+        while True:
+            await self.sample_all()
+            await asyncio.sleep(self.sample_interval)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        adopted = await self.runtime.recover()
+        log.info("node_agent.recovered", adopted=sum(adopted.values()), known=len(adopted))
+        for supervisor in self.runtime.sandboxes.values():
+            self._changed(supervisor)
+        tasks = [asyncio.create_task(self._sampling(), name="metrics")]
+        if self.status is not None:
+            tasks.append(asyncio.create_task(self.status.run(), name="status-writer"))
+        if self.lease is not None:
+            tasks.append(asyncio.create_task(self.lease.run(), name="lease"))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if self.status is not None:
+                await self.status.close()
+            await self.runtime.close()

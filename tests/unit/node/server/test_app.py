@@ -1,0 +1,222 @@
+from __future__ import annotations
+
+import asyncio
+import shutil
+import struct
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+from aiohttp import WSMsgType
+from aiohttp.test_utils import TestClient, TestServer
+
+from kubesandbox_api.status import SandboxMetrics
+from kubesandbox_node.kube.auth import Access, User
+from kubesandbox_node.runtime.manager import Runtime
+from kubesandbox_node.runtime.supervisor import Timing
+from kubesandbox_node.server.app import make_app
+from kubesandbox_node.server.services import Services
+from kubesandbox_protocol.frame import FLAG_SESSION_START, Frame, decode_frame
+from kubesandbox_protocol.messages import MessageType, decode_body, encode_body, exec_request
+from tests.unit.node.runtime.fakes import FakePreparer, FakeVMM
+
+OPERATOR = "operator-token"
+READER = "reader-token"
+
+
+@dataclass
+class FakeAuthenticator:
+    """``operator-token`` may do everything; ``reader-token`` is a user with no rights."""
+
+    asked: list[Access] = field(default_factory=list)
+
+    async def authenticate(self, token: str) -> User | None:
+        return {OPERATOR: User("operator"), READER: User("reader")}.get(token)
+
+    async def authorize(self, user: User, access: Access) -> bool:
+        self.asked.append(access)
+        return user.name == "operator"
+
+
+@dataclass
+class Api:
+    client: TestClient[Any, Any]
+    services: Services
+    auth: FakeAuthenticator
+    vmm: FakeVMM
+
+    async def call(
+        self, method: str, path: str, token: str = OPERATOR, **kwargs: Any
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with self.client.request(method, path, headers=headers, **kwargs) as response:
+            if response.content_type == "application/json":
+                return response.status, await response.json()
+            return response.status, await response.text()
+
+    async def running(self, uid: str | None = None) -> str:
+        uid = uid or str(uuid.uuid4())
+        status, body = await self.call("PUT", f"/v1/sandboxes/{uid}", json=desired(uid))
+        assert status == 200, body
+        await self.until(uid, "Running")
+        return uid
+
+    async def until(self, uid: str, phase: str) -> dict[str, Any]:
+        async with asyncio.timeout(5):
+            while True:
+                status, body = await self.call("GET", f"/v1/sandboxes/{uid}")
+                if status == 200 and body["phase"] == phase:
+                    return dict(body)
+                await asyncio.sleep(0.02)
+
+
+def desired(uid: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "namespace": "team-a",
+        "name": "hello",
+        "uid": uid,
+        "generation": 1,
+        "spec": {"image": {"oci": "busybox:1.36"}, **spec},
+    }
+
+
+@pytest_asyncio.fixture
+async def api() -> AsyncIterator[Api]:
+    state = Path(tempfile.mkdtemp(prefix="ksb-api-"))
+    vmm = FakeVMM()
+    runtime = Runtime(
+        state,
+        vmm=vmm,
+        preparer=FakePreparer(state / "rootfs"),
+        emulation=True,
+        timing=Timing(ready_timeout=5, policy_tick=0.05),
+    )
+    auth = FakeAuthenticator()
+    services = Services(runtime, auth, sample_interval=3600)
+    client = TestClient(TestServer(make_app(services)))
+    await client.start_server()
+    try:
+        yield Api(client, services, auth, vmm)
+    finally:
+        for uid in list(runtime.sandboxes):
+            await runtime.remove(uid)
+        await client.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+async def test_healthz_is_open(api: Api) -> None:
+    async with api.client.get("/healthz") as response:
+        assert response.status == 200
+
+
+async def test_no_token_or_unknown_token_is_401(api: Api) -> None:
+    async with api.client.get(f"/v1/sandboxes/{uuid.uuid4()}") as response:
+        assert response.status == 401
+    status, _ = await api.call("GET", f"/v1/sandboxes/{uuid.uuid4()}", token="nope")
+    assert status == 401
+
+
+async def test_user_without_rights_is_403_in_the_sandbox_namespace(api: Api) -> None:
+    uid = str(uuid.uuid4())
+    status, text = await api.call("PUT", f"/v1/sandboxes/{uid}", READER, json=desired(uid))
+    assert status == 403
+    assert "team-a" in text
+    assert api.auth.asked[-1] == Access("update", "team-a", name="hello")
+
+
+async def test_put_creates_once_and_reports_status(api: Api) -> None:
+    uid = await api.running()
+    status, body = await api.call("PUT", f"/v1/sandboxes/{uid}", json=desired(uid))
+    assert status == 200
+    assert body["phase"] == "Running"
+    assert {c["type"] for c in body["conditions"]} >= {"ImageReady", "AgentConnected"}
+    assert body["image"]["digest"].startswith("sha256:")
+    assert len(api.vmm.handles) == 1
+
+
+async def test_invalid_body_is_422(api: Api) -> None:
+    uid = str(uuid.uuid4())
+    status, body = await api.call("PUT", f"/v1/sandboxes/{uid}", json={"uid": uid})
+    assert status == 422
+    assert body["message"] == "invalid DesiredSandbox"
+    status, _ = await api.call("PUT", f"/v1/sandboxes/{uid}", json=desired(str(uuid.uuid4())))
+    assert status == 422
+
+
+async def test_verbs_and_wait(api: Api) -> None:
+    uid = await api.running()
+    assert (await api.call("POST", f"/v1/sandboxes/{uid}/pause", json={}))[0] == 202
+    await api.until(uid, "Paused")
+    await api.call("POST", f"/v1/sandboxes/{uid}/resume")
+    await api.until(uid, "Running")
+    waiter = asyncio.create_task(api.call("GET", f"/v1/sandboxes/{uid}/wait"))
+    await api.call("POST", f"/v1/sandboxes/{uid}/stop", json={"gracePeriodSeconds": 1})
+    status, body = await asyncio.wait_for(waiter, 5)
+    assert status == 200
+    assert body["exitStatus"] == {"success": True, "reason": "StoppedByUser", "code": 0}
+    await api.call("POST", f"/v1/sandboxes/{uid}/start")
+    await api.until(uid, "Running")
+    assert (await api.call("POST", f"/v1/sandboxes/{uid}/explode"))[0] == 404
+
+
+async def test_delete_removes_and_is_idempotent(api: Api) -> None:
+    uid = await api.running()
+    assert (await api.call("DELETE", f"/v1/sandboxes/{uid}"))[0] == 204
+    assert (await api.call("GET", f"/v1/sandboxes/{uid}"))[0] == 404
+    assert (await api.call("DELETE", f"/v1/sandboxes/{uid}"))[0] == 204
+
+
+async def test_agent_websocket_pipes_the_relay(api: Api) -> None:
+    uid = await api.running()
+    headers = {"Authorization": f"Bearer {OPERATOR}"}
+    async with api.client.ws_connect(f"/v1/sandboxes/{uid}/agent", headers=headers) as ws:
+        data = b""
+        while len(data) < 12 or len(data) < 12 + struct.unpack(">I", data[8:12])[0]:
+            data += await ws.receive_bytes(timeout=5)
+        id_start, _ = struct.unpack(">II", data[:8])
+        assert decode_body(decode_frame(data[8:]).body).t == MessageType.READY
+        request = encode_body(MessageType.EXEC_REQUEST, exec_request("echo", ["over", "ws"]))
+        await ws.send_bytes(Frame(id_start + 1, FLAG_SESSION_START, request).encode())
+        out = b""
+        while b"core.exec.exited" not in out:
+            out += await ws.receive_bytes(timeout=5)
+        assert b"over ws" in out
+    assert api.auth.asked[-1] == Access("create", "team-a", subresource="exec", name="hello")
+
+
+async def test_websocket_refused_without_exec_rights(api: Api) -> None:
+    uid = await api.running()
+    headers = {"Authorization": f"Bearer {READER}"}
+    async with api.client.get(f"/v1/sandboxes/{uid}/agent", headers=headers) as response:
+        assert response.status == 403
+
+
+async def test_websocket_closes_when_the_sandbox_drains(api: Api) -> None:
+    uid = await api.running()
+    headers = {"Authorization": f"Bearer {OPERATOR}"}
+    async with api.client.ws_connect(f"/v1/sandboxes/{uid}/agent", headers=headers) as ws:
+        await ws.receive_bytes(timeout=5)
+        await api.call("POST", f"/v1/sandboxes/{uid}/drain")
+        message = await ws.receive(timeout=5)
+        while message.type == WSMsgType.BINARY:
+            message = await ws.receive(timeout=5)
+        assert message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
+    await api.until(uid, "Stopped")
+
+
+async def test_prometheus_endpoint(api: Api) -> None:
+    uid = await api.running()
+    api.services.sampler.latest[uid] = SandboxMetrics(memory_bytes=123, cpu_percent=1.5)
+    status, text = await api.call("GET", "/metrics")
+    assert status == 200
+    assert (
+        f'kubesandbox_sandbox_memory_bytes{{namespace="team-a",name="hello",uid="{uid}"}} 123'
+        in text
+    )
+    assert 'kubesandbox_node_sandboxes{phase="Running"} 1' in text
+    status, body = await api.call("GET", f"/v1/sandboxes/{uid}/metrics")
+    assert body["memoryBytes"] == 123

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from kubesandbox_api.conditions import ConditionStatus, Phase
+from kubesandbox_api.status import Condition, SandboxMetrics
+from kubesandbox_node.kube.client import ApiError
+from kubesandbox_node.runtime.model import NodeSandboxStatus
+from kubesandbox_node.status.writer import StatusWriter, Target
+
+TARGET = Target("team-a", "hello", "0b6f6f7e-0000-4000-8000-000000000001")
+
+
+@dataclass
+class FakeKube:
+    applied: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
+    fail_with: ApiError | None = None
+
+    async def apply(
+        self, path: str, body: dict[str, Any], *, field_manager: str, force: bool = True
+    ) -> dict[str, Any]:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.applied.append((path, body, field_manager))
+        return body
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def running() -> NodeSandboxStatus:
+    condition = Condition(type="AgentConnected", status=ConditionStatus.TRUE, reason="AgentReady")
+    return NodeSandboxStatus(phase=Phase.RUNNING, conditions=[condition])
+
+
+def writer() -> tuple[StatusWriter, FakeKube, Clock]:
+    kube, clock = FakeKube(), Clock()
+    return StatusWriter(kube, clock=clock), kube, clock  # type: ignore[arg-type]
+
+
+async def test_transition_is_applied_to_the_status_subresource_as_the_node_agent() -> None:
+    w, kube, _ = writer()
+    w.notify(TARGET, running())
+    await w.flush()
+    path, body, manager = kube.applied[0]
+    assert path == "/apis/kubesandbox.dev/v1alpha1/namespaces/team-a/sandboxes/hello/status"
+    assert manager == "kubesandbox-node-agent"
+    assert body["metadata"]["uid"] == TARGET.uid
+    assert body["status"]["phase"] == "Running"
+    assert body["status"]["conditions"][0]["type"] == "AgentConnected"
+    assert "observedGeneration" not in body["status"]
+
+
+async def test_metrics_at_most_every_interval_and_only_when_changed() -> None:
+    w, kube, clock = writer()
+    w.notify(TARGET, running())
+    await w.flush()
+    sample = SandboxMetrics(memory_bytes=100, uptime_seconds=1)
+    w.offer_metrics(TARGET.uid, sample)
+    await w.flush()
+    assert kube.applied[-1][1]["status"]["metrics"]["memoryBytes"] == 100
+    clock.now += 5
+    w.offer_metrics(TARGET.uid, SandboxMetrics(memory_bytes=200, uptime_seconds=6))
+    await w.flush()
+    assert len(kube.applied) == 2
+    clock.now += 15
+    w.offer_metrics(TARGET.uid, SandboxMetrics(memory_bytes=100, uptime_seconds=21))
+    await w.flush()
+    assert len(kube.applied) == 2
+    w.offer_metrics(TARGET.uid, SandboxMetrics(memory_bytes=300, uptime_seconds=21))
+    await w.flush()
+    assert len(kube.applied) == 3
+
+
+async def test_transitions_keep_the_last_metrics_so_apply_does_not_drop_them() -> None:
+    w, kube, _ = writer()
+    w.notify(TARGET, running())
+    w.offer_metrics(TARGET.uid, SandboxMetrics(memory_bytes=100))
+    await w.flush()
+    w.notify(TARGET, NodeSandboxStatus(phase=Phase.PAUSED))
+    await w.flush()
+    assert kube.applied[-1][1]["status"]["metrics"]["memoryBytes"] == 100
+
+
+async def test_a_deleted_sandbox_is_forgotten_and_other_errors_retried() -> None:
+    w, kube, _ = writer()
+    w.notify(TARGET, running())
+    kube.fail_with = ApiError(500, "etcd is sad")
+    with pytest.raises(ApiError):
+        await w.flush()
+    kube.fail_with = None
+    await w.flush()
+    assert len(kube.applied) == 1
+    kube.fail_with = ApiError(404, "gone")
+    w.notify(TARGET, running())
+    await w.flush()
+    kube.fail_with = None
+    await w.flush()
+    assert len(kube.applied) == 1
