@@ -153,6 +153,7 @@ class LayerCache:
             index_tmp.write_text(json.dumps([_entry_json(e) for e in entries]))
             image_tmp = self._layers / f"{digest_hex(diff_id)}.erofs.tmp{os.getpid()}"
             make_erofs(tree, image_tmp)
+            os.chmod(image_tmp, 0o444)  # never written again; shared read-only by every VM
             os.replace(index_tmp, self.index_path(diff_id))
             os.replace(image_tmp, self.image_path(diff_id))
         finally:
