@@ -79,7 +79,7 @@ def build(
     name = "initramfs.cpio.gz" if compress else "initramfs.cpio"
     image = BootImage(
         key=key,
-        kernel=k.vmlinuz,
+        kernel=k.boot_image,
         initramfs=dest / name,
         release=k.release,
         modules=tuple(m.name for m in mods),
