@@ -163,9 +163,13 @@ class LayerCache:
 
 
 def make_erofs(tree: Path, image: Path) -> None:
-    """``mkfs.erofs`` with owners, modes, xattrs and mtimes kept (uncompressed: fast to read)."""
+    """``mkfs.erofs`` with owners, modes, xattrs and mtimes kept (uncompressed: fast to read).
+
+    Per-file mtimes matter to guests (Python compares a ``.pyc``'s recorded source mtime, make
+    compares targets), so no fixed timestamp is forced.
+    """
     result = subprocess.run(
-        ["mkfs.erofs", "--quiet", "-T0", str(image), str(tree)],
+        ["mkfs.erofs", "--quiet", "--preserve-mtime", str(image), str(tree)],
         capture_output=True,
         text=True,
         check=False,

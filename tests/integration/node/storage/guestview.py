@@ -29,6 +29,7 @@ class GuestFile:
     uid: int
     gid: int
     ino: int
+    mtime: int
     target: str
     data: bytes | None
 
@@ -63,6 +64,7 @@ def guest_view(layers: list[Path], upper: Path, commands: list[str] | None = Non
             entry["uid"],
             entry["gid"],
             entry["ino"],
+            entry["mtime"],
             entry["target"],
             base64.b64decode(entry["data"]) if entry["data"] is not None else None,
         )
@@ -111,6 +113,7 @@ def _main(request: dict[str, Any]) -> dict[str, Any]:
                 "uid": info.st_uid,
                 "gid": info.st_gid,
                 "ino": info.st_ino,
+                "mtime": int(info.st_mtime),
                 "target": os.readlink(full) if kind == "l" else "",
                 "data": data,
             }

@@ -152,6 +152,7 @@ async def test_multi_layer_image_assembles_as_the_guest_sees_it(
     assert sorted(p for p in files if p.startswith("/var/lib/stale/")) == ["/var/lib/stale/fresh"]
     assert sorted(p for p in files if p.startswith("/etc/app/")) == ["/etc/app/new.conf"]
     assert files["/usr/bin/suid"].mode == 0o4755
+    assert files["/usr/bin/suid"].mtime == 1_700_000_000
     assert (files["/usr/bin/sgid-odd"].mode, files["/usr/bin/sgid-odd"].uid) == (0o2711, 1000)
     assert files["/usr/bin/noperm"].mode == 0
     assert files["/usr/bin/suid-again"].ino == files["/usr/bin/suid"].ino
