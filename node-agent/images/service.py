@@ -30,7 +30,7 @@ from kubesandbox_api.spec import PullPolicy
 from kubesandbox_node.images.auth import Credentials, Keychain
 from kubesandbox_node.images.blobs import BlobStore
 from kubesandbox_node.images.digests import Digest, parse_digest
-from kubesandbox_node.images.errors import ImageError, NotCachedError
+from kubesandbox_node.images.errors import AuthError, ImageError, NotCachedError
 from kubesandbox_node.images.layers import CachedLayer, LayerCache
 from kubesandbox_node.images.manifest import (
     INDEX_TYPES,
@@ -251,6 +251,7 @@ class ImageService:
                 self.layers.touch(diff_id)
                 return cached
             task = self._layer_tasks.get(diff_id)
+            started_here = task is None
             if task is None:
                 task = asyncio.create_task(self._fetch_layer(pinned_ref, layer, credentials))
                 self._layer_tasks[diff_id] = task
@@ -262,7 +263,13 @@ class ImageService:
 
                 task.add_done_callback(done)
             self._listeners[diff_id].append(reporter)
-            return await asyncio.shield(task)
+            try:
+                return await asyncio.shield(task)
+            except AuthError:
+                if started_here:
+                    raise
+                # that download ran with another sandbox's credentials; ours may do better
+                return await self._fetch_layer(pinned_ref, layer, credentials)
 
         layers = await asyncio.gather(*(one(layer) for layer in record.layers))
         if progress is not None and missing:

@@ -18,6 +18,8 @@ class FakeRegistry:
     users: dict[str, str] = field(default_factory=dict)
     """Non-empty: every /v2 request needs a bearer token from /token (basic auth there)."""
     basic_only: bool = False
+    public_manifests: bool = False
+    """Manifests and configs need no credentials, layer blobs do."""
     manifests: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
@@ -68,7 +70,7 @@ class FakeRegistry:
     async def manifest(self, request: web.Request) -> web.Response:
         repo, ref = request.match_info["repo"], request.match_info["ref"]
         self.requests[f"manifest {ref}"] += 1
-        if not self._authorized(request):
+        if not self.public_manifests and not self._authorized(request):
             return self._challenge(repo)
         wanted = self.tags.get(f"{repo}:{ref}", ref)
         if wanted not in self.manifests:
@@ -79,7 +81,8 @@ class FakeRegistry:
     async def blob(self, request: web.Request) -> web.Response:
         repo, ref = request.match_info["repo"], request.match_info["digest"]
         self.requests[f"blob {ref}"] += 1
-        if not self._authorized(request):
+        is_layer = ref in self.blobs and self.blobs[ref][:2] == b"\x1f\x8b"
+        if (is_layer or not self.public_manifests) and not self._authorized(request):
             return self._challenge(repo)
         if ref not in self.blobs:
             return web.Response(status=404)

@@ -18,7 +18,7 @@ from kubesandbox_node.images.errors import (
     NotCachedError,
 )
 from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
-from kubesandbox_node.images.service import ImageService
+from kubesandbox_node.images.service import ImageService, ReadyImage
 from tests.support.registry import (
     BuiltImage,
     build_image,
@@ -331,3 +331,23 @@ async def test_expired_token_is_renewed_and_tokens_are_reused(tmp_path: Path) ->
             registry.expire_tokens()
             await service.ensure("uid-2", ref(registry, "b"), keychain=keychain)
             assert registry.requests["token"] == 2
+
+
+async def test_shared_download_that_failed_auth_is_retried_with_own_credentials(
+    tmp_path: Path,
+) -> None:
+    fake = FakeRegistry(users={"u": "p"}, basic_only=True, public_manifests=True)
+    async with serve(fake) as registry:
+        registry.add("team/app", "v", build_image([BASE]))
+        config = RegistryConfig(plain_http=frozenset({registry.host}))
+        async with RegistryClient(config) as client:
+            service = ImageService(tmp_path / "images", client)
+            anonymous, authorized = await asyncio.gather(
+                service.ensure("uid-1", ref(registry)),
+                service.ensure("uid-2", ref(registry), keychain=_keychain(registry.host, "p", "u")),
+                return_exceptions=True,
+            )
+    # whichever started the shared download, the sandbox with credentials gets its image
+    assert not isinstance(authorized, BaseException)
+    assert len(authorized.layers) == 1
+    assert isinstance(anonymous, AuthError | ReadyImage)
