@@ -100,8 +100,8 @@ async def _connect(
 
 async def agent_boot(
     image: initramfs.BootImage, execs: int, with_disks: bool
-) -> tuple[float, list[float], int | None]:
-    """Seconds to core.ready, exec round trips of ``true``, agent RSS in KiB."""
+) -> tuple[float, list[float], int | None, dict[str, int]]:
+    """Seconds to core.ready, exec round trips of ``true``, agent RSS in KiB, ready payload."""
     directory = Path(tempfile.mkdtemp(prefix="ksb-bench-"))
     try:
         spec = _spec(image, directory, with_disks)
@@ -119,7 +119,8 @@ async def agent_boot(
                     status = await client.run("/bin/grep", ["VmRSS", "/proc/1/status"])
                     fields = status.stdout.split()
                     rss = int(fields[1]) if len(fields) >= 2 else None
-            return vm.boot_seconds, rtts, rss
+            timings = {k: int(v) for k, v in vm.ready.items() if k.endswith("_ns")}
+            return vm.boot_seconds, rtts, rss, timings
         finally:
             await vm.kill()
     finally:
@@ -156,16 +157,22 @@ async def main() -> int:
     readies: list[float] = []
     rtts: list[float] = []
     rss: int | None = None
+    guest_start: list[float] = []
+    guest_init: list[float] = []
+    guest_ready: list[float] = []
     for i in range(args.boots):
         floors.append(await floor_boot(floor))
         try:
-            ready, round_trips, rss_kib = await agent_boot(
+            ready, round_trips, rss_kib, timings = await agent_boot(
                 image, args.execs if real_agent and i == 0 else 0, with_disks=real_agent
             )
         except BootError as exc:
             print(f"boot {i} failed: {exc.reason}\n{exc.console[-1500:]}")
             return 1
         readies.append(ready)
+        guest_start.append(timings.get("boot_time_ns", 0) / 1e9)
+        guest_init.append(timings.get("init_time_ns", 0) / 1e9)
+        guest_ready.append(timings.get("ready_time_ns", 0) / 1e9)
         rtts += round_trips
         rss = rss_kib if rss_kib is not None else rss
         print(f"boot {i}: floor {_ms(floors[-1])}, {label} ready {_ms(ready)}")
@@ -176,6 +183,12 @@ async def main() -> int:
     print(
         f"ratio ready/floor: {ready_med / floor_med:.2f}  (overhead {_ms(ready_med - floor_med)})"
     )
+    if real_agent:
+        print(
+            f"guest boot clock (median): agent started {_ms(statistics.median(guest_start))}, "
+            f"its setup took {_ms(statistics.median(guest_init))}, "
+            f"ready at {_ms(statistics.median(guest_ready))}"
+        )
     if rtts:
         print(
             f"exec round trip of /bin/true: median {_ms(statistics.median(rtts))}, "
