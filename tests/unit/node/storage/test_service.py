@@ -351,3 +351,50 @@ async def test_shared_download_that_failed_auth_is_retried_with_own_credentials(
     assert not isinstance(authorized, BaseException)
     assert len(authorized.layers) == 1
     assert isinstance(anonymous, AuthError | ReadyImage)
+
+
+async def test_docker_schema2_list_and_manifest(
+    service: ImageService, registry: FakeRegistry
+) -> None:
+    image = build_image([BASE])
+    manifest = json.loads(image.manifest)
+    manifest["mediaType"] = "application/vnd.docker.distribution.manifest.v2+json"
+    manifest["layers"][0]["mediaType"] = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    body = json.dumps(manifest).encode()
+    registry.manifests[digest(body)] = (manifest["mediaType"], body)
+    registry.blobs.update(image.blobs())
+    listing = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+            "manifests": [
+                {
+                    "mediaType": manifest["mediaType"],
+                    "digest": digest(body),
+                    "size": len(body),
+                    "platform": {"os": "linux", "architecture": "amd64"},
+                }
+            ],
+        }
+    ).encode()
+    registry.manifests[digest(listing)] = (
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        listing,
+    )
+    registry.tags["team/app:docker"] = digest(listing)
+    ready = await service.ensure("uid-1", ref(registry, "docker"))
+    assert ready.record.manifest_digest == digest(body)
+    assert ready.record.layers[0].media_type.startswith("application/vnd.docker")
+
+
+async def test_schema1_manifests_are_refused_clearly(
+    service: ImageService, registry: FakeRegistry
+) -> None:
+    body = json.dumps({"schemaVersion": 1, "fsLayers": []}).encode()
+    registry.manifests[digest(body)] = (
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        body,
+    )
+    registry.tags["team/app:old"] = digest(body)
+    with pytest.raises(ImageError, match="unsupported manifest type"):
+        await service.ensure("uid-1", ref(registry, "old"))
