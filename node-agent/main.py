@@ -1,0 +1,256 @@
+"""``python -m kubesandbox_node``: the node agent's entry point.
+
+Configuration comes from a YAML file (``--config``) with flags overriding it; the keys are
+those of ``NodeAgentConfig`` in camelCase (docs/node-agent.md). Start-up, in order: the boot
+image (the guest agent binary + the pinned kernel, cached), the KVM probe (TCG only when
+emulation is allowed), the image service and rootfs builder, the runtime, the Kubernetes
+client (kubeconfig or in-cluster), the status writer and the Lease, then the HTTPS API. On
+start the runtime re-adopts the VMs a previous node agent left running; on SIGTERM the agent
+lets go of them without stopping them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import ssl
+import subprocess
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+import yaml
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from kubesandbox_node.bootimage import initramfs, standin
+from kubesandbox_node.bootimage.initramfs import BootImage
+from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
+from kubesandbox_node.images.service import ImageService
+from kubesandbox_node.kube.auth import Access, Authenticator, KubeAuthenticator, User
+from kubesandbox_node.kube.client import KubeClient
+from kubesandbox_node.kube.lease import LeaseRenewer
+from kubesandbox_node.rootfs.assemble import SandboxRootfs
+from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
+from kubesandbox_node.runtime.cgroups import CgroupManager
+from kubesandbox_node.runtime.manager import Runtime
+from kubesandbox_node.runtime.prepare import NetworkProvider, NoNetwork, SandboxPreparer
+from kubesandbox_node.runtime.supervisor import Timing
+from kubesandbox_node.runtime.vmm import QemuVMM
+from kubesandbox_node.server.app import make_app
+from kubesandbox_node.server.services import Services
+from kubesandbox_node.status.writer import StatusWriter
+from kubesandbox_node.vm.host import kvm_usable, tsc_khz
+from kubesandbox_node.volumes.prepare import NamedVolumes
+
+log = structlog.get_logger("kubesandbox_node")
+REPO = Path(__file__).resolve().parents[1]
+
+
+class NodeAgentConfig(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    node_name: str = Field(default_factory=lambda: os.uname().nodename)
+    state_dir: Path = Path("/var/lib/kubesandbox")
+    cache_dir: Path = Path("/var/cache/kubesandbox")
+    listen: str = "0.0.0.0:9443"
+    endpoint: str | None = None
+    """What the Lease announces; ``https://<listen>`` by default."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    namespace: str = "kubesandbox-system"
+    kubeconfig: Path | None = None
+    static_token_file: Path | None = None
+    """Development only: a file holding one token that is granted every right."""
+    allowed_host_paths: list[str] = []
+    plain_http_registries: list[str] = []
+    registry_mirrors: dict[str, str] = {}
+    allow_emulation: bool = False
+    guest_agent: Path | None = None
+    boot_standin: Literal["ready"] | None = None
+    """Tests only: boot the busybox stand-in instead of the guest agent."""
+    cgroups: bool = True
+    cgroup_parent: str = "kubesandbox"
+    network: Literal["none", "netns"] = "netns"
+    ready_timeout: float = 120.0
+    sample_interval: float = 5.0
+    lease_interval: float = 10.0
+
+
+class StaticTokenAuthenticator:
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def authenticate(self, token: str) -> User | None:
+        return User("node-local-admin") if token == self.token else None
+
+    async def authorize(self, user: User, access: Access) -> bool:
+        return user.name == "node-local-admin"
+
+
+def load_config(argv: Sequence[str] | None = None) -> NodeAgentConfig:
+    parser = argparse.ArgumentParser(prog="python -m kubesandbox_node")
+    parser.add_argument("--config", type=Path, help="YAML file with NodeAgentConfig keys")
+    for name, info in NodeAgentConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if info.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif name in ("allowed_host_paths", "plain_http_registries"):
+            parser.add_argument(flag, action="append", default=None)
+        elif name == "registry_mirrors":
+            parser.add_argument(flag, action="append", default=None, metavar="REGISTRY=MIRROR")
+        else:
+            parser.add_argument(flag, default=None)
+    args = vars(parser.parse_args(argv))
+    data: dict[str, Any] = {}
+    config_file = args.pop("config")
+    if config_file is not None:
+        data = yaml.safe_load(config_file.read_text()) or {}
+    for name, value in args.items():
+        if value is None:
+            continue
+        if name == "registry_mirrors":
+            value = dict(item.split("=", 1) for item in value)
+        data[name] = value
+    return NodeAgentConfig.model_validate(data)
+
+
+def guest_agent_binary(config: NodeAgentConfig) -> Path:
+    if config.guest_agent is not None:
+        return config.guest_agent
+    configured = os.environ.get("KUBESANDBOX_GUEST_AGENT")
+    if configured:
+        return Path(configured)
+    result = subprocess.run(
+        ["bash", str(REPO / "guest-agent" / "build.sh")],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        check=True,
+    )
+    return Path(result.stdout.decode().strip().splitlines()[-1])
+
+
+def boot_image(config: NodeAgentConfig) -> BootImage:
+    if config.boot_standin is not None:
+        init, extra = standin.entries(config.boot_standin)
+        return initramfs.build(init, extra=extra)
+    return initramfs.build(guest_agent_binary(config))
+
+
+def tls_context(config: NodeAgentConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+def network_provider(config: NodeAgentConfig, state_dir: Path) -> NetworkProvider:
+    if config.network == "none":
+        return NoNetwork()
+    from kubesandbox_node.network.netns import NetnsNetwork
+
+    return NetnsNetwork(state_dir / "network")
+
+
+async def serve(config: NodeAgentConfig) -> None:
+    for folder in (config.state_dir, config.cache_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    image = await asyncio.to_thread(boot_image, config)
+    accel: Literal["kvm", "tcg"] = "kvm"
+    if not await kvm_usable(image.kernel, config.cache_dir):
+        if not config.allow_emulation:
+            raise SystemExit("KVM cannot run guests here and emulation is not allowed")
+        accel = "tcg"
+    network = network_provider(config, config.state_dir)
+    registry = RegistryClient(RegistryConfig(plain_http=frozenset(config.plain_http_registries)))
+    policy = HostPathPolicy.of(config.allowed_host_paths)
+    preparer = SandboxPreparer(
+        images=ImageService(config.cache_dir / "images", registry),
+        rootfs=SandboxRootfs(config.state_dir / "rootfs", policy),
+        named=NamedVolumes(config.state_dir / "volumes"),
+        policy=policy,
+        boot_image=image,
+        accel=accel,
+        tsc_khz=tsc_khz(),
+        mirrors=config.registry_mirrors,
+        network=network,
+    )
+    vmm = QemuVMM(
+        accel=accel,
+        cgroups=CgroupManager(parent=config.cgroup_parent) if config.cgroups else None,
+        wrap=network.wrap_argv,
+    )
+    runtime = Runtime(
+        config.state_dir,
+        vmm=vmm,
+        preparer=preparer,
+        emulation=accel == "tcg",
+        timing=Timing(ready_timeout=config.ready_timeout),
+    )
+    kube: KubeClient | None = None
+    in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ
+    if config.kubeconfig is not None or in_cluster:
+        kube = KubeClient.from_config(config.kubeconfig)
+    authenticator: Authenticator
+    if config.static_token_file is not None:
+        authenticator = StaticTokenAuthenticator(config.static_token_file.read_text().strip())
+    elif kube is not None:
+        authenticator = KubeAuthenticator(kube)
+    else:
+        raise SystemExit("no kubeconfig, not in a cluster and no static token: refusing to serve")
+    tls = tls_context(config)
+    host, _, port = config.listen.rpartition(":")
+    endpoint = config.endpoint or f"{'https' if tls else 'http'}://{config.listen}"
+    capabilities = ["oci", "disk", "bind", "network-none", "pause"]
+    if config.network == "netns":
+        capabilities[4:4] = ["network-public-only", "network-all"]
+    services = Services(
+        runtime,
+        authenticator,
+        status=StatusWriter(kube) if kube is not None else None,
+        lease=(
+            LeaseRenewer(
+                kube,
+                node=config.node_name,
+                namespace=config.namespace,
+                endpoint=endpoint,
+                emulation=accel == "tcg",
+                capabilities=tuple(capabilities),
+                instance=uuid.uuid4().hex[:8],
+                interval=config.lease_interval,
+            )
+            if kube is not None
+            else None
+        ),
+        sample_interval=config.sample_interval,
+    )
+    app = make_app(services)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host or None, int(port), ssl_context=tls)
+    await site.start()
+    log.info("node_agent.serving", endpoint=endpoint, node=config.node_name, accel=accel)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("node_agent.stopping")
+        await runner.cleanup()
+        await registry.close()
+        if kube is not None:
+            await kube.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config(argv)
+    asyncio.run(serve(config))
+    return 0

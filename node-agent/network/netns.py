@@ -1,0 +1,270 @@
+"""A network namespace per sandbox; QEMU runs inside it with a tap device.
+
+```
+ guest eth0 10.0.2.15/24 ── tap0 10.0.2.1 ┐ netns ksb-<uid8>: iptables (policy, DNS DNAT,
+                                          │ published-port DNAT, MASQUERADE to eth0)
+                             eth0 10.231.N.2/30 ── veth ── ksbh<N> 10.231.N.1/30 (node)
+                                                            node: MASQUERADE, port DNAT
+```
+
+Every sandbox sees the same guest addresses (``10.0.2.15``, gateway and DNS ``10.0.2.1``);
+only the /30 link to the node differs (index N, persisted per sandbox). Policy lives inside
+the sandbox's namespace, where the guest cannot touch it and where it cannot clash with the
+node's own rules:
+
+- ``All``: forward everything out.
+- ``PublicOnly``: refuse (REJECT, so clients fail fast) every non-public destination
+  (``ranges``), the node's own addresses and configured cluster ranges; DNS to ``10.0.2.1``
+  is DNAT'ed to the node's resolvers and allowed to exactly those, before the refusals.
+- ``None``: no NIC and no namespace at all.
+
+Published ports: the node DNATs ``hostPort`` (PREROUTING, and OUTPUT for node-local clients
+connecting to a node address) to the sandbox link address, the namespace DNATs it on to the
+guest. Node rules carry the comment ``ksb:<uid>`` and are removed by it.
+
+QEMU is started with ``ip netns exec`` (``wrap_argv``), so its tap is created inside; the
+namespace outlives node agent restarts with the VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from kubesandbox_api.spec import NetworkPolicy
+from kubesandbox_node.network.ranges import blocked, host_addresses, resolvers
+from kubesandbox_node.runtime.model import DesiredSandbox
+from kubesandbox_node.vm import bootconfig as bc
+
+GUEST_IP = "10.0.2.15"
+GATEWAY = "10.0.2.1"
+GUEST_PREFIX = 24
+TAP = "tap0"
+NS_LINK = "eth0"
+LINK_BASE = "10.231.0.0/16"
+log = structlog.get_logger(__name__)
+
+
+class NetworkError(RuntimeError):
+    pass
+
+
+async def run(*argv: str, input: bytes | None = None, check: bool = True) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate(input)
+    if check and process.returncode != 0:
+        raise NetworkError(f"{' '.join(argv)}: {err.decode(errors='replace').strip()}")
+    return out.decode()
+
+
+def mac_for(uid: str) -> str:
+    digest = hashlib.sha256(uid.encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+@dataclass(frozen=True)
+class Plan:
+    uid: str
+    index: int
+    policy: NetworkPolicy
+    ports: tuple[tuple[str, int, int], ...]
+    """(protocol, guest port, host port)."""
+
+    @property
+    def netns(self) -> str:
+        return f"ksb-{self.uid[:8]}"
+
+    @property
+    def host_if(self) -> str:
+        return f"ksbh{self.index}"
+
+    def link(self, base: str) -> tuple[str, str, str]:
+        network = ipaddress.ip_network(base)
+        first = int(network.network_address) + self.index * 4
+        subnet = ipaddress.ip_network(f"{ipaddress.ip_address(first)}/30")
+        return (
+            str(ipaddress.ip_address(first + 1)),
+            str(ipaddress.ip_address(first + 2)),
+            str(subnet),
+        )
+
+
+def namespace_rules(plan: Plan, dns: list[str], refuse: list[str]) -> str:
+    nat = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+           ":POSTROUTING ACCEPT [0:0]"]  # fmt: skip
+    filt = ["*filter", ":INPUT DROP [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]",
+            "-A INPUT -i lo -j ACCEPT",
+            "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]  # fmt: skip
+    if dns:
+        for proto in ("udp", "tcp"):
+            nat.append(
+                f"-A PREROUTING -i {TAP} -d {GATEWAY}/32 -p {proto} --dport 53 "
+                f"-j DNAT --to-destination {dns[0]}:53"
+            )
+            filt.append(
+                f"-A FORWARD -i {TAP} -o {NS_LINK} -d {dns[0]}/32 -p {proto} --dport 53 "
+                "-m conntrack --ctstate DNAT -j ACCEPT"
+            )
+    for proto, port, _ in plan.ports:
+        nat.append(
+            f"-A PREROUTING -i {NS_LINK} -p {proto} --dport {port} "
+            f"-j DNAT --to-destination {GUEST_IP}:{port}"
+        )
+        filt.append(
+            f"-A FORWARD -i {NS_LINK} -o {TAP} -d {GUEST_IP}/32 -p {proto} --dport {port} "
+            "-m conntrack --ctstate DNAT -j ACCEPT"
+        )
+    if plan.policy == NetworkPolicy.PUBLIC_ONLY:
+        for cidr in refuse:
+            filt.append(
+                f"-A FORWARD -i {TAP} -d {cidr} -j REJECT --reject-with icmp-net-prohibited"
+            )
+    filt.append(f"-A FORWARD -i {TAP} -o {NS_LINK} -j ACCEPT")
+    nat.append(f"-A POSTROUTING -o {NS_LINK} -j MASQUERADE")
+    return "\n".join([*nat, "COMMIT", *filt, "COMMIT", ""])
+
+
+class NetnsNetwork:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        link_base: str = LINK_BASE,
+        dns: list[str] | None = None,
+        cluster_cidrs: list[str] | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.link_base = link_base
+        self.dns = dns if dns is not None else resolvers()
+        self.cluster_cidrs = cluster_cidrs or []
+        self._lock = asyncio.Lock()
+
+    # --- bookkeeping -----------------------------------------------------------------------
+
+    def _record(self, uid: str) -> Path:
+        return self.state_dir / f"{uid}.json"
+
+    def _index(self, uid: str) -> int:
+        record = self._record(uid)
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return int(json.loads(record.read_text())["index"])
+        used = set()
+        for other in self.state_dir.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                used.add(int(json.loads(other.read_text())["index"]))
+        index = next(i for i in range(1, 16384) if i not in used)
+        record.write_text(json.dumps({"index": index}))
+        return index
+
+    def plan(self, desired: DesiredSandbox) -> Plan:
+        network = desired.spec.network
+        ports = tuple(
+            (p.protocol.value.lower(), p.port, p.host_port or p.port) for p in network.ports
+        )
+        return Plan(desired.uid, self._index(desired.uid), network.policy, ports)
+
+    # --- NetworkProvider -------------------------------------------------------------------
+
+    def wrap_argv(self, uid: str, argv: list[str]) -> list[str]:
+        if not self._record(uid).exists():
+            return argv
+        return ["ip", "netns", "exec", f"ksb-{uid[:8]}", *argv]
+
+    async def attach(self, desired: DesiredSandbox) -> tuple[bc.Network | None, list[str]]:
+        if desired.spec.network.policy == NetworkPolicy.NONE:
+            await self.detach(desired.uid)
+            return None, []
+        async with self._lock:
+            plan = self.plan(desired)
+            await self._setup(plan)
+        mac = mac_for(desired.uid)
+        config = bc.Network(
+            interfaces=[
+                bc.Interface(mac=mac, addresses=[f"{GUEST_IP}/{GUEST_PREFIX}"], gateway=GATEWAY)
+            ],
+            dns=[GATEWAY] if self.dns else [],
+        )
+        nic = [
+            "-netdev", f"tap,id=net0,ifname={TAP},script=no,downscript=no",
+            "-device", f"virtio-net-device,netdev=net0,mac={mac}",
+        ]  # fmt: skip
+        return config, nic
+
+    async def _setup(self, plan: Plan) -> None:
+        host_ip, ns_ip, subnet = plan.link(self.link_base)
+        ns = plan.netns
+        existing = (await run("ip", "netns", "list")).split()
+        if ns not in existing:
+            await run("ip", "netns", "add", ns)
+        nsexec = ("ip", "netns", "exec", ns)
+        await run(*nsexec, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        await run(*nsexec, "ip", "link", "set", "lo", "up")
+        links = await run(*nsexec, "ip", "-o", "link", "show")
+        if f" {NS_LINK}@" not in links:
+            await run("ip", "link", "del", plan.host_if, check=False)
+            await run("ip", "link", "add", plan.host_if, "type", "veth",
+                      "peer", "name", NS_LINK, "netns", ns)  # fmt: skip
+            await run("ip", "addr", "add", f"{host_ip}/30", "dev", plan.host_if)
+            await run("ip", "link", "set", plan.host_if, "up")
+            await run(*nsexec, "ip", "addr", "add", f"{ns_ip}/30", "dev", NS_LINK)
+            await run(*nsexec, "ip", "link", "set", NS_LINK, "up")
+            await run(*nsexec, "ip", "route", "replace", "default", "via", host_ip)
+        if f" {TAP}:" not in links and f" {TAP}@" not in links:
+            await run(*nsexec, "ip", "tuntap", "add", "dev", TAP, "mode", "tap")
+            await run(*nsexec, "ip", "addr", "add", f"{GATEWAY}/{GUEST_PREFIX}", "dev", TAP)
+            await run(*nsexec, "ip", "link", "set", TAP, "up")
+        refuse = blocked([*host_addresses(), *self.cluster_cidrs])
+        rules = namespace_rules(plan, self.dns, refuse)
+        await run(*nsexec, "iptables-restore", input=rules.encode())
+        await self._host_rules(plan, ns_ip, subnet)
+        log.info("network.ready", netns=ns, policy=plan.policy.value, link=subnet)
+
+    async def _host_rules(self, plan: Plan, ns_ip: str, subnet: str) -> None:
+        await run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        await self._drop_host_rules(plan.uid)
+        tag = ["-m", "comment", "--comment", f"ksb:{plan.uid}"]
+        await run("iptables", "-t", "nat", "-A", "POSTROUTING", "-s", subnet,
+                  "!", "-d", self.link_base, "-j", "MASQUERADE", *tag)  # fmt: skip
+        await run("iptables", "-A", "FORWARD", "-i", plan.host_if, "-j", "ACCEPT", *tag)
+        await run("iptables", "-A", "FORWARD", "-o", plan.host_if, "-j", "ACCEPT", *tag)
+        for proto, port, host_port in plan.ports:
+            dnat = ["-p", proto, "--dport", str(host_port), "-j", "DNAT",
+                    "--to-destination", f"{ns_ip}:{port}", *tag]  # fmt: skip
+            await run("iptables", "-t", "nat", "-A", "PREROUTING", "-m", "addrtype",
+                      "--dst-type", "LOCAL", *dnat)  # fmt: skip
+            await run("iptables", "-t", "nat", "-A", "OUTPUT", "-m", "addrtype",
+                      "--dst-type", "LOCAL", *dnat)  # fmt: skip
+
+    async def _drop_host_rules(self, uid: str) -> None:
+        marker = f"ksb:{uid}"
+        for table in ("nat", "filter"):
+            for line in (await run("iptables", "-t", table, "-S")).splitlines():
+                if marker in line and line.startswith("-A "):
+                    args = line[3:].replace(f'"{marker}"', marker).split()
+                    await run("iptables", "-t", table, "-D", *args, check=False)
+
+    async def detach(self, uid: str) -> None:
+        record = self._record(uid)
+        if not record.exists():
+            return
+        async with self._lock:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                index = int(json.loads(record.read_text())["index"])
+                await run("ip", "link", "del", f"ksbh{index}", check=False)
+            await self._drop_host_rules(uid)
+            await run("ip", "netns", "del", f"ksb-{uid[:8]}", check=False)
+            record.unlink(missing_ok=True)
