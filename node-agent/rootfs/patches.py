@@ -131,8 +131,9 @@ def _write(
             raise PatchError(
                 f"{path} is a directory; it cannot be replaced by a file", field=f"{field}.path"
             )
-    final_mode = mode if mode is not None else (entry.mode if entry else 0o644)
-    owner = (entry.uid, entry.gid) if entry else (0, 0)
+    replacing_file = entry is not None and entry.kind == "f"
+    final_mode = mode if mode is not None else (entry.mode if entry and replacing_file else 0o644)
+    owner = (entry.uid, entry.gid) if entry and replacing_file else (0, 0)
     with view.upper_dir(parts[:-1], create=True, field=f"{field}.path") as parent:
         view.clear_upper(parent, parts[-1])
         view.create_file(parent, parts[-1], data, mode=final_mode, uid=owner[0], gid=owner[1])

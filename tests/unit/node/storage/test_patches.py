@@ -275,3 +275,9 @@ def test_append_and_mkdir_after_remove(view: RootView) -> None:
     entry = view.lookup(("etc", "motd"))
     assert entry is not None
     assert entry.kind == "d"
+
+
+def test_replacing_a_symlink_with_a_file_gets_file_defaults(view: RootView) -> None:
+    run(view, {"text": {"path": "/bin", "content": "x", "replace": True}})
+    written = view.upper / "bin"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
