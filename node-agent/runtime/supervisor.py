@@ -351,7 +351,10 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(group.remove)
         if self.record.ending is not None:
-            self._end(Phase.STOPPED, Reason(self.record.ending), True, info.code, None)
+            how = info.shutdown_reason or "killed"
+            self._end(
+                Phase.STOPPED, Reason(self.record.ending), True, info.code, f"stopped ({how})"
+            )
             return
         ending = classify(info, self.record.oom_kills_at_start)
         self.log.warning("sandbox.vm_ended", reason=ending.reason.value, code=info.code)
