@@ -18,6 +18,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import kopf
@@ -60,6 +61,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--identity", default=f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     parser.add_argument("--log-level", default=env("KUBESANDBOX_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Kopf uses the same identity as our client: the in-cluster account, else KUBECONFIG."""
+    in_cluster = kopf.login_with_service_account(**kwargs)
+    return in_cluster or kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()

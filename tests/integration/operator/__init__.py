@@ -1,0 +1,1 @@
+"""The operator process against the real control plane, with a fake node agent."""
