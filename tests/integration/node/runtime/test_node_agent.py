@@ -239,7 +239,8 @@ async def test_sandboxes_run_and_status_is_written_beside_the_operators(api: Api
         manifest = {
             "apiVersion": "kubesandbox.dev/v1alpha1", "kind": "Sandbox",
             "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"image": {"oci": "busybox:1.36"}, "memory": 256, "network": {"policy": "None"}},
+            "spec": {"image": {"oci": "busybox:1.36"}, "memory": 256,
+                     "network": {"policy": "None"}},
         }  # fmt: skip
         api.agent.plane.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
         body = await api.sandbox(name)
