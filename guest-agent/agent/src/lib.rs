@@ -41,7 +41,7 @@ pub fn serve_channel(
     let _w = transport::spawn_writer(file, out_rx)?;
     let server = Server::new(out, defaults, timings);
     let ending = runtime.block_on(async move {
-        let ending = Arc::clone(&server).serve(in_rx).await;
+        let ending = Arc::clone(&server).serve(in_rx, kind == transport::Kind::Stream).await;
         // Let queued frames (the last exited, a pong) reach the writer.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         ending

@@ -133,10 +133,13 @@ impl Server {
         self.out.send(id, FLAG_TERMINAL, types::ERROR, &core_error(kind, message, t)).await;
     }
 
-    /// Serves until shutdown or the end of the channel. Sends `core.ready` first.
-    pub async fn serve(self: Arc<Self>, mut inbound: mpsc::Receiver<Inbound>) -> Ending {
+    /// Serves until shutdown or the end of the channel. `ready_now`: send `core.ready` at once
+    /// (sockets); on a serial port it is sent whenever the reader sees a host connect.
+    pub async fn serve(self: Arc<Self>, mut inbound: mpsc::Receiver<Inbound>, ready_now: bool) -> Ending {
         crate::reaper::start();
-        self.send_ready().await;
+        if ready_now {
+            self.send_ready().await;
+        }
         while let Some(event) = inbound.recv().await {
             match event {
                 Inbound::Frame(frame) => {
@@ -149,7 +152,7 @@ impl Server {
                     log_warn!("agent channel: {e}; input dropped");
                     self.error(0, ErrorKind::MalformedMessage, e.to_string(), None).await;
                 }
-                Inbound::Reconnected => self.send_ready().await,
+                Inbound::HostConnected => self.send_ready().await,
                 Inbound::Closed => break,
             }
         }

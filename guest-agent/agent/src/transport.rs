@@ -28,8 +28,8 @@ pub enum Inbound {
     Frame(Frame),
     /// The stream cannot be decoded any more; buffered input was dropped.
     Fatal(CodecError),
-    /// A host (re)connected to the port after a disconnect: send `core.ready` again.
-    Reconnected,
+    /// A host connected to the port (serial ports only): it needs a `core.ready` first.
+    HostConnected,
     /// The stream ended for good (sockets only).
     Closed,
 }
@@ -71,12 +71,50 @@ pub enum Kind {
     Stream,
 }
 
+/// Whether the port reports `POLLHUP` (no host connected). Waits up to 100 ms for an event.
+/// Note: without a host the port also reports `POLLIN` (a read would return EOF at once), so
+/// `POLLHUP` alone decides.
 fn host_hung_up(fd: i32) -> bool {
     let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut pfd, 1, 100) };
-    n > 0 && pfd.revents & libc::POLLHUP != 0 && pfd.revents & libc::POLLIN == 0
+    n > 0 && pfd.revents & libc::POLLHUP != 0
 }
+
+/// What the reader learns about the host side of a serial port over time. The port gives no
+/// connect event, only a level (`POLLHUP` while no host is connected), so it is sampled every
+/// [`DISCONNECTED_POLL`]; a connection shorter than that can go unnoticed, which is harmless.
+#[derive(Debug, Default)]
+pub struct HostLink {
+    connected: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkChange {
+    None,
+    /// A host connected (the first one or a later one): it gets a fresh `core.ready`.
+    Connected,
+    Lost,
+}
+
+impl HostLink {
+    pub fn observe(&mut self, connected_now: bool) -> LinkChange {
+        match (self.connected, connected_now) {
+            (true, false) => {
+                self.connected = false;
+                LinkChange::Lost
+            }
+            (false, true) => {
+                self.connected = true;
+                LinkChange::Connected
+            }
+            _ => LinkChange::None,
+        }
+    }
+}
+
+/// How often a port without a host is checked for one.
+pub const DISCONNECTED_POLL: Duration = Duration::from_millis(20);
 
 /// Reader thread: bytes → frames → dispatcher.
 pub fn spawn_reader(
@@ -87,21 +125,36 @@ pub fn spawn_reader(
     std::thread::Builder::new().name("agent-reader".into()).spawn(move || {
         let mut dec = FrameDecoder::new();
         let mut buf = vec![0u8; 64 * 1024];
-        let mut disconnected = false;
+        let mut link = HostLink::default();
         loop {
-            if kind == Kind::SerialPort && host_hung_up(reader.as_raw_fd()) {
-                if !disconnected {
-                    log_info!("agent port: host disconnected");
-                    dec.reset();
+            if kind == Kind::SerialPort {
+                let connected_now = !host_hung_up(reader.as_raw_fd());
+                match link.observe(connected_now) {
+                    LinkChange::None => {}
+                    LinkChange::Lost => {
+                        log_info!("agent port: host disconnected");
+                        dec.reset();
+                    }
+                    LinkChange::Connected => {
+                        log_info!("agent port: host connected; sending core.ready");
+                        dec.reset();
+                        if tx.blocking_send(Inbound::HostConnected).is_err() {
+                            return;
+                        }
+                    }
                 }
-                disconnected = true;
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
+                if !connected_now {
+                    std::thread::sleep(DISCONNECTED_POLL);
+                    continue;
+                }
             }
             let n = match reader.read(&mut buf) {
                 Ok(0) if kind == Kind::SerialPort => {
-                    disconnected = true;
-                    std::thread::sleep(Duration::from_millis(50));
+                    // EOF on a port: the host went away while we were blocked in read.
+                    if link.observe(false) == LinkChange::Lost {
+                        log_info!("agent port: host disconnected");
+                        dec.reset();
+                    }
                     continue;
                 }
                 Ok(0) => {
@@ -120,14 +173,6 @@ pub fn spawn_reader(
                     continue;
                 }
             };
-            if disconnected {
-                disconnected = false;
-                dec.reset();
-                log_info!("agent port: host connected");
-                if tx.blocking_send(Inbound::Reconnected).is_err() {
-                    return;
-                }
-            }
             dec.push(&buf[..n]);
             loop {
                 match dec.next_frame() {
@@ -167,6 +212,17 @@ pub fn spawn_writer(mut writer: File, mut rx: mpsc::Receiver<OutFrame>) -> io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_new_host_gets_one_ready() {
+        let mut link = HostLink::default();
+        assert_eq!(link.observe(false), LinkChange::None, "no host yet at boot");
+        assert_eq!(link.observe(true), LinkChange::Connected);
+        assert_eq!(link.observe(true), LinkChange::None);
+        assert_eq!(link.observe(false), LinkChange::Lost);
+        assert_eq!(link.observe(false), LinkChange::None);
+        assert_eq!(link.observe(true), LinkChange::Connected);
+    }
 
     #[test]
     fn finds_the_port_by_name() {
