@@ -29,6 +29,8 @@ from pathlib import Path
 
 import structlog
 
+from kubesandbox_node.vm.spec import Accel
+
 log = structlog.get_logger(__name__)
 
 _MHZ = re.compile(r"tsc: (?:Refined TSC clocksource calibration|Detected): ([0-9.]+) MHz")
@@ -119,3 +121,19 @@ async def _probe(kernel: Path, qemu: str, limit: float) -> tuple[bool, str]:
         if "VFS: Unable to mount root fs" in text or "Kernel panic" in text:
             return True, "guest kernel booted to its root mount under KVM"
         return False, f"QEMU exited {proc.returncode}: {stderr.decode(errors='replace')[-300:]}"
+
+
+class EmulationNotAllowedError(RuntimeError):
+    """KVM cannot run guests here and software emulation was not allowed."""
+
+
+async def choose_accel(kernel: Path, cache_dir: Path, *, allow_emulation: bool) -> Accel:
+    """``kvm`` when a probe proved it runs guests; else ``tcg`` if emulation is allowed."""
+    if await kvm_usable(kernel, cache_dir):
+        return "kvm"
+    if allow_emulation:
+        return "tcg"
+    raise EmulationNotAllowedError(
+        "KVM cannot run guests on this node (see the kvm-probe file in the cache) and "
+        "software emulation is not allowed"
+    )

@@ -197,12 +197,18 @@ async def boot(
             tail(spec.qemu_log, 2000),
         ) from None
     except (BootError, ConnectionError, RelayClosedError, OSError) as exc:
+        if not isinstance(exc, BootError):
+            # a broken socket during startup is usually QEMU dying: say so when it is
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await process.wait()
         await _abort(process, qmp, relay, relay_task)
         if isinstance(exc, BootError):
             raise
-        raise BootError(
-            f"boot failed: {exc}", tail(spec.console_log), tail(spec.qemu_log, 2000)
-        ) from exc
+        reason = f"boot failed: {exc}"
+        if process.returncode is not None and process.returncode >= 0:
+            reason = f"QEMU exited with status {process.returncode} during startup ({exc})"
+        raise BootError(reason, tail(spec.console_log), tail(spec.qemu_log, 2000)) from exc
     assert qmp is not None
     assert relay is not None
     vm = VirtualMachine(spec, process, qmp, relay, _relay_task=relay_task)

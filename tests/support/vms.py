@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubesandbox_node.bootimage import cpio, initramfs
+from kubesandbox_node.bootimage.paths import cache_root
 from kubesandbox_node.vm import Drive, VirtualMachine, VMSpec, boot
 from kubesandbox_node.vm.bootconfig import BootConfig, OverlayRoot
-from kubesandbox_node.vm.host import tsc_khz
+from kubesandbox_node.vm.host import choose_accel, tsc_khz
 from tests.support.images import cached_busybox_layer, ext4_upper
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,8 +91,10 @@ async def booted_vm(
             log_level="debug",
         )
         initrd = initramfs.write_initrd(image, config, directory / "initrd.cpio")
+        accel = await choose_accel(image.kernel, cache_root(), allow_emulation=True)
         spec = VMSpec(
             name=directory.name,
+            accel=accel,
             kernel=image.kernel,
             initrd=initrd,
             state_dir=directory,
@@ -104,6 +107,6 @@ async def booted_vm(
         try:
             yield BootedVM(vm, directory / "agent.sock", directory)
         finally:
-            await vm.kill()
+            await vm.stop(grace=10)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

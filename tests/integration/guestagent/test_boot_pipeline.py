@@ -3,14 +3,19 @@ microvm wiring, relay, watchdog, QMP. A busybox stand-in writes a canned ``core.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from microsandbox.agent import AgentClient as SdkClient
 
-from kubesandbox_node.bootimage import standin
-from kubesandbox_node.vm import BootError
+from kubesandbox_node.bootimage import initramfs, standin
+from kubesandbox_node.vm import BootError, VMSpec, boot
+from kubesandbox_node.vm.host import kvm_usable
 from kubesandbox_protocol import AgentClient
 from kubesandbox_protocol.messages import MessageType, decode_body
 from tests.support.vms import BootedVM, booted_vm
@@ -57,3 +62,31 @@ async def test_watchdog_kills_a_guest_that_never_gets_ready() -> None:
             pass
     assert "not ready after" in caught.value.reason
     assert standin.FLOOR_MARKER in caught.value.console
+
+
+async def test_qemu_that_cannot_start_is_a_boot_error_with_its_output(tmp_path: Path) -> None:
+    init, extra = standin.entries("ready")
+    image = initramfs.build(init, extra=extra)
+    spec = VMSpec(
+        name="broken",
+        kernel=tmp_path / "no-such-kernel",
+        initrd=image.initramfs,
+        state_dir=Path(tempfile.mkdtemp(prefix="ksb-broken-")),
+    )
+    try:
+        with pytest.raises(BootError, match="QEMU exited") as caught:
+            await boot(spec, spec.state_dir / "agent.sock", ready_timeout=30)
+        assert "no-such-kernel" in caught.value.qemu_log
+    finally:
+        shutil.rmtree(spec.state_dir, ignore_errors=True)
+
+
+async def test_kvm_probe_gives_a_cached_verdict(tmp_path: Path) -> None:
+    init, extra = standin.entries("ready")
+    image = initramfs.build(init, extra=extra)
+    first = await kvm_usable(image.kernel, tmp_path)
+    assert await kvm_usable(image.kernel, tmp_path) == first
+    if not os.access("/dev/kvm", os.W_OK):
+        assert first is False
+    else:
+        assert len(os.listdir(tmp_path)) == 1
