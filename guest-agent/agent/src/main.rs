@@ -37,6 +37,8 @@ fn main() {
 
 fn pid1(start_ns: u64) -> ! {
     sys::ensure_stdio();
+    // Panics are bugs; say so on the console. One in a session task ends only that task.
+    std::panic::set_hook(Box::new(|info| log_error!("panic: {info}")));
     let booted = boot::setup(start_ns).unwrap_or_else(|e| {
         log_error!("boot failed: {e}");
         sys::power_off(true)
@@ -54,13 +56,15 @@ fn pid1(start_ns: u64) -> ! {
     });
     log_info!("ready in {} ms of boot clock; serving {}", sys::boottime_ns() / 1_000_000, path.display());
     let timings = Timings { boot_time_ns: start_ns, init_time_ns: booted.init_time_ns };
-    match serve_channel(port, transport::Kind::SerialPort, booted.defaults, timings) {
-        Ok(_) => sys::power_off(!handed_off),
-        Err(e) => {
-            log_error!("agent runtime: {e}");
-            sys::power_off(!handed_off)
-        }
+    let served = std::panic::catch_unwind(move || {
+        serve_channel(port, transport::Kind::SerialPort, booted.defaults, timings)
+    });
+    match served {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => log_error!("agent runtime: {e}"),
+        Err(_) => log_error!("agent runtime panicked; powering off"),
     }
+    sys::power_off(!handed_off)
 }
 
 fn check_boot_config(path: Option<&String>) {
