@@ -130,6 +130,7 @@ class Relay:
         self.frames_from_guest = 0
         self.dropped_frames = 0
         self._ready: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._latest_ready = b""
         self._closed = asyncio.Event()
         self._slots: dict[int, _Client] = {}
         self._guest_writer: asyncio.StreamWriter | None = None
@@ -217,20 +218,21 @@ class Relay:
             await self.close()
 
     async def _from_guest(self, raw: bytes) -> None:
-        if not self._ready.done():
+        (id,) = struct.unpack_from(">I", raw, 4)
+        if id == 0 or not self._ready.done():
             try:
                 _, t, _ = decode_envelope(raw[9:])
             except BodyError:
                 t = ""
             if t == MessageType.READY:
-                self._ready.set_result(raw)
-                self._log.info("relay.guest_ready")
-            else:
+                await self._on_ready(raw)
+                return
+            if not self._ready.done():
+                # output the guest queued for a host that is gone (agent docs): not ours
                 self.dropped_frames += 1
-                self._log.warning("relay.frame_before_ready", type=t)
-            return
+                self._log.debug("relay.frame_before_ready", type=t)
+                return
         self.touch()
-        (id,) = struct.unpack_from(">I", raw, 4)
         client = self._slots.get(id // SLOT_STEP)
         if client is None or client.closed:
             self.dropped_frames += 1
@@ -239,6 +241,21 @@ class Relay:
             self._log.warning("relay.slow_client_dropped", slot=client.slot)
             client.writer.transport.abort()  # close() would wait to flush what it never reads
             await self._drop_client(client, notify_guest=True)
+
+    async def _on_ready(self, raw: bytes) -> None:
+        """The guest (re)announced itself. It does so on every host connect, and sessions of
+        a previous host keep running until told otherwise: this relay is a new host, so no
+        session the guest still has can belong to one of our clients. End them all before
+        admitting anyone, or a new client could receive an orphan's output for its ids."""
+        self._latest_ready = raw
+        if self._ready.done():
+            return
+        payload = {"id_start": 0, "id_end_exclusive": U32_MAX}
+        body = encode_body(MessageType.RELAY_CLIENT_DISCONNECTED, payload)
+        with contextlib.suppress(RelayClosedError, OSError, ConnectionError):
+            await self._to_guest(Frame(0, 0, body).encode())
+        self._ready.set_result(raw)
+        self._log.info("relay.guest_ready")
 
     async def _to_guest(self, raw: bytes) -> None:
         writer = self._guest_writer
@@ -273,9 +290,10 @@ class Relay:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         try:
-            ready = await self.wait_ready()
+            await self.wait_ready()
         except RelayClosedError:
             return
+        ready = self._latest_ready
         if self._closed.is_set():
             return
         client = self._claim_slot(writer)

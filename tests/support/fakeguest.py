@@ -86,14 +86,23 @@ class FakeGuest:
     def types(self) -> list[str]:
         return [t for _, t, _ in self.received]
 
-    async def wait_for(self, t: str, within: float = 10.0) -> tuple[int, str, dict[str, object]]:
+    async def wait_for(
+        self, t: str, within: float = 10.0, **fields: object
+    ) -> tuple[int, str, dict[str, object]]:
+        """The first received frame of type ``t`` whose payload has ``fields``."""
         async with asyncio.timeout(within):
             while True:
                 for item in self.received:
-                    if item[1] == t:
+                    if item[1] == t and all(item[2].get(k) == v for k, v in fields.items()):
                         return item
                 self.got_frame.clear()
                 await self.got_frame.wait()
+
+    async def wait_client_gone(self, id_start: int) -> dict[str, object]:
+        return (await self.wait_for(MessageType.RELAY_CLIENT_DISCONNECTED, id_start=id_start))[2]
+
+    def stray_ready(self) -> bytes:
+        return Frame(0, 0, encode_body(MessageType.READY, {"agent_version": "again"})).encode()
 
 
 async def guest_pair() -> tuple[FakeGuest, asyncio.StreamReader, asyncio.StreamWriter]:
