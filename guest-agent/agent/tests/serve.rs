@@ -453,3 +453,42 @@ fn exec_as_another_user() {
     assert_eq!(f.kind, ExecFailureKind::UserSetupFailed);
     assert!(f.message.contains("no-such-user-xyz"), "{}", f.message);
 }
+
+#[test]
+fn tcp_connect_forwards_both_directions() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap(); // until the guest side sends EOF
+        s.write_all(&buf).unwrap();
+    });
+    let mut c = Client::start();
+    c.send(3, FLAG_SESSION_START, types::TCP_CONNECT, &TcpConnect { host: "localhost".into(), port });
+    assert_eq!(c.recv().env.t, types::TCP_CONNECTED);
+    c.send(3, 0, types::TCP_DATA, &TcpData { data: b"echo me".to_vec() });
+    c.send(3, 0, types::TCP_EOF, &Empty {});
+    let mut echoed = Vec::new();
+    loop {
+        let m = c.recv();
+        match m.env.t.as_str() {
+            types::TCP_DATA => echoed.extend(m.p::<TcpData>().data),
+            types::TCP_EOF => {}
+            types::TCP_CLOSED => {
+                assert_ne!(m.flags & FLAG_TERMINAL, 0);
+                break;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(echoed, b"echo me");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    c.send(4, FLAG_SESSION_START, types::TCP_CONNECT, &TcpConnect { host: "127.0.0.1".into(), port: dead_port });
+    let m = c.recv();
+    assert_eq!(m.env.t, types::TCP_FAILED);
+    assert!(m.p::<TcpFailed>().error.contains("refused"), "{}", m.p::<TcpFailed>().error);
+}
