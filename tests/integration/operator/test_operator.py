@@ -217,10 +217,18 @@ def operator(
 
 
 @pytest.fixture
-def namespace(cluster: Cluster) -> str:
+def namespace(cluster: Cluster, operator: OperatorProcess) -> Iterator[str]:
+    """A fresh namespace; its sandboxes are deleted afterwards so that their Pods give their
+    node capacity back (the registered nodes are finite, as real ones are)."""
     name = f"op-{uuid.uuid4().hex[:8]}"
     cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    return name
+    yield name
+    listed = cluster.custom.list_namespaced_custom_object(GROUP, VERSION, name, PLURAL)
+    assert isinstance(listed, dict)
+    for item in listed["items"]:
+        cluster.delete_sandbox(name, item["metadata"]["name"])
+    eventually(lambda: not cluster.pods(name), 120, f"the Pods of {name} to go")
+    cluster.core.delete_namespace(name)
 
 
 def _scheduled(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
