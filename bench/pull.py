@@ -35,7 +35,7 @@ from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
 from kubesandbox_node.images.service import ImageService
 from kubesandbox_node.rootfs.assemble import SandboxRootfs
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
-from tests.support.registry import (
+from kubesandbox_devenv.registry import (
     Layout,
     Registry,
     build_image,

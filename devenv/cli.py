@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from kubesandbox_devenv import timing
+from kubesandbox_devenv import services, timing
 from kubesandbox_devenv.binaries import REPO_ROOT, Binaries, BinariesMissingError, ensure_binaries
 from kubesandbox_devenv.controlplane import ControlPlane, KubectlError
 from kubesandbox_devenv.probes import ComponentFailedError
@@ -137,10 +137,16 @@ class CrdsComponent:
 
 def environment_components(settings: Settings) -> list[EnvironmentComponent]:
     control_plane = ControlPlaneComponent(settings)
+    paths = services.Paths(settings.state_dir)
+    registry = services.RegistryService(paths)
     return [
         control_plane,
         KubectlComponent(settings, control_plane.control_plane),
         CrdsComponent(settings, control_plane.control_plane),
+        services.SystemNamespace(control_plane.control_plane),
+        registry,
+        services.NodeAgentService(paths, registry),
+        services.OperatorService(paths),
     ]
 
 
@@ -155,22 +161,36 @@ def up(settings: Settings) -> int:
     components = environment_components(settings)
     for component in components:
         print(f"kubesandbox-devenv: {component.name}: {component.start()}", flush=True)
+    control_plane = next(c for c in components if isinstance(c, ControlPlaneComponent))
+    node_agent = next(c for c in components if isinstance(c, services.NodeAgentService))
+    print("kubesandbox-devenv: demo: applying examples/hello.yaml and waiting for Running...")
+    output = services.demo(control_plane.control_plane, node_agent)
     kubeconfig = settings.state_dir / "kubeconfig"
     bin_dir = settings.state_dir / "bin"
     print(
-        "\nThe environment is up. To use it:\n"
+        "\nThe sandbox `hello` is Running. A command inside its VM printed:\n\n"
+        + "".join(f"    {line}\n" for line in output.splitlines())
+        + "\nThe environment is up and stays up. To use it:\n"
         f"  export KUBECONFIG={kubeconfig}\n"
         f'  export PATH="{bin_dir}:$PATH"\n'
-        "  kubectl get nodes\n"
+        "  kubectl get sbx                           # Phase, Node, Image, CPUs, Memory, Age\n"
+        "  kubectl describe sbx hello                # conditions and events\n"
+        "  kubectl apply -f examples/scripts.yaml    # more examples in examples/\n"
+        '  kubectl patch sbx hello --type merge -p \'{"spec":{"lifecycle":{"state":"Stopped"}}}\'\n'
         "Stop it with `make down`."
     )
     return 0
 
 
 def down(settings: Settings, *, purge: bool) -> int:
-    for component in reversed(environment_components(settings)):
+    components = environment_components(settings)
+    control_plane = next(c for c in components if isinstance(c, ControlPlaneComponent))
+    services.remove_all_sandboxes(control_plane.control_plane)
+    for component in reversed(components):
         component.stop()
         print(f"kubesandbox-devenv: {component.name}: stopped")
+    if killed := services.kill_leftover_vms(settings.state_dir):
+        print(f"kubesandbox-devenv: killed {killed} leftover VM(s)")
     if purge and settings.state_dir.exists():
         shutil.rmtree(settings.state_dir)
         print(f"kubesandbox-devenv: removed {settings.state_dir}")
@@ -246,7 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(timing.report(timing.measure(args.runs)))
             return 0
         return status(settings)
-    except (ComponentFailedError, BinariesMissingError, KubectlError) as error:
+    except (
+        ComponentFailedError,
+        BinariesMissingError,
+        KubectlError,
+        services.ServiceError,
+    ) as error:
         print(f"kubesandbox-devenv: {args.command} failed: {error}", file=sys.stderr)
         return 1
 

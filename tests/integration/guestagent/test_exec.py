@@ -140,3 +140,17 @@ async def test_disconnecting_client_loses_its_processes_and_others_keep_theirs(
     await kept.signal(9)
     assert (await kept.wait()).code == 137
     await stayer.close()
+
+
+async def test_a_reattached_relay_serves_and_orphans_are_ended(agent_vm: BootedVM) -> None:
+    async with await AgentClient.connect(agent_vm.socket) as before:
+        await before.exec("/bin/sleep", ["6666"], keep_stdin_open=True)
+        await wait_until(lambda: _running(before, "sleep 6666"), what="orphan-to-be running")
+        await agent_vm.vm.reattach_relay()
+    async with await AgentClient.connect(agent_vm.socket) as after:
+        assert (await after.run("/bin/echo", ["reattached"])).stdout == b"reattached\n"
+
+        async def orphan_gone() -> bool:
+            return not await _running(after, "sleep 6666")
+
+        await wait_until(orphan_gone, what="the old relay's session ended")

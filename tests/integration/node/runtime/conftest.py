@@ -14,7 +14,7 @@ import pytest
 
 from kubesandbox_node.bootimage import initramfs
 from kubesandbox_node.bootimage.initramfs import BootImage
-from tests.support.registry import Layout, Registry, build_image, busybox_entries, layer_tar
+from kubesandbox_devenv.registry import Layout, Registry, build_image, busybox_entries, layer_tar
 from tests.support.vms import guest_agent_binary
 
 

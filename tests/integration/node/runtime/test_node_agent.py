@@ -32,7 +32,7 @@ from kubesandbox_node.kube.client import KubeClient
 from kubesandbox_protocol.frame import FLAG_SESSION_START, Frame, decode_frame
 from kubesandbox_protocol.messages import MessageType, decode_body, encode_body, exec_request
 from tests.integration.node.runtime.conftest import Images
-from tests.support.registry import free_port
+from kubesandbox_devenv.registry import free_port
 from tests.support.sdk import sdk_exec
 
 pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="module")]

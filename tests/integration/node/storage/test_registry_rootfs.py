@@ -11,7 +11,7 @@ from kubesandbox_node.images.errors import AuthError, ImageError, LayerError
 from kubesandbox_node.images.service import ImageService
 from kubesandbox_node.rootfs.assemble import OverlayRoot, SandboxRootfs
 from tests.integration.node.storage.guestview import guest_view
-from tests.support.registry import (
+from kubesandbox_devenv.registry import (
     Layout,
     Registry,
     TarEntry,

@@ -9,7 +9,7 @@ from kubesandbox_node.images.auth import Keychain
 from kubesandbox_node.images.errors import AuthError, ImageError
 from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
 from kubesandbox_node.images.service import ImageService
-from tests.support.registry import (
+from kubesandbox_devenv.registry import (
     Layout,
     Pki,
     Registry,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from tests.support.registry import OCI_INDEX, OCI_MANIFEST, BuiltImage, digest
+from kubesandbox_devenv.registry import OCI_INDEX, OCI_MANIFEST, BuiltImage, digest
 
 
 @dataclass

@@ -19,7 +19,7 @@ from kubesandbox_node.images.errors import (
 )
 from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
 from kubesandbox_node.images.service import ImageService, ReadyImage
-from tests.support.registry import (
+from kubesandbox_devenv.registry import (
     BuiltImage,
     build_image,
     digest,

@@ -11,7 +11,7 @@ import pytest
 
 from kubesandbox_node.images.errors import LayerError
 from kubesandbox_node.images.unpack import OPAQUE_XATTR, UnpackLimits, unpack_layer
-from tests.support.registry import (
+from kubesandbox_devenv.registry import (
     TarEntry,
     chardev,
     digest,

@@ -1,0 +1,375 @@
+"""The kubesandbox services of the embedded environment: a preloaded OCI registry, a node agent,
+the operator, and the demo sandbox that ``make up`` runs a command in.
+
+Each is a component in the sense of :mod:`.cli` (start idempotently, say whether it is alive,
+stop), running detached with its pid and log files under ``.kubesandbox/`` so that a second
+``up`` reuses what runs and restarts what died. A restarted node agent re-adopts its VMs, so
+restarting it does not disturb running sandboxes.
+
+Security trade-offs of this single-machine environment, documented in docs/devenv.md: the node
+agent listens on loopback over plain HTTP, and accepts one static bearer token that the
+operator presents (a real cluster uses TLS and TokenReview); the registry is plain HTTP on
+loopback, which the node agent is configured to allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kubesandbox_devenv.binaries import REPO_ROOT
+from kubesandbox_devenv.controlplane import ControlPlane
+from kubesandbox_devenv.nodes import node_names
+from kubesandbox_devenv.processes import ManagedProcess
+from kubesandbox_devenv.registry import (
+    BUSYBOX,
+    Layout,
+    TarEntry,
+    build_image,
+    directory,
+    file,
+    free_port,
+    layer_tar,
+    symlink,
+)
+
+SYSTEM_NAMESPACE = "kubesandbox-system"
+DEMO_IMAGES = {"library/busybox": ("1.36", "latest")}
+"""What the registry holds, as Docker Hub names: ``busybox:1.36`` resolves through the node
+agent's ``docker.io`` mirror to ``<registry>/library/busybox:1.36``."""
+
+
+class ServiceError(Exception):
+    """A service did not start; the message says which and shows its log tail."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    state_dir: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    def remembered_port(self, name: str) -> int:
+        """A loopback port chosen once per environment, so restarts keep their addresses."""
+        record = self.run / f"{name}.port"
+        if record.is_file():
+            return int(record.read_text())
+        record.parent.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        record.write_text(str(port))
+        return port
+
+    def token(self) -> Path:
+        path = self.state_dir / "node-agent-token"
+        if not path.is_file():
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("KUBESANDBOX_CACHE") or Path.home() / ".cache" / "kubesandbox")
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+            return bool(200 <= response.status < 300)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait(check_alive: ManagedProcess, url: str, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not _http_ok(url):
+        if not check_alive.is_alive():
+            raise ServiceError(f"{what} exited:\n{check_alive.log_tail()}")
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{what} not ready after {timeout:.0f}s:\n{check_alive.log_tail()}")
+        time.sleep(0.2)
+
+
+def busybox_image_entries() -> list[TarEntry]:
+    """A busybox root filesystem with every applet linked, as Debian's busybox-static has them."""
+    applets = subprocess.run(
+        [str(BUSYBOX), "--list"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    entries = [directory(d) for d in ("bin", "etc", "root", "dev", "proc", "sys", "run")]
+    entries += [directory("tmp", 0o1777), file("bin/busybox", BUSYBOX.read_bytes(), 0o755)]
+    entries += [symlink(f"bin/{applet}", "busybox") for applet in applets if applet != "busybox"]
+    entries += [
+        file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"),
+        file("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+        file("etc/hostname", "busybox\n"),
+    ]
+    return entries
+
+
+class RegistryService:
+    """Debian's ``docker-registry`` on loopback, preloaded with the demo images."""
+
+    name = "registry"
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.process = ManagedProcess("registry", paths.logs, paths.run)
+        self.port = paths.remembered_port("registry")
+        self.host = f"127.0.0.1:{self.port}"
+        self.dir = paths.state_dir / "registry-data"
+
+    def start(self) -> str:
+        if not self.is_alive():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            config = self.dir / "config.yml"
+            config.write_text(
+                yaml.safe_dump(
+                    {
+                        "version": 0.1,
+                        "log": {"level": "warn"},
+                        "storage": {"filesystem": {"rootdirectory": str(self.dir / "data")}},
+                        "http": {"addr": self.host},
+                    }
+                )
+            )
+            self.process.start(["docker-registry", "serve", str(config)], tied=False)
+            _wait(self.process, f"http://{self.host}/v2/", "the registry", 30)
+        pushed = self._preload()
+        # `.kubesandbox/registry` holds host:port (what the node agent may use over plain HTTP).
+        (self.paths.state_dir / "registry").write_text(self.host + "\n")
+        return f"{self.host} ({', '.join(pushed) or 'demo images already loaded'})"
+
+    def _preload(self) -> list[str]:
+        pushed = []
+        layout: Layout | None = None
+        for repository, tags in DEMO_IMAGES.items():
+            for tag in tags:
+                if _http_ok(f"http://{self.host}/v2/{repository}/manifests/{tag}"):
+                    continue
+                if layout is None:
+                    layout = Layout(self.dir / "layout")
+                    layout.add_image("busybox", build_image([layer_tar(busybox_image_entries())]))
+                self._push(layout, "busybox", repository, tag)
+                pushed.append(f"{repository}:{tag}")
+        return pushed
+
+    def _push(self, layout: Layout, source_tag: str, repository: str, tag: str) -> None:
+        subprocess.run(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                f"oci:{layout.path}:{source_tag}",
+                f"docker://{self.host}/{repository}:{tag}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive() and _http_ok(f"http://{self.host}/v2/")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class NodeAgentService:
+    """The node agent for the environment's one node, with software emulation allowed."""
+
+    name = "node-agent"
+
+    def __init__(self, paths: Paths, registry: RegistryService) -> None:
+        self.paths = paths
+        self.registry = registry
+        self.process = ManagedProcess("node-agent", paths.logs, paths.run)
+        self.port = paths.remembered_port("node-agent")
+        self.node = node_names(1)[0]
+
+    @property
+    def state(self) -> Path:
+        return self.paths.state_dir / "node-agent"
+
+    def start(self) -> str:
+        if self.is_alive():
+            return f"running on {self.node} at http://127.0.0.1:{self.port}"
+        config = {
+            "nodeName": self.node,
+            "namespace": SYSTEM_NAMESPACE,
+            "stateDir": str(self.state / "state"),
+            "cacheDir": str(_cache_dir() / "node-agent"),
+            "listen": f"127.0.0.1:{self.port}",
+            "endpoint": f"http://127.0.0.1:{self.port}",
+            "kubeconfig": str(self.paths.kubeconfig),
+            "staticTokenFile": str(self.paths.token()),
+            "plainHttpRegistries": [self.registry.host],
+            "registryMirrors": {"docker.io": self.registry.host},
+            "allowEmulation": True,
+            "cgroupParent": "kubesandbox-devenv",
+        }
+        config_file = self.state / "config.yaml"
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(yaml.safe_dump(config))
+        self.process.start(
+            [sys.executable, "-P", "-m", "kubesandbox_node", "--config", str(config_file)],
+            tied=False,
+            cwd=REPO_ROOT,
+        )
+        _wait(self.process, f"http://127.0.0.1:{self.port}/healthz", "the node agent", 120)
+        return f"{self.node} at http://127.0.0.1:{self.port} (emulation allowed)"
+
+    def relay_socket(self, uid: str) -> Path:
+        return self.state / "state" / "sandboxes" / uid / "agent.sock"
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive() and _http_ok(f"http://127.0.0.1:{self.port}/healthz")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class OperatorService:
+    name = "operator"
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.process = ManagedProcess("operator", paths.logs, paths.run)
+
+    def start(self) -> str:
+        if self.is_alive():
+            return "running"
+        operator = Path(sys.executable).with_name("kubesandbox-operator")
+        self.process.start(
+            [
+                str(operator),
+                "--kubeconfig",
+                str(self.paths.kubeconfig),
+                "--namespace",
+                SYSTEM_NAMESPACE,
+                "--node-agent-token-file",
+                str(self.paths.token()),
+            ],
+            tied=False,
+        )
+        time.sleep(0.5)
+        if not self.process.is_alive():
+            raise ServiceError(f"the operator exited:\n{self.process.log_tail()}")
+        return "running"
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class SystemNamespace:
+    """``kubesandbox-system``: where the operator's and node agents' Leases live."""
+
+    name = "namespace"
+
+    def __init__(self, control_plane: ControlPlane) -> None:
+        self.control_plane = control_plane
+
+    def start(self) -> str:
+        manifest = json.dumps(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}}
+        )
+        self.control_plane.kubectl("apply", "-f", "-", input_text=manifest)
+        return SYSTEM_NAMESPACE
+
+    def is_alive(self) -> bool:
+        result = self.control_plane.kubectl("get", "namespace", SYSTEM_NAMESPACE, check=False)
+        return result.returncode == 0
+
+    def stop(self) -> None:
+        """Lives in etcd with everything else."""
+
+
+def remove_all_sandboxes(control_plane: ControlPlane, timeout: float = 120.0) -> None:
+    """Deletes every Sandbox while the operator and node agent still run, so VMs and their
+    files go the normal way before ``down`` stops the processes."""
+    if control_plane.status().get("kube-apiserver") is None:
+        return
+    control_plane.kubectl(
+        "delete", "sandboxes", "--all", "--all-namespaces", f"--timeout={int(timeout)}s",
+        check=False,
+    )  # fmt: skip
+
+
+def kill_leftover_vms(state_dir: Path) -> int:
+    """Kills QEMU processes that belong to this environment (a last resort for ``down``)."""
+    killed = 0
+    marker = str(state_dir)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "qemu-system" in cmdline and marker in cmdline:
+            try:
+                os.kill(int(proc.name), 9)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+async def run_in_sandbox(relay_socket: Path, command: str) -> tuple[int, str]:
+    """Runs ``sh -c command`` through the node agent's relay socket; returns (code, output)."""
+    from kubesandbox_protocol.client import AgentClient
+
+    async with await AgentClient.connect(relay_socket) as agent:
+        result = await agent.run("/bin/sh", ["-c", command])
+    return result.code, (result.stdout + result.stderr).decode(errors="replace")
+
+
+def demo(control_plane: ControlPlane, node_agent: NodeAgentService, timeout: float = 300.0) -> str:
+    """Applies examples/hello.yaml, waits for Running, runs a command in it; returns its output."""
+    control_plane.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "hello.yaml"))
+    deadline = time.monotonic() + timeout
+    while True:
+        got = control_plane.kubectl("get", "sandbox", "hello", "-o", "json", check=False)
+        body = json.loads(got.stdout) if got.returncode == 0 else {}
+        phase = body.get("status", {}).get("phase")
+        if phase == "Running":
+            break
+        if phase in ("Failed", "Crashed") or time.monotonic() > deadline:
+            message = body.get("status", {}).get("message") or json.dumps(
+                body.get("status", {}), indent=2
+            )
+            raise ServiceError(f"sandbox hello is {phase or 'not running'}: {message}")
+        time.sleep(1)
+    uid = body["metadata"]["uid"]
+    code, output = asyncio.run(
+        run_in_sandbox(
+            node_agent.relay_socket(uid),
+            'echo "Hello from $(hostname), a microVM: $(uname -sr), $(nproc) vCPU"; '
+            "cat /proc/meminfo | head -1",
+        )
+    )
+    if code != 0:
+        raise ServiceError(f"the demo command exited {code}: {output}")
+    return output
