@@ -120,6 +120,7 @@ class Relay:
         client_buffer_bytes: int = DEFAULT_CLIENT_BUFFER,
         slow_client_timeout: float = 30.0,
         socket_mode: int = 0o600,
+        first_slot: int = 0,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.client_buffer_bytes = client_buffer_bytes
@@ -131,6 +132,7 @@ class Relay:
         self.dropped_frames = 0
         self._ready: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._latest_ready = b""
+        self._next_slot = first_slot % SLOT_COUNT
         self._closed = asyncio.Event()
         self._slots: dict[int, _Client] = {}
         self._guest_writer: asyncio.StreamWriter | None = None
@@ -181,6 +183,10 @@ class Relay:
         return self._ready.result() if self._ready.done() and not self._ready.exception() else None
 
     @property
+    def next_slot(self) -> int:
+        return self._next_slot
+
+    @property
     def client_count(self) -> int:
         return len(self._slots)
 
@@ -196,10 +202,23 @@ class Relay:
 
     # --- guest side ------------------------------------------------------------------------
 
-    async def serve_guest(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Reads guest frames until the channel ends; then closes every client."""
+    async def serve_guest(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        known_ready: bytes | None = None,
+    ) -> None:
+        """Reads guest frames until the channel ends; then closes every client.
+
+        ``known_ready``: the guest's ready frame from an earlier connection (re-adoption).
+        The agent announces itself again only when it notices the host reconnect, which a
+        quick reconnect can hide from it; with the earlier frame the relay serves at once.
+        """
         self._guest_writer = writer
         try:
+            if known_ready is not None:
+                await self._on_ready(known_ready)
             while True:
                 raw = await read_raw_frame(reader)
                 if raw is None:
@@ -269,10 +288,15 @@ class Relay:
     # --- client side -----------------------------------------------------------------------
 
     def _claim_slot(self, writer: asyncio.StreamWriter) -> _Client | None:
-        for slot in range(SLOT_COUNT):
+        """The next free slot after the last one given out (round robin, not lowest first):
+        a slot comes back into use as late as possible, which leaves the guest time to finish
+        the sessions of its previous owner before the same ids appear again."""
+        for step in range(SLOT_COUNT):
+            slot = (self._next_slot + step) % SLOT_COUNT
             if slot not in self._slots:
                 client = _Client(slot, writer, self.client_buffer_bytes)
                 self._slots[slot] = client
+                self._next_slot = (slot + 1) % SLOT_COUNT
                 return client
         return None
 

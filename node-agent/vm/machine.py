@@ -31,6 +31,7 @@ from kubesandbox_node.vm.spec import VMSpec
 from kubesandbox_protocol.messages import decode_body
 
 CONSOLE_TAIL = 4000
+READY_FILE = "agent-ready.frame"
 SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")
 
 log = structlog.get_logger(__name__)
@@ -106,6 +107,31 @@ class VirtualMachine:
         rc = self.process.returncode
         assert rc is not None
         return rc
+
+    async def reattach_relay(self, ready_timeout: float = 30.0, **relay_options: Any) -> Relay:
+        """Replaces the relay with a fresh one on the same agent port and socket path.
+
+        What a restarted node agent does for a VM it re-adopts: the agent announces itself
+        again when a new host connects, and the new relay ends the sessions of the old one.
+        """
+        await self.relay.close()
+        if self._relay_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._relay_task
+        reader, writer = await asyncio.open_unix_connection(
+            str(self.spec.agent_socket), limit=1 << 22
+        )
+        # orphans of the old relay may hold ids of any slot until the guest has reaped them:
+        # start handing out slots where the old relay would have continued
+        relay_options.setdefault("first_slot", self.relay.next_slot)
+        relay = Relay(self.relay.socket_path, **relay_options)
+        await relay.start()
+        self.relay = relay
+        known = (self.spec.state_dir / READY_FILE).read_bytes()
+        self._relay_task = asyncio.create_task(relay.serve_guest(reader, writer, known_ready=known))
+        async with asyncio.timeout(ready_timeout):
+            await relay.wait_ready()
+        return relay
 
     async def _cleanup(self) -> None:
         await self.relay.close()
@@ -214,6 +240,7 @@ async def boot(
     vm = VirtualMachine(spec, process, qmp, relay, _relay_task=relay_task)
     vm.started_at, vm.ready_at = started, time.monotonic()
     vm.ready = decode_body(raw_ready[9:]).payload
+    (spec.state_dir / READY_FILE).write_bytes(raw_ready)  # for re-adoption by a new relay
     blog.info("vm.ready", seconds=round(vm.boot_seconds, 3), pid=process.pid)
     return vm
 
