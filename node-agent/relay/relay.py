@@ -314,10 +314,10 @@ class Relay:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         try:
-            await self.wait_ready()
+            first_ready = await self.wait_ready()
         except RelayClosedError:
             return
-        ready = self._latest_ready
+        ready = self._latest_ready or first_ready
         if self._closed.is_set():
             return
         client = self._claim_slot(writer)
