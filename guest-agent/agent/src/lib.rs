@@ -8,6 +8,7 @@ pub mod boot;
 pub mod defaults;
 pub mod exec;
 pub mod fs;
+pub mod fs_stream;
 pub mod handoff;
 pub mod log;
 pub mod out;

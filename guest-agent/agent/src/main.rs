@@ -56,9 +56,8 @@ fn pid1(start_ns: u64) -> ! {
     });
     log_info!("ready in {} ms of boot clock; serving {}", sys::boottime_ns() / 1_000_000, path.display());
     let timings = Timings { boot_time_ns: start_ns, init_time_ns: booted.init_time_ns };
-    let served = std::panic::catch_unwind(move || {
-        serve_channel(port, transport::Kind::SerialPort, booted.defaults, timings)
-    });
+    let served =
+        std::panic::catch_unwind(move || serve_channel(port, transport::Kind::SerialPort, booted.defaults, timings));
     match served {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => log_error!("agent runtime: {e}"),

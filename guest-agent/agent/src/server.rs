@@ -24,6 +24,7 @@ use crate::exec::session as exec_session;
 use crate::exec::spawn::{self, Prepared, SpawnError};
 use crate::exec::status::Stage;
 use crate::fs::{self as gfs, SharedHandles};
+use crate::fs_stream;
 use crate::out::Out;
 use crate::tcp::{self, TcpCmd};
 use crate::transport::Inbound;
@@ -33,10 +34,6 @@ use crate::{log_debug, log_info, log_warn};
 /// Ids of recently finished sessions remembered, so late frames for them (stdin EOF after a
 /// fast exit) are dropped quietly instead of answered with `invalid_session`.
 const RECENT_IDS: usize = 4096;
-/// Bytes per `core.fs.data` chunk we send (the protocol allows up to 3 MiB).
-pub const FS_READ_CHUNK: usize = 1024 * 1024;
-/// Host → guest write chunks queued per fs write session.
-const FS_WRITE_QUEUE: usize = 4;
 
 enum Session {
     Exec { pid: i32, stdin: mpsc::Sender<Vec<u8>>, pty: Option<Arc<OwnedFd>> },
@@ -403,54 +400,37 @@ impl Server {
         }
     }
 
-    async fn start_fs_read(self: &Arc<Self>, id: u32, handle: u64, offset: u64, len: Option<u64>) {
+    /// Looks up a file handle for a streaming op; answers the error itself when there is none.
+    async fn stream_file(&self, id: u32, handle: u64) -> Option<(Arc<std::fs::File>, PathBuf)> {
         let file = self.handles.lock().unwrap_or_else(|p| p.into_inner()).file(handle);
-        let (file, path) = match file {
-            Ok(f) => f,
+        match file {
+            Ok(f) => Some(f),
             Err(e) => {
                 self.state().finish(id);
                 self.out.send(id, FLAG_TERMINAL, types::FS_RESPONSE, &gfs::failed(e)).await;
-                return;
+                None
             }
+        }
+    }
+
+    /// Ends a streaming fs session with its terminal response (nothing when nobody listens).
+    async fn finish_stream(&self, id: u32, result: Result<Result<(), String>, fs_stream::Gone>) {
+        self.state().finish(id);
+        let resp = match result {
+            Ok(Ok(())) => FsResponse { ok: true, error: None, data: None },
+            Ok(Err(e)) => gfs::failed(e),
+            Err(_) => return,
         };
-        let (server, out) = (self.clone(), self.out.clone());
+        self.out.send(id, FLAG_TERMINAL, types::FS_RESPONSE, &resp).await;
+    }
+
+    async fn start_fs_read(self: &Arc<Self>, id: u32, handle: u64, offset: u64, len: Option<u64>) {
+        let Some((file, path)) = self.stream_file(id, handle).await else { return };
         self.state().sessions.insert(id, Session::Stream { task: None });
+        let server = self.clone();
         let task = tokio::spawn(async move {
-            let mut pos = offset;
-            let mut remaining = len.unwrap_or(u64::MAX);
-            let result: Result<(), String> = loop {
-                if remaining == 0 {
-                    break Ok(());
-                }
-                let want = remaining.min(FS_READ_CHUNK as u64) as usize;
-                let f = file.clone();
-                let chunk = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; want];
-                    gfs::read_at(&f, &mut buf, pos).map(|n| {
-                        buf.truncate(n);
-                        buf
-                    })
-                })
-                .await;
-                match chunk {
-                    Ok(Ok(buf)) if buf.is_empty() => break Ok(()),
-                    Ok(Ok(buf)) => {
-                        pos += buf.len() as u64;
-                        remaining -= buf.len() as u64;
-                        if !out.send(id, 0, types::FS_DATA, &FsData { data: buf }).await {
-                            return;
-                        }
-                    }
-                    Ok(Err(e)) => break Err(format!("read {}: {e}", path.display())),
-                    Err(e) => break Err(format!("read {}: internal error: {e}", path.display())),
-                }
-            };
-            server.state().finish(id);
-            let resp = match result {
-                Ok(()) => FsResponse { ok: true, error: None, data: None },
-                Err(e) => gfs::failed(e),
-            };
-            out.send(id, FLAG_TERMINAL, types::FS_RESPONSE, &resp).await;
+            let result = fs_stream::read_to_host(file, &path, offset, len, &server.out, id).await;
+            server.finish_stream(id, result).await;
         });
         if let Some(Session::Stream { task: slot }) = self.state().sessions.get_mut(&id) {
             *slot = Some(task.abort_handle());
@@ -458,52 +438,13 @@ impl Server {
     }
 
     async fn start_fs_write(self: &Arc<Self>, id: u32, handle: u64, offset: u64, len: Option<u64>) {
-        let file = self.handles.lock().unwrap_or_else(|p| p.into_inner()).file(handle);
-        let (file, path) = match file {
-            Ok(f) => f,
-            Err(e) => {
-                self.state().finish(id);
-                self.out.send(id, FLAG_TERMINAL, types::FS_RESPONSE, &gfs::failed(e)).await;
-                return;
-            }
-        };
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(FS_WRITE_QUEUE);
+        let Some((file, path)) = self.stream_file(id, handle).await else { return };
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(fs_stream::WRITE_QUEUE);
         self.state().sessions.insert(id, Session::FsWrite { data: tx });
-        let (server, out) = (self.clone(), self.out.clone());
+        let server = self.clone();
         tokio::spawn(async move {
-            let mut written = 0u64;
-            let result: Result<(), String> = loop {
-                let Some(chunk) = rx.recv().await else {
-                    return; // the client went away: no one to answer
-                };
-                if chunk.is_empty() {
-                    break match len {
-                        Some(n) if n != written => {
-                            Err(format!("write {}: expected {n} bytes, received {written}", path.display()))
-                        }
-                        _ => Ok(()),
-                    };
-                }
-                let f = file.clone();
-                let at = offset + written;
-                let n = chunk.len() as u64;
-                let r = tokio::task::spawn_blocking(move || {
-                    use std::os::unix::fs::FileExt;
-                    f.write_all_at(&chunk, at)
-                })
-                .await;
-                match r {
-                    Ok(Ok(())) => written += n,
-                    Ok(Err(e)) => break Err(format!("write {}: {e}", path.display())),
-                    Err(e) => break Err(format!("write {}: internal error: {e}", path.display())),
-                }
-            };
-            server.state().finish(id);
-            let resp = match result {
-                Ok(()) => FsResponse { ok: true, error: None, data: None },
-                Err(e) => gfs::failed(e),
-            };
-            out.send(id, FLAG_TERMINAL, types::FS_RESPONSE, &resp).await;
+            let result = fs_stream::write_from_host(file, &path, offset, len, &mut rx).await;
+            server.finish_stream(id, result).await;
         });
     }
 }
