@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use ksb_protocol::codec::FLAG_TERMINAL;
 use ksb_protocol::messages::*;
@@ -36,10 +37,21 @@ use crate::{log_debug, log_info, log_warn};
 const RECENT_IDS: usize = 4096;
 
 enum Session {
-    Exec { pid: i32, stdin: mpsc::Sender<Vec<u8>>, pty: Option<Arc<OwnedFd>> },
-    FsWrite { data: mpsc::Sender<Vec<u8>> },
-    Stream { task: Option<AbortHandle> },
-    Tcp { cmds: mpsc::Sender<TcpCmd> },
+    /// `stdin` is `None` once input stalled (see [`Server::stall`]).
+    Exec {
+        pid: i32,
+        stdin: Option<mpsc::Sender<Vec<u8>>>,
+        pty: Option<Arc<OwnedFd>>,
+    },
+    FsWrite {
+        data: mpsc::Sender<Vec<u8>>,
+    },
+    Stream {
+        task: Option<AbortHandle>,
+    },
+    Tcp {
+        cmds: Option<mpsc::Sender<TcpCmd>>,
+    },
 }
 
 #[derive(Default)]
@@ -87,7 +99,12 @@ pub struct Server {
     fs_base: PathBuf,
     timings: Timings,
     activity: AtomicU64,
+    /// How long the dispatcher waits on one session's full input queue; see [`Server::stall`].
+    stall_after: Duration,
 }
+
+/// Default for `stall_after`; `KSB_AGENT_STALL_MS` overrides it (tests).
+pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
 fn core_error(kind: ErrorKind, message: String, offending_type: Option<String>) -> CoreError {
     CoreError { kind, message, offending_type }
@@ -104,6 +121,11 @@ impl Server {
             fs_base,
             timings,
             activity: AtomicU64::new(0),
+            stall_after: std::env::var("KSB_AGENT_STALL_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis)
+                .unwrap_or(STALL_AFTER),
         })
     }
 
@@ -218,7 +240,7 @@ impl Server {
             HostMessage::TcpConnect(c) => {
                 self.touch();
                 let (tx, rx) = mpsc::channel(tcp::QUEUE);
-                self.state().sessions.insert(id, Session::Tcp { cmds: tx });
+                self.state().sessions.insert(id, Session::Tcp { cmds: Some(tx) });
                 let (server, out) = (self.clone(), self.out.clone());
                 tokio::spawn(async move {
                     tcp::run(id, c.host, c.port, rx, out).await;
@@ -234,6 +256,7 @@ impl Server {
     async fn forward(&self, id: u32, msg: HostMessage, t: &str) {
         enum Route {
             Bytes(mpsc::Sender<Vec<u8>>, Vec<u8>),
+            Stdin(mpsc::Sender<Vec<u8>>, Vec<u8>),
             Tcp(mpsc::Sender<TcpCmd>, TcpCmd),
             Done,
             Unknown,
@@ -242,7 +265,10 @@ impl Server {
         let route = {
             let st = self.state();
             match (st.sessions.get(&id), msg) {
-                (Some(Session::Exec { stdin, .. }), HostMessage::ExecStdin(d)) => Route::Bytes(stdin.clone(), d.data),
+                (Some(Session::Exec { stdin, .. }), HostMessage::ExecStdin(d)) => match stdin {
+                    Some(tx) => Route::Stdin(tx.clone(), d.data),
+                    None => Route::Done, // input stalled earlier: dropped, already reported
+                },
                 (Some(Session::Exec { pty, pid, .. }), HostMessage::ExecResize(r)) => {
                     match pty {
                         Some(fd) => {
@@ -261,11 +287,15 @@ impl Server {
                     Route::Done
                 }
                 (Some(Session::FsWrite { data }), HostMessage::FsData(d)) => Route::Bytes(data.clone(), d.data),
-                (Some(Session::Tcp { cmds }), HostMessage::TcpData(d)) => {
-                    Route::Tcp(cmds.clone(), TcpCmd::Data(d.data))
+                (
+                    Some(Session::Tcp { cmds: None }),
+                    HostMessage::TcpData(_) | HostMessage::TcpEof | HostMessage::TcpClose,
+                ) => Route::Done,
+                (Some(Session::Tcp { cmds: Some(tx) }), HostMessage::TcpData(d)) => {
+                    Route::Tcp(tx.clone(), TcpCmd::Data(d.data))
                 }
-                (Some(Session::Tcp { cmds }), HostMessage::TcpEof) => Route::Tcp(cmds.clone(), TcpCmd::Eof),
-                (Some(Session::Tcp { cmds }), HostMessage::TcpClose) => Route::Tcp(cmds.clone(), TcpCmd::Close),
+                (Some(Session::Tcp { cmds: Some(tx) }), HostMessage::TcpEof) => Route::Tcp(tx.clone(), TcpCmd::Eof),
+                (Some(Session::Tcp { cmds: Some(tx) }), HostMessage::TcpClose) => Route::Tcp(tx.clone(), TcpCmd::Close),
                 (None, _) if st.recent_set.contains(&id) => Route::Done,
                 (None, _) => Route::Unknown,
                 (Some(_), _) => Route::Mismatch,
@@ -275,8 +305,15 @@ impl Server {
             Route::Bytes(tx, data) => {
                 let _ = tx.send(data).await;
             }
+            Route::Stdin(tx, data) => {
+                if tokio::time::timeout(self.stall_after, tx.send(data)).await.is_err() {
+                    self.stall(id).await;
+                }
+            }
             Route::Tcp(tx, cmd) => {
-                let _ = tx.send(cmd).await;
+                if tokio::time::timeout(self.stall_after, tx.send(cmd)).await.is_err() {
+                    self.stall(id).await;
+                }
             }
             Route::Done => {}
             Route::Unknown => {
@@ -287,6 +324,40 @@ impl Server {
                 let message = format!("{t} does not apply to the session open on id {id}");
                 self.error(id, ErrorKind::InvalidSession, message, Some(t.into())).await;
             }
+        }
+    }
+
+    /// A session's input queue stayed full for `stall_after`: its consumer (a command not
+    /// reading stdin, a peer not reading its socket) holds up every other session, because the
+    /// dispatcher waits. Stop feeding it: drop its sender (the queued input is still
+    /// delivered, then its stdin is closed / the connection is closed) and drop further input.
+    async fn stall(&self, id: u32) {
+        let exec = {
+            let mut st = self.state();
+            match st.sessions.get_mut(&id) {
+                Some(Session::Exec { stdin, .. }) => {
+                    *stdin = None;
+                    true
+                }
+                Some(Session::Tcp { cmds }) => {
+                    *cmds = None;
+                    false
+                }
+                _ => return,
+            }
+        };
+        log_warn!("session {id}: input not consumed for {:?}; dropping further input", self.stall_after);
+        if exec {
+            let msg = ExecStdinError {
+                errno: None,
+                errno_name: None,
+                message: format!(
+                    "the command did not read its stdin for {:?}; further input is dropped and its stdin will be \
+                     closed once the queued input is consumed",
+                    self.stall_after
+                ),
+            };
+            self.out.send(id, 0, types::EXEC_STDIN_ERROR, &msg).await;
         }
     }
 
@@ -370,7 +441,7 @@ impl Server {
             Some(fd) => spawn::dup_cloexec(fd).ok().map(Arc::new),
             None => None,
         };
-        self.state().sessions.insert(id, Session::Exec { pid, stdin: stdin_tx, pty });
+        self.state().sessions.insert(id, Session::Exec { pid, stdin: Some(stdin_tx), pty });
         self.out.send(id, 0, types::EXEC_STARTED, &ExecStarted { pid: pid as u32 }).await;
         let spawn::Child { stdin, stdout, stderr, pty: pty_master, exit, .. } = child;
         drop(pty_master);

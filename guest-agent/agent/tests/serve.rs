@@ -492,3 +492,33 @@ fn tcp_connect_forwards_both_directions() {
     assert_eq!(m.env.t, types::TCP_FAILED);
     assert!(m.p::<TcpFailed>().error.contains("refused"), "{}", m.p::<TcpFailed>().error);
 }
+
+#[test]
+fn a_command_not_reading_stdin_stalls_only_briefly() {
+    std::env::set_var("KSB_AGENT_STALL_MS", "300");
+    let mut c = Client::start();
+    c.send(1, FLAG_SESSION_START, types::EXEC_REQUEST, &request("sleep", &["30"]));
+    assert_eq!(c.recv().env.t, types::EXEC_STARTED);
+    let t = Instant::now();
+    for _ in 0..100 {
+        c.send(1, 0, types::EXEC_STDIN, &ExecStdin { data: vec![b'x'; 64 * 1024] });
+    }
+    // Other sessions are served again, and the stalled one can still be killed.
+    c.send(2, 0, types::PING, &Empty {});
+    c.send(1, 0, types::EXEC_SIGNAL, &ExecSignal { signal: 9 });
+    let (mut stdin_errors, mut pong, mut code) = (Vec::new(), false, None);
+    while code.is_none() {
+        let m = c.recv();
+        match m.env.t.as_str() {
+            types::EXEC_STDIN_ERROR => stdin_errors.push(m.p::<ExecStdinError>().message),
+            types::PONG => pong = true,
+            types::EXEC_EXITED => code = Some(m.p::<ExecExited>().code),
+            other => panic!("{other}"),
+        }
+    }
+    // The stall is reported; a later EPIPE once the killed child's pipe closed may follow.
+    assert!(stdin_errors.iter().any(|e| e.contains("did not read its stdin")), "{stdin_errors:?}");
+    assert!(pong);
+    assert_eq!(code, Some(137));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
