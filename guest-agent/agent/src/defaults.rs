@@ -45,6 +45,13 @@ impl Defaults {
         if !path.split(':').any(|p| p == SCRIPTS_DIR) {
             set(&mut vars, "PATH", format!("{path}:{SCRIPTS_DIR}"));
         }
+        // The SDK runs `shell()` scripts with the shell it knows from the spec; programs
+        // inside the sandbox learn it from SHELL.
+        if let Some(sh) = &shell {
+            if !vars.iter().any(|(k, _)| k == "SHELL") {
+                vars.push(("SHELL".into(), sh.clone()));
+            }
+        }
         Defaults { env: vars, workdir, user, shell }
     }
 
@@ -100,6 +107,14 @@ mod tests {
         assert_eq!(get(&d.env, "PATH"), Some("/bin:/.msb/scripts"));
         let d = Defaults::default();
         assert_eq!(get(&d.env, "PATH").unwrap(), format!("{DEFAULT_PATH}:/.msb/scripts"));
+    }
+
+    #[test]
+    fn shell_becomes_shell_unless_set() {
+        let d = Defaults::new(&[], None, None, Some("/bin/bash".into()));
+        assert_eq!(get(&d.env, "SHELL"), Some("/bin/bash"));
+        let d = Defaults::new(&["SHELL=/bin/zsh".into()], None, None, Some("/bin/bash".into()));
+        assert_eq!(get(&d.env, "SHELL"), Some("/bin/zsh"));
     }
 
     #[test]
