@@ -34,6 +34,7 @@ impl Msg {
 
 impl Client {
     fn start() -> Client {
+        kubesandbox_agent::log::set_level(kubesandbox_agent::boot::config::LogLevel::Warn);
         let (ours, theirs) = UnixStream::pair().unwrap();
         std::thread::spawn(move || {
             let file = std::fs::File::from(OwnedFd::from(theirs));
@@ -521,4 +522,18 @@ fn a_command_not_reading_stdin_stalls_only_briefly() {
     assert!(pong);
     assert_eq!(code, Some(137));
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+#[test]
+fn children_inherit_no_agent_descriptors() {
+    let mut c = Client::start();
+    let (out, _, end) = c.exec(1, "ls", &["-l", "/proc/self/fd/"], Some(b""));
+    assert_eq!(exit_code(&end), 0);
+    // The agent's channel (a socket here, the port in a VM), the runtime's epoll and signal
+    // descriptors and ptys must not reach a command. (Pipes inherited from the test harness,
+    // such as cargo's jobserver, may appear: the agent as PID 1 has none.)
+    let text = String::from_utf8_lossy(&out);
+    for bad in ["socket:", "anon_inode:", "/dev/ptmx", "/dev/pts/", "vport"] {
+        assert!(!text.contains(bad), "{bad} leaked into the child:\n{text}");
+    }
 }
