@@ -44,12 +44,16 @@ fn pid1(start_ns: u64) -> ! {
         sys::power_off(true)
     });
     sys::ensure_stdio();
-    let handed_off = booted.init.is_some();
-    if let Some(init) = &booted.init {
-        if let Err(e) = handoff::hand_off(init) {
-            log_error!("cannot hand PID 1 to {}: {e}; the agent stays PID 1", init.display());
-        }
-    }
+    let handed_off = match &booted.init {
+        Some(init) => match handoff::hand_off(init) {
+            Ok(()) => true,
+            Err(e) => {
+                log_error!("cannot hand PID 1 to {}: {e}; the agent stays PID 1", init.display());
+                false
+            }
+        },
+        None => false,
+    };
     let (port, path) = transport::open_port(Duration::from_secs(30)).unwrap_or_else(|e| {
         log_error!("{e}");
         sys::power_off(!handed_off)
