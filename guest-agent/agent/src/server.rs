@@ -436,15 +436,10 @@ impl Server {
         let pid = child.pid;
         log_debug!("exec {id}: {:?} started as pid {pid} (tty: {})", req.cmd, req.tty);
         let (stdin_tx, stdin_rx) = mpsc::channel(exec_session::STDIN_QUEUE);
-        let is_pty = child.pty.is_some();
-        let pty = match &child.pty {
-            Some(fd) => spawn::dup_cloexec(fd).ok().map(Arc::new),
-            None => None,
-        };
-        self.state().sessions.insert(id, Session::Exec { pid, stdin: Some(stdin_tx), pty });
+        let spawn::Child { stdin, stdout, stderr, pty, exit, .. } = child;
+        let is_pty = pty.is_some();
+        self.state().sessions.insert(id, Session::Exec { pid, stdin: Some(stdin_tx), pty: pty.map(Arc::new) });
         self.out.send(id, 0, types::EXEC_STARTED, &ExecStarted { pid: pid as u32 }).await;
-        let spawn::Child { stdin, stdout, stderr, pty: pty_master, exit, .. } = child;
-        drop(pty_master);
         tokio::spawn(exec_session::stdin_writer(stdin, is_pty, stdin_rx, self.out.clone(), id));
         let server = self.clone();
         let on_done: Arc<dyn Fn() + Send + Sync> = Arc::new(move || server.state().finish(id));
