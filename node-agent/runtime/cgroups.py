@@ -182,6 +182,37 @@ class CgroupManager:
                 return path.lstrip("/")
         return ""
 
+    def parents(self) -> list[Path]:
+        if self.version == 2:
+            return [self.root / self.parent]
+        return [
+            self.root / c / self._own(c) / self.parent
+            for c in V1_CONTROLLERS
+            if (self.root / c).is_dir()
+        ]
+
+    def orphans(self, known: set[str]) -> list[Cgroup]:
+        """VM cgroups under our parent that no sandbox record names (left by a crash)."""
+        found: dict[str, list[Path]] = {}
+        for parent in self.parents():
+            if parent.is_dir():
+                for child in parent.iterdir():
+                    if child.is_dir() and child.name.startswith("vm-"):
+                        found.setdefault(child.name, []).append(child)
+        version = self.version
+        controllers = tuple(c for c in V1_CONTROLLERS if (self.root / c).is_dir())
+        return [
+            Cgroup(version, tuple(paths), controllers if version == 1 else ())
+            for name, paths in found.items()
+            if name not in known
+        ]
+
+    def remove_parents(self) -> None:
+        """Removes the (empty) parent cgroups: node agent uninstall, test teardown."""
+        for parent in self.parents():
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
     def create(self, name: str, cpus: float, memory_bytes: int) -> Cgroup:
         if self.version == 2:
             base = self.root / self.parent

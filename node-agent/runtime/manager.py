@@ -68,9 +68,10 @@ class Runtime:
             self.sandboxes[uid] = supervisor
             supervisors.append(supervisor)
         results = await asyncio.gather(*(s.adopt() for s in supervisors))
+        orphans = await self.vmm.reap_orphans(set(records))
         for supervisor, ok in zip(supervisors, results, strict=True):
             adopted[supervisor.uid] = ok
-        log.info("runtime.recovered", sandboxes=len(records), adopted=sum(results))
+        log.info("runtime.recovered", sandboxes=len(records), adopted=sum(results), orphans=orphans)
         return adopted
 
     def get(self, uid: str) -> Supervisor | None:

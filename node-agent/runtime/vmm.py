@@ -104,6 +104,7 @@ class VMM(Protocol):
         self, spec: VMSpec, relay_socket: Path, *, ready_timeout: float
     ) -> VMHandle: ...
     async def adopt(self, record: VMRecord, relay_socket: Path) -> VMHandle | None: ...
+    async def reap_orphans(self, known: set[str]) -> int: ...
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -350,6 +351,21 @@ class QemuVMM:
         handle._watch()
         log.info("vm.ready", pid=process.pid, seconds=round(time.time() - started, 3))
         return handle
+
+    async def reap_orphans(self, known: set[str]) -> int:
+        """Kills VMs in our cgroups that no record names (``known``: VM names) and removes
+        their cgroups; returns how many there were."""
+        if self.cgroups is None:
+            return 0
+        orphans = await asyncio.to_thread(self.cgroups.orphans, {f"vm-{n}" for n in known})
+        for group in orphans:
+            for pid in group.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    log.warning("vm.orphan_killed", pid=pid, cgroup=str(group.paths[0]))
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(group.remove)
+        return len(orphans)
 
     async def adopt(self, record: VMRecord, relay_socket: Path) -> QemuHandle | None:
         if not is_our_qemu(record):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from kubesandbox_devenv.registry import Layout, Registry, build_image, busybox_entries, layer_tar
 from kubesandbox_node.bootimage import initramfs
 from kubesandbox_node.bootimage.initramfs import BootImage
-from kubesandbox_devenv.registry import Layout, Registry, build_image, busybox_entries, layer_tar
 from tests.support.vms import guest_agent_binary
 
 

@@ -28,11 +28,12 @@ import pytest_asyncio
 from microsandbox.agent import AgentClient as SdkClient
 
 from kubesandbox_devenv.controlplane import ControlPlane
+from kubesandbox_devenv.registry import free_port
 from kubesandbox_node.kube.client import KubeClient
+from kubesandbox_node.runtime.cgroups import CgroupManager
 from kubesandbox_protocol.frame import FLAG_SESSION_START, Frame, decode_frame
 from kubesandbox_protocol.messages import MessageType, decode_body, encode_body, exec_request
 from tests.integration.node.runtime.conftest import Images
-from kubesandbox_devenv.registry import free_port
 from tests.support.sdk import sdk_exec
 
 pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="module")]
@@ -147,6 +148,7 @@ def agent(
         for pid in qemu_pids(state):
             os.kill(pid, signal.SIGKILL)
         subprocess.run(["rm", "-rf", str(state)], check=False)
+        CgroupManager(parent=f"kubesandbox-test-{os.getpid()}").remove_parents()
 
 
 @dataclass

@@ -74,6 +74,7 @@ async def world(images: Images) -> AsyncIterator[World]:
         for uid in list(w.runtime.sandboxes):
             await w.runtime.remove(uid)
         await registry.close()
+        CgroupManager(parent=f"kubesandbox-test-{os.getpid()}").remove_parents()
         shutil.rmtree(w.state, ignore_errors=True)
 
 

@@ -49,12 +49,17 @@ async def world() -> AsyncIterator[World]:
         for uid in list(w.runtime.sandboxes):
             await w.runtime.remove(uid)
         shutil.rmtree(w.state, ignore_errors=True)
+        CgroupManager(parent=f"kubesandbox-test-{os.getpid()}").remove_parents()
 
 
 async def until(supervisor: Supervisor, *phases: Phase, within: float = 150) -> None:
     async with asyncio.timeout(within):
         while supervisor.phase not in phases:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+
+
+def remove(path: Path) -> None:
+    path.unlink()
 
 
 def exists(path: str | Path) -> bool:
@@ -141,6 +146,27 @@ async def test_qemu_dying_is_a_crash(world: World, sandbox: Supervisor) -> None:
     await until(supervisor, Phase.CRASHED, within=20)
     assert supervisor.record.exit_status is not None
     assert supervisor.record.exit_status.reason == Reason.VMM_EXITED
+
+
+async def test_a_vm_without_a_record_is_reaped_as_an_orphan(
+    world: World, sandbox: Supervisor
+) -> None:
+    lost = world.runtime.put(
+        DesiredSandbox.model_validate(
+            {"namespace": "default", "name": "lost", "uid": str(uuid.uuid4()),
+             "spec": {"image": {"oci": "busybox:1.36"}, "memory": 128}}
+        )
+    )  # fmt: skip
+    await until(lost, Phase.RUNNING)
+    vm = handle(lost).record
+    await world.runtime.close()
+    remove(lost.dir / "record.json")
+    world.runtime = make_runtime(world.state, world.preparer)
+    assert lost.uid not in await world.runtime.recover()
+    assert not exists(f"/proc/{vm.pid}")
+    group = vm.cgroup()
+    assert group is not None
+    assert not any(exists(p) for p in group.paths)
 
 
 async def test_remove_leaves_nothing(world: World, sandbox: Supervisor) -> None:

@@ -124,6 +124,9 @@ class FakeVMM:
         self.alive.add(pid)
         return handle
 
+    async def reap_orphans(self, known: set[str]) -> int:
+        return 0
+
     async def adopt(self, record: VMRecord, relay_socket: Path) -> FakeHandle | None:
         if record.pid not in self.alive:
             return None
