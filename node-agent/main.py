@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import ssl
 import subprocess
+import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +82,40 @@ class NodeAgentConfig(BaseModel):
     ready_timeout: float = 120.0
     sample_interval: float = 5.0
     lease_interval: float = 10.0
+    log_level: str = "info"
+
+
+def configure_logging(level: str, node: str) -> None:
+    """JSON lines when stderr is not a terminal, key=value on one; stdlib records (aiohttp)
+    go through the same renderer; every line carries the node name."""
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if sys.stderr.isatty()
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    structlog.contextvars.bind_contextvars(node=node)
 
 
 class StaticTokenAuthenticator:
@@ -252,5 +288,6 @@ async def serve(config: NodeAgentConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
+    configure_logging(config.log_level, config.node_name)
     asyncio.run(serve(config))
     return 0

@@ -6,9 +6,14 @@
 - **Drain.** New connections are closed at once and new sessions on existing connections are
   answered with ``core.error`` (``invalid_session``, "draining"); frames of sessions already
   running pass, so running commands finish and their output arrives.
-- **Re-adoption.** The guest says ``core.ready`` once per boot. A node agent that restarts
-  reconnects to QEMU's agent socket and hands the relay the ready frame it recorded before
-  (``assume_ready``), so new clients get the same preamble as before the restart.
+- **Re-adoption.** The guest agent sends ``core.ready`` again whenever a host (re)connects
+  its port (docs/guest-agent.md), after any output it queued meanwhile; the base relay drops
+  frames before the ready. A relay made for re-adoption (``adopting=True``) first tells the
+  guest that every client of the previous node agent is gone (one
+  ``core.relay.client.disconnected`` over the whole id space, so orphaned sessions are killed
+  and their ids cannot collide with new clients'), then admits clients. Should the guest not
+  notice the reconnect, ``assume_ready`` installs the recorded ready frame instead. A repeated
+  ``core.ready`` after the first is never routed to a client.
 - **Activity.** ``idle_seconds`` is 0 while sessions are open, else time since the last frame.
 """
 
@@ -19,14 +24,28 @@ import struct
 import time
 
 from kubesandbox_node.relay import Relay
-from kubesandbox_node.relay.relay import SLOT_STEP, _Client
-from kubesandbox_protocol.frame import FLAG_SESSION_START, FLAG_TERMINAL
-from kubesandbox_protocol.messages import ErrorKind
+from kubesandbox_node.relay.relay import SLOT_COUNT, SLOT_STEP, _Client
+from kubesandbox_protocol.frame import FLAG_SESSION_START, FLAG_TERMINAL, Frame
+from kubesandbox_protocol.messages import (
+    BodyError,
+    ErrorKind,
+    MessageType,
+    decode_envelope,
+    encode_body,
+)
+
+
+def _is_ready(raw: bytes) -> bool:
+    try:
+        return decode_envelope(raw[9:])[1] == MessageType.READY
+    except BodyError:
+        return False
 
 
 class SandboxRelay(Relay):
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: object, adopting: bool = False, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.adopting = adopting
         self.draining = False
         self.sessions: set[int] = set()
         self._sessions_changed = asyncio.Event()
@@ -72,6 +91,13 @@ class SandboxRelay(Relay):
         await super()._to_guest(raw)
 
     async def _from_guest(self, raw: bytes) -> None:
+        if _is_ready(raw):
+            if self._ready.done():
+                return
+            if self.adopting:
+                everyone = {"id_start": 0, "id_end_exclusive": SLOT_COUNT * SLOT_STEP}
+                body = encode_body(MessageType.RELAY_CLIENT_DISCONNECTED, everyone)
+                await super()._to_guest(Frame(0, 0, body).encode())
         await super()._from_guest(raw)
         if len(raw) > 8 and raw[8] & FLAG_TERMINAL:
             (id,) = struct.unpack_from(">I", raw, 4)

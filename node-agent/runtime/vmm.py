@@ -39,6 +39,8 @@ from kubesandbox_protocol.frame import FLAG_SHUTDOWN, Frame
 from kubesandbox_protocol.messages import MessageType, decode_body, encode_body
 
 SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")
+ADOPT_ATTEMPTS = 3
+ADOPT_READY_WAIT = 3.0
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
@@ -376,20 +378,39 @@ class QemuVMM:
                 qmp = await _retrying(
                     lambda: QMPClient.connect(Path(record.qmp_socket)), alive, "QMP"
                 )
-                reader, writer = await _retrying(
-                    lambda: _open(Path(record.agent_socket)), alive, "agent"
-                )
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.warning("vm.adopt_failed", pid=record.pid, error=str(exc))
             return None
-        relay = SandboxRelay(relay_socket)
-        relay.assume_ready(base64.b64decode(record.ready_frame))
-        await relay.start()
-        relay_task = asyncio.create_task(relay.serve_guest(reader, writer))
+        for attempt in range(ADOPT_ATTEMPTS):
+            try:
+                reader, writer = await _open(Path(record.agent_socket))
+            except OSError as exc:
+                log.warning("vm.adopt_failed", pid=record.pid, error=str(exc))
+                await qmp.close()
+                return None
+            relay = SandboxRelay(relay_socket, adopting=True)
+            await relay.start()
+            relay_task = asyncio.create_task(relay.serve_guest(reader, writer))
+            last = attempt == ADOPT_ATTEMPTS - 1
+            try:
+                async with asyncio.timeout(ADOPT_READY_WAIT):
+                    await relay.wait_ready()
+                break
+            except TimeoutError:
+                if last:
+                    # the guest never noticed us: serve its recorded ready frame
+                    relay.assume_ready(base64.b64decode(record.ready_frame))
+                    break
+            except ConnectionError:
+                pass
+            await relay.close()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await relay_task
+            await asyncio.sleep(0.2)  # let the guest see the disconnect edge (guest-agent.md)
         handle = QemuHandle(record, relay, qmp)
         handle._tasks.append(relay_task)
         handle._watch()
-        log.info("vm.adopted", pid=record.pid)
+        log.info("vm.adopted", pid=record.pid, attempts=attempt + 1)
         return handle
 
 

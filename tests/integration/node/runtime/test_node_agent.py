@@ -110,6 +110,9 @@ class Agent:
                 self.process.kill()
                 self.process.wait()
 
+    def log_of(self, start: int) -> str:
+        return (self.state / f"agent-{start}.log").read_text()
+
     def log(self) -> str:
         return "\n".join(p.read_text()[-3000:] for p in sorted(self.state.glob("agent-*.log")))
 
@@ -373,6 +376,11 @@ async def test_kill_9_of_the_node_agent_loses_nothing(api: Api) -> None:
         assert await sdk_run(api, uid, f"echo {name}") == f"{name}\n".encode()
     assert await ws_exec(api, api.uids["box0"], "cat /marker") == b"kept\n"
     assert qemu_pids(api.agent.state) == before
+    adopted = [
+        json.loads(line) for line in api.agent.log_of(2).splitlines() if "vm.adopted" in line
+    ]
+    assert sorted(a["pid"] for a in adopted) == sorted(before)
+    assert {a["attempts"] for a in adopted} == {1}  # the guest greeted the new relay at once
 
 
 async def test_stop_and_start_keep_the_writable_layer(api: Api) -> None:
