@@ -99,3 +99,61 @@ async def test_stdin_for_an_unknown_session_does_not_hurt(client: AgentClient) -
     await client.send(id, 0, encode_body(MessageType.EXEC_SIGNAL, {"signal": 9}))
     await client.ping()
     assert decode_body(encode_body(MessageType.PING)).t == MessageType.PING
+
+
+async def _raw_port(
+    vm: BootedVM,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connects to QEMU's end of the agent port, as a relay would, and waits until the agent
+    answers a ping there. QEMU may refuse a connection that arrives while it is still tearing
+    down the previous one: try again then."""
+    ping = Frame(1, FLAG_SESSION_START, encode_body(MessageType.PING)).encode()
+    for _ in range(5):
+        reader, writer = await asyncio.open_unix_connection(str(vm.vm.spec.agent_socket))
+        try:
+            writer.write(ping)
+            async with asyncio.timeout(10):
+                while (frame := await read_frame(reader)) is not None:
+                    if frame.id == 1 and decode_body(frame.body).t == MessageType.PONG:
+                        return reader, writer
+        except (ConnectionError, TimeoutError):
+            pass
+        writer.close()
+    raise AssertionError("the agent never answered on a raw connection")
+
+
+async def _expect_malformed(reader: asyncio.StreamReader) -> None:
+    async with asyncio.timeout(10):
+        while (frame := await read_frame(reader)) is not None:
+            body = decode_body(frame.body)
+            if body.t == MessageType.ERROR:
+                assert body.payload["kind"] == "malformed_message"
+                return
+    raise AssertionError("no core.error for a corrupt stream")
+
+
+async def test_a_corrupt_channel_from_the_host_side_does_not_kill_the_agent(
+    agent_vm: BootedVM,
+) -> None:
+    """Bypass the relay (which refuses these itself) and corrupt the port stream."""
+    await agent_vm.vm.relay.close()
+    reader, writer = await _raw_port(agent_vm)
+    for hostile in (
+        struct.pack(">I", 0xFFFF_FFF0) + b"\xff" * 64,  # length far over the limit
+        struct.pack(">I", 3) + b"\x00" * 16,  # length under the minimum
+    ):
+        writer.write(hostile)
+        await writer.drain()
+        await _expect_malformed(reader)
+    writer.write(Frame(1, FLAG_SESSION_START, encode_body(MessageType.PING)).encode())
+    async with asyncio.timeout(10):
+        while (frame := await read_frame(reader)) is not None and frame.id != 1:
+            pass
+    assert frame is not None
+    assert decode_body(frame.body).t == MessageType.PONG
+    writer.close()
+    await writer.wait_closed()
+    await agent_vm.vm.reattach_relay()
+    async with await AgentClient.connect(agent_vm.socket) as client:
+        await client.ping()
+        assert (await client.run("/bin/echo", ["survived"])).stdout == b"survived\n"
