@@ -1,12 +1,16 @@
 import asyncio
+import shutil
 import struct
+import tempfile
+from pathlib import Path
 
 from microsandbox.agent import AgentClient as SdkClient
 
-from kubesandbox_node.relay import SLOT_COUNT, SLOT_STEP
+from kubesandbox_node.relay import SLOT_COUNT, SLOT_STEP, Relay
 from kubesandbox_protocol import AgentClient
 from kubesandbox_protocol.frame import FLAG_SESSION_START, Frame, read_frame
 from kubesandbox_protocol.messages import MessageType, decode_body, encode_body
+from tests.support.fakeguest import guest_pair
 from tests.support.relayenv import relay_env
 
 
@@ -160,3 +164,21 @@ async def test_a_repeated_ready_is_kept_for_new_clients_and_not_routed() -> None
         async with await AgentClient.connect(env.socket) as late:
             assert late.ready["agent_version"] == "again"
         assert early.ready["agent_version"] == "fake"
+
+
+async def test_a_relay_given_the_known_ready_frame_serves_without_a_new_one() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="ksb-relay-"))
+    guest, reader, writer = await guest_pair()
+    relay = Relay(directory / "agent.sock")
+    await relay.start()
+    known = guest.stray_ready()
+    served = asyncio.create_task(relay.serve_guest(reader, writer, known_ready=known))
+    try:
+        async with await AgentClient.connect(relay.socket_path) as client:
+            assert client.ready["agent_version"] == "again"
+    finally:
+        await relay.close()
+        await served
+        guest.writer.close()
+        await guest.writer.wait_closed()
+        shutil.rmtree(directory, ignore_errors=True)
