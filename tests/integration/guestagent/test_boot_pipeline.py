@@ -3,6 +3,7 @@ microvm wiring, relay, watchdog, QMP. A busybox stand-in writes a canned ``core.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -90,3 +91,29 @@ async def test_kvm_probe_gives_a_cached_verdict(tmp_path: Path) -> None:
         assert first is False
     else:
         assert len(os.listdir(tmp_path)) == 1
+
+
+def _open_files(pid: str) -> dict[int, str]:
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own fd is gone already
+            found[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+    return found
+
+
+def _environment_names(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        return {e.split(b"=", 1)[0].decode() for e in environ.read().split(b"\0") if e}
+
+
+async def test_qemu_gets_devnull_stdin_no_inherited_fds_and_a_scrubbed_environment(
+    standin_vm: BootedVM,
+) -> None:
+    pid = standin_vm.vm.pid
+    fds = _open_files(str(pid))
+    assert fds[0] == "/dev/null"
+    assert fds[1] == fds[2] == str(standin_vm.vm.spec.qemu_log)
+    ours = set(_open_files("self").values())
+    leaked = {t for t in fds.values() if t in ours and not t.startswith(("/dev/", "anon_inode:"))}
+    assert not leaked
+    assert _environment_names(pid) <= {"PATH", "LANG", "LC_ALL", "TMPDIR"}
