@@ -152,7 +152,7 @@ def load_config(argv: Sequence[str] | None = None) -> NodeAgentConfig:
             continue
         if name == "registry_mirrors":
             value = dict(item.split("=", 1) for item in value)
-        data[name] = value
+        data[to_camel(name)] = value
     return NodeAgentConfig.model_validate(data)
 
 

@@ -68,9 +68,12 @@ class Runtime:
             self.sandboxes[uid] = supervisor
             supervisors.append(supervisor)
         results = await asyncio.gather(*(s.adopt() for s in supervisors))
-        orphans = await self.vmm.reap_orphans(set(records))
         for supervisor, ok in zip(supervisors, results, strict=True):
             adopted[supervisor.uid] = ok
+        # any other VM in our cgroups is an orphan: no record, or a start cut short
+        orphans = await self.vmm.reap_orphans({uid for uid, ok in adopted.items() if ok})
+        for supervisor in supervisors:
+            supervisor.resume_interrupted_start()
         log.info("runtime.recovered", sandboxes=len(records), adopted=sum(results), orphans=orphans)
         return adopted
 

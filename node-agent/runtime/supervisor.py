@@ -39,6 +39,7 @@ from kubesandbox_node.vm.spec import VMSpec
 log = structlog.get_logger(__name__)
 
 RUNNING_PHASES = frozenset({Phase.RUNNING, Phase.PAUSED, Phase.DRAINING, Phase.STOPPING})
+STARTING_PHASES = frozenset({Phase.PULLING, Phase.BOOTING})
 KILL_WAIT = 5.0
 
 
@@ -318,12 +319,17 @@ class Supervisor:
         ]
 
     async def adopt(self) -> bool:
-        """Re-attaches to the VM of a previous node agent; False when it is gone."""
+        """Re-attaches to the VM of a previous node agent; False when there is none."""
         vm = self.record.vm
         if vm is None or self.phase not in RUNNING_PHASES:
             return False
         handle = await self.vmm.adopt(vm, self.relay_socket)
         if handle is None:
+            self.record.vm = None
+            if self.record.ending is not None:  # it was being stopped and finished meanwhile
+                self._end(Phase.STOPPED, Reason(self.record.ending), True, None,
+                          "stopped while the node agent was away")  # fmt: skip
+                return False
             self.log.warning("sandbox.vm_lost_while_away")
             self._end(Phase.CRASHED, Reason.VMM_EXITED, False, None,
                       "the VM ended while the node agent was away")  # fmt: skip
@@ -334,6 +340,16 @@ class Supervisor:
         else:
             self._save()
         return True
+
+    def resume_interrupted_start(self) -> asyncio.Task[None] | None:
+        """A start the previous node agent did not finish (its VM, if any, was reaped as an
+        orphan) is done again from the beginning; the writable layer is reused."""
+        if self.phase not in STARTING_PHASES or self.handle is not None:
+            return None
+        self.log.info("sandbox.start_resumed", phase=self.phase.value)
+        self.record.runs = max(0, self.record.runs - 1)
+        want = self.desired.spec.lifecycle.state
+        return self.start(pause_after=want == DesiredState.PAUSED)
 
     # --- the end of a run ------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import pytest
 
 from kubesandbox_api.conditions import ConditionStatus, Phase, Reason
 from kubesandbox_node.runtime.model import DesiredSandbox
+from kubesandbox_node.runtime.records import SandboxRecord
 from kubesandbox_node.runtime.supervisor import Supervisor
 from kubesandbox_node.vm.machine import BootError
 from kubesandbox_protocol import AgentClient
@@ -229,3 +230,41 @@ async def test_remove_deletes_every_per_sandbox_file(env: Env) -> None:
     assert env.preparer.removed == [supervisor.uid]
     assert env.vmm.last.calls == ["kill"]
     assert supervisor.uid not in env.runtime.sandboxes
+
+
+async def test_a_start_cut_short_by_a_node_agent_restart_is_done_again(env: Env) -> None:
+    d = desired()
+    env.runtime.store.save(d.uid, SandboxRecord(desired=d, phase=Phase.BOOTING, runs=1))
+    runtime = env.fresh_runtime()
+    assert await runtime.recover() == {d.uid: False}
+    env.runtime = runtime
+    await until(runtime.sandboxes[d.uid], Phase.RUNNING)
+    assert runtime.sandboxes[d.uid].record.runs == 1
+
+
+async def test_a_stop_that_finished_while_away_is_stopped_not_crashed(env: Env) -> None:
+    supervisor = await running(env)
+    await supervisor.detach()
+    record = supervisor.record.model_copy(
+        update={"phase": Phase.STOPPING, "ending": Reason.STOPPED_BY_USER.value}
+    )
+    env.runtime.store.save(supervisor.uid, record)
+    env.vmm.alive.clear()
+    runtime = env.fresh_runtime()
+    await runtime.recover()
+    env.runtime = runtime
+    adopted = runtime.sandboxes[supervisor.uid]
+    assert adopted.status().phase == Phase.STOPPED
+    assert adopted.record.exit_status is not None
+    assert adopted.record.exit_status.reason == Reason.STOPPED_BY_USER
+
+
+async def test_timing_policies_of_a_new_generation_apply_live(env: Env) -> None:
+    d = desired()
+    supervisor = env.runtime.put(d)
+    await until(supervisor, Phase.RUNNING)
+    env.runtime.put(again(d, 2, maxDurationSeconds=1))
+    await until(supervisor, Phase.STOPPED)
+    assert supervisor.record.exit_status is not None
+    assert supervisor.record.exit_status.reason == Reason.MAX_DURATION_EXCEEDED
+    assert len(env.vmm.handles) == 1

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kubesandbox_node.kube.auth import Access
+from kubesandbox_node.main import NodeAgentConfig, StaticTokenAuthenticator, load_config
+
+
+def test_yaml_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "node-agent.yaml"
+    config.write_text(
+        "nodeName: n1\nstateDir: /srv/ksb\nallowEmulation: true\n"
+        "registryMirrors: {docker.io: 127.0.0.1:5000}\nplainHttpRegistries: [127.0.0.1:5000]\n"
+    )
+    loaded = load_config(
+        ["--config", str(config), "--node-name", "n2", "--registry-mirrors", "ghcr.io=m:1"]
+    )
+    assert loaded.node_name == "n2"
+    assert loaded.state_dir == Path("/srv/ksb")
+    assert loaded.allow_emulation is True
+    assert loaded.registry_mirrors == {"ghcr.io": "m:1"}
+    assert loaded.plain_http_registries == ["127.0.0.1:5000"]
+
+
+def test_flags_alone_and_booleans() -> None:
+    loaded = load_config(["--no-cgroups", "--allowed-host-paths", "/data", "--listen", ":1"])
+    assert loaded.cgroups is False
+    assert loaded.allowed_host_paths == ["/data"]
+    assert loaded.listen == ":1"
+    assert NodeAgentConfig().allow_emulation is False
+
+
+def test_unknown_keys_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("nodeNmae: typo\n")
+    with pytest.raises(ValueError, match="nodeNmae"):
+        load_config(["--config", str(config)])
+
+
+async def test_static_token_grants_only_its_holder() -> None:
+    auth = StaticTokenAuthenticator("s3cret")
+    assert await auth.authenticate("other") is None
+    user = await auth.authenticate("s3cret")
+    assert user is not None
+    assert await auth.authorize(user, Access("update", "any"))
