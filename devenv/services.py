@@ -57,6 +57,8 @@ class ServiceError(Exception):
 @dataclass(frozen=True)
 class Paths:
     state_dir: Path
+    tied: bool = False
+    """Tests: the services die with the process that started them (``make up``: they outlive it)."""
 
     @property
     def logs(self) -> Path:
@@ -115,9 +117,10 @@ def busybox_image_entries() -> list[TarEntry]:
     applets = subprocess.run(
         [str(BUSYBOX), "--list"], check=True, capture_output=True, text=True
     ).stdout.split()
-    entries = [directory(d) for d in ("bin", "etc", "root", "dev", "proc", "sys", "run")]
+    entries = [directory(d) for d in ("bin", "sbin", "etc", "root", "dev", "proc", "sys", "run")]
     entries += [directory("tmp", 0o1777), file("bin/busybox", BUSYBOX.read_bytes(), 0o755)]
     entries += [symlink(f"bin/{applet}", "busybox") for applet in applets if applet != "busybox"]
+    entries.append(symlink("sbin/init", "/bin/busybox"))  # where inits are looked for
     entries += [
         file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"),
         file("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
@@ -152,7 +155,7 @@ class RegistryService:
                     }
                 )
             )
-            self.process.start(["docker-registry", "serve", str(config)], tied=False)
+            self.process.start(["docker-registry", "serve", str(config)], tied=self.paths.tied)
             _wait(self.process, f"http://{self.host}/v2/", "the registry", 30)
         pushed = self._preload()
         # `.kubesandbox/registry` holds host:port (what the node agent may use over plain HTTP).
@@ -232,7 +235,7 @@ class NodeAgentService:
         config_file.write_text(yaml.safe_dump(config))
         self.process.start(
             [sys.executable, "-P", "-m", "kubesandbox_node", "--config", str(config_file)],
-            tied=False,
+            tied=self.paths.tied,
             cwd=REPO_ROOT,
         )
         _wait(self.process, f"http://127.0.0.1:{self.port}/healthz", "the node agent", 120)
@@ -269,7 +272,7 @@ class OperatorService:
                 "--node-agent-token-file",
                 str(self.paths.token()),
             ],
-            tied=False,
+            tied=self.paths.tied,
         )
         time.sleep(0.5)
         if not self.process.is_alive():

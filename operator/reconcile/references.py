@@ -75,14 +75,16 @@ def referenced_objects(spec: SandboxSpec) -> set[ObjectRef]:
 
 
 def _values(obj: JsonDict | None) -> dict[str, bytes] | None:
-    """A Secret's or ConfigMap's data as bytes (``None`` when the object does not exist)."""
+    """A Secret's or ConfigMap's data as bytes (``None`` when the object does not exist).
+
+    Secret ``data`` is base64; ConfigMap ``data`` is text and its ``binaryData`` base64."""
     if obj is None:
         return None
-    values = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
     if obj.get("kind") == "ConfigMap":
         values = {k: str(v).encode() for k, v in (obj.get("data") or {}).items()}
         values.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
-    return values
+        return values
+    return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
 
 
 def resolve(spec: SandboxSpec, objects: dict[ObjectRef, JsonDict | None]) -> Resolution:

@@ -40,6 +40,8 @@ RESYNC_SECONDS = 60.0
 """How often a settled sandbox is looked at again (and its desired state re-sent)."""
 WAIT_SECONDS = 2.0
 """How soon to look again while waiting for the scheduler or a node agent."""
+RECHECK_SECONDS = 10.0
+"""How soon to look again at a sandbox that cannot run yet (a missing Secret may appear)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def _refuse(problems: list[Problem]) -> _Step:
     message = "; ".join(p.message for p in problems)
     events = [Event(p.reason, p.message, warning=True) for p in problems]
     ready = Condition.false(ConditionType.READY, problems[0].reason, message)
-    return _Step(Plan(events=events), Phase.FAILED, [ready])
+    return _Step(Plan(events=events, requeue_after=RECHECK_SECONDS), Phase.FAILED, [ready])
 
 
 def _place(sandbox: Sandbox) -> _Step:

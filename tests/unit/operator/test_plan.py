@@ -5,7 +5,13 @@ from kubesandbox_api import Sandbox
 from kubesandbox_api.conditions import ConditionType, Phase, Reason
 from kubesandbox_operator.reconcile.pod import PodSettings, desired_pod, pod_name
 from kubesandbox_operator.reconcile.references import Problem, Resolution
-from kubesandbox_operator.reconcile.sandbox import NodeAgent, Observed, Plan, plan
+from kubesandbox_operator.reconcile.sandbox import (
+    RECHECK_SECONDS,
+    NodeAgent,
+    Observed,
+    Plan,
+    plan,
+)
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 UID = "0b7e6d2c-0000-4000-8000-000000000001"
@@ -170,6 +176,7 @@ def test_missing_references_fail_with_their_reason_and_no_pod() -> None:
         problems=[Problem(Reason.SECRET_NOT_FOUND, "spec.env[0].valueFrom: Secret 'x' …")]
     )
     decided = decide(sandbox(), resolution=missing)
+    assert decided.requeue_after == RECHECK_SECONDS  # the Secret may be created any moment
     assert decided.create_pod is None
     assert decided.status["phase"] == "Failed"
     assert conditions(decided)[ConditionType.READY] == ("False", "SecretNotFound")

@@ -33,7 +33,11 @@ SPEC = SandboxSpec.model_validate(
 
 OBJECTS: dict[ObjectRef, dict[str, Any] | None] = {
     ObjectRef("Secret", "s"): {"kind": "Secret", "data": {"a": _b64("alpha")}},
-    ObjectRef("ConfigMap", "c"): {"kind": "ConfigMap", "data": {"b": "beta"}},
+    ObjectRef("ConfigMap", "c"): {
+        "kind": "ConfigMap",
+        "data": {"b": "listen = 8080\n"},  # text, not base64
+        "binaryData": {"bin": _b64("\x00\x01")},
+    },
     ObjectRef("Secret", "pull"): {"kind": "Secret", "data": {".dockerconfigjson": _b64("{}")}},
 }
 
@@ -45,8 +49,8 @@ def test_every_reference_is_found() -> None:
 def test_values_are_resolved_for_the_node_agent() -> None:
     resolved = resolve(SPEC, OBJECTS)
     assert resolved.problems == []
-    assert resolved.env == {"A": "alpha", "B": "beta"}
-    assert resolved.files == {"0": _b64("beta")}
+    assert resolved.env == {"A": "alpha", "B": "listen = 8080\n"}
+    assert resolved.files == {"0": _b64("listen = 8080\n")}
     assert resolved.dirs == {"1": {"a": _b64("alpha")}}
     assert resolved.secrets == {"K": "alpha"}
     assert resolved.pull_auths == [{"dockerConfigJson": "{}"}]
