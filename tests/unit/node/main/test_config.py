@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kubesandbox_node.kube.auth import Access
+from kubesandbox_node.kube.auth import Access, User
 from kubesandbox_node.main import NodeAgentConfig, StaticTokenAuthenticator, load_config
 
 
@@ -45,3 +45,20 @@ async def test_static_token_grants_only_its_holder() -> None:
     user = await auth.authenticate("s3cret")
     assert user is not None
     assert await auth.authorize(user, Access("update", "any"))
+
+
+class Reviewer:
+    async def authenticate(self, token: str) -> User | None:
+        return User("alice") if token == "sa-token" else None
+
+    async def authorize(self, user: User, access: Access) -> bool:
+        return access.namespace == "alice-ns"
+
+
+async def test_static_token_falls_back_to_the_cluster_for_other_tokens() -> None:
+    auth = StaticTokenAuthenticator("s3cret", then=Reviewer())
+    alice = await auth.authenticate("sa-token")
+    assert alice == User("alice")
+    assert await auth.authorize(alice, Access("update", "alice-ns"))
+    assert not await auth.authorize(alice, Access("update", "bob-ns"))
+    assert await auth.authenticate("nope") is None
