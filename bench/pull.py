@@ -22,19 +22,12 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # after the stdlib: operator/ exists
-
 from kubesandbox_api.spec import ImageSource, Patch
-from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
-from kubesandbox_node.images.service import ImageService
-from kubesandbox_node.rootfs.assemble import SandboxRootfs
-from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
 from kubesandbox_devenv.registry import (
     Layout,
     Registry,
@@ -42,6 +35,10 @@ from kubesandbox_devenv.registry import (
     busybox_entries,
     layer_tar,
 )
+from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
+from kubesandbox_node.images.service import ImageService
+from kubesandbox_node.rootfs.assemble import SandboxRootfs
+from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
 
 SOURCES = [Path("/usr/share/zoneinfo"), Path("/usr/lib/python3.11"), Path("/usr/share/perl")]
 

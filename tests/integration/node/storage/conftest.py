@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from kubesandbox_devenv.registry import Pki, Registry, TokenAuth, require_tools
 from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
 from kubesandbox_node.images.service import ImageService
 from kubesandbox_node.rootfs.assemble import SandboxRootfs
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
-from kubesandbox_devenv.registry import Pki, Registry, TokenAuth, require_tools
 
 TOOLS = ("docker-registry", "skopeo", "mkfs.erofs", "mkfs.ext4", "htpasswd", "unshare")
 CREDENTIALS = ("deploy", "pull-s3cret")

@@ -6,11 +6,6 @@ from pathlib import Path
 import pytest
 
 from kubesandbox_api.spec import ImageSource, Patch, PullPolicy
-from kubesandbox_node.images.auth import Keychain
-from kubesandbox_node.images.errors import AuthError, ImageError, LayerError
-from kubesandbox_node.images.service import ImageService
-from kubesandbox_node.rootfs.assemble import OverlayRoot, SandboxRootfs
-from tests.integration.node.storage.guestview import guest_view
 from kubesandbox_devenv.registry import (
     Layout,
     Registry,
@@ -26,6 +21,11 @@ from kubesandbox_devenv.registry import (
     symlink,
     whiteout,
 )
+from kubesandbox_node.images.auth import Keychain
+from kubesandbox_node.images.errors import AuthError, ImageError, LayerError
+from kubesandbox_node.images.service import ImageService
+from kubesandbox_node.rootfs.assemble import OverlayRoot, SandboxRootfs
+from tests.integration.node.storage.guestview import guest_view
 
 pytestmark = [pytest.mark.registry, pytest.mark.slow]
 

@@ -5,10 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from kubesandbox_node.images.auth import Keychain
-from kubesandbox_node.images.errors import AuthError, ImageError
-from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
-from kubesandbox_node.images.service import ImageService
 from kubesandbox_devenv.registry import (
     Layout,
     Pki,
@@ -18,6 +14,10 @@ from kubesandbox_devenv.registry import (
     busybox_entries,
     layer_tar,
 )
+from kubesandbox_node.images.auth import Keychain
+from kubesandbox_node.images.errors import AuthError, ImageError
+from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
+from kubesandbox_node.images.service import ImageService
 
 pytestmark = [pytest.mark.registry, pytest.mark.slow]
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from kubesandbox_api.spec import ImageSource
+from kubesandbox_devenv.registry import Layout, Registry
 from kubesandbox_node.images.service import ImageService
 from kubesandbox_node.rootfs.assemble import OverlayRoot, SandboxRootfs
 from tests.integration.node.storage.guestview import guest_view
-from kubesandbox_devenv.registry import Layout, Registry
 
 pytestmark = [pytest.mark.registry, pytest.mark.slow]
 

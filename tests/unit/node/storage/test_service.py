@@ -8,6 +8,16 @@ from pathlib import Path
 import pytest
 
 from kubesandbox_api.spec import PullPolicy
+from kubesandbox_devenv.registry import (
+    BuiltImage,
+    build_image,
+    digest,
+    directory,
+    file,
+    layer_tar,
+    symlink,
+    whiteout,
+)
 from kubesandbox_node.images.auth import Keychain
 from kubesandbox_node.images.errors import (
     AuthError,
@@ -19,16 +29,6 @@ from kubesandbox_node.images.errors import (
 )
 from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
 from kubesandbox_node.images.service import ImageService, ReadyImage
-from kubesandbox_devenv.registry import (
-    BuiltImage,
-    build_image,
-    digest,
-    directory,
-    file,
-    layer_tar,
-    symlink,
-    whiteout,
-)
 from tests.unit.node.storage.fakeregistry import FakeRegistry, serve
 
 BASE = layer_tar([directory("etc"), file("etc/os-release", "ID=test\n"), file("etc/motd", "m")])

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from kubesandbox_node.images.errors import LayerError
-from kubesandbox_node.images.unpack import OPAQUE_XATTR, UnpackLimits, unpack_layer
 from kubesandbox_devenv.registry import (
     TarEntry,
     chardev,
@@ -24,6 +22,8 @@ from kubesandbox_devenv.registry import (
     symlink,
     whiteout,
 )
+from kubesandbox_node.images.errors import LayerError
+from kubesandbox_node.images.unpack import OPAQUE_XATTR, UnpackLimits, unpack_layer
 
 
 @pytest.fixture
