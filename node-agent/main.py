@@ -42,7 +42,12 @@ from kubesandbox_node.rootfs.assemble import SandboxRootfs
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
 from kubesandbox_node.runtime.cgroups import CgroupManager
 from kubesandbox_node.runtime.manager import Runtime
-from kubesandbox_node.runtime.prepare import NetworkProvider, NoNetwork, SandboxPreparer
+from kubesandbox_node.runtime.prepare import (
+    NINE_P_MODULES,
+    NetworkProvider,
+    NoNetwork,
+    SandboxPreparer,
+)
 from kubesandbox_node.runtime.supervisor import Timing
 from kubesandbox_node.runtime.vmm import QemuVMM
 from kubesandbox_node.server.app import make_app
@@ -253,9 +258,11 @@ async def serve(config: NodeAgentConfig) -> None:
     tls = tls_context(config)
     host, _, port = config.listen.rpartition(":")
     endpoint = config.endpoint or f"{'https' if tls else 'http'}://{config.listen}"
-    capabilities = ["oci", "disk", "bind", "network-none", "pause"]
+    capabilities = ["oci", "disk", "network-none", "pause"]
+    if not NINE_P_MODULES & set(image.missing_modules):
+        capabilities.insert(2, "bind")
     if config.network == "netns":
-        capabilities[4:4] = ["network-public-only", "network-all"]
+        capabilities[-1:-1] = ["network-public-only", "network-all"]
     services = Services(
         runtime,
         authenticator,

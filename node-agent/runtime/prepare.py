@@ -48,6 +48,7 @@ from kubesandbox_node.vm.spec import Accel, Drive, Share, VMSpec
 from kubesandbox_node.volumes.prepare import NamedVolumes, prepare_volumes
 
 _PATCH_INDEX = re.compile(r"patches\[(\d+)\]")
+NINE_P_MODULES = frozenset({"9p", "9pnet", "9pnet_virtio"})
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -217,6 +218,12 @@ class SandboxPreparer:
                         mount_path=volume.mount_path, tag=volume.tag, read_only=volume.read_only
                     )
                 )
+        if shares and NINE_P_MODULES & set(self.boot_image.missing_modules):
+            raise PrepareError(
+                Reason.ROOTFS_FAILED,
+                "host directories (bind roots, bind and named volumes) are shared over 9p, "
+                "and this node's guest kernel has no 9p modules",
+            )
         network, nic_args = await self.network.attach(desired)
         defaults = ready.record.defaults if ready else None
         config = bc.BootConfig(

@@ -190,3 +190,18 @@ async def test_idle_timeout_drains_to_stopped(world: World) -> None:
     assert exit_status is not None
     assert exit_status.reason == Reason.IDLE_TIMEOUT
     await world.runtime.remove(supervisor.uid)
+
+
+async def test_named_volume_runs_or_fails_clearly_without_9p(world: World) -> None:
+    supervisor = world.runtime.put(
+        desired(volumes=[{"mountPath": "/data", "named": {"name": "shared"}}])
+    )
+    await until(supervisor, Phase.FAILED, Phase.RUNNING, Phase.CRASHED, within=150)
+    if {"9p", "9pnet_virtio"} & set(world.preparer.boot_image.missing_modules):
+        assert supervisor.status().phase == Phase.FAILED
+        assert "9p" in (supervisor.record.message or "")
+    else:
+        assert supervisor.status().phase == Phase.RUNNING
+        async with await AgentClient.connect(supervisor.relay_socket) as client:
+            assert (await client.run("sh", ["-c", "echo ok > /data/f; cat /data/f"])).code == 0
+    await world.runtime.remove(supervisor.uid)
