@@ -216,8 +216,8 @@ async def in_process(args: argparse.Namespace, registry: Registry, agent: Path) 
             node_times.append(time.monotonic() - t)
             await runtime.remove(supervisor.uid)
             seconds, process, direct = await raw_boot(spec, upper, work / f"raw{i}")
-            raw_times.append(seconds)
             await stop_raw(process, direct)
+            raw_times.append(seconds)
             print(f"boot {i}: node {node_times[-1]:.2f}s raw {raw_times[-1]:.2f}s", flush=True)
         results["create_to_ready_s"] = statistics.median(node_times)
         results["raw_boot_to_ready_s"] = statistics.median(raw_times)
@@ -226,17 +226,19 @@ async def in_process(args: argparse.Namespace, registry: Registry, agent: Path) 
         supervisor = runtime.put(desired())
         await until_running(supervisor)
         seconds, process, direct = await raw_boot(spec, upper, work / "rawexec")
-        async with await AgentClient.connect(supervisor.relay_socket) as relay_client:
+        try:
+            async with await AgentClient.connect(supervisor.relay_socket) as relay_client:
 
-            async def through_relay() -> None:
-                await relay_client.run(*TRUE)
+                async def through_relay() -> None:
+                    await relay_client.run(*TRUE)
 
-            for _ in range(10):  # warm both paths
-                await through_relay()
-                await direct.run_true()
-            relay_rtt = await exec_median(through_relay, args.execs)
-            direct_rtt = await exec_median(direct.run_true, args.execs)
-        await stop_raw(process, direct)
+                for _ in range(10):  # warm both paths
+                    await through_relay()
+                    await direct.run_true()
+                relay_rtt = await exec_median(through_relay, args.execs)
+                direct_rtt = await exec_median(direct.run_true, args.execs)
+        finally:
+            await stop_raw(process, direct)
         results["exec_rtt_relay_ms"] = relay_rtt * 1000
         results["exec_rtt_direct_ms"] = direct_rtt * 1000
         results["relay_over_direct"] = relay_rtt / direct_rtt
