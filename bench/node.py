@@ -141,14 +141,19 @@ async def raw_boot(template: VMSpec, upper: Path, folder: Path) -> tuple[float, 
     spec = await asyncio.to_thread(fresh_spec, template, upper, folder)
     started = time.monotonic()
     process = await launch(spec)
-    while True:
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(spec.agent_socket))
-            break
-        except (FileNotFoundError, ConnectionRefusedError):
-            await asyncio.sleep(0.002)
-    direct = Direct(reader, writer)
-    await asyncio.wait_for(direct.ready(), 120)
+    try:
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(spec.agent_socket))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.002)
+        direct = Direct(reader, writer)
+        await asyncio.wait_for(direct.ready(), 120)
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
     return time.monotonic() - started, process, direct
 
 
