@@ -52,6 +52,7 @@ from kubesandbox_node.runtime.supervisor import Timing
 from kubesandbox_node.runtime.vmm import QemuVMM
 from kubesandbox_node.server.app import make_app
 from kubesandbox_node.server.services import Services
+from kubesandbox_node.status.events import EventRecorder
 from kubesandbox_node.status.writer import StatusWriter
 from kubesandbox_node.vm.host import kvm_usable, tsc_khz
 from kubesandbox_node.volumes.prepare import NamedVolumes
@@ -281,6 +282,7 @@ async def serve(config: NodeAgentConfig) -> None:
             if kube is not None
             else None
         ),
+        events=EventRecorder(kube, config.node_name) if kube is not None else None,
         sample_interval=config.sample_interval,
     )
     app = make_app(services)

@@ -97,8 +97,12 @@ class Runtime:
         supervisor = self.sandboxes.get(uid)
         if supervisor is None:
             return
-        await supervisor.remove()
-        self.sandboxes.pop(uid, None)
+        self.sandboxes.pop(uid, None)  # first: its last transitions are no one's business
+        try:
+            await supervisor.remove()
+        except BaseException:
+            self.sandboxes.setdefault(uid, supervisor)
+            raise
 
     async def close(self) -> None:
         await asyncio.gather(*(s.detach() for s in self.sandboxes.values()))

@@ -132,10 +132,12 @@ async def delete_sandbox(request: web.Request) -> web.Response:
     if task is None:
         task = asyncio.create_task(services.runtime.remove(uid))
         removals[uid] = task
-        task.add_done_callback(lambda _: removals.pop(uid, None))
-        if services.status is not None:
-            services.status.forget(uid)
-        services.sampler.forget(uid)
+
+        def removed(_: asyncio.Task[None]) -> None:
+            removals.pop(uid, None)
+            services.forget(uid)
+
+        task.add_done_callback(removed)
     done, _ = await asyncio.wait({task}, timeout=DELETE_PATIENCE)
     return web.Response(status=204 if done else 202)
 

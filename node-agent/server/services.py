@@ -20,6 +20,7 @@ from kubesandbox_node.kube.lease import LeaseRenewer
 from kubesandbox_node.metrics.sampler import Sampler
 from kubesandbox_node.runtime.manager import Runtime
 from kubesandbox_node.runtime.supervisor import Supervisor
+from kubesandbox_node.status.events import EventRecorder
 from kubesandbox_node.status.writer import StatusWriter, Target
 
 log = structlog.get_logger(__name__)
@@ -32,16 +33,29 @@ class Services:
     sampler: Sampler = field(default_factory=Sampler)
     status: StatusWriter | None = None
     lease: LeaseRenewer | None = None
+    events: EventRecorder | None = None
     sample_interval: float = 5.0
 
     def __post_init__(self) -> None:
         self.runtime.listeners.append(self._changed)
 
     def _changed(self, supervisor: Supervisor) -> None:
+        if supervisor.uid not in self.runtime.sandboxes:
+            return  # being removed: the Sandbox is going away
+        desired = supervisor.desired
+        target = Target(desired.namespace, desired.name, desired.uid)
+        status = supervisor.status()
         if self.status is not None:
-            desired = supervisor.desired
-            target = Target(desired.namespace, desired.name, desired.uid)
-            self.status.notify(target, supervisor.status())
+            self.status.notify(target, status)
+        if self.events is not None:
+            self.events.observe(target, status)
+
+    def forget(self, uid: str) -> None:
+        self.sampler.forget(uid)
+        if self.status is not None:
+            self.status.forget(uid)
+        if self.events is not None:
+            self.events.forget(uid)
 
     async def sample_all(self) -> None:
         for uid, supervisor in list(self.runtime.sandboxes.items()):

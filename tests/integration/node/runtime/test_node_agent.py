@@ -274,6 +274,19 @@ async def test_sandboxes_run_and_status_is_written_beside_the_operators(api: Api
         assert body["status"]["startedAt"]
         managers = {m["manager"] for m in body["metadata"]["managedFields"]}
         assert {"kubesandbox-node-agent", "kubesandbox-operator"} <= managers
+    async with asyncio.timeout(10):
+        while True:
+            events = await api.kube.request(
+                "GET", f"/api/v1/namespaces/{NAMESPACE}/events",
+            )  # fmt: skip
+            started = {
+                e["involvedObject"]["uid"]
+                for e in events["items"]
+                if e["reason"] == "Started" and e["source"]["component"] == "kubesandbox-node-agent"
+            }
+            if started >= set(api.uids.values()):
+                break
+            await asyncio.sleep(0.2)
 
 
 async def ws_exec(api: Api, uid: str, script: str) -> bytes:

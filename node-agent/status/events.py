@@ -1,0 +1,97 @@
+"""Kubernetes Events for what a person watching ``kubectl describe sandbox`` wants to see:
+the sandbox started, stopped, crashed (with the reason) or cannot run (with the reason).
+
+Events are best effort: a failure to post one is logged, never retried and never blocks a
+transition. Only phase changes produce one, so a sandbox emits a handful in its life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from kubesandbox_api.conditions import Phase
+from kubesandbox_api.resource import API_VERSION, KIND
+from kubesandbox_node.kube.client import ApiError, KubeClient
+from kubesandbox_node.runtime.model import NodeSandboxStatus
+from kubesandbox_node.status.writer import Target
+
+COMPONENT = "kubesandbox-node-agent"
+log = structlog.get_logger(__name__)
+
+_EVENTS: dict[Phase, tuple[str, str]] = {
+    Phase.RUNNING: ("Normal", "Started"),
+    Phase.PAUSED: ("Normal", "Paused"),
+    Phase.STOPPED: ("Normal", "Stopped"),
+    Phase.CRASHED: ("Warning", "Crashed"),
+    Phase.FAILED: ("Warning", "Failed"),
+}
+
+
+def event_for(
+    target: Target, status: NodeSandboxStatus, node: str, now: datetime
+) -> dict[str, Any] | None:
+    kind = _EVENTS.get(status.phase)
+    if kind is None:
+        return None
+    type_, reason = kind
+    if status.exit_status is not None and status.phase in (Phase.CRASHED, Phase.FAILED):
+        reason = status.exit_status.reason or reason
+    message = status.message or f"sandbox is {status.phase.value} on {node}"
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{target.name}.", "namespace": target.namespace},
+        "involvedObject": {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": target.name,
+            "namespace": target.namespace,
+            "uid": target.uid,
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": COMPONENT, "host": node},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": node,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+@dataclass
+class EventRecorder:
+    kube: KubeClient
+    node: str
+    _phases: dict[str, Phase] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def observe(self, target: Target, status: NodeSandboxStatus) -> None:
+        """Posts an Event when the phase changed since the last observation."""
+        if self._phases.get(target.uid) == status.phase:
+            return
+        self._phases[target.uid] = status.phase
+        body = event_for(target, status, self.node, datetime.now(UTC))
+        if body is None:
+            return
+        task = asyncio.create_task(self._post(target, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def forget(self, uid: str) -> None:
+        self._phases.pop(uid, None)
+
+    async def _post(self, target: Target, body: dict[str, Any]) -> None:
+        try:
+            await self.kube.request(
+                "POST", f"/api/v1/namespaces/{target.namespace}/events", body=body
+            )
+        except ApiError as exc:
+            log.warning("event.post_failed", uid=target.uid, reason=body["reason"], error=str(exc))

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from kubesandbox_api.conditions import Phase, Reason
+from kubesandbox_api.status import ExitStatus
+from kubesandbox_node.runtime.model import NodeSandboxStatus
+from kubesandbox_node.status.events import event_for
+from kubesandbox_node.status.writer import Target
+
+TARGET = Target("team-a", "hello", "0b6f6f7e-0000-4000-8000-000000000001")
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_a_crash_is_a_warning_with_its_reason() -> None:
+    status = NodeSandboxStatus(
+        phase=Phase.CRASHED,
+        exit_status=ExitStatus(success=False, reason=Reason.GUEST_PANIC),
+        message="the guest kernel panicked: Kernel panic - not syncing",
+    )
+    event = event_for(TARGET, status, "node-1", NOW)
+    assert event is not None
+    assert (event["type"], event["reason"]) == ("Warning", "GuestPanic")
+    assert event["involvedObject"]["uid"] == TARGET.uid
+    assert event["involvedObject"]["kind"] == "Sandbox"
+    assert event["source"] == {"component": "kubesandbox-node-agent", "host": "node-1"}
+    assert event["lastTimestamp"] == "2026-01-02T03:04:05Z"
+
+
+def test_running_is_normal_and_booting_says_nothing() -> None:
+    event = event_for(TARGET, NodeSandboxStatus(phase=Phase.RUNNING), "node-1", NOW)
+    assert event is not None
+    assert (event["type"], event["reason"]) == ("Normal", "Started")
+    assert event_for(TARGET, NodeSandboxStatus(phase=Phase.BOOTING), "node-1", NOW) is None
