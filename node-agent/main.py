@@ -83,6 +83,8 @@ class NodeAgentConfig(BaseModel):
     guest_agent: Path | None = None
     boot_standin: Literal["ready"] | None = None
     """Tests only: boot the busybox stand-in instead of the guest agent."""
+    vmm_user: str | None = "nobody"
+    """QEMU drops to this user once set up (``-runas``); empty keeps root."""
     cgroups: bool = True
     cgroup_parent: str = "kubesandbox"
     network: Literal["none", "netns"] = "netns"
@@ -238,6 +240,7 @@ async def serve(config: NodeAgentConfig) -> None:
         accel=accel,
         cgroups=CgroupManager(parent=config.cgroup_parent) if config.cgroups else None,
         wrap=network.wrap_argv,
+        run_as=config.vmm_user or None,
     )
     runtime = Runtime(
         config.state_dir,

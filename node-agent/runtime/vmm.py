@@ -255,6 +255,9 @@ class QemuVMM:
     cgroups: CgroupManager | None = field(default_factory=CgroupManager)
     wrap: Callable[[str, list[str]], list[str]] | None = None
     """Runs QEMU inside something (the sandbox's network namespace), given the VM's name."""
+    run_as: str | None = None
+    """User (or ``uid:gid``) QEMU switches to once its devices, files and sockets are open
+    (``-runas``): the guest-facing process then holds no root privileges."""
 
     async def start(self, spec: VMSpec, relay_socket: Path, *, ready_timeout: float) -> QemuHandle:
         spec.state_dir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +266,8 @@ class QemuVMM:
                 stale.unlink()
         group: Cgroup | None = None
         argv = spec.argv()
+        if self.run_as is not None:
+            argv += ["-runas", self.run_as]
         if self.wrap is not None:
             argv = self.wrap(spec.name, argv)
         limit = (spec.memory_mib + vmm_overhead_mib(spec.accel, spec.tcg_tb_size_mib)) << 20

@@ -57,7 +57,9 @@ class World:
         self.preparer = preparer
         self.runtime = Runtime(
             self.state,
-            vmm=QemuVMM(cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}")),
+            vmm=QemuVMM(
+                cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}"), run_as="nobody"
+            ),
             preparer=preparer,
             emulation=True,
             timing=Timing(ready_timeout=120, policy_tick=0.25),

@@ -29,7 +29,7 @@ TIMING = Timing(ready_timeout=120, policy_tick=0.2)
 
 
 def make_runtime(state: Path, preparer: StandinPreparer) -> Runtime:
-    vmm = QemuVMM(cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}"))
+    vmm = QemuVMM(cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}"), run_as="nobody")
     return Runtime(state, vmm=vmm, preparer=preparer, emulation=True, timing=TIMING)
 
 
@@ -101,6 +101,7 @@ async def test_boots_in_its_own_cgroup_and_session(sandbox: Supervisor) -> None:
     assert all(e.split(b"=")[0] in (b"PATH", b"LANG", b"LC_ALL", b"TMPDIR", b"") for e in environ)
     fds = os.listdir(f"/proc/{vm.pid}/fd")
     assert len(fds) < 40
+    assert os.stat(f"/proc/{vm.pid}").st_uid == 65534  # -runas nobody
 
 
 async def test_relay_socket_serves_the_ready_preamble(sandbox: Supervisor) -> None:

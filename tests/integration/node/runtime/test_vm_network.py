@@ -77,7 +77,9 @@ async def runtime(images: Images, hosts: list[Host]) -> AsyncIterator[Runtime]:
         network=network,
     )
     vmm = QemuVMM(
-        cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}"), wrap=network.wrap_argv
+        cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}"),
+        wrap=network.wrap_argv,
+        run_as="nobody",
     )
     rt = Runtime(state, vmm=vmm, preparer=preparer, emulation=True, timing=Timing())
     try:
