@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kubesandbox_api.conditions import Reason
-from kubesandbox_api.spec import ContentSource, DirectorySource, LogLevel
+from kubesandbox_api.spec import ContentSource, DirectorySource, LogLevel, NetworkPolicy
 from kubesandbox_api.status import ImageStatus, LayerPin
 from kubesandbox_node.bootimage.initramfs import BootImage, write_initrd
 from kubesandbox_node.images.auth import Credentials, Keychain
@@ -270,6 +270,16 @@ class SandboxPreparer:
             elif var.name in desired.resolved.env:
                 merged[var.name] = desired.resolved.env[var.name]
         return [f"{k}={v}" for k, v in merged.items()]
+
+    async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None:
+        """Network policy and published ports of a running sandbox; adding or removing the
+        NIC itself (policy ``None`` on either side) waits for the next start."""
+        none = NetworkPolicy.NONE
+        if none in (previous.spec.network.policy, desired.spec.network.policy):
+            raise PrepareError(
+                Reason.POLICY_VIOLATION, "network policy None ⇄ other applies at the next start"
+            )
+        await self.network.attach(desired)
 
     async def remove(self, desired: DesiredSandbox) -> None:
         self._ready.pop(desired.uid, None)

@@ -57,6 +57,7 @@ class Preparer(Protocol):
     async def image(self, desired: DesiredSandbox) -> ImageStatus | None: ...
     async def build(self, desired: DesiredSandbox, vm_dir: Path) -> VMSpec: ...
     async def remove(self, desired: DesiredSandbox) -> None: ...
+    async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -191,10 +192,13 @@ class Supervisor:
     def apply(self, desired: DesiredSandbox) -> asyncio.Task[None] | None:
         """New desired state from the operator; starts, stops or pauses as the spec asks."""
         changed = desired.generation != self.record.desired.generation
+        previous = self.record.desired
         self.record.desired = desired
         self._save()
         want = desired.spec.lifecycle.state
         running = self.handle is not None
+        if running and changed and desired.spec.network != previous.spec.network:
+            self._spawn(self._update_live(previous))
         if want in (DesiredState.RUNNING, DesiredState.PAUSED):
             if not running and (self.record.runs == 0 or changed) and not self._busy():
                 return self.start(pause_after=want == DesiredState.PAUSED)
@@ -214,6 +218,15 @@ class Supervisor:
             self.record.message = "created stopped (lifecycle.state is Stopped)"
             self._save()
         return None
+
+    async def _update_live(self, previous: DesiredSandbox) -> None:
+        """What can change without a reboot (network policy and published ports)."""
+        if self.handle is None:
+            return
+        try:
+            await self.preparer.update_live(previous, self.desired)
+        except PrepareError as exc:
+            self.log.warning("sandbox.live_update_refused", error=str(exc))
 
     def _busy(self) -> bool:
         return self._lock.locked() or any(not t.done() for t in self._tasks)

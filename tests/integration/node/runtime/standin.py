@@ -26,6 +26,7 @@ def standin_image() -> BootImage:
 class StandinPreparer:
     image_: BootImage = field(default_factory=standin_image)
     removed: list[str] = field(default_factory=list)
+    updated: list[int] = field(default_factory=list)
 
     async def image(self, desired: DesiredSandbox) -> ImageStatus | None:
         return None
@@ -45,6 +46,9 @@ class StandinPreparer:
             memory_mib=desired.spec.memory_mib,
             tsc_khz=tsc_khz(),
         )
+
+    async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None:
+        self.updated.append(desired.generation)
 
     async def remove(self, desired: DesiredSandbox) -> None:
         self.removed.append(desired.uid)

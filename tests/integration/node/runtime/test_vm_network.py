@@ -156,3 +156,21 @@ async def test_network_counters_are_sampled_on_the_host(sandbox: Supervisor) -> 
     metrics = await Sampler().sample(sandbox.uid, sandbox.handle)
     assert (metrics.net_rx_bytes or 0) > 0
     assert (metrics.net_tx_bytes or 0) > 0
+
+
+async def test_policy_change_applies_without_reboot(runtime: Runtime, sandbox: Supervisor) -> None:
+    assert sandbox.handle is not None
+    pid = sandbox.handle.record.pid
+    data = sandbox.desired.model_dump(by_alias=True)
+    data["generation"] = 2
+    data["spec"]["network"]["policy"] = "All"
+    runtime.put(DesiredSandbox.model_validate(data))
+    out = ""
+    for _ in range(50):
+        _, out = await guest(sandbox, f"busybox nc -w 2 {PRIVATE} 8080")
+        if out:
+            break
+        await asyncio.sleep(0.1)
+    assert out == f"hello from {PRIVATE}"
+    assert sandbox.handle is not None
+    assert sandbox.handle.record.pid == pid

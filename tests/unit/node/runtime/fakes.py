@@ -143,6 +143,7 @@ class FakePreparer:
     image_error: PrepareError | None = None
     built: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    updated: list[int] = field(default_factory=list)
 
     async def image(self, desired: DesiredSandbox) -> ImageStatus | None:
         if self.image_error is not None:
@@ -155,6 +156,9 @@ class FakePreparer:
     async def build(self, desired: DesiredSandbox, vm_dir: Path) -> VMSpec:
         self.built.append(desired.uid)
         return VMSpec(name=desired.uid[:8], kernel=Path("k"), initrd=Path("i"), state_dir=vm_dir)
+
+    async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None:
+        self.updated.append(desired.generation)
 
     async def remove(self, desired: DesiredSandbox) -> None:
         self.removed.append(desired.uid)

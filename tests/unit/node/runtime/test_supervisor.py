@@ -268,3 +268,18 @@ async def test_timing_policies_of_a_new_generation_apply_live(env: Env) -> None:
     assert supervisor.record.exit_status is not None
     assert supervisor.record.exit_status.reason == Reason.MAX_DURATION_EXCEEDED
     assert len(env.vmm.handles) == 1
+
+
+async def test_network_changes_of_a_running_sandbox_apply_live(env: Env) -> None:
+    d = desired()
+    supervisor = env.runtime.put(d)
+    await until(supervisor, Phase.RUNNING)
+    data = d.model_dump(by_alias=True)
+    data["generation"] = 2
+    data["spec"]["network"] = {"policy": "All"}
+    env.runtime.put(DesiredSandbox.model_validate(data))
+    async with asyncio.timeout(5):
+        while env.preparer.updated != [2]:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert supervisor.status().phase == Phase.RUNNING
+    assert len(env.vmm.handles) == 1
