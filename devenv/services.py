@@ -15,6 +15,7 @@ loopback, which the node agent is configured to allow.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import secrets
@@ -45,6 +46,7 @@ from kubesandbox_devenv.registry import (
 )
 
 SYSTEM_NAMESPACE = "kubesandbox-system"
+MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes, NUL included
 DEMO_IMAGES = {"library/busybox": ("1.36", "latest")}
 """What the registry holds, as Docker Hub names: ``busybox:1.36`` resolves through the node
 agent's ``docker.io`` mirror to ``<registry>/library/busybox:1.36``."""
@@ -211,15 +213,25 @@ class NodeAgentService:
 
     @property
     def state(self) -> Path:
-        return self.paths.state_dir / "node-agent"
+        # Short on purpose: QEMU's and the relay's unix sockets live below the node agent's
+        # state directory, and socket paths are limited to 108 bytes.
+        return self.paths.state_dir / "na"
 
     def start(self) -> str:
         if self.is_alive():
             return f"running on {self.node} at http://127.0.0.1:{self.port}"
+        # The deepest socket: QEMU's end of the agent port (a UID is 36 characters).
+        longest = self.relay_socket("0" * 36).with_name("vm") / "agent-port.sock"
+        if len(str(longest).encode()) > MAX_UNIX_SOCKET_PATH:
+            raise ServiceError(
+                f"the state directory {self.paths.state_dir} is too deep: the node agent's "
+                f"sockets ({longest}) would exceed the {MAX_UNIX_SOCKET_PATH}-byte limit of "
+                "unix socket paths; use a shorter --state-dir"
+            )
         config = {
             "nodeName": self.node,
             "namespace": SYSTEM_NAMESPACE,
-            "stateDir": str(self.state / "state"),
+            "stateDir": str(self.state),
             "cacheDir": str(_cache_dir() / "node-agent"),
             "listen": f"127.0.0.1:{self.port}",
             "endpoint": f"http://127.0.0.1:{self.port}",
@@ -228,9 +240,12 @@ class NodeAgentService:
             "plainHttpRegistries": [self.registry.host],
             "registryMirrors": {"docker.io": self.registry.host},
             "allowEmulation": True,
-            "cgroupParent": "kubesandbox-devenv",
+            # One cgroup parent per environment: a node agent reaps VMs in its parent that it
+            # has no record of, so two environments must never share one.
+            "cgroupParent": "kubesandbox-devenv-"
+            + hashlib.sha256(str(self.paths.state_dir).encode()).hexdigest()[:8],
         }
-        config_file = self.state / "config.yaml"
+        config_file = self.paths.state_dir / "node-agent.yaml"
         config_file.parent.mkdir(parents=True, exist_ok=True)
         config_file.write_text(yaml.safe_dump(config))
         self.process.start(
@@ -242,7 +257,7 @@ class NodeAgentService:
         return f"{self.node} at http://127.0.0.1:{self.port} (emulation allowed)"
 
     def relay_socket(self, uid: str) -> Path:
-        return self.state / "state" / "sandboxes" / uid / "agent.sock"
+        return self.state / "sandboxes" / uid / "agent.sock"
 
     def is_alive(self) -> bool:
         return self.process.is_alive() and _http_ok(f"http://127.0.0.1:{self.port}/healthz")

@@ -209,6 +209,18 @@ class SandboxPreparer:
                 volumes.append(
                     bc.TmpfsVolume(mount_path=volume.mount_path, size_mib=volume.size_mib)
                 )
+            elif volume.kind == "block":
+                assert volume.host_path is not None
+                assert volume.tag is not None
+                drives.append(Drive(volume.tag, volume.host_path, read_only=volume.read_only))
+                volumes.append(
+                    bc.BlockVolume(
+                        mount_path=volume.mount_path,
+                        device=volume.tag,
+                        fstype="ext4",
+                        read_only=volume.read_only,
+                    )
+                )
             else:
                 assert volume.host_path is not None
                 assert volume.tag is not None

@@ -2,20 +2,25 @@
 
 - ``bind``: a host directory shared over virtio-9p, read-only or read-write as asked, and only
   under a prefix the node agent allows (``HostPathPolicy``).
-- ``named``: a node-local directory ``<root>/<namespace>/<name>`` owned by the node agent,
-  created on first use, shared over virtio-9p; it outlives the sandbox and is deleted only
-  through ``NamedVolumes.delete`` (the node agent's API), never with a sandbox.
+- ``named``: a node-local volume ``<root>/<namespace>/<name>.ext4`` owned by the node agent: a
+  sparse ext4 image created on first use and attached as a virtio-blk device (the pinned guest
+  kernel has no 9p, and a block device needs no host daemon). It outlives the sandbox and is
+  deleted only through ``NamedVolumes.delete`` (the node agent's API), never with a sandbox.
+  QEMU locks the image, so two running sandboxes cannot open it read-write at once: the second
+  fails to boot with QEMU's lock error (share data between sandboxes with read-only mounts).
 - ``tmpfs``: nothing on the host; the guest mounts a tmpfs of ``sizeMiB``.
 
-Each host-backed volume gets a 9p mount tag (``vol0``, ``vol1`` ...), which the boot
-configuration hands to the guest.
+Each host-backed volume gets a name (``vol0``, ``vol1`` ...): the 9p mount tag of a bind
+volume, the virtio serial of a named volume's device; the boot configuration hands it to the
+guest.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
-import shutil
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,37 +36,67 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 class PreparedVolume:
     mount_path: str
     kind: str
-    """``9p`` or ``tmpfs`` (the boot configuration's volume kinds)."""
+    """``9p``, ``block`` or ``tmpfs`` (the boot configuration's volume kinds)."""
     host_path: Path | None = None
     tag: str | None = None
     read_only: bool = False
     size_mib: int | None = None
 
 
+DEFAULT_NAMED_VOLUME_MIB = 4096
+"""Apparent size of a new named volume; it is sparse, so only written blocks cost disk."""
+
+
 class NamedVolumes:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, size_mib: int = DEFAULT_NAMED_VOLUME_MIB):
         self.root = root
+        self.size_mib = size_mib
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, namespace: str, name: str, *, field: str) -> Path:
         for value, what in ((namespace, "namespace"), (name, "name")):
             if not _NAME.match(value):
                 raise RootfsError(f"invalid volume {what} {value!r}", field=field)
-        return self.root / namespace / name
+        return self.root / namespace / f"{name}.ext4"
 
     def ensure(self, namespace: str, name: str, *, field: str) -> Path:
+        """The volume's image, created (atomically, under a lock) on first use."""
         path = self.path(namespace, name, field=field)
-        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if path.is_file():
+            return path
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        with (path.parent / f".{path.name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.is_file():
+                return path
+            temporary = path.with_name(f".{path.name}.new")
+            temporary.unlink(missing_ok=True)
+            with temporary.open("wb") as image:
+                image.truncate(self.size_mib * 1024 * 1024)
+            made = subprocess.run(
+                ["mkfs.ext4", "-q", "-F", "-L", name[:16], "-E", "root_owner=0:0", str(temporary)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if made.returncode != 0:
+                temporary.unlink(missing_ok=True)
+                raise RootfsError(
+                    f"cannot create volume {name!r}: {made.stderr.strip()}", field=field
+                )
+            os.replace(temporary, path)
         return path
 
     def list(self, namespace: str) -> list[str]:
         folder = self.root / namespace
-        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        return sorted(p.name.removesuffix(".ext4") for p in folder.glob("*.ext4"))
 
     def delete(self, namespace: str, name: str) -> None:
         path = self.path(namespace, name, field="volume")
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
 
 
 def prepare_volumes(
@@ -91,7 +126,7 @@ def prepare_volumes(
         elif volume.named is not None:
             host = named.ensure(namespace, volume.named.name, field=f"{where}.named.name")
             prepared.append(
-                PreparedVolume(mount_path, "9p", host, tag, read_only=volume.named.read_only)
+                PreparedVolume(mount_path, "block", host, tag, read_only=volume.named.read_only)
             )
         elif volume.tmpfs is not None:
             prepared.append(PreparedVolume(mount_path, "tmpfs", size_mib=volume.tmpfs.size_mib))

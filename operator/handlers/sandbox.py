@@ -1,9 +1,9 @@
 """The Sandbox handlers.
 
 A daemon per Sandbox runs the reconcile loop: it is the single writer for that object, so
-passes never race each other. Spec changes wake it at once; otherwise it sleeps as long as the
-last plan said. Deletion runs after the daemon stops: the node agent removes the VM and its
-files, then Kopf removes the finalizer.
+passes never race each other. Spec changes and the node agent's phase changes wake it at once;
+otherwise it sleeps as long as the last plan said. Deletion runs after the daemon stops: the
+node agent removes the VM and its files, then Kopf removes the finalizer.
 """
 
 import asyncio
@@ -57,9 +57,15 @@ async def reconcile(
             await asyncio.wait_for(wake.wait(), timeout=delay)
 
 
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def spec_changed(memo: kopf.Memo, **_: Any) -> None:
-    _wake_event(memo).set()
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def observed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Wakes the loop when the spec changes (a new generation) or the node agent reports a new
+    phase, so that Ready follows at once. Event handlers write nothing back (no diff-base or
+    progress annotations), unlike update handlers."""
+    seen = (body.get("metadata", {}).get("generation"), body.get("status", {}).get("phase"))
+    if memo.get("seen") != seen:
+        memo["seen"] = seen
+        _wake_event(memo).set()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

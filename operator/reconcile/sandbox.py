@@ -216,6 +216,28 @@ def _without_agent(sandbox: Sandbox, node: str, agent: NodeAgent | None) -> _Ste
     )
 
 
+_OPERATOR_REFUSALS = {Reason.SECRET_NOT_FOUND, Reason.CONFIG_MAP_NOT_FOUND, Reason.POLICY_VIOLATION}
+
+
+def _node_agent_owns_phase(sandbox: Sandbox) -> bool:
+    """Whether the current phase is the node agent's report, which the operator must keep.
+
+    ``Crashed`` and ``Failed`` are written by both: the node agent's (a VM that crashed, an
+    image that does not resolve) stand; the operator's own (a lost node, a missing Secret) are
+    taken back once the sandbox is placed again or the problem is gone."""
+    status = sandbox.status
+    if status is None or status.phase is None:
+        return False
+    if status.phase in NODE_AGENT_PHASES:
+        return True
+    reasons = {c.type: c.reason for c in status.conditions}
+    if status.phase == Phase.CRASHED:
+        return reasons.get(ConditionType.SCHEDULED) != Reason.NODE_LOST
+    if status.phase == Phase.FAILED:
+        return reasons.get(ConditionType.READY) not in _OPERATOR_REFUSALS
+    return False
+
+
 def _hand_over(sandbox: Sandbox, node: str, agent: NodeAgent) -> _Step:
     current = sandbox.status.phase if sandbox.status else None
     running = current == Phase.RUNNING and _status_of(sandbox, ConditionType.AGENT_CONNECTED)
@@ -228,7 +250,7 @@ def _hand_over(sandbox: Sandbox, node: str, agent: NodeAgent) -> _Step:
     )
     return _Step(
         Plan(send_to_agent=agent, requeue_after=RESYNC_SECONDS if running else WAIT_SECONDS),
-        None if current in NODE_AGENT_PHASES else Phase.SCHEDULED,
+        None if _node_agent_owns_phase(sandbox) else Phase.SCHEDULED,
         [
             Condition.true(ConditionType.SCHEDULED, Reason.POD_BOUND, f"bound to node {node}"),
             ready,
@@ -263,6 +285,7 @@ def _status_of(sandbox: Sandbox, type_: ConditionType) -> bool:
 
 def _not_ready_reason(phase: Phase | None) -> Reason:
     return {
+        Phase.CRASHED: Reason.VMM_EXITED,
         Phase.PAUSED: Reason.PAUSED_BY_USER,
         Phase.STOPPED: Reason.STOPPED_BY_USER,
         Phase.PULLING: Reason.PULLING,

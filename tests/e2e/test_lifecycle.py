@@ -31,7 +31,7 @@ def _condition(body: dict[str, object], type_: str) -> dict[str, str]:
 
 @pytest.fixture
 def sandbox(system: System, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = request.node.name.removeprefix("test_").replace("_", "-")[:40]
+    name = request.node.name.removeprefix("test_").replace("_", "-")[:40].strip("-")
     yield name
     system.plane.kubectl("delete", "sandbox", name, "--wait", "--timeout=120s", check=False)
 

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kubesandbox_devenv.binaries import ensure_binaries
+from kubesandbox_devenv.binaries import REPO_ROOT, ensure_binaries
 from kubesandbox_devenv.controlplane import ControlPlane
 
 from .test_lifecycle import processes_under, running, wait_all_gone
@@ -32,14 +35,26 @@ def devenv(state_dir: Path, *args: str, crds: Path) -> subprocess.CompletedProce
     )
 
 
-def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A shallow temporary directory: the node agent's unix sockets live under the state dir,
+    and socket paths are limited to 108 bytes (pytest's own temporary paths are too deep)."""
+    path = Path(tempfile.mkdtemp(prefix="ksb-cli-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_up_is_idempotent_and_down_leaves_nothing(short_tmp: Path) -> None:
     ensure_binaries()
-    crds = tmp_path / "crds"
-    crds.mkdir()
-    state = tmp_path / "state"
+    crds = REPO_ROOT / "crds"
+    state = short_tmp / "state"
     try:
         first = devenv(state, "up", crds=crds)
         assert first.returncode == 0, first.stderr
+        # make up ends with the output of a command that ran inside a real VM
+        assert "A command inside its VM printed:" in first.stdout
+        assert "Hello from hello, a microVM: Linux" in first.stdout
+        assert (state / "registry").read_text().startswith("127.0.0.1:")
         assert "export KUBECONFIG=" in first.stdout
         kubectl = state / "bin" / "kubectl"
         nodes = subprocess.run(
@@ -59,6 +74,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
         second = devenv(state, "up", crds=crds)
 
         assert second.returncode == 0, second.stderr
+        assert "Hello from hello, a microVM: Linux" in second.stdout
         after = ControlPlane(state).status()
         assert after.pop("kube-scheduler") not in (None, scheduler)
         assert after == pids

@@ -196,3 +196,29 @@ def test_long_names_still_make_valid_pod_names() -> None:
     assert len(name) <= 63
     assert name.endswith("-sandbox")
     assert pod_name("a" * 253) != pod_name("a" * 252 + "b")
+
+
+def test_a_crash_the_node_agent_reports_is_not_overwritten() -> None:
+    crashed = {
+        "phase": "Crashed",
+        "nodeName": "node-0",
+        "podName": "hello-sandbox",
+        "exitStatus": {"success": False, "reason": "VMMExited"},
+        "conditions": [{"type": "Scheduled", "status": "True", "reason": "PodBound"}],
+    }
+    decided = decide(sandbox(crashed), bound_pod(), agent())
+    assert "phase" not in decided.status
+    assert conditions(decided)["Ready"] == ("False", "VMMExited")
+
+
+def test_the_operators_own_failure_is_taken_back_once_the_problem_is_gone() -> None:
+    failed = {
+        "phase": "Failed",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "SecretNotFound"}],
+    }
+    assert decide(sandbox(failed), bound_pod(), agent()).status["phase"] == "Scheduled"
+    image_failed = {
+        "phase": "Failed",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "ImageNotFound"}],
+    }
+    assert "phase" not in decide(sandbox(image_failed), bound_pod(), agent()).status

@@ -33,7 +33,7 @@ def test_host_paths_outside_the_prefixes_are_refused(allowed: Path, tmp_path: Pa
 
 
 def test_volumes_prepare_bind_named_tmpfs(allowed: Path, tmp_path: Path) -> None:
-    named = NamedVolumes(tmp_path / "named")
+    named = NamedVolumes(tmp_path / "named", size_mib=16)
     volumes = [
         Volume.model_validate(
             {"mountPath": "/src", "bind": {"path": str(allowed / "data"), "readOnly": True}}
@@ -46,18 +46,27 @@ def test_volumes_prepare_bind_named_tmpfs(allowed: Path, tmp_path: Path) -> None
     )
     assert [(v.mount_path, v.kind, v.read_only, v.tag) for v in prepared] == [
         ("/src", "9p", True, "vol0"),
-        ("/data", "9p", False, "vol1"),
+        ("/data", "block", False, "vol1"),
         ("/scratch", "tmpfs", False, None),
     ]
-    assert prepared[1].host_path == tmp_path / "named/team/my-data"
-    assert prepared[1].host_path is not None
-    (prepared[1].host_path / "kept").write_text("x")
+    image = prepared[1].host_path
+    assert image == tmp_path / "named/team/my-data.ext4"
+    assert "ext4 filesystem" in _tool("file", "-b", str(image))
+    assert image.stat().st_size == 16 * 1024 * 1024
+    assert image.stat().st_blocks * 512 < image.stat().st_size  # sparse
+    with image.open("r+b") as data:  # what a sandbox wrote stays for the next one
+        data.seek(8 * 1024 * 1024)
+        data.write(b"kept")
     again = prepare_volumes(
         volumes, namespace="team", policy=HostPathPolicy.of([allowed]), named=named
     )
-    assert again[1].host_path == prepared[1].host_path
-    assert (prepared[1].host_path / "kept").read_text() == "x"
+    assert again[1].host_path == image
+    with image.open("rb") as data:
+        data.seek(8 * 1024 * 1024)
+        assert data.read(4) == b"kept"
     assert named.list("team") == ["my-data"]
+    named.delete("team", "my-data")
+    assert named.list("team") == []
 
 
 def test_bind_volume_outside_prefix_names_the_field(allowed: Path, tmp_path: Path) -> None:
