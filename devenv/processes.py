@@ -135,6 +135,8 @@ class ManagedProcess:
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """SIGTERM the process group, SIGKILL it after ``timeout`` seconds; forget the pid."""
         pid = self.pid()
+        if pid is None and self._popen is not None and self._popen.poll() is None:
+            pid = self._popen.pid  # our own child, even if its pid file is gone
         if pid is not None:
             self._signal_group(pid, signal.SIGTERM)
             if not self._wait_gone(pid, timeout):

@@ -82,4 +82,5 @@ def system() -> Iterator[System]:
             for service in reversed(started):
                 service.stop()
             services.kill_leftover_vms(state)
-            shutil.rmtree(state, ignore_errors=True)
+    # Only now: the control plane finds its processes through pid files in the state dir.
+    shutil.rmtree(state, ignore_errors=True)

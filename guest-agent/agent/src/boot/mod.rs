@@ -147,6 +147,13 @@ pub fn setup(start_ns: u64) -> Result<Booted, BootError> {
     if let Some(network) = &config.network {
         net::configure(network, Path::new("/")).map_err(stage("network"))?;
     }
+    if let Some(workdir) = &config.workdir {
+        // Like a Dockerfile's WORKDIR: every command starts there, so it must exist even when
+        // the image does not have it.
+        if let Err(e) = std::fs::create_dir_all(workdir) {
+            log_warn!("cannot create workdir {workdir}: {e}");
+        }
+    }
     let init = resolve_init(&config.init, Path::new("/"))?;
     let defaults = Defaults::new(&config.env, config.workdir.clone(), config.user.clone(), config.shell.clone());
     Ok(Booted { defaults, init, init_time_ns: crate::sys::boottime_ns() - start_ns })
