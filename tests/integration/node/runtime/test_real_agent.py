@@ -194,16 +194,21 @@ async def test_idle_timeout_drains_to_stopped(world: World) -> None:
     await world.runtime.remove(supervisor.uid)
 
 
-async def test_named_volume_runs_or_fails_clearly_without_9p(world: World) -> None:
-    supervisor = world.runtime.put(
-        desired(volumes=[{"mountPath": "/data", "named": {"name": "shared"}}])
-    )
-    await until(supervisor, Phase.FAILED, Phase.RUNNING, Phase.CRASHED, within=150)
-    if {"9p", "9pnet_virtio"} & set(world.preparer.boot_image.missing_modules):
-        assert supervisor.status().phase == Phase.FAILED
-        assert "9p" in (supervisor.record.message or "")
-    else:
-        assert supervisor.status().phase == Phase.RUNNING
-        async with await AgentClient.connect(supervisor.relay_socket) as client:
-            assert (await client.run("sh", ["-c", "echo ok > /data/f; cat /data/f"])).code == 0
-    await world.runtime.remove(supervisor.uid)
+async def test_named_volume_outlives_its_sandbox(world: World) -> None:
+    volumes = [{"mountPath": "/data", "named": {"name": "shared"}}]
+    first = world.runtime.put(desired(volumes=volumes))
+    await until(first, Phase.RUNNING, Phase.FAILED, Phase.CRASHED, within=150)
+    assert first.status().phase == Phase.RUNNING, first.record.message
+    async with await AgentClient.connect(first.relay_socket) as client:
+        wrote = await client.run(
+            "sh", ["-c", "echo kept > /data/f && sync && grep -c ' /data ' /proc/mounts"]
+        )
+        assert (wrote.code, wrote.stdout) == (0, b"1\n")
+    await world.runtime.remove(first.uid)
+
+    second = world.runtime.put(desired(volumes=volumes))
+    await until(second, Phase.RUNNING, Phase.FAILED, Phase.CRASHED, within=150)
+    assert second.status().phase == Phase.RUNNING, second.record.message
+    async with await AgentClient.connect(second.relay_socket) as client:
+        assert (await client.run("cat", ["/data/f"])).stdout == b"kept\n"
+    await world.runtime.remove(second.uid)
