@@ -15,6 +15,7 @@ from setuptools import setup
 
 ROOTS = {
     "kubesandbox_api": "api",
+    "kubesandbox_common": "common",
     "kubesandbox_devenv": "devenv",
     "kubesandbox_kube": "kube",
     "kubesandbox_node": "node-agent",

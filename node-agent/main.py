@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import logging
 import os
 import signal
 import ssl
 import subprocess
-import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +29,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from kubesandbox_common import logs
 from kubesandbox_node.bootimage import initramfs, standin
 from kubesandbox_node.bootimage.initramfs import BootImage
 from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
@@ -92,39 +91,6 @@ class NodeAgentConfig(BaseModel):
     sample_interval: float = 5.0
     lease_interval: float = 10.0
     log_level: str = "info"
-
-
-def configure_logging(level: str, node: str) -> None:
-    """JSON lines when stderr is not a terminal, key=value on one; stdlib records (aiohttp)
-    go through the same renderer; every line carries the node name."""
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer(colors=False)
-        if sys.stderr.isatty()
-        else structlog.processors.JSONRenderer()
-    )
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    structlog.contextvars.bind_contextvars(node=node)
 
 
 ADMIN = User("kubesandbox:node-local-admin", uid="static-token")
@@ -310,6 +276,6 @@ async def serve(config: NodeAgentConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
-    configure_logging(config.log_level, config.node_name)
+    logs.configure(config.log_level, node=config.node_name)
     asyncio.run(serve(config))
     return 0

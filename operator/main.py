@@ -24,8 +24,9 @@ import aiohttp
 import kopf
 import structlog
 
+from kubesandbox_common import logs
 from kubesandbox_kube import KubeClient
-from kubesandbox_operator import handlers, logs
+from kubesandbox_operator import handlers
 from kubesandbox_operator.clients.cluster import Cluster
 from kubesandbox_operator.clients.leader import LeaderElection
 from kubesandbox_operator.clients.nodeagent import NodeAgentAuth, NodeAgents

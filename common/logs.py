@@ -11,7 +11,9 @@ import sys
 import structlog
 
 
-def configure(level: str = "INFO") -> None:
+def configure(level: str = "INFO", **context: str) -> None:
+    """Routes structlog and stdlib logging (Kopf, aiohttp) through one renderer; ``context``
+    (for example ``node=...``) is bound to every line of the process."""
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -38,4 +40,6 @@ def configure(level: str = "INFO") -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper())
+    if context:
+        structlog.contextvars.bind_contextvars(**context)
