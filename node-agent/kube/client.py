@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -58,7 +59,6 @@ def load_kubeconfig(path: Path, context: str | None = None) -> Credentials:
     ctx = next(c["context"] for c in config["contexts"] if c["name"] == context_name)
     cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == ctx["cluster"])
     user = next(u["user"] for u in config.get("users", []) if u["name"] == ctx["user"])
-    folder = Path(tempfile.mkdtemp(prefix="ksb-kube-"))
     sslctx = ssl.create_default_context()
     if "certificate-authority-data" in cluster:
         sslctx.load_verify_locations(
@@ -69,18 +69,24 @@ def load_kubeconfig(path: Path, context: str | None = None) -> Credentials:
     if cluster.get("insecure-skip-tls-verify"):
         sslctx.check_hostname = False
         sslctx.verify_mode = ssl.CERT_NONE
-    cert = user.get("client-certificate") or (
-        _materialise(user["client-certificate-data"], folder, "tls.crt")
-        if "client-certificate-data" in user
-        else None
-    )
-    key = user.get("client-key") or (
-        _materialise(user["client-key-data"], folder, "tls.key")
-        if "client-key-data" in user
-        else None
-    )
-    if cert and key:
-        sslctx.load_cert_chain(cert, key)
+    # Embedded client credentials go through files only for as long as ``load_cert_chain``
+    # reads them: no copy of the key outlives this function.
+    folder = Path(tempfile.mkdtemp(prefix="ksb-kube-"))
+    try:
+        cert = user.get("client-certificate") or (
+            _materialise(user["client-certificate-data"], folder, "tls.crt")
+            if "client-certificate-data" in user
+            else None
+        )
+        key = user.get("client-key") or (
+            _materialise(user["client-key-data"], folder, "tls.key")
+            if "client-key-data" in user
+            else None
+        )
+        if cert and key:
+            sslctx.load_cert_chain(cert, key)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return Credentials(cluster["server"].rstrip("/"), sslctx, user.get("token"))
 
 
