@@ -2,7 +2,7 @@
 # `make test` (install what the suite needs, idempotently, then run all of it).
 SHELL := /bin/bash
 export KUBESANDBOX_CACHE ?= $(HOME)/.cache/kubesandbox
-export CARGO_TARGET_DIR ?= $(KUBESANDBOX_CACHE)/cargo-target
+export CARGO_TARGET_DIR ?= $(shell bash devenv/cargo-target-dir)
 export GOTOOLCHAIN := local
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 

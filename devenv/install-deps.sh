@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KUBESANDBOX_CACHE="${KUBESANDBOX_CACHE:-$HOME/.cache/kubesandbox}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KUBESANDBOX_CACHE/cargo-target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(bash devenv/cargo-target-dir)}"
 export GOTOOLCHAIN=local
 mkdir -p "$KUBESANDBOX_CACHE"
 for step in devenv/deps.d/*.sh; do

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KUBESANDBOX_CACHE="${KUBESANDBOX_CACHE:-$HOME/.cache/kubesandbox}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KUBESANDBOX_CACHE/cargo-target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(bash devenv/cargo-target-dir)}"
 export PATH="$PWD/.venv/bin:$PATH"
 
 # The import packages, read from setup.py's folder map (the one place that names them).

@@ -8,7 +8,7 @@
 # Incremental: cargo's own caching in $CARGO_TARGET_DIR is the cache.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${KUBESANDBOX_CACHE:-$HOME/.cache/kubesandbox}/cargo-target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(bash "$(dirname "$0")/../devenv/cargo-target-dir")}"
 target=x86_64-unknown-linux-gnu
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   cargo build --manifest-path "$here/Cargo.toml" --release --locked -p kubesandbox-agent --target "$target" >&2
