@@ -101,24 +101,16 @@ class FrameDecoder:
 
 async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
     """Reads one frame; ``None`` on a clean EOF between frames, ``FrameError`` when corrupt."""
-    try:
-        prefix = await reader.readexactly(LEN_PREFIX)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise FrameError("stream ended inside a frame length prefix") from exc
+    raw = await read_raw_frame(reader)
+    if raw is None:
         return None
-    (length,) = struct.unpack(">I", prefix)
-    check_length(length)
-    try:
-        rest = await reader.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        raise FrameError(f"stream ended inside a {length}-byte frame") from exc
-    id, flags = struct.unpack_from(">IB", rest)
-    return Frame(id, flags, rest[5:])
+    id, flags = struct.unpack_from(">IB", raw, LEN_PREFIX)
+    return Frame(id, flags, raw[LEN_PREFIX + 5 :])
 
 
 async def read_raw_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """Like ``read_frame`` but returns the frame's bytes as they were on the wire."""
+    """One frame's bytes as they were on the wire (what the relay forwards unchanged);
+    ``None`` on a clean EOF between frames, ``FrameError`` when the stream is corrupt."""
     try:
         prefix = await reader.readexactly(LEN_PREFIX)
     except asyncio.IncompleteReadError as exc:
