@@ -20,16 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import statistics
-import tempfile
 import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
 from kubesandbox_devenv import services
-from kubesandbox_devenv.binaries import REPO_ROOT, ensure_binaries
 from kubesandbox_devenv.controlplane import ControlPlane
 from kubesandbox_devenv.nodes import NodeShape
 
@@ -111,36 +108,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--count", type=int, default=10)
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="ksb-bench-", dir="/tmp"))
-    try:
-        # The one node advertises what --count sandboxes request (1.1 CPU and 384 MiB each with
-        # the sandbox Pod's overhead): this measures the system, not the node's size.
-        shape = NodeShape(cpu=str(2 * args.count + 4), memory=f"{args.count + 8}Gi")
-        with ControlPlane(state, nodes=1, binaries=ensure_binaries(), node_shape=shape) as plane:
-            plane.install_crds(REPO_ROOT / "crds")
-            services.SystemNamespace(plane).start()
-            paths = services.Paths(state, tied=True)
-            registry = services.RegistryService(paths)
-            node_agent = services.NodeAgentService(paths, registry)
-            operator = services.OperatorService(paths)
-            started = []
-            try:
-                for service in (registry, node_agent, operator):
-                    service.start()
-                    started.append(service)
-                run(plane, node_agent, operator, args.runs, args.count, paths)
-            finally:
-                services.remove_all_sandboxes(plane, timeout=300)
-                for service in reversed(started):
-                    service.stop()
-                services.kill_leftover_vms(state)
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+    # The one node advertises what --count sandboxes request (1.1 CPU and 384 MiB each with
+    # the sandbox Pod's overhead): this measures the system, not the node's size.
+    shape = NodeShape(cpu=str(2 * args.count + 4), memory=f"{args.count + 8}Gi")
+    with services.running_system("ksb-bench-", node_shape=shape, cleanup_timeout=300) as system:
+        run(system.plane, system.operator, args.runs, args.count, system.paths)
 
 
 def run(
     plane: ControlPlane,
-    node_agent: services.NodeAgentService,
     operator: services.OperatorService,
     runs: int,
     count: int,

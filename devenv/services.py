@@ -19,19 +19,23 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from kubesandbox_devenv.binaries import REPO_ROOT
+from kubesandbox_devenv.binaries import REPO_ROOT, ensure_binaries
 from kubesandbox_devenv.controlplane import ControlPlane
-from kubesandbox_devenv.nodes import node_names
+from kubesandbox_devenv.nodes import NodeShape, node_names
 from kubesandbox_devenv.processes import ManagedProcess
 from kubesandbox_devenv.registry import (
     BUSYBOX,
@@ -322,6 +326,50 @@ class SystemNamespace:
 
     def stop(self) -> None:
         """Lives in etcd with everything else."""
+
+
+@dataclass(frozen=True)
+class RunningSystem:
+    """The whole system of ``make up``, as :func:`running_system` started it."""
+
+    plane: ControlPlane
+    paths: Paths
+    node_agent: NodeAgentService
+    operator: OperatorService
+
+
+@contextmanager
+def running_system(
+    prefix: str, *, node_shape: NodeShape | None = None, cleanup_timeout: float = 60.0
+) -> Iterator[RunningSystem]:
+    """Everything ``make up`` runs, in a fresh temporary directory, tied to this process (tests
+    and benchmarks); on exit every sandbox is deleted, the processes stopped, the directory
+    removed. The directory is short on purpose (unix socket paths are limited to 108 bytes)."""
+    state = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        with ControlPlane(
+            state, nodes=1, binaries=ensure_binaries(), node_shape=node_shape
+        ) as plane:
+            plane.install_crds(REPO_ROOT / "crds")
+            SystemNamespace(plane).start()
+            paths = Paths(state, tied=True)
+            registry = RegistryService(paths)
+            node_agent = NodeAgentService(paths, registry)
+            operator = OperatorService(paths)
+            started: list[RegistryService | NodeAgentService | OperatorService] = []
+            try:
+                for service in (registry, node_agent, operator):
+                    service.start()
+                    started.append(service)
+                yield RunningSystem(plane, paths, node_agent, operator)
+            finally:
+                remove_all_sandboxes(plane, timeout=cleanup_timeout)
+                for service in reversed(started):
+                    service.stop()
+                kill_leftover_vms(state)
+    finally:
+        # Only after the control plane stopped: it finds its processes through pid files here.
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def remove_all_sandboxes(control_plane: ControlPlane, timeout: float = 120.0) -> None:

@@ -3,8 +3,6 @@ node, the preloaded registry, a node agent and the operator, all tied to the tes
 
 import asyncio
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +12,6 @@ from typing import Any
 import pytest
 
 from kubesandbox_devenv import services
-from kubesandbox_devenv.binaries import REPO_ROOT, ensure_binaries
 from kubesandbox_devenv.controlplane import ControlPlane
 
 Service = services.RegistryService | services.NodeAgentService | services.OperatorService
@@ -59,28 +56,5 @@ class System:
 
 @pytest.fixture(scope="session")
 def system() -> Iterator[System]:
-    # Short on purpose: unix socket paths (the node agent's relay sockets live under its state
-    # dir) are limited to 108 bytes, and pytest's temporary directories are deep.
-    state = Path(tempfile.mkdtemp(prefix="ksb-e2e-", dir="/tmp"))
-    with ControlPlane(state, nodes=1, binaries=ensure_binaries()) as plane:
-        plane.install_crds(REPO_ROOT / "crds")
-        services.SystemNamespace(plane).start()
-        paths = services.Paths(state, tied=True)
-        registry = services.RegistryService(paths)
-        node_agent = services.NodeAgentService(paths, registry)
-        operator = services.OperatorService(paths)
-        started: list[
-            services.RegistryService | services.NodeAgentService | services.OperatorService
-        ] = []
-        try:
-            for service in (registry, node_agent, operator):
-                service.start()
-                started.append(service)
-            yield System(plane, node_agent)
-        finally:
-            services.remove_all_sandboxes(plane, timeout=60)
-            for service in reversed(started):
-                service.stop()
-            services.kill_leftover_vms(state)
-    # Only now: the control plane finds its processes through pid files in the state dir.
-    shutil.rmtree(state, ignore_errors=True)
+    with services.running_system("ksb-e2e-") as running:
+        yield System(running.plane, running.node_agent)
