@@ -15,8 +15,10 @@ from setuptools import setup
 
 ROOTS = {
     "kubesandbox_api": "api",
+    "kubesandbox_cli": "cli",
     "kubesandbox_common": "common",
     "kubesandbox_devenv": "devenv",
+    "kubesandbox_gateway": "gateway",
     "kubesandbox_kube": "kube",
     "kubesandbox_node": "node-agent",
     "kubesandbox_operator": "operator",
