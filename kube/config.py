@@ -1,17 +1,30 @@
 """Credentials for the apiserver, from a kubeconfig or the in-cluster service account.
 
-The ``kubernetes`` package already understands every kubeconfig shape (embedded or file
-certificates, tokens, exec plugins such as cloud login helpers), so it parses; this module
-turns its result into an SSL context and an ``Authorization`` header for aiohttp.
+Parsed here, without the ``kubernetes`` package (the gateway and the CLI may not import it):
+the kubeconfig shapes we honour are the common ones: embedded or file certificates and CA,
+``insecure-skip-tls-verify``, ``token`` / ``tokenFile``, and exec plugins
+(``client.authentication.k8s.io``, as cloud login helpers use) returning a token or a client
+certificate. The result is an SSL context and an ``Authorization`` header for aiohttp.
 """
 
+import base64
+import json
 import os
 import ssl
+import subprocess
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
+import yaml
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class ConfigError(Exception):
+    """The kubeconfig is missing, unreadable, or names something it does not hold."""
 
 
 @dataclass(frozen=True)
@@ -21,48 +34,170 @@ class Credentials:
     authorization: str | None
     """The ``Authorization`` header value (``Bearer …``), when the identity is a token."""
     default_namespace: str
+    client_certificate: bool = False
+    """True when the identity is a client certificate (presented through ``ssl_context``)."""
+    user: str = ""
+    """The kubeconfig user entry's name (empty in-cluster)."""
 
 
 def load(kubeconfig: Path | None = None, context: str | None = None) -> Credentials:
     """Credentials from ``kubeconfig`` (or ``$KUBECONFIG``), else from the in-cluster account."""
-    configuration = k8s_client.Configuration()
-    namespace = "default"
     path = kubeconfig or (Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None)
     if path is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        namespace_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-        if namespace_file.is_file():
-            namespace = namespace_file.read_text().strip()
-    else:
-        config_file = str(path or Path.home() / ".kube" / "config")
-        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=config_file, context=context, client_configuration=configuration
-        )
-        _, active = k8s_config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-            config_file=config_file
-        )
-        namespace = str((active or {}).get("context", {}).get("namespace") or "default")
+        return _in_cluster()
+    return _from_kubeconfig(path or Path.home() / ".kube" / "config", context)
+
+
+def _in_cluster() -> Credentials:
+    host = os.environ["KUBERNETES_SERVICE_HOST"]
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if ":" in host:
+        host = f"[{host}]"
+    ca = SERVICE_ACCOUNT / "ca.crt"
+    context = ssl.create_default_context(cafile=str(ca) if ca.is_file() else None)
+    token = (SERVICE_ACCOUNT / "token").read_text().strip()
+    namespace_file = SERVICE_ACCOUNT / "namespace"
+    namespace = namespace_file.read_text().strip() if namespace_file.is_file() else "default"
     return Credentials(
-        server=str(configuration.host).rstrip("/"),
-        ssl_context=_ssl_context(configuration),
-        authorization=_authorization(configuration),
+        server=f"https://{host}:{port}",
+        ssl_context=context,
+        authorization=f"Bearer {token}",
         default_namespace=namespace,
     )
 
 
-def _ssl_context(configuration: k8s_client.Configuration) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
-    if not configuration.verify_ssl:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if configuration.cert_file and configuration.key_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    return context
+def _from_kubeconfig(path: Path, context_name: str | None) -> Credentials:
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"cannot read kubeconfig {path}: {error.strerror or error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"kubeconfig {path} is not valid YAML: {error}") from error
+    if not isinstance(doc, dict):
+        raise ConfigError(f"kubeconfig {path} is not a mapping")
+    name = context_name or doc.get("current-context")
+    if not name:
+        raise ConfigError(f"kubeconfig {path} has no current-context; pass a context")
+    context = _named(doc, "contexts", "context", str(name), path)
+    cluster = _named(doc, "clusters", "cluster", str(context.get("cluster") or ""), path)
+    user_name = str(context.get("user") or "")
+    user = _named(doc, "users", "user", user_name, path) if user_name else {}
+    base = path.parent
+    server = str(cluster.get("server") or "").rstrip("/")
+    if not server:
+        raise ConfigError(f"cluster {context.get('cluster')!r} in {path} has no server")
+
+    ssl_context = ssl.create_default_context()
+    if cluster.get("insecure-skip-tls-verify"):
+        ssl_context.check_hostname = False
+        ssl_context.verify_mode = ssl.CERT_NONE
+    else:
+        ca = _pem(cluster, "certificate-authority", base)
+        if ca is not None:
+            ssl_context = ssl.create_default_context(cadata=ca.decode())
+
+    token: str | None = None
+    cert, key = _pem(user, "client-certificate", base), _pem(user, "client-key", base)
+    if user.get("token"):
+        token = str(user["token"])
+    elif user.get("tokenFile"):
+        token = _resolve(base, str(user["tokenFile"])).read_text().strip()
+    elif isinstance(user.get("exec"), dict):
+        status = _run_exec_plugin(user["exec"], user_name, base)
+        if status.get("token"):
+            token = str(status["token"])
+        elif status.get("clientCertificateData") and status.get("clientKeyData"):
+            cert = str(status["clientCertificateData"]).encode()
+            key = str(status["clientKeyData"]).encode()
+        else:
+            raise ConfigError(f"exec plugin of user {user_name!r} returned no credential")
+    if cert is not None and key is not None:
+        _load_cert_chain(ssl_context, cert, key)
+    return Credentials(
+        server=server,
+        ssl_context=ssl_context,
+        authorization=None if token is None else _bearer(token),
+        default_namespace=str(context.get("namespace") or "default"),
+        client_certificate=token is None and cert is not None and key is not None,
+        user=user_name,
+    )
 
 
-def _authorization(configuration: k8s_client.Configuration) -> str | None:
-    token = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken")
-    if not token:
-        return None
-    token = str(token)
+def _named(doc: Mapping[str, Any], section: str, key: str, name: str, path: Path) -> Any:
+    for entry in doc.get(section) or []:
+        if isinstance(entry, dict) and entry.get("name") == name:
+            value = entry.get(key) or {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} {name!r} in kubeconfig {path} is not a mapping")
+            return value
+    raise ConfigError(f"kubeconfig {path} has no {key} named {name!r}")
+
+
+def _resolve(base: Path, name: str) -> Path:
+    p = Path(name).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _pem(entry: Mapping[str, Any], field: str, base: Path) -> bytes | None:
+    """``<field>-data`` (base64) or ``<field>`` (a file) of a kubeconfig entry."""
+    if entry.get(f"{field}-data"):
+        return base64.b64decode(str(entry[f"{field}-data"]))
+    if entry.get(field):
+        return _resolve(base, str(entry[field])).read_bytes()
+    return None
+
+
+def _load_cert_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    # ssl only loads a chain from files: a private directory, removed at once.
+    with tempfile.TemporaryDirectory(prefix="kubesandbox-cred-") as tmp:
+        cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        for file, data in ((cert_file, cert), (key_file, key)):
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        context.load_cert_chain(str(cert_file), str(key_file))
+
+
+def _run_exec_plugin(spec: Mapping[str, Any], user: str, base: Path) -> dict[str, Any]:
+    command = str(spec.get("command") or "")
+    if not command:
+        raise ConfigError(f"exec plugin of user {user!r} has no command")
+    if "/" in command and not Path(command).is_absolute():
+        command = str(base / command)
+    api_version = str(spec.get("apiVersion") or "client.authentication.k8s.io/v1")
+    env = dict(os.environ)
+    for item in spec.get("env") or []:
+        env[str(item["name"])] = str(item["value"])
+    env["KUBERNETES_EXEC_INFO"] = json.dumps(
+        {
+            "apiVersion": api_version,
+            "kind": "ExecCredential",
+            "spec": {"interactive": False},
+        }
+    )
+    try:
+        done = subprocess.run(
+            [command, *[str(a) for a in spec.get("args") or []]],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            check=False,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise ConfigError(f"exec plugin {command!r} of user {user!r} failed: {error}") from error
+    if done.returncode != 0:
+        raise ConfigError(
+            f"exec plugin {command!r} of user {user!r} exited with status {done.returncode}"
+        )
+    try:
+        status = json.loads(done.stdout).get("status") or {}
+    except (ValueError, AttributeError) as error:
+        raise ConfigError(f"exec plugin {command!r} printed no ExecCredential JSON") from error
+    if not isinstance(status, dict):
+        raise ConfigError(f"exec plugin {command!r} printed an ExecCredential without status")
+    return status
+
+
+def _bearer(token: str) -> str:
     return token if token.lower().startswith("bearer ") else f"Bearer {token}"
