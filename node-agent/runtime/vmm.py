@@ -22,7 +22,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -32,13 +32,12 @@ from pydantic import BaseModel
 
 from kubesandbox_node.runtime.cgroups import Cgroup, CgroupManager, vmm_overhead_mib
 from kubesandbox_node.runtime.relay import SandboxRelay
-from kubesandbox_node.vm.machine import BootError, tail
+from kubesandbox_node.vm.machine import BootError, launch, tail, until_connected
 from kubesandbox_node.vm.qmp import QMPClient
 from kubesandbox_node.vm.spec import VMSpec
 from kubesandbox_protocol.frame import FLAG_SHUTDOWN, Frame
 from kubesandbox_protocol.messages import MessageType, decode_body, encode_body
 
-SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")
 ADOPT_ATTEMPTS = 3
 ADOPT_READY_WAIT = 3.0
 log = structlog.get_logger(__name__)
@@ -232,21 +231,6 @@ class QemuHandle:
         return tail(Path(self.record.console_log), limit)
 
 
-async def _retrying(
-    connect: Callable[[], Awaitable[T]], alive: asyncio.Future[None], what: str
-) -> T:
-    """Connects once QEMU has created the socket; gives up if QEMU exits first."""
-    delay = 0.002
-    while True:
-        try:
-            return await connect()
-        except (FileNotFoundError, ConnectionRefusedError):
-            if alive.done():
-                raise ConnectionError(f"QEMU exited before opening its {what} socket") from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-
-
 @dataclass
 class QemuVMM:
     """Real QEMU. ``cgroups=None`` runs VMs without a cgroup (unprivileged development)."""
@@ -260,10 +244,6 @@ class QemuVMM:
     (``-runas``): the guest-facing process then holds no root privileges."""
 
     async def start(self, spec: VMSpec, relay_socket: Path, *, ready_timeout: float) -> QemuHandle:
-        spec.state_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (spec.qmp_socket, spec.agent_socket, spec.console_log):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
         group: Cgroup | None = None
         argv = spec.argv()
         if self.run_as is not None:
@@ -276,17 +256,7 @@ class QemuVMM:
                 self.cgroups.create, f"vm-{spec.name}", spec.cpus + 0.2, limit
             )
             argv = group.wrap_argv(argv)
-        env = {k: os.environ[k] for k in SAFE_ENV if k in os.environ}
-        with spec.qemu_log.open("wb") as qemu_log:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=qemu_log,
-                stderr=asyncio.subprocess.STDOUT,
-                close_fds=True,
-                start_new_session=True,
-                env=env,
-            )
+        process = await launch(spec, argv)
         started = time.time()
         record = VMRecord(
             pid=process.pid,
@@ -311,8 +281,12 @@ class QemuVMM:
         relay_task: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(ready_timeout):
-                qmp = await _retrying(lambda: QMPClient.connect(spec.qmp_socket), alive, "QMP")
-                reader, writer = await _retrying(lambda: _open(spec.agent_socket), alive, "agent")
+                qmp = await until_connected(
+                    lambda: QMPClient.connect(spec.qmp_socket), alive.done, "QMP"
+                )
+                reader, writer = await until_connected(
+                    lambda: _open(spec.agent_socket), alive.done, "agent"
+                )
                 await relay.start()
                 relay_task = asyncio.create_task(relay.serve_guest(reader, writer))
                 ready = asyncio.ensure_future(relay.wait_ready())
@@ -380,8 +354,8 @@ class QemuVMM:
         alive: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(10):
-                qmp = await _retrying(
-                    lambda: QMPClient.connect(Path(record.qmp_socket)), alive, "QMP"
+                qmp = await until_connected(
+                    lambda: QMPClient.connect(Path(record.qmp_socket)), alive.done, "QMP"
                 )
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.warning("vm.adopt_failed", pid=record.pid, error=str(exc))

@@ -141,7 +141,10 @@ class VirtualMachine:
         await self.qmp.close()
 
 
-async def launch(spec: VMSpec) -> asyncio.subprocess.Process:
+async def launch(spec: VMSpec, argv: list[str] | None = None) -> asyncio.subprocess.Process:
+    """Starts QEMU for ``spec`` (or the given ``argv``, the spec's wrapped in a cgroup or
+    namespace): stale sockets removed, own session, no inherited fds, a scrubbed environment,
+    QEMU's own output to ``qemu.log``."""
     spec.state_dir.mkdir(parents=True, exist_ok=True)
     for stale in (spec.qmp_socket, spec.agent_socket, spec.console_socket, spec.console_log):
         with contextlib.suppress(FileNotFoundError):
@@ -149,7 +152,7 @@ async def launch(spec: VMSpec) -> asyncio.subprocess.Process:
     env = {k: os.environ[k] for k in SAFE_ENV if k in os.environ}
     with spec.qemu_log.open("wb") as qemu_log:
         return await asyncio.create_subprocess_exec(
-            *spec.argv(),
+            *(argv if argv is not None else spec.argv()),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=qemu_log,
             stderr=asyncio.subprocess.STDOUT,
@@ -159,16 +162,16 @@ async def launch(spec: VMSpec) -> asyncio.subprocess.Process:
         )
 
 
-async def _until_connected(
-    connect: Callable[[], Awaitable[T]], process: asyncio.subprocess.Process, what: str
+async def until_connected(
+    connect: Callable[[], Awaitable[T]], exited: Callable[[], bool], what: str
 ) -> T:
-    """Connects once QEMU has created the socket; gives up if QEMU exits first."""
+    """Connects once QEMU has created the socket; gives up once ``exited()`` says QEMU is gone."""
     delay = 0.002
     while True:
         try:
             return await connect()
         except (FileNotFoundError, ConnectionRefusedError):
-            if process.returncode is not None:
+            if exited():
                 raise ConnectionError(f"QEMU exited before opening its {what} socket") from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
@@ -185,15 +188,19 @@ async def boot(
     blog = log.bind(vm=spec.name, accel=spec.accel)
     started = time.monotonic()
     process = await launch(spec)
+
+    def gone() -> bool:
+        return process.returncode is not None
+
     qmp: QMPClient | None = None
     relay: Relay | None = None
     relay_task: asyncio.Task[None] | None = None
     try:
         async with asyncio.timeout(ready_timeout):
-            qmp = await _until_connected(lambda: QMPClient.connect(spec.qmp_socket), process, "QMP")
-            reader, writer = await _until_connected(
+            qmp = await until_connected(lambda: QMPClient.connect(spec.qmp_socket), gone, "QMP")
+            reader, writer = await until_connected(
                 lambda: asyncio.open_unix_connection(str(spec.agent_socket), limit=1 << 22),
-                process,
+                gone,
                 "agent",
             )
             relay = Relay(relay_socket, **(relay_options or {}))
