@@ -1,5 +1,6 @@
 """The kubesandbox services of the embedded environment: a preloaded OCI registry, a node agent,
-the operator, and the demo sandbox that ``make up`` runs a command in.
+the operator, the gateway with its RBAC and a demo ServiceAccount, and the demo sandbox that
+``make up`` runs a command in.
 
 Each is a component in the sense of :mod:`.cli` (start idempotently, say whether it is alive,
 stop), running detached with its pid and log files under ``.kubesandbox/`` so that a second
@@ -9,12 +10,15 @@ restarting it does not disturb running sandboxes.
 Security trade-offs of this single-machine environment, documented in docs/devenv.md: the node
 agent listens on loopback over plain HTTP, and accepts one static bearer token that the
 operator presents (a real cluster uses TLS and TokenReview); the registry is plain HTTP on
-loopback, which the node agent is configured to allow.
+loopback, which the node agent is configured to allow. The gateway runs with the admin
+kubeconfig (in a cluster: its own ServiceAccount with the chart's ``kubesandbox-gateway``
+ClusterRole) and serves plain HTTP on loopback; the demo ServiceAccount's token is long-lived.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -50,6 +54,17 @@ from kubesandbox_devenv.registry import (
 )
 
 SYSTEM_NAMESPACE = "kubesandbox-system"
+RBAC_DIR = REPO_ROOT / "helm" / "kubesandbox" / "templates"
+GATEWAY_SERVICE = "kubesandbox-gateway"
+GATEWAY_URL_ANNOTATION = "kubesandbox.dev/url"
+DEMO_ACCOUNT = ("default", "demo", "edit")
+"""namespace, ServiceAccount, ClusterRole bound in that namespace: the identity ``make up``
+hands out in ``.kubesandbox/token`` and ``.kubesandbox/demo.kubeconfig``."""
+DEMO_TOKEN_DURATION_HOURS = 720
+"""30 days. SDK handles keep the token they were created with (PROTOCOL.md §3), so a short
+token would break long-lived handles; a long one stays valid if it leaks, until it expires or
+the ServiceAccount is deleted (which invalidates it at once). ``up`` issues a new one when less
+than a day is left."""
 MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes, NUL included
 DEMO_IMAGES = {"library/busybox": ("1.36", "latest")}
 """What the registry holds, as Docker Hub names: ``busybox:1.36`` resolves through the node
@@ -326,6 +341,211 @@ class SystemNamespace:
 
     def stop(self) -> None:
         """Lives in etcd with everything else."""
+
+
+class GatewayService:
+    """``kubesandbox-gateway`` on a remembered loopback port, plus the Service
+    ``kubesandbox-gateway`` in ``kubesandbox-system`` (no selector; annotation
+    ``kubesandbox.dev/url``) through which ``kubectl sandbox`` finds it.
+
+    Here it runs with the admin kubeconfig; in a cluster it runs with its ServiceAccount,
+    bound to the chart's ``kubesandbox-gateway`` ClusterRole (docs/rbac.md)."""
+
+    name = "gateway"
+
+    def __init__(self, paths: Paths, control_plane: ControlPlane) -> None:
+        self.paths = paths
+        self.control_plane = control_plane
+        self.process = ManagedProcess("gateway", paths.logs, paths.run)
+        self.port = paths.remembered_port("gateway")
+
+    @property
+    def url(self) -> str:
+        """The base URL (the SDK's ``MSB_API_URL`` is this plus ``/ns/<namespace>``)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        if not self.is_alive():
+            gateway = Path(sys.executable).with_name("kubesandbox-gateway")
+            self.process.start(
+                [
+                    str(gateway),
+                    "--kubeconfig",
+                    str(self.paths.kubeconfig),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                ],
+                tied=self.paths.tied,
+            )
+            _wait(self.process, f"{self.url}/healthz", "the gateway", 60)
+        self.control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(self.service()))
+        return f"{self.url} (Service {SYSTEM_NAMESPACE}/{GATEWAY_SERVICE})"
+
+    def service(self) -> dict[str, object]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": GATEWAY_SERVICE,
+                "namespace": SYSTEM_NAMESPACE,
+                "labels": {"app.kubernetes.io/name": "kubesandbox"},
+                "annotations": {GATEWAY_URL_ANNOTATION: self.url},
+            },
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": self.port}]},
+        }
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive() and _http_ok(f"{self.url}/healthz")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def apply_rbac(control_plane: ControlPlane) -> list[str]:
+    """Applies the chart's RBAC (``helm/kubesandbox/templates``, plain YAML); returns the names
+    of what it applied. ``kubesandbox-system`` must exist."""
+    applied = control_plane.kubectl("apply", "-f", str(RBAC_DIR), "-o", "name").stdout
+    return [line.rpartition("/")[2] for line in applied.split()]
+
+
+def issue_token(
+    control_plane: ControlPlane,
+    namespace: str,
+    name: str,
+    cluster_role: str | None = None,
+    *,
+    duration_hours: int = 2,
+) -> str:
+    """A TokenRequest token for the ServiceAccount ``namespace/name`` (created if missing),
+    bound to ``cluster_role`` in ``namespace`` when given."""
+    manifests: list[dict[str, object]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": namespace},
+        }
+    ]
+    if cluster_role is not None:
+        manifests.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": f"{name}-{cluster_role}", "namespace": namespace},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": cluster_role,
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+            }
+        )
+    listing = {"apiVersion": "v1", "kind": "List", "items": manifests}
+    control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(listing))
+    created = control_plane.kubectl(
+        "create", "token", name, "-n", namespace, f"--duration={duration_hours}h"
+    )
+    return created.stdout.strip()
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT (not verified: only to decide when to issue a new one)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
+def write_kubeconfig(control_plane: ControlPlane, path: Path, token: str, namespace: str) -> Path:
+    """A kubeconfig that authenticates with ``token`` and defaults to ``namespace`` (0600)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "kubesandbox",
+                "cluster": {
+                    "server": control_plane.server,
+                    "certificate-authority-data": base64.b64encode(
+                        control_plane.ca.read_bytes()
+                    ).decode(),
+                },
+            }
+        ],
+        "users": [{"name": "token", "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": "kubesandbox",
+                "context": {"cluster": "kubesandbox", "user": "token", "namespace": namespace},
+            }
+        ],
+        "current-context": "kubesandbox",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class AccessComponent:
+    """The chart's RBAC, and the demo ServiceAccount (``edit`` in ``default``) whose token
+    ``up`` writes to ``.kubesandbox/token`` and ``.kubesandbox/demo.kubeconfig``."""
+
+    name = "access"
+
+    def __init__(self, paths: Paths, control_plane: ControlPlane) -> None:
+        self.paths = paths
+        self.control_plane = control_plane
+
+    @property
+    def token_file(self) -> Path:
+        return self.paths.state_dir / "token"
+
+    @property
+    def kubeconfig_file(self) -> Path:
+        return self.paths.state_dir / "demo.kubeconfig"
+
+    def start(self) -> str:
+        apply_rbac(self.control_plane)
+        namespace, account, role = DEMO_ACCOUNT
+        token = self.token_file.read_text().strip() if self.token_file.is_file() else ""
+        expiry = token_expiry(token) if token else None
+        reused = expiry is not None and expiry > time.time() + 86400 and self._valid(token)
+        if not reused:
+            token = issue_token(
+                self.control_plane,
+                namespace,
+                account,
+                role,
+                duration_hours=DEMO_TOKEN_DURATION_HOURS,
+            )
+            self.token_file.touch(mode=0o600)
+            self.token_file.write_text(token + "\n")
+        write_kubeconfig(self.control_plane, self.kubeconfig_file, token, namespace)
+        return (
+            f"RBAC applied; ServiceAccount {namespace}/{account} ({role}), "
+            f"token {'reused' if reused else 'issued'} in {self.token_file.name}"
+        )
+
+    def _valid(self, token: str) -> bool:
+        """Still accepted by the apiserver (the ServiceAccount may have been recreated)."""
+        with tempfile.TemporaryDirectory() as scratch:
+            kubeconfig = write_kubeconfig(
+                self.control_plane, Path(scratch) / "kubeconfig", token, DEMO_ACCOUNT[0]
+            )
+            result = subprocess.run(
+                [str(self.control_plane.binaries.kubectl), "--kubeconfig", str(kubeconfig),
+                 "auth", "whoami", "-o", "name"],
+                capture_output=True, text=True, check=False, timeout=60,
+            )  # fmt: skip
+        return result.returncode == 0
+
+    def is_alive(self) -> bool:
+        return self.token_file.is_file() and self.kubeconfig_file.is_file()
+
+    def stop(self) -> None:
+        """RBAC and the ServiceAccount live in etcd; the token stays valid until it expires."""
 
 
 @dataclass(frozen=True)
