@@ -1,0 +1,36 @@
+"""What the gateway needs of a Kubernetes client, as an interface.
+
+:class:`kubesandbox_kube.KubeClient` satisfies it; unit tests pass an in-memory fake. Keeping
+the surface this small (five calls) is what makes the fake trustworthy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from kubesandbox_kube.paths import ResourcePath
+
+JsonDict = dict[str, Any]
+
+
+class KubeApi(Protocol):
+    async def request(
+        self,
+        method: str,
+        path: ResourcePath | str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> JsonDict: ...
+
+    async def get(self, path: ResourcePath) -> JsonDict: ...
+
+    async def create(self, path: ResourcePath, body: Mapping[str, Any]) -> JsonDict: ...
+
+    async def delete(
+        self, path: ResourcePath, *, uid: str | None = None, grace_seconds: int | None = None
+    ) -> JsonDict: ...
+
+    async def merge_patch(self, path: ResourcePath, body: Mapping[str, Any]) -> JsonDict: ...
