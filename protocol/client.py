@@ -1,10 +1,13 @@
 """Asyncio client of a relay socket: the relay preamble, then sessions multiplexed by id.
 
-On connect the relay sends ``[id_start][id_end_exclusive][core.ready frame]``; every session
-this client opens uses a fresh id from that range. One reader task routes incoming frames to
-per-session queues; writes go through one lock so frames never interleave. Exec sessions
-stream (``ExecSession``), filesystem ops are request/response with ``core.fs.data`` chunks of
-at most 3 MiB. Session queues are unbounded: a caller that opens a session must consume it.
+The byte stream is a unix socket (``AgentClient.connect``) or the gateway's agent WebSocket
+(``AgentClient.connect_websocket``: binary messages carry the same bytes, frames may be split
+across messages). On connect the relay sends ``[id_start][id_end_exclusive][core.ready frame]``;
+every session this client opens uses a fresh id from that range. One reader task routes
+incoming frames to per-session queues; writes go through one lock so frames never interleave.
+Exec sessions stream (``ExecSession``), filesystem ops are request/response with
+``core.fs.data`` chunks of at most 3 MiB. Session queues are unbounded: a caller that opens
+a session must consume it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import struct
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import aiohttp
 
 from kubesandbox_protocol.frame import (
     FLAG_SESSION_START,
@@ -38,6 +43,7 @@ from kubesandbox_protocol.messages import (
 )
 
 STDIN_CHUNK = 1024 * 1024
+WS_MAX_MESSAGE = 8 * 1024 * 1024
 
 
 class AgentError(Exception):
@@ -59,6 +65,82 @@ class ExecFailedError(AgentError):
 
 class FsError(AgentError):
     """A ``core.fs.response`` with ``ok: false``; the message is the agent's own text."""
+
+
+class AgentConnectError(AgentError):
+    """The WebSocket upgrade was refused (``status`` is the HTTP status, 0 if unreachable)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message, kind="connect")
+        self.status = status
+
+
+class ByteWriter(Protocol):
+    """What the client writes through: ``asyncio.StreamWriter`` or the WebSocket adapter."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class _WebSocketWriter:
+    """Writes go out as binary messages (one per ``drain``); ``close`` ends the socket, the
+    pump feeding the reader and, when it owns it, the HTTP session."""
+
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        pump: asyncio.Task[None],
+        session: aiohttp.ClientSession | None,
+    ) -> None:
+        self._ws = ws
+        self._pump = pump
+        self._session = session
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._pending.append(bytes(data))
+
+    async def drain(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        if self._ws.closed:
+            raise ConnectionResetError("the agent WebSocket is closed")
+        await self._ws.send_bytes(data)
+
+    def close(self) -> None:
+        self._pending.clear()
+
+    async def wait_closed(self) -> None:
+        try:
+            await self._ws.close()
+        finally:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            if self._session is not None:
+                await self._session.close()
+
+
+async def _pump_websocket(
+    ws: aiohttp.ClientWebSocketResponse, reader: asyncio.StreamReader
+) -> None:
+    try:
+        async for message in ws:
+            if message.type == aiohttp.WSMsgType.BINARY:
+                reader.feed_data(message.data)
+            elif message.type == aiohttp.WSMsgType.ERROR:
+                reader.set_exception(ConnectionResetError(f"agent WebSocket: {ws.exception()}"))
+                return
+    finally:
+        if reader.exception() is None:
+            reader.feed_eof()
 
 
 @dataclass
@@ -161,7 +243,7 @@ class AgentClient:
     def __init__(
         self,
         reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        writer: ByteWriter,
         id_start: int,
         id_end: int,
         ready: Frame,
@@ -182,16 +264,72 @@ class AgentClient:
     async def connect(cls, path: str | Path, *, connect_timeout: float = 30.0) -> AgentClient:
         async with asyncio.timeout(connect_timeout):
             reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
-            try:
-                id_start, id_end = struct.unpack(">II", await reader.readexactly(8))
-                ready = await read_frame(reader)
-            except (asyncio.IncompleteReadError, FrameError) as exc:
-                writer.close()
-                raise AgentError(f"relay at {path} closed before its preamble") from exc
-            if ready is None or id_end <= max(id_start, 1):
-                writer.close()
-                raise AgentError(f"relay at {path} sent an unusable preamble")
-            return cls(reader, writer, id_start, id_end, ready)
+            return await cls._handshake(reader, writer, f"relay at {path}")
+
+    @classmethod
+    async def connect_websocket(
+        cls,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        ssl: Any = None,
+        session: aiohttp.ClientSession | None = None,
+        connect_timeout: float = 30.0,
+    ) -> AgentClient:
+        """Connects to an agent WebSocket (the gateway's ``.../sandboxes/{id}/agent``) that
+        carries the relay byte stream. ``session`` is used if given (and left open), else the
+        client owns one. A refused upgrade raises ``AgentConnectError`` with its status."""
+        own = session is None
+        http = session or aiohttp.ClientSession()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                try:
+                    ws = await http.ws_connect(
+                        url,
+                        headers=dict(headers or {}),
+                        ssl=ssl if ssl is not None else True,
+                        max_msg_size=WS_MAX_MESSAGE,
+                        autoping=True,
+                    )
+                except aiohttp.WSServerHandshakeError as exc:
+                    raise AgentConnectError(
+                        f"agent WebSocket {url} refused: HTTP {exc.status} {exc.message}",
+                        exc.status,
+                    ) from exc
+                except aiohttp.ClientError as exc:
+                    raise AgentConnectError(f"agent WebSocket {url} unreachable: {exc}") from exc
+                reader = asyncio.StreamReader(limit=1 << 20)
+                pump = asyncio.create_task(_pump_websocket(ws, reader), name="agent-ws-pump")
+                writer = _WebSocketWriter(ws, pump, http if own else None)
+                own = False  # the writer closes the session from now on
+                return await cls._handshake(reader, writer, f"agent WebSocket {url}")
+        finally:
+            if own:
+                await http.close()
+
+    @classmethod
+    async def _handshake(
+        cls, reader: asyncio.StreamReader, writer: ByteWriter, where: str
+    ) -> AgentClient:
+        try:
+            id_start, id_end = struct.unpack(">II", await reader.readexactly(8))
+            ready = await read_frame(reader)
+        except (asyncio.IncompleteReadError, FrameError, ConnectionError) as exc:
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await writer.wait_closed()
+            raise AgentError(f"{where} closed before its preamble") from exc
+        except BaseException:
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await writer.wait_closed()
+            raise
+        if ready is None or id_end <= max(id_start, 1):
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await writer.wait_closed()
+            raise AgentError(f"{where} sent an unusable preamble")
+        return cls(reader, writer, id_start, id_end, ready)
 
     async def __aenter__(self) -> AgentClient:
         return self
@@ -435,7 +573,9 @@ async def _chunks(data: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
 __all__ = [
     "FLAG_TERMINAL",
     "AgentClient",
+    "AgentConnectError",
     "AgentError",
+    "ByteWriter",
     "ExecFailedError",
     "ExecResult",
     "ExecSession",
