@@ -3,8 +3,9 @@
 The environment is a list of components, each able to start (idempotently), say whether it is
 alive, and stop. ``up`` starts them in order and leaves them running detached (their pid files
 are in ``.kubesandbox/run/``); a second ``up`` reuses what runs and restarts what died. ``down``
-stops them in reverse order. Later issues append the operator, node agent, registry and gateway
-to ``environment_components``.
+stops them in reverse order. After the control plane come the kubesandbox services
+(:mod:`.services`): the system namespace, the RBAC and the demo ServiceAccount, the registry,
+the node agent, the operator and the gateway.
 """
 
 from __future__ import annotations
@@ -137,16 +138,19 @@ class CrdsComponent:
 
 def environment_components(settings: Settings) -> list[EnvironmentComponent]:
     control_plane = ControlPlaneComponent(settings)
+    plane = control_plane.control_plane
     paths = services.Paths(settings.state_dir)
     registry = services.RegistryService(paths)
     return [
         control_plane,
-        KubectlComponent(settings, control_plane.control_plane),
-        CrdsComponent(settings, control_plane.control_plane),
-        services.SystemNamespace(control_plane.control_plane),
+        KubectlComponent(settings, plane),
+        CrdsComponent(settings, plane),
+        services.SystemNamespace(plane),
+        services.AccessComponent(paths, plane),
         registry,
         services.NodeAgentService(paths, registry),
         services.OperatorService(paths),
+        services.GatewayService(paths, plane),
     ]
 
 
@@ -163,10 +167,15 @@ def up(settings: Settings) -> int:
         print(f"kubesandbox-devenv: {component.name}: {component.start()}", flush=True)
     control_plane = next(c for c in components if isinstance(c, ControlPlaneComponent))
     node_agent = next(c for c in components if isinstance(c, services.NodeAgentService))
+    gateway = next(c for c in components if isinstance(c, services.GatewayService))
+    access = next(c for c in components if isinstance(c, services.AccessComponent))
+    gateway_url = settings.state_dir / "gateway-url"
+    gateway_url.write_text(gateway.url + "\n")
     print("kubesandbox-devenv: demo: applying examples/hello.yaml and waiting for Running...")
     output = services.demo(control_plane.control_plane, node_agent)
     kubeconfig = settings.state_dir / "kubeconfig"
     bin_dir = settings.state_dir / "bin"
+    namespace, account, role = services.DEMO_ACCOUNT
     print(
         "\nThe sandbox `hello` is Running. A command inside its VM printed:\n\n"
         + "".join(f"    {line}\n" for line in output.splitlines())
@@ -177,6 +186,13 @@ def up(settings: Settings) -> int:
         "  kubectl describe sbx hello                # conditions and events\n"
         "  kubectl apply -f examples/scripts.yaml    # more examples in examples/\n"
         '  kubectl patch sbx hello --type merge -p \'{"spec":{"lifecycle":{"state":"Stopped"}}}\'\n'
+        f"\nThe gateway serves the microsandbox cloud API at {gateway.url}. Drive it with the\n"
+        f"unmodified microsandbox SDK as ServiceAccount {namespace}/{account} ({role} in "
+        f"{namespace}):\n"
+        f"  export MSB_BACKEND=cloud MSB_API_URL=$(cat {gateway_url})/ns/{namespace} "
+        f"MSB_API_KEY=$(cat {access.token_file})\n"
+        f"  {sys.executable} {REPO_ROOT / 'examples' / 'sdk' / 'hello_sdk.py'}\n"
+        f"The same identity for kubectl: KUBECONFIG={access.kubeconfig_file}\n"
         "Stop it with `make down`."
     )
     return 0

@@ -556,6 +556,16 @@ class RunningSystem:
     paths: Paths
     node_agent: NodeAgentService
     operator: OperatorService
+    gateway: GatewayService
+    demo_token: str
+    """A token of ``default/demo``, bound to ``edit`` in ``default``."""
+
+    @property
+    def gateway_url(self) -> str:
+        return self.gateway.url
+
+
+_Service = RegistryService | NodeAgentService | OperatorService | GatewayService
 
 
 @contextmanager
@@ -573,15 +583,20 @@ def running_system(
             plane.install_crds(REPO_ROOT / "crds")
             SystemNamespace(plane).start()
             paths = Paths(state, tied=True)
+            access = AccessComponent(paths, plane)
+            access.start()
             registry = RegistryService(paths)
             node_agent = NodeAgentService(paths, registry)
             operator = OperatorService(paths)
-            started: list[RegistryService | NodeAgentService | OperatorService] = []
+            gateway = GatewayService(paths, plane)
+            order: list[_Service] = [registry, node_agent, operator]  # gateway: once it is built
+            started: list[_Service] = []
             try:
-                for service in (registry, node_agent, operator):
+                for service in order:
                     service.start()
                     started.append(service)
-                yield RunningSystem(plane, paths, node_agent, operator)
+                demo_token = access.token_file.read_text().strip()
+                yield RunningSystem(plane, paths, node_agent, operator, gateway, demo_token)
             finally:
                 remove_all_sandboxes(plane, timeout=cleanup_timeout)
                 for service in reversed(started):

@@ -1,8 +1,16 @@
-"""The whole system of ``make up``, in a pytest temporary directory: a control plane with one
-node, the preloaded registry, a node agent and the operator, all tied to the test process."""
+"""The whole system of ``make up``, in a temporary directory: a control plane with one node,
+the preloaded registry, a node agent, the operator and the gateway, all tied to the test
+process.
+
+For tests of the gateway, the SDK and ``kubectl sandbox``: ``system.gateway_url`` (base URL,
+no ``/ns/`` suffix), ``system.demo_token`` (ServiceAccount ``default/demo``, bound to ``edit``
+in ``default``), ``system.token_for(namespace, name, cluster_role=None)`` (a new
+ServiceAccount's token, bound to that ClusterRole in that namespace when given) and
+``system.kubeconfig_for(token, namespace)`` (a kubeconfig file with that token)."""
 
 import asyncio
 import json
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +29,29 @@ Service = services.RegistryService | services.NodeAgentService | services.Operat
 class System:
     plane: ControlPlane
     node_agent: services.NodeAgentService
+    gateway_url: str = ""
+    """The gateway's base URL; the SDK's ``MSB_API_URL`` is ``{gateway_url}/ns/{namespace}``."""
+    demo_token: str = ""
+    """``default/demo``, bound to ``edit`` in ``default``."""
+    registry: str = ""
+    """The preloaded registry's ``host:port`` (``busybox:1.36`` resolves through it)."""
+    files: Path = Path()
+
+    def token_for(self, namespace: str, name: str, cluster_role: str | None = None) -> str:
+        """A token of the ServiceAccount ``namespace/name`` (created, and the namespace too,
+        when missing), bound to ``cluster_role`` (``edit``, ``view``, ...) in ``namespace``
+        when given; without one it authenticates but has no rights on sandboxes."""
+        self.ensure_namespace(namespace)
+        return services.issue_token(self.plane, namespace, name, cluster_role)
+
+    def kubeconfig_for(self, token: str, namespace: str) -> Path:
+        """A kubeconfig file (0600) that authenticates with ``token``, namespace ``namespace``."""
+        path = Path(tempfile.mkstemp(prefix="kubeconfig-", dir=self.files)[1])
+        return services.write_kubeconfig(self.plane, path, token, namespace)
+
+    def ensure_namespace(self, namespace: str) -> None:
+        manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+        self.plane.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
 
     def sandbox(self, name: str) -> dict[str, Any] | None:
         got = self.plane.kubectl("get", "sandbox", name, "-o", "json", check=False)
@@ -57,4 +88,13 @@ class System:
 @pytest.fixture(scope="session")
 def system() -> Iterator[System]:
     with services.running_system("ksb-e2e-") as running:
-        yield System(running.plane, running.node_agent)
+        files = running.paths.state_dir / "e2e"
+        files.mkdir(mode=0o700)
+        yield System(
+            running.plane,
+            running.node_agent,
+            gateway_url=running.gateway_url,
+            demo_token=running.demo_token,
+            registry=running.node_agent.registry.host,
+            files=files,
+        )
