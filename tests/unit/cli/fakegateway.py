@@ -107,7 +107,7 @@ class FsGuest(FakeGuest):
 
     async def _fs(self, id: int, op: dict[str, Any]) -> None:
         ((variant, args),) = op.items()
-        path = str(args.get("path") or "")
+        path = posixpath.normpath(str(args.get("path") or "/"))
         if variant == "Stat":
             if path in self.dirs or path in self.files:
                 await self._ok(id, {"Stat": self._entry(path)})
