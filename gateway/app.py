@@ -639,6 +639,8 @@ def label_selector(raw: str | None) -> str:
 
 # ---- the application ----------------------------------------------------------------------
 
+GATEWAY = web.AppKey("gateway", Gateway)
+
 
 def status_code(status: int) -> str:
     return {
@@ -691,7 +693,7 @@ async def healthz(request: web.Request) -> web.Response:
 def make_app(gateway: Gateway) -> web.Application:
     """Every route at ``/v1/...`` and at ``/ns/{namespace}/v1/...``."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_and_access_log])
-    app["gateway"] = gateway
+    app[GATEWAY] = gateway
     app.cleanup_ctx.append(gateway.node_agent_session)
     app.router.add_get("/healthz", healthz)
     routes: list[tuple[str, str, Handler]] = [
