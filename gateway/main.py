@@ -1,5 +1,101 @@
-"""``kubesandbox-gateway``: the entry point (flags in docs/gateway.md)."""
+"""``kubesandbox-gateway``: the entry point (flags in docs/gateway.md).
+
+One process, one apiserver client (the kubeconfig given, else ``$KUBECONFIG``, else the
+in-cluster service account), one aiohttp server on ``--listen``. The gateway's own account
+needs only: create TokenReviews and SubjectAccessReviews, read/write Sandboxes, create/patch/
+delete Secrets, read Leases in the node agents' namespace. Every tenant request is reviewed
+against the tenant's own RBAC before the gateway uses that account (docs/gateway.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from kubesandbox_common import logs
+from kubesandbox_gateway.app import AGENTS_NAMESPACE, Gateway, make_app
+from kubesandbox_kube import KubeClient
+from kubesandbox_kube.auth import KubeAuthenticator
+
+log = structlog.get_logger("kubesandbox.gateway")
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 (in a cluster the Service reaches the Pod's address)
 
 
-def main() -> None:
-    raise SystemExit("kubesandbox-gateway: not built yet")
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::]:8080`` for IPv6) → host and port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"--listen wants HOST:PORT, not {value!r}")
+    return host.strip("[]") or ALL_INTERFACES, int(port)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kubesandbox-gateway",
+        description="The microsandbox cloud API (PROTOCOL.md §3) served from Sandbox objects.",
+    )
+    parser.add_argument(
+        "--kubeconfig", type=Path, help="default: $KUBECONFIG, else the in-cluster account"
+    )
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=(ALL_INTERFACES, 8080),
+        help="HOST:PORT (0.0.0.0:8080)",
+    )
+    parser.add_argument(
+        "--node-agent-ca", type=Path, help="CA bundle that signed the node agents' certificates"
+    )
+    parser.add_argument("--agents-namespace", default=AGENTS_NAMESPACE)
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    return parser.parse_args(argv)
+
+
+def node_agent_ssl(ca: Path | None) -> ssl.SSLContext | None:
+    if ca is None:
+        return None
+    if not ca.is_file():
+        raise SystemExit(f"kubesandbox-gateway: --node-agent-ca {ca}: no such file")
+    return ssl.create_default_context(cafile=str(ca))
+
+
+async def serve(args: argparse.Namespace) -> None:
+    host, port = args.listen
+    async with KubeClient.connect(args.kubeconfig) as kube:
+        gateway = Gateway(
+            kube,
+            KubeAuthenticator(kube),
+            node_agent_ssl=node_agent_ssl(args.node_agent_ca),
+            agents_namespace=args.agents_namespace,
+        )
+        # No aiohttp access log: the middleware logs each request, without headers.
+        runner = web.AppRunner(make_app(gateway), handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            log.info("gateway listening", addresses=[str(a) for a in runner.addresses])
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            log.info("gateway stopping")
+        finally:
+            await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs.configure(args.log_level)
+    asyncio.run(serve(args))
+    return 0
