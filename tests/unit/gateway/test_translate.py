@@ -1,0 +1,713 @@
+"""Unit tests of the microsandbox ⇄ Sandbox translation, on bodies captured from the real SDK.
+
+The fixtures in ``bodies/`` were sent by ``microsandbox`` 0.7.11 (and 0.6.18 for ``v06-*``)
+to a stand-in server (docs/msb-compat.md), with fake secret values. Golden tests pin what each
+captured body becomes; the refusal table pins which request-body field each refusal names; the
+hostile-input tests replace every value of the richest body with every JSON type and check
+that the answer is a translation or an InvalidConfig, never another exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubesandbox_api.spec import SandboxSpec
+from kubesandbox_gateway.translate import (
+    EPHEMERAL_ANNOTATION,
+    InvalidConfig,
+    Translation,
+    sandbox_from_create,
+)
+
+BODIES = Path(__file__).parent / "bodies"
+SECRET = "sbx-t1-msb"
+"""The companion Secret name the gateway would pass."""
+
+JsonDict = dict[str, Any]
+
+
+def body(name: str) -> JsonDict:
+    loaded = json.loads((BODIES / f"{name}.json").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def translate(b: JsonDict) -> Translation:
+    return sandbox_from_create(b, secret_name=SECRET)
+
+
+def changed(base: JsonDict, path: tuple[str | int, ...], value: Any) -> JsonDict:
+    """A deep copy of ``base`` with the value at ``path`` replaced (created if missing)."""
+    out = copy.deepcopy(base)
+    target: Any = out
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    return out
+
+
+def refusal(b: JsonDict) -> InvalidConfig:
+    with pytest.raises(InvalidConfig) as caught:
+        translate(b)
+    return caught.value
+
+
+# --- golden: captured bodies ------------------------------------------------------------------
+
+MINIMAL_SPEC = {"image": {"oci": "python", "pullPolicy": "IfMissing"}, "cpus": 1, "memory": 512}
+
+
+@pytest.mark.parametrize("fixture", ["minimal", "v06-minimal"])
+def test_minimal_bodies_of_both_sdk_generations_become_the_same_sandbox(fixture: str) -> None:
+    t = translate(body(fixture))
+    assert t.name == body(fixture)["name"]
+    assert t.spec == MINIMAL_SPEC
+    assert (t.labels, t.annotations, t.secret_data) == ({}, {}, {})
+
+
+def test_full_body_maps_every_option() -> None:
+    t = translate(body("full"))
+    assert t.name == "fx-full"
+    assert t.spec == {
+        "image": {"oci": "python:3.12", "pullPolicy": "Always", "pullSecrets": [{"name": SECRET}]},
+        "cpus": 2,
+        "memory": 1024,
+        "workdir": "/app",
+        "shell": "/bin/bash",
+        "user": "1000:1000",
+        "entrypoint": ["/bin/tini", "--"],
+        "command": ["sleep", "inf"],
+        "logLevel": "Debug",
+        "scripts": {"setup": "#!/bin/sh\necho hi\n"},
+        "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "two"}],
+        "volumes": [
+            {"mountPath": "/data", "named": {"name": "cache", "readOnly": False}},
+            {"mountPath": "/scratch", "tmpfs": {"sizeMiB": 64}},
+        ],
+        "patches": [
+            {"text": {"path": "/etc/motd", "content": "hello\n", "mode": 0o644, "replace": True}},
+            {
+                "file": {
+                    "path": "/usr/local/bin/blob",
+                    "data": base64.b64encode(b"\x00\x01binary").decode(),
+                    "mode": 0o755,
+                    "replace": False,
+                }
+            },
+            {"mkdir": {"path": "/opt/d", "mode": 0o700}},
+            {"append": {"path": "/etc/profile", "content": "export X=1\n"}},
+            {
+                "symlink": {
+                    "path": "/usr/local/bin/py",
+                    "target": "/usr/bin/python3",
+                    "replace": False,
+                }
+            },
+            {"remove": {"path": "/etc/issue"}},
+        ],
+        "network": {"policy": "PublicOnly"},
+        "secrets": [
+            {
+                "env": "OPENAI_API_KEY",
+                "secretKeyRef": {"name": SECRET, "key": "env.OPENAI_API_KEY"},
+                "allowHosts": ["api.openai.com", "*.openai.com"],
+            }
+        ],
+        "init": "auto",
+        "lifecycle": {"maxDurationSeconds": 3600, "idleTimeoutSeconds": 300},
+    }
+    assert t.labels == {"team": "x", "app.kubernetes.io/name": "demo"}
+    assert t.annotations == {EPHEMERAL_ANNOTATION: "true"}
+    assert set(t.secret_data) == {".dockerconfigjson", "env.OPENAI_API_KEY"}
+    assert t.secret_data["env.OPENAI_API_KEY"] == "FAKE-SECRET-VALUE"
+    auth = json.loads(t.secret_data[".dockerconfigjson"])["auths"]["docker.io"]
+    assert auth["username"] == "bob"
+    assert auth["password"] == "FAKE-REGISTRY-PASSWORD"
+    assert base64.b64decode(auth["auth"]) == b"bob:FAKE-REGISTRY-PASSWORD"
+
+
+def test_v06_secrets_and_registry_map_like_v07() -> None:
+    t = translate(body("v06-env"))
+    assert t.spec["secrets"] == [
+        {
+            "env": "TOK",
+            "secretKeyRef": {"name": SECRET, "key": "env.TOK"},
+            "allowHosts": ["api.x.io", "*.x.io"],
+        }
+    ]
+    assert t.spec["image"]["pullSecrets"] == [{"name": SECRET}]
+    assert (t.spec["workdir"], t.spec["shell"], t.spec["user"]) == ("/app", "/bin/bash", "1000")
+    assert t.spec["env"] == [{"name": "A", "value": "1"}]
+    assert t.secret_data["env.TOK"] == "FAKE-V06-SECRET"
+    assert "FAKE-V06-PASSWORD" in t.secret_data[".dockerconfigjson"]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "policy"),
+    [
+        ("network-none", "None"),
+        ("network-all", "All"),
+        ("network-default", "PublicOnly"),
+        ("network-nonstrict", "PublicOnly"),
+    ],
+)
+def test_network_profiles_become_policies(fixture: str, policy: str) -> None:
+    assert translate(body(fixture)).spec["network"] == {"policy": policy}
+
+
+def test_no_network_option_keeps_the_default_policy() -> None:
+    assert "network" not in translate(body("minimal")).spec
+
+
+def test_bind_mount_root_disk_size_and_pull_never() -> None:
+    assert translate(body("mount-bind")).spec["volumes"] == [
+        {"mountPath": "/host", "bind": {"path": "/srv/x", "readOnly": True}}
+    ]
+    assert translate(body("root-disk-size")).spec["rootfsSizeMiB"] == 2048
+    assert translate(body("pull-never")).spec["image"]["pullPolicy"] == "Never"
+
+
+def test_private_registry_host_is_taken_from_the_reference() -> None:
+    b = changed(body("full"), ("reference",), "registry.example.com:5000/team/app:1")
+    auths = json.loads(translate(b).secret_data[".dockerconfigjson"])["auths"]
+    assert list(auths) == ["registry.example.com:5000"]
+
+
+def test_anonymous_registry_needs_no_secret() -> None:
+    t = translate(changed(body("minimal"), ("registry",), {"mode": "anonymous"}))
+    assert t.secret_data == {}
+    assert "pullSecrets" not in t.spec["image"]
+
+
+def test_network_enabled_false_means_no_network() -> None:
+    t = translate(changed(body("minimal"), ("network", "enabled"), False))
+    assert t.spec["network"] == {"policy": "None"}
+
+
+@pytest.mark.parametrize(
+    ("fixture", "field"),
+    [
+        ("init-config", "init.args"),
+        ("mount-tmpfs-flags", "mounts[0].options.noexec"),
+        ("network-private", "network.policy"),
+        ("network-rules", "network.policy"),
+        ("patch-copy", "patches[0].type"),
+        ("secret-options", "network.secrets.entries[0].placeholder"),
+        ("secret-violation-block", "network.secrets.violation_action"),
+        ("security-restricted", "security_profile"),
+    ],
+)
+def test_captured_options_we_cannot_honour_are_refused(fixture: str, field: str) -> None:
+    error = refusal(body(fixture))
+    assert error.field == field
+    assert str(error).startswith(f"{field}: ")
+    assert len(error.message) > 20  # says why, not just "invalid"
+
+
+def test_every_accepted_fixture_validates_with_the_model() -> None:
+    accepted = 0
+    for path in sorted(BODIES.glob("*.json")):
+        try:
+            t = translate(json.loads(path.read_text()))
+        except InvalidConfig:
+            continue
+        accepted += 1
+        assert SandboxSpec.model_validate(t.spec).image.oci
+    assert accepted >= 10
+
+
+# --- refusals name the request-body field -----------------------------------------------------
+
+TMPFS = {
+    "type": "tmpfs",
+    "guest": "/t",
+    "size_mib": None,
+    "options": {"readonly": False, "noexec": False, "nosuid": False, "nodev": False},
+}
+NAMED = {
+    "type": "named",
+    "name": "cache",
+    "guest": "/data",
+    "options": {"readonly": False, "noexec": False, "nosuid": False, "nodev": False},
+    "stat_virtualization": "strict",
+    "host_permissions": "private",
+}
+SECRET_ENTRY = {
+    "env_var": "TOK",
+    "value": "FAKE",
+    "placeholder": "$MSB_TOK",
+    "allowed_hosts": [{"type": "exact", "value": "api.x.io"}],
+    "substitution": {"headers": True, "query": False, "body": False},
+    "passthrough_hosts": [],
+    "require_tls_identity": True,
+}
+
+
+def with_secret(**fields: Any) -> JsonDict:
+    entry = {**SECRET_ENTRY, **fields}
+    return changed(body("minimal"), ("network", "secrets"), {"entries": [entry]})
+
+
+REFUSALS: list[tuple[str, JsonDict, str]] = [
+    ("name missing", changed(body("minimal"), ("name",), None), "name"),
+    ("name upper case", changed(body("minimal"), ("name",), "My_Box"), "name"),
+    ("name too long", changed(body("minimal"), ("name",), "a" * 254), "name"),
+    ("no image", changed(body("minimal"), ("source",), None), "source"),
+    ("bind root", changed(body("minimal"), ("source",), "bind"), "source"),
+    ("disk root 0.6", changed(body("v06-minimal"), ("image",), {"type": "disk"}), "image.type"),
+    ("both shapes", changed(body("minimal"), ("image",), {"type": "oci"}), "image"),
+    ("empty reference", changed(body("minimal"), ("reference",), ""), "reference"),
+    ("reference with space", changed(body("minimal"), ("reference",), "a b"), "reference"),
+    (
+        "reference 0.6 bad",
+        changed(body("v06-minimal"), ("image", "reference"), "a b"),
+        "image.reference",
+    ),
+    ("unknown option", changed(body("minimal"), ("hostname",), "h"), "hostname"),
+    ("unknown runtime key", changed(body("minimal"), ("runtime", "tty"), True), "runtime.tty"),
+    (
+        "memory too small",
+        changed(body("minimal"), ("resources", "memory_mib"), 32),
+        "resources.memory_mib",
+    ),
+    (
+        "memory string",
+        changed(body("minimal"), ("resources", "memory_mib"), "1Gi"),
+        "resources.memory_mib",
+    ),
+    ("vcpus boolean", changed(body("minimal"), ("resources", "vcpus"), True), "resources.vcpus"),
+    ("vcpus too many", changed(body("minimal"), ("resources", "vcpus"), 65), "resources.vcpus"),
+    (
+        "disk too small",
+        changed(body("minimal"), ("resources", "disk_size_mib"), 1),
+        "resources.disk_size_mib",
+    ),
+    (
+        "relative workdir",
+        changed(body("minimal"), ("runtime", "workdir"), "app"),
+        "runtime.workdir",
+    ),
+    (
+        "workdir traversal",
+        changed(body("minimal"), ("runtime", "workdir"), "/a/../b"),
+        "runtime.workdir",
+    ),
+    ("relative shell", changed(body("minimal"), ("runtime", "shell"), "bash"), "runtime.shell"),
+    ("bad user", changed(body("minimal"), ("runtime", "user"), "root; rm"), "runtime.user"),
+    (
+        "entrypoint not list",
+        changed(body("minimal"), ("runtime", "entrypoint"), "sh"),
+        "runtime.entrypoint",
+    ),
+    ("cmd item number", changed(body("minimal"), ("runtime", "cmd"), ["a", 1]), "runtime.cmd[1]"),
+    ("log level", changed(body("minimal"), ("runtime", "log_level"), "loud"), "runtime.log_level"),
+    (
+        "script name",
+        changed(body("minimal"), ("runtime", "scripts"), {"../x": "y"}),
+        "runtime.scripts.../x",
+    ),
+    (
+        "script content",
+        changed(body("minimal"), ("runtime", "scripts"), {"x": 5}),
+        "runtime.scripts.x",
+    ),
+    ("env not list", changed(body("minimal"), ("env",), {"A": "1"}), "env"),
+    ("env item not object", changed(body("minimal"), ("env",), ["A=1"]), "env[0]"),
+    (
+        "env bad name",
+        changed(body("minimal"), ("env",), [{"key": "1A", "value": ""}]),
+        "env[0].key",
+    ),
+    (
+        "env null value",
+        changed(body("minimal"), ("env",), [{"key": "A", "value": None}]),
+        "env[0].value",
+    ),
+    (
+        "env duplicate",
+        changed(
+            body("minimal"), ("env",), [{"key": "A", "value": "1"}, {"key": "A", "value": "2"}]
+        ),
+        "env[1].key",
+    ),
+    (
+        "env value too long",
+        changed(body("minimal"), ("env",), [{"key": "A", "value": "x" * 40000}]),
+        "env[0].value",
+    ),
+    ("label key", changed(body("minimal"), ("labels",), {"bad key": "v"}), "labels.bad key"),
+    ("label value", changed(body("minimal"), ("labels",), {"k": "-v"}), "labels.k"),
+    ("label value type", changed(body("minimal"), ("labels",), {"k": 1}), "labels.k"),
+    (
+        "label reserved",
+        changed(body("minimal"), ("labels",), {"kubesandbox.dev/x": "v"}),
+        "labels.kubesandbox.dev/x",
+    ),
+    (
+        "label prefix",
+        changed(body("minimal"), ("labels",), {"Bad_Prefix/x": "v"}),
+        "labels.Bad_Prefix/x",
+    ),
+    ("labels not object", changed(body("minimal"), ("labels",), ["a"]), "labels"),
+    (
+        "rlimits",
+        changed(body("minimal"), ("rlimits",), [{"resource": "nofile", "soft": 1, "hard": 1}]),
+        "rlimits",
+    ),
+    (
+        "mount type",
+        changed(body("minimal"), ("mounts",), [{**TMPFS, "type": "owned"}]),
+        "mounts[0].type",
+    ),
+    (
+        "mount relative guest",
+        changed(body("minimal"), ("mounts",), [TMPFS, {**TMPFS, "guest": "t"}]),
+        "mounts[1].guest",
+    ),
+    (
+        "mount duplicate guest",
+        changed(body("minimal"), ("mounts",), [TMPFS, TMPFS]),
+        "mounts[1].guest",
+    ),
+    (
+        "tmpfs size zero",
+        changed(body("minimal"), ("mounts",), [TMPFS, {**TMPFS, "guest": "/u", "size_mib": 0}]),
+        "mounts[1].size_mib",
+    ),
+    (
+        "tmpfs read-only",
+        changed(body("minimal"), ("mounts",), [{**TMPFS, "options": {"readonly": True}}]),
+        "mounts[0].options.readonly",
+    ),
+    (
+        "tmpfs unknown option",
+        changed(body("minimal"), ("mounts",), [{**TMPFS, "options": {"sync": True}}]),
+        "mounts[0].options.sync",
+    ),
+    (
+        "named bad name",
+        changed(body("minimal"), ("mounts",), [{**NAMED, "name": "Bad_Name"}]),
+        "mounts[0].name",
+    ),
+    (
+        "named relaxed",
+        changed(body("minimal"), ("mounts",), [{**NAMED, "stat_virtualization": "relaxed"}]),
+        "mounts[0].stat_virtualization",
+    ),
+    (
+        "named size",
+        changed(body("minimal"), ("mounts",), [{**NAMED, "size_mib": 10}]),
+        "mounts[0].size_mib",
+    ),
+    (
+        "bind quota",
+        changed(body("mount-bind"), ("mounts", 0, "quota_mib"), 10),
+        "mounts[0].quota_mib",
+    ),
+    (
+        "bind relative host",
+        changed(body("mount-bind"), ("mounts", 0, "host"), "srv"),
+        "mounts[0].host",
+    ),
+    (
+        "patch traversal",
+        changed(body("minimal"), ("patches",), [{"type": "remove", "path": "/etc/../../x"}]),
+        "patches[0].path",
+    ),
+    (
+        "patch relative",
+        changed(body("minimal"), ("patches",), [{"type": "mkdir", "path": "etc", "mode": None}]),
+        "patches[0].path",
+    ),
+    (
+        "patch NUL",
+        changed(body("minimal"), ("patches",), [{"type": "remove", "path": "/etc/\x00x"}]),
+        "patches[0].path",
+    ),
+    (
+        "symlink relative link",
+        changed(
+            body("minimal"),
+            ("patches",),
+            [{"type": "symlink", "target": "/x", "link": "y", "replace": False}],
+        ),
+        "patches[0].link",
+    ),
+    (
+        "patch mode",
+        changed(body("minimal"), ("patches",), [{"type": "mkdir", "path": "/d", "mode": 0o10000}]),
+        "patches[0].mode",
+    ),
+    (
+        "patch byte",
+        changed(
+            body("minimal"),
+            ("patches",),
+            [{"type": "file", "path": "/f", "content": [1, 256], "mode": None, "replace": False}],
+        ),
+        "patches[0].content[1]",
+    ),
+    (
+        "patch bytes string",
+        changed(
+            body("minimal"),
+            ("patches",),
+            [{"type": "file", "path": "/f", "content": "AA==", "mode": None, "replace": False}],
+        ),
+        "patches[0].content",
+    ),
+    (
+        "patch text too long",
+        changed(
+            body("minimal"),
+            ("patches",),
+            [{"type": "append", "path": "/f", "content": "x" * (256 * 1024 + 1)}],
+        ),
+        "patches[0].content",
+    ),
+    (
+        "patch unknown type",
+        changed(body("minimal"), ("patches",), [{"type": "chmod", "path": "/f"}]),
+        "patches[0].type",
+    ),
+    (
+        "patch unknown key",
+        changed(body("minimal"), ("patches",), [{"type": "remove", "path": "/f", "mode": 1}]),
+        "patches[0].mode",
+    ),
+    (
+        "copy dir",
+        changed(
+            body("minimal"),
+            ("patches",),
+            [{"type": "copy_dir", "src": "/a", "dst": "/b", "replace": False}],
+        ),
+        "patches[0].type",
+    ),
+    (
+        "policy rules",
+        changed(body("network-default"), ("network", "policy", "rules"), []),
+        "network.policy",
+    ),
+    (
+        "policy not object",
+        changed(body("minimal"), ("network", "policy"), "public"),
+        "network.policy",
+    ),
+    (
+        "rule not object",
+        changed(body("network-default"), ("network", "policy", "rules", 0), 5),
+        "network.policy.rules[0]",
+    ),
+    (
+        "network unknown",
+        changed(body("minimal"), ("network", "ports"), [{"host_port": 1}]),
+        "network.ports",
+    ),
+    ("secret no hosts", with_secret(allowed_hosts=[]), "network.secrets.entries[0].allowed_hosts"),
+    (
+        "secret host upper",
+        with_secret(allowed_hosts=[{"type": "exact", "value": "API.x.io"}]),
+        "network.secrets.entries[0].allowed_hosts[0].value",
+    ),
+    (
+        "secret wildcard as exact",
+        with_secret(allowed_hosts=[{"type": "exact", "value": "*.x.io"}]),
+        "network.secrets.entries[0].allowed_hosts[0].value",
+    ),
+    (
+        "secret host kind",
+        with_secret(allowed_hosts=[{"type": "any", "value": "x.io"}]),
+        "network.secrets.entries[0].allowed_hosts[0].type",
+    ),
+    ("secret empty value", with_secret(value=""), "network.secrets.entries[0].value"),
+    (
+        "secret huge value",
+        with_secret(value="x" * (64 * 1024 + 1)),
+        "network.secrets.entries[0].value",
+    ),
+    ("secret bad env", with_secret(env_var="A B"), "network.secrets.entries[0].env_var"),
+    (
+        "secret query",
+        with_secret(substitution={"headers": True, "query": True, "body": False}),
+        "network.secrets.entries[0].substitution",
+    ),
+    (
+        "secret passthrough",
+        with_secret(passthrough_hosts=[{"type": "exact", "value": "y.io"}]),
+        "network.secrets.entries[0].passthrough_hosts",
+    ),
+    (
+        "secret no tls identity",
+        with_secret(require_tls_identity=False),
+        "network.secrets.entries[0].require_tls_identity",
+    ),
+    (
+        "secret env taken",
+        changed(with_secret(), ("env",), [{"key": "TOK", "value": "1"}]),
+        "network.secrets.entries[0].env_var",
+    ),
+    (
+        "registry keyring",
+        changed(body("minimal"), ("registry",), {"mode": "keyring"}),
+        "registry.mode",
+    ),
+    (
+        "registry colon user",
+        changed(
+            body("minimal"), ("registry",), {"mode": "inline", "username": "a:b", "password": "p"}
+        ),
+        "registry.username",
+    ),
+    (
+        "registry no password",
+        changed(body("minimal"), ("registry",), {"mode": "inline", "username": "a"}),
+        "registry.password",
+    ),
+    (
+        "init relative",
+        changed(body("minimal"), ("init",), {"cmd": "sbin/init", "args": [], "env": []}),
+        "init.cmd",
+    ),
+    (
+        "init env",
+        changed(body("minimal"), ("init",), {"cmd": "auto", "args": [], "env": [["K", "V"]]}),
+        "init.env",
+    ),
+    ("init string", changed(body("minimal"), ("init",), "auto"), "init"),
+    ("pull policy", changed(body("minimal"), ("pull_policy",), "sometimes"), "pull_policy"),
+    (
+        "max duration zero",
+        changed(body("minimal"), ("lifecycle", "max_duration_secs"), 0),
+        "lifecycle.max_duration_secs",
+    ),
+    (
+        "max duration fraction",
+        changed(body("minimal"), ("lifecycle", "max_duration_secs"), 1.5),
+        "lifecycle.max_duration_secs",
+    ),
+    (
+        "idle timeout string",
+        changed(body("minimal"), ("lifecycle", "idle_timeout_secs"), "10"),
+        "lifecycle.idle_timeout_secs",
+    ),
+    (
+        "ephemeral string",
+        changed(body("minimal"), ("lifecycle", "ephemeral"), "yes"),
+        "lifecycle.ephemeral",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("b", "field"), [(b, f) for _, b, f in REFUSALS], ids=[label for label, _, _ in REFUSALS]
+)
+def test_refusal_names_the_request_body_field(b: JsonDict, field: str) -> None:
+    error = refusal(b)
+    assert error.field == field, str(error)
+    assert error.message
+
+
+def test_model_errors_are_reported_at_the_body_field_with_the_models_reason() -> None:
+    error = refusal(changed(body("minimal"), ("runtime", "user"), "Bad User"))
+    assert error.field == "runtime.user"
+    assert "pattern" in error.message
+
+
+def test_body_must_be_an_object() -> None:
+    with pytest.raises(InvalidConfig, match="must be an object"):
+        sandbox_from_create([], secret_name=SECRET)  # type: ignore[arg-type]
+
+
+# --- hostile input ----------------------------------------------------------------------------
+
+HOSTILE: list[Any] = [None, True, -1, 2**70, 1.5, "", "x" * 5000, "/../..", [], [None], {}, {"": 1}]
+
+
+def leaf_paths(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[str | int, ...]]:
+    """Every path into a JSON value (objects and arrays included), shallow first."""
+    if path:
+        yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from leaf_paths(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value[:3]):
+            yield from leaf_paths(item, (*path, i))
+
+
+@pytest.mark.parametrize("fixture", ["full", "v06-env", "mount-bind"])
+def test_any_value_anywhere_gives_a_translation_or_invalid_config(fixture: str) -> None:
+    base = body(fixture)
+    outcomes = [
+        outcome(changed(base, path, value)) for path in leaf_paths(base) for value in HOSTILE
+    ]
+    assert len(outcomes) > 100
+    assert all(o == "accepted" or o.startswith("refused: ") for o in outcomes)
+    assert any(o == "accepted" for o in outcomes)
+
+
+def outcome(b: JsonDict) -> str:
+    """``accepted`` (and the spec validates) or ``refused: <field>``; anything else raises."""
+    try:
+        t = translate(b)
+    except InvalidConfig as error:
+        return f"refused: {error.field}"
+    SandboxSpec.model_validate(t.spec)
+    return "accepted"
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        (("env",), "env"),
+        (("mounts",), "mounts"),
+        (("patches",), "patches"),
+        (("rlimits",), "rlimits"),
+        (("runtime", "cmd"), "runtime.cmd"),
+        (("network", "secrets", "entries"), "network.secrets.entries"),
+    ],
+)
+def test_huge_lists_are_refused_by_size(path: tuple[str, ...], field: str) -> None:
+    b = body("minimal")
+    b["network"]["secrets"] = {"entries": []}
+    error = refusal(changed(b, path, [{}] * 1_000_000))
+    assert error.field == field
+    assert "1000000 items" in error.message
+
+
+def test_huge_maps_are_refused_by_size() -> None:
+    labels = {f"k{i}": "v" for i in range(100_000)}
+    assert refusal(changed(body("minimal"), ("labels",), labels)).field == "labels"
+    scripts = {f"s{i}": "" for i in range(100_000)}
+    assert refusal(changed(body("minimal"), ("runtime", "scripts"), scripts)).field == (
+        "runtime.scripts"
+    )
+
+
+def test_huge_file_patch_is_refused_before_it_is_decoded() -> None:
+    patch = {"type": "file", "path": "/f", "content": [0] * (1024 * 1024), "mode": None}
+    error = refusal(changed(body("minimal"), ("patches",), [{**patch, "replace": False}]))
+    assert error.field == "patches[0].content"
+
+
+def test_secret_data_is_bounded_in_total() -> None:
+    entries = [
+        {**SECRET_ENTRY, "env_var": f"T{i}", "placeholder": f"$MSB_T{i}", "value": "x" * 60_000}
+        for i in range(12)
+    ]
+    b = changed(body("minimal"), ("network", "secrets"), {"entries": entries})
+    assert refusal(b).field.startswith("network.secrets.entries[")
+
+
+def test_long_hostile_keys_are_shortened_in_the_field_path() -> None:
+    error = refusal(changed(body("minimal"), ("labels",), {"\n" * 10_000: "v"}))
+    assert error.field.startswith("labels.")
+    assert len(error.field) < 100
