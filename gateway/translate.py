@@ -51,6 +51,16 @@ from kubesandbox_gateway.msb_input import (
     string,
     strings,
 )
+from kubesandbox_gateway.msb_object import sandbox_object
+from kubesandbox_gateway.msb_wire import (
+    DEFAULT_INJECTION,
+    DEFAULT_SUBSTITUTION,
+    DEFAULT_VIOLATION,
+    EPHEMERAL_ANNOTATION,
+    LOG_LEVELS,
+    PULL_POLICIES,
+    default_placeholder,
+)
 
 __all__ = [
     "EPHEMERAL_ANNOTATION",
@@ -63,10 +73,6 @@ __all__ = [
 ]
 
 JsonDict = dict[str, Any]
-
-EPHEMERAL_ANNOTATION = "kubesandbox.dev/ephemeral"
-"""Set to ``"true"`` for ``lifecycle.ephemeral``: the gateway deletes such a Sandbox once it
-has stopped (microsandbox removes ephemeral sandboxes on stop)."""
 
 DOCKERCONFIG_KEY = ".dockerconfigjson"
 """Key of the companion Secret holding registry credentials (what the operator reads)."""
@@ -173,14 +179,6 @@ _SECRET_ENTRY = frozenset(
         "violation_action",
     }
 )
-_LOG_LEVELS = {"trace": "Trace", "debug": "Debug", "info": "Info", "warn": "Warn", "error": "Error"}
-_PULL_POLICIES = {"always": "Always", "if_missing": "IfMissing", "never": "Never"}
-
-_DEFAULT_SUBSTITUTION = {"headers": True, "query": False, "body": False}
-"""What the 0.7 SDK sends for ``SecretSubstitution()``: the value goes into request headers."""
-_DEFAULT_INJECTION = {"headers": True, "basic_auth": True, "query_params": False, "body": False}
-"""The 0.6 SDK's equivalent (``SecretInjection()``)."""
-_DEFAULT_VIOLATION = {"type": "block_and_log"}
 
 
 class _Spec:
@@ -311,9 +309,9 @@ def _root_refusal(kind: object) -> str:
 def _pull_policy(value: object) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or value not in _PULL_POLICIES:
-        raise InvalidConfig("pull_policy", "must be one of " + ", ".join(_PULL_POLICIES))
-    return _PULL_POLICIES[value]
+    if not isinstance(value, str) or value not in PULL_POLICIES:
+        raise InvalidConfig("pull_policy", "must be one of " + ", ".join(PULL_POLICIES))
+    return PULL_POLICIES[value]
 
 
 def _registry(value: object, reference: str, secrets: _Secrets) -> bool:
@@ -389,9 +387,9 @@ def _runtime(value: object, spec: _Spec) -> None:
             spec.came_from((target,), f"runtime.{key}")
     level = runtime.get("log_level")
     if level is not None:
-        if not isinstance(level, str) or level not in _LOG_LEVELS:
-            raise InvalidConfig("runtime.log_level", "must be one of " + ", ".join(_LOG_LEVELS))
-        spec.data["logLevel"] = _LOG_LEVELS[level]
+        if not isinstance(level, str) or level not in LOG_LEVELS:
+            raise InvalidConfig("runtime.log_level", "must be one of " + ", ".join(LOG_LEVELS))
+        spec.data["logLevel"] = LOG_LEVELS[level]
         spec.came_from(("logLevel",), "runtime.log_level")
     scripts = runtime.get("scripts") or {}
     if not isinstance(scripts, Mapping):
@@ -787,7 +785,7 @@ def _secret_entries(
     block = opt_obj(value, "network.secrets", _SECRETS)
     for key in ("violation_action", "on_violation"):
         action = block.get(key)
-        if action is not None and action != _DEFAULT_VIOLATION:
+        if action is not None and action != DEFAULT_VIOLATION:
             raise InvalidConfig(
                 f"network.secrets.{key}",
                 "only block_and_log is supported: a request carrying a secret to a host that "
@@ -827,16 +825,16 @@ def _secret_entries(
 def _secret_defaults(entry: Mapping[str, Any], env: str, where: str) -> None:
     """Secret options we support only at the SDK's defaults."""
     placeholder = entry.get("placeholder")
-    if placeholder not in (None, f"$MSB_{env}"):
+    if placeholder not in (None, default_placeholder(env)):
         raise InvalidConfig(
             f"{where}.placeholder", "custom placeholders are not supported; omit placeholder"
         )
-    if entry.get("substitution") not in (None, _DEFAULT_SUBSTITUTION):
+    if entry.get("substitution") not in (None, DEFAULT_SUBSTITUTION):
         raise InvalidConfig(
             f"{where}.substitution",
             "only the default substitution (request headers) is supported",
         )
-    if entry.get("injection") not in (None, _DEFAULT_INJECTION):
+    if entry.get("injection") not in (None, DEFAULT_INJECTION):
         raise InvalidConfig(
             f"{where}.injection", "only the default injection (request headers) is supported"
         )
@@ -852,7 +850,7 @@ def _secret_defaults(entry: Mapping[str, Any], env: str, where: str) -> None:
             f"{where}.require_tls_identity",
             "secrets are only ever sent to hosts whose TLS identity was verified",
         )
-    if entry.get("violation_action") not in (None, _DEFAULT_VIOLATION):
+    if entry.get("violation_action") not in (None, DEFAULT_VIOLATION):
         raise InvalidConfig(f"{where}.violation_action", "only block_and_log is supported")
 
 
@@ -921,12 +919,65 @@ def _lifecycle(value: object, spec: _Spec) -> bool:
     return boolean(lifecycle.get("ephemeral"), "lifecycle.ephemeral", default=False)
 
 
-# --- Sandbox object → the SDK's Sandbox JSON --------------------------------------------------
+# --- logging ----------------------------------------------------------------------------------
 
-
-def sandbox_object(sandbox: Mapping[str, Any]) -> JsonDict:
-    raise NotImplementedError
+REDACTED = "<redacted>"
+_CREDENTIAL_KEYS = frozenset(
+    {"password", "passwd", "token", "identitytoken", "auth", "secret", "api_key", "value_b64"}
+)
+"""Keys whose value is replaced wherever they appear in a body."""
+_SECRET_ZONES = frozenset({"secrets", "registry"})
+"""Inside these, only the keys below are shown; every other string is replaced. An allowlist,
+so that a secret in a misplaced or malformed shape (``entries`` as an object, a value in a
+list) is hidden too."""
+_SHOWN_IN_ZONES = frozenset(
+    {
+        "entries",
+        "env_var",
+        "placeholder",
+        "allowed_hosts",
+        "passthrough_hosts",
+        "substitution",
+        "injection",
+        "require_tls_identity",
+        "violation_action",
+        "on_violation",
+        "mode",
+        "username",
+    }
+)
+MAX_LOG_DEPTH = 32
 
 
 def redacted(body: Mapping[str, Any]) -> JsonDict:
-    raise NotImplementedError
+    """The body safe to log: secret values (``network.secrets.entries[].value``), registry
+    passwords and anything else under ``secrets``/``registry`` that is not known to be
+    harmless, and any key named like a credential, replaced by ``"<redacted>"``. The shape is
+    kept (the gateway echoes it as ``spec``) and the input is not modified."""
+    value: object = body  # typed as a Mapping, but it came off the network
+    if not isinstance(value, Mapping):
+        return {"body": f"<not a JSON object: {type(value).__name__}>"}
+    return {str(key): _redact_member(str(key), item, False, 0) for key, item in value.items()}
+
+
+def _redact_member(key: str, item: Any, hidden: bool, depth: int) -> Any:
+    """One member of an object; ``hidden`` is true inside a secret zone."""
+    if key.lower() in _CREDENTIAL_KEYS:
+        return None if item is None else REDACTED
+    if hidden and key in _SHOWN_IN_ZONES:
+        hidden = key == "entries"  # an entry's own members are judged one by one again
+    elif key.lower() in _SECRET_ZONES:
+        hidden = True
+    return _redact(item, hidden, depth + 1)
+
+
+def _redact(value: Any, hidden: bool, depth: int) -> Any:
+    if depth > MAX_LOG_DEPTH:
+        return "<too deep>"
+    if isinstance(value, Mapping):
+        return {str(k): _redact_member(str(k), item, hidden, depth) for k, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(item, hidden, depth + 1) for item in value]
+    if hidden and isinstance(value, str):
+        return REDACTED
+    return value

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,14 @@ from typing import Any
 import pytest
 
 from kubesandbox_api.spec import SandboxSpec
+from kubesandbox_gateway.msb_wire import SDK_STATUS_REASONS, SDK_STATUSES
 from kubesandbox_gateway.translate import (
     EPHEMERAL_ANNOTATION,
     InvalidConfig,
     Translation,
+    redacted,
     sandbox_from_create,
+    sandbox_object,
 )
 
 BODIES = Path(__file__).parent / "bodies"
@@ -711,3 +715,262 @@ def test_long_hostile_keys_are_shortened_in_the_field_path() -> None:
     error = refusal(changed(body("minimal"), ("labels",), {"\n" * 10_000: "v"}))
     assert error.field.startswith("labels.")
     assert len(error.field) < 100
+
+
+# --- Sandbox object → SDK JSON ----------------------------------------------------------------
+
+UID = "6f1c2a57-0d7e-4c8e-9d8a-2b1b8f9f0c11"
+RFC3339_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+def stored(t: Translation, status: JsonDict | None = None, *, state: str | None = None) -> JsonDict:
+    """The Sandbox as the apiserver would return it after the gateway created it."""
+    spec = copy.deepcopy(t.spec)
+    if state is not None:
+        spec.setdefault("lifecycle", {})["state"] = state
+    return {
+        "apiVersion": "kubesandbox.dev/v1alpha1",
+        "kind": "Sandbox",
+        "metadata": {
+            "name": t.name,
+            "namespace": "team-a",
+            "uid": UID,
+            "creationTimestamp": "2026-11-22T14:00:00Z",
+            "labels": t.labels,
+            "annotations": t.annotations,
+        },
+        "spec": spec,
+        "status": status or {},
+    }
+
+
+def assert_sdk_decodes(answer: JsonDict) -> None:
+    """The rules the SDK's decoder was observed to enforce (docs/msb-compat.md §3)."""
+    for key in ("id", "org_id", "name", "slug", "status", "created_at"):
+        assert isinstance(answer[key], str), key
+    assert isinstance(answer["ephemeral"], bool)
+    assert answer["status"] in SDK_STATUSES
+    assert answer["status_reason"] is None or answer["status_reason"] in SDK_STATUS_REASONS
+    for key in ("created_at", "started_at", "stopped_at"):
+        assert answer[key] is None or RFC3339_Z.fullmatch(answer[key]), key
+    spec = answer["spec"]
+    assert spec["source"] in ("oci", "bind", "disk_image")
+    assert isinstance(spec["runtime"], dict)
+    assert all(isinstance(item["value"], str) for item in spec["env"])
+
+
+def test_identity_and_timestamps() -> None:
+    t = translate(body("full"))
+    status = {
+        "phase": "Running",
+        "startedAt": "2026-11-22T14:00:05+00:00",
+        "stoppedAt": "not a time",
+    }
+    answer = sandbox_object(stored(t, status))
+    assert_sdk_decodes(answer)
+    assert (answer["id"], answer["org_id"]) == (UID, "team-a")
+    assert answer["name"] == answer["slug"] == "fx-full"
+    assert answer["ephemeral"] is True
+    assert answer["created_at"] == "2026-11-22T14:00:00Z"
+    assert answer["started_at"] == "2026-11-22T14:00:05Z"
+    assert answer["stopped_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("phase", "state", "status", "reason"),
+    [
+        (None, None, "starting", "scheduling"),
+        ("Pending", None, "starting", "scheduling"),
+        ("Scheduled", None, "starting", None),
+        ("Pulling", None, "starting", None),
+        ("Booting", None, "starting", None),
+        (None, "Stopped", "created", None),
+        ("Pending", "Stopped", "created", None),
+        ("Running", None, "running", None),
+        ("Paused", "Paused", "stopped", None),
+        ("Draining", None, "stopping", None),
+        ("Stopping", None, "stopping", None),
+        ("Stopped", "Stopped", "stopped", None),
+        ("Crashed", None, "failed", None),
+        ("Failed", None, "failed", None),
+        ("SomeFuturePhase", None, "starting", None),
+    ],
+)
+def test_status_table(
+    phase: str | None, state: str | None, status: str, reason: str | None
+) -> None:
+    sandbox_status = {"phase": phase} if phase else {}
+    answer = sandbox_object(stored(translate(body("minimal")), sandbox_status, state=state))
+    assert_sdk_decodes(answer)
+    assert (answer["status"], answer["status_reason"]) == (status, reason)
+
+
+def test_unschedulable_is_insufficient_capacity() -> None:
+    condition = {"type": "Scheduled", "status": "False", "reason": "Unschedulable"}
+    status = {"phase": "Pending", "conditions": [condition]}
+    answer = sandbox_object(stored(translate(body("minimal")), status))
+    assert answer["status_reason"] == "insufficient_capacity"
+
+
+def test_failure_message_only_when_failed() -> None:
+    t = translate(body("minimal"))
+    failed = sandbox_object(stored(t, {"phase": "Failed", "message": "image not found: x"}))
+    assert failed["last_failure_message"] == "image not found: x"
+    crashed = sandbox_object(stored(t, {"phase": "Crashed", "exitStatus": {"success": False}}))
+    assert crashed["last_failure_message"] == "sandbox crashed"
+    running = sandbox_object(stored(t, {"phase": "Running", "message": "old failure"}))
+    assert running["last_failure_message"] is None
+
+
+@pytest.mark.parametrize("fixture", ["full", "v06-env", "minimal", "mount-bind", "network-none"])
+def test_round_trip_keeps_env_workdir_user_and_shell(fixture: str) -> None:
+    b = body(fixture)
+    answer = sandbox_object(stored(translate(b), {"phase": "Running"}))
+    assert_sdk_decodes(answer)
+    runtime = answer["spec"]["runtime"]
+    assert answer["spec"]["env"] == b["env"]
+    assert runtime["workdir"] == b["runtime"]["workdir"]
+    assert runtime["user"] == b["runtime"]["user"]
+    assert runtime["shell"] == (b["runtime"]["shell"] or "/bin/sh")
+    assert answer["spec"]["reference"] == b.get("reference") or b["image"]["reference"]
+
+
+def test_round_trip_of_the_full_body_keeps_every_option_that_is_echoed() -> None:
+    b = body("full")
+    spec = sandbox_object(stored(translate(b), {"phase": "Running"}))["spec"]
+    for key in ("entrypoint", "cmd", "log_level"):
+        assert spec["runtime"][key] == b["runtime"][key]
+    assert spec["resources"] == b["resources"]
+    assert spec["labels"] == b["labels"]
+    assert spec["lifecycle"] == b["lifecycle"]
+    assert spec["pull_policy"] == b["pull_policy"]
+    assert spec["init"] == b["init"]
+    assert spec["network"]["policy"] == body("network-default")["network"]["policy"]
+    assert sorted(spec["mounts"], key=str) == sorted(b["mounts"], key=str)
+
+
+def test_network_policies_round_trip_to_the_sdks_own_shapes() -> None:
+    for fixture in ("network-none", "network-all", "network-default"):
+        b = body(fixture)
+        spec = sandbox_object(stored(translate(b)))["spec"]
+        assert spec["network"]["policy"] == b["network"]["policy"]
+
+
+def test_object_spec_never_carries_secret_values() -> None:
+    t = translate(body("full"))
+    sandbox = stored(t, {"phase": "Running"})
+    sandbox["spec"]["env"].append(
+        {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+    )
+    answer = sandbox_object(sandbox)
+    text = json.dumps(answer)
+    for value in t.secret_data.values():
+        assert value not in text
+    assert "FAKE-SECRET-VALUE" not in text
+    assert "FROM_SECRET" not in text
+    entries = answer["spec"]["network"]["secrets"]["entries"]
+    assert entries == [
+        {
+            "env_var": "OPENAI_API_KEY",
+            "placeholder": "$MSB_OPENAI_API_KEY",
+            "allowed_hosts": [
+                {"type": "exact", "value": "api.openai.com"},
+                {"type": "wildcard", "value": "*.openai.com"},
+            ],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("image", "source"),
+    [
+        ({"bind": {"path": "/srv/root"}}, {"source": "bind", "path": "/srv/root"}),
+        (
+            {"disk": {"path": "/img/a.qcow2", "format": "qcow2"}},
+            {"source": "disk_image", "path": "/img/a.qcow2", "format": "qcow2", "fstype": None},
+        ),
+    ],
+)
+def test_roots_made_with_kubectl_are_shown_in_the_sdks_shape(
+    image: JsonDict, source: JsonDict
+) -> None:
+    sandbox = {
+        "metadata": {"name": "k", "namespace": "n", "uid": UID, "creationTimestamp": "x"},
+        "spec": {"image": image, "memory": "1Gi"},
+    }
+    answer = sandbox_object(sandbox)
+    assert_sdk_decodes(answer)
+    assert {k: answer["spec"][k] for k in source} == source
+    assert answer["spec"]["resources"] == {"vcpus": 1, "memory_mib": 1024}
+    assert answer["created_at"] == "1970-01-01T00:00:00Z"  # unparsable: a safe placeholder
+
+
+@pytest.mark.parametrize(
+    "sandbox",
+    [
+        {},
+        {"metadata": None, "spec": None, "status": None},
+        {"metadata": {"name": 5, "labels": [1]}, "spec": {"env": "x", "volumes": [1, None]}},
+        {"metadata": {}, "spec": {"image": {"oci": 1}, "memory": "lots", "cpus": True}},
+        {"spec": {"network": {"policy": ["x"]}, "secrets": [{"env": "A", "allowHosts": "h"}]}},
+    ],
+)
+def test_malformed_objects_still_give_json_the_sdk_decodes(sandbox: JsonDict) -> None:
+    assert_sdk_decodes(sandbox_object(sandbox))
+
+
+# --- redaction --------------------------------------------------------------------------------
+
+SECRET_VALUES = [
+    "FAKE-SECRET-VALUE",
+    "FAKE-REGISTRY-PASSWORD",
+    "FAKE-TOKEN-VALUE",
+    "FAKE-V06-SECRET",
+    "FAKE-V06-PASSWORD",
+]
+
+
+@pytest.mark.parametrize("path", sorted(BODIES.glob("*.json")), ids=lambda p: p.stem)
+def test_redaction_never_leaks_a_captured_secret(path: Path) -> None:
+    b = json.loads(path.read_text())
+    text = json.dumps(redacted(b))
+    for value in SECRET_VALUES:
+        assert value not in text
+
+
+def test_redaction_keeps_the_shape_and_everything_else() -> None:
+    b = body("full")
+    clean = redacted(b)
+    assert clean["network"]["secrets"]["entries"][0]["value"] == "<redacted>"
+    assert clean["registry"] == {"mode": "inline", "username": "bob", "password": "<redacted>"}
+    clean["network"]["secrets"]["entries"][0]["value"] = b["network"]["secrets"]["entries"][0][
+        "value"
+    ]
+    clean["registry"]["password"] = b["registry"]["password"]
+    assert clean == b
+    assert b["registry"]["password"] == "FAKE-REGISTRY-PASSWORD"  # the input is not modified
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda s: {"network": {"secrets": {"entries": {"x": {"value": s}}}}},
+        lambda s: {"network": {"secrets": [{"value": s}]}},
+        lambda s: {"network": {"secrets": {"entries": [{"value": [s, {"k": s}]}]}}},
+        lambda s: {"registry": {"password": {"nested": s}}},
+        lambda s: {"registry": [s]},
+        lambda s: {"unknown": {"token": s, "Password": s}},
+        lambda s: {"labels": {"secrets": {"value": s}}},
+    ],
+)
+def test_redaction_of_misplaced_or_malformed_secrets(mangle: Any) -> None:
+    secret = "FAKE-HIDDEN-7c1f"
+    assert secret not in json.dumps(redacted(mangle(secret)))
+
+
+def test_redaction_of_hostile_shapes() -> None:
+    deep: Any = "FAKE-DEEP"
+    for _ in range(500):
+        deep = {"a": [deep]}
+    assert "FAKE-DEEP" not in json.dumps(redacted(deep))
+    assert redacted([1, 2]) == {"body": "<not a JSON object: list>"}  # type: ignore[arg-type]

@@ -1,0 +1,281 @@
+"""A Sandbox object → the Sandbox JSON the microsandbox SDK decodes (create, get, list, start).
+
+The SDK is strict about this JSON and silent about some failures (docs/msb-compat.md §3):
+a missing required key, a timestamp that is not RFC 3339, or a ``status``/``status_reason``
+outside its enums fails the whole response, and for a list one bad item fails the whole page.
+A ``spec`` it cannot parse is dropped *silently*, and a reconnected handle then runs commands
+as root in ``/`` with no environment. So this side is lenient about what it reads (the object
+comes from the apiserver, already validated) and strict about what it writes: only values the
+SDK was seen to accept, and no secret value, ever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubesandbox_api.quantity import to_mib
+from kubesandbox_gateway.msb_wire import (
+    DEFAULT_VIOLATION,
+    EPHEMERAL_ANNOTATION,
+    LOG_LEVELS,
+    POLICIES,
+    PUBLIC_POLICY,
+    PULL_POLICIES,
+    default_placeholder,
+)
+
+JsonDict = dict[str, Any]
+
+_STARTING_PHASES = frozenset({"Pending", "Scheduled", "Pulling", "Booting"})
+_PHASE_STATUS = {
+    "Running": "running",
+    "Paused": "stopped",
+    "Draining": "stopping",
+    "Stopping": "stopping",
+    "Stopped": "stopped",
+    "Crashed": "failed",
+    "Failed": "failed",
+}
+_EPOCH = "1970-01-01T00:00:00Z"
+MAX_FAILURE_MESSAGE = 4096
+
+_SDK_LOG_LEVELS = {level: name for name, level in LOG_LEVELS.items()}
+_SDK_PULL_POLICIES = {policy: name for name, policy in PULL_POLICIES.items()}
+
+
+def sandbox_object(sandbox: Mapping[str, Any]) -> JsonDict:
+    """A Sandbox as the apiserver returns it → the SDK's Sandbox JSON.
+
+    Lenient on purpose: the object comes from the apiserver (already validated), and one item
+    the SDK cannot decode fails a whole list, so odd values become safe defaults (a timestamp
+    that does not parse becomes null) instead of errors.
+    """
+    metadata = _mapping(sandbox.get("metadata"))
+    spec = _mapping(sandbox.get("spec"))
+    status = _mapping(sandbox.get("status"))
+    annotations = _mapping(metadata.get("annotations"))
+    name = _text(metadata.get("name"))
+    msb_status = _status(status, spec)
+    failure = None
+    if msb_status == "failed":
+        failure = _failure_message(status)
+    return {
+        "id": _text(metadata.get("uid")),
+        "org_id": _text(metadata.get("namespace")),
+        "name": name,
+        "slug": name,
+        "status": msb_status,
+        "status_reason": _status_reason(msb_status, status),
+        "ephemeral": annotations.get(EPHEMERAL_ANNOTATION) == "true",
+        "created_at": _timestamp(metadata.get("creationTimestamp")) or _EPOCH,
+        "started_at": _timestamp(status.get("startedAt")),
+        "stopped_at": _timestamp(status.get("stoppedAt")),
+        "last_failure_message": failure,
+        "spec": _sdk_spec(name, metadata, spec, annotations),
+    }
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _status(status: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
+    """docs/gateway.md's table: the Sandbox phase → one of :data:`SDK_STATUSES`."""
+    phase = status.get("phase")
+    if isinstance(phase, str) and phase in _PHASE_STATUS:
+        return _PHASE_STATUS[phase]
+    # No phase yet, a starting phase, or one newer than this gateway: still on its way.
+    state = _mapping(spec.get("lifecycle")).get("state", "Running")
+    return "created" if state == "Stopped" else "starting"
+
+
+def _status_reason(msb_status: str, status: Mapping[str, Any]) -> str | None:
+    """``insufficient_capacity`` while unschedulable, ``scheduling`` before a node is found."""
+    if msb_status != "starting":
+        return None
+    conditions = status.get("conditions")
+    for condition in conditions if isinstance(conditions, list) else []:
+        if (
+            isinstance(condition, Mapping)
+            and condition.get("type") == "Scheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            return "insufficient_capacity"
+    if status.get("phase") in (None, "Pending"):
+        return "scheduling"
+    return None
+
+
+def _failure_message(status: Mapping[str, Any]) -> str:
+    message = status.get("message")
+    if not isinstance(message, str) or not message:
+        exit_status = _mapping(status.get("exitStatus"))
+        message = exit_status.get("reason") or f"sandbox {str(status.get('phase')).lower()}"
+    return str(message)[:MAX_FAILURE_MESSAGE]
+
+
+def _timestamp(value: object) -> str | None:
+    """RFC 3339 in UTC with a ``Z`` (the SDK refuses other spellings), or None."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _sdk_spec(
+    name: str,
+    metadata: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    annotations: Mapping[str, Any],
+) -> JsonDict:
+    """The Sandbox spec in the create-body shape, so ``Sandbox.get(name).connect()`` finds
+    env, workdir, user and shell. Never a secret value: env from ``valueFrom`` is omitted
+    (an env item with a null value would make the SDK drop the whole spec, silently) and
+    network secrets carry only their variable and hosts. Scripts and patches are left out:
+    they can be megabytes, and every list response would repeat them."""
+    out: JsonDict = _sdk_source(_mapping(spec.get("image")))
+    out["name"] = name
+    out["resources"] = _sdk_resources(spec)
+    level = spec.get("logLevel")
+    out["runtime"] = {
+        "workdir": _opt_text(spec.get("workdir")),
+        "shell": _opt_text(spec.get("shell")) or "/bin/sh",
+        "scripts": {},
+        "entrypoint": _opt_strings(spec.get("entrypoint")),
+        "cmd": _opt_strings(spec.get("command")),
+        "user": _opt_text(spec.get("user")),
+        "log_level": _SDK_LOG_LEVELS.get(level) if isinstance(level, str) else None,
+    }
+    out["env"] = [
+        {"key": item["name"], "value": item["value"]}
+        for item in _items(spec.get("env"))
+        if isinstance(item.get("name"), str) and isinstance(item.get("value"), str)
+    ]
+    labels = _mapping(metadata.get("labels"))
+    out["labels"] = {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
+    out["rlimits"] = []
+    out["mounts"] = [mount for mount in map(_sdk_mount, _items(spec.get("volumes"))) if mount]
+    out["patches"] = []
+    out["network"] = _sdk_network(spec)
+    init = spec.get("init")
+    out["init"] = (
+        {"cmd": init, "args": [], "env": []} if isinstance(init, str) and init != "none" else None
+    )
+    out["security_profile"] = "default"
+    lifecycle = _mapping(spec.get("lifecycle"))
+    out["lifecycle"] = {
+        "ephemeral": annotations.get(EPHEMERAL_ANNOTATION) == "true",
+        "max_duration_secs": _opt_int(lifecycle.get("maxDurationSeconds")),
+        "idle_timeout_secs": _opt_int(lifecycle.get("idleTimeoutSeconds")),
+    }
+    pull = _mapping(spec.get("image")).get("pullPolicy", "IfMissing")
+    out["pull_policy"] = (
+        _SDK_PULL_POLICIES.get(pull, "if_missing") if isinstance(pull, str) else None
+    )
+    return out
+
+
+def _sdk_source(image: Mapping[str, Any]) -> JsonDict:
+    """The root filesystem in the SDK's shape (observed: ``oci``, ``bind``, ``disk_image``)."""
+    if isinstance(image.get("oci"), str):
+        return {"source": "oci", "reference": image["oci"]}
+    bind = _mapping(image.get("bind"))
+    if isinstance(bind.get("path"), str):
+        return {"source": "bind", "path": bind["path"]}
+    disk = _mapping(image.get("disk"))
+    return {
+        "source": "disk_image",
+        "path": _text(disk.get("path")),
+        "format": _opt_text(disk.get("format")),
+        "fstype": _opt_text(disk.get("fstype")),
+    }
+
+
+def _sdk_resources(spec: Mapping[str, Any]) -> JsonDict:
+    cpus = _opt_int(spec.get("cpus"))
+    memory = spec.get("memory", 512)
+    try:
+        memory_mib: int | None = to_mib(memory) if isinstance(memory, int | str) else None
+    except ValueError:
+        memory_mib = None
+    out: JsonDict = {"vcpus": cpus or 1}
+    if memory_mib is not None:
+        out["memory_mib"] = memory_mib
+    if _opt_int(spec.get("rootfsSizeMiB")) is not None:
+        out["disk_size_mib"] = spec["rootfsSizeMiB"]
+    return out
+
+
+_MOUNT_FLAGS_OFF = {"noexec": False, "nosuid": False, "nodev": False}
+
+
+def _sdk_mount(volume: Mapping[str, Any]) -> JsonDict | None:
+    guest = volume.get("mountPath")
+    if not isinstance(guest, str):
+        return None
+    if "tmpfs" in volume:
+        size = _opt_int(_mapping(volume["tmpfs"]).get("sizeMiB"))
+        options = {"readonly": False, **_MOUNT_FLAGS_OFF}
+        return {"type": "tmpfs", "guest": guest, "size_mib": size, "options": options}
+    virtiofs = {"stat_virtualization": "strict", "host_permissions": "private"}
+    for kind, key, sdk_key in (("named", "name", "name"), ("bind", "path", "host")):
+        source = _mapping(volume.get(kind))
+        if isinstance(source.get(key), str):
+            options = {"readonly": source.get("readOnly") is True, **_MOUNT_FLAGS_OFF}
+            mount: JsonDict = {"type": kind, sdk_key: source[key], "guest": guest}
+            return {**mount, "options": options, **virtiofs}
+    return None
+
+
+def _sdk_network(spec: Mapping[str, Any]) -> JsonDict:
+    policy = _mapping(spec.get("network")).get("policy", "PublicOnly")
+    entries = []
+    for item in _items(spec.get("secrets")):
+        env = item.get("env")
+        hosts = item.get("allowHosts")
+        if not isinstance(env, str) or not isinstance(hosts, list):
+            continue
+        allowed = [
+            {"type": "wildcard" if host.startswith("*.") else "exact", "value": host}
+            for host in hosts
+            if isinstance(host, str)
+        ]
+        entries.append(
+            {"env_var": env, "placeholder": default_placeholder(env), "allowed_hosts": allowed}
+        )
+    return {
+        "enabled": True,
+        "strict": True,
+        "policy": POLICIES.get(policy if isinstance(policy, str) else "", PUBLIC_POLICY),
+        "secrets": {"entries": entries, "violation_action": dict(DEFAULT_VIOLATION)},
+    }
+
+
+def _items(value: object) -> list[Mapping[str, Any]]:
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
+def _opt_text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _opt_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _opt_strings(value: object) -> list[str] | None:
+    if not isinstance(value, list):
+        return None
+    return [item for item in value if isinstance(item, str)]
