@@ -195,10 +195,15 @@ def _sdk_source(image: Mapping[str, Any]) -> JsonDict:
     if isinstance(bind.get("path"), str):
         return {"source": "bind", "path": bind["path"]}
     disk = _mapping(image.get("disk"))
+    path = _text(disk.get("path"))
+    # The SDK drops a spec whose disk_image has no format (observed), so an image whose
+    # format is detected by the node agent is shown with the one its name suggests, as
+    # microsandbox itself derives it.
+    detected = next((f for f in ("qcow2", "vmdk") if path.endswith(f".{f}")), "raw")
     return {
         "source": "disk_image",
-        "path": _text(disk.get("path")),
-        "format": _opt_text(disk.get("format")),
+        "path": path,
+        "format": _opt_text(disk.get("format")) or detected,
         "fstype": _opt_text(disk.get("fstype")),
     }
 

@@ -755,6 +755,8 @@ def assert_sdk_decodes(answer: JsonDict) -> None:
         assert answer[key] is None or RFC3339_Z.fullmatch(answer[key]), key
     spec = answer["spec"]
     assert spec["source"] in ("oci", "bind", "disk_image")
+    if spec["source"] == "disk_image":
+        assert spec["format"] in ("qcow2", "raw", "vmdk")  # the SDK drops the spec otherwise
     assert isinstance(spec["runtime"], dict)
     assert all(isinstance(item["value"], str) for item in spec["env"])
 
@@ -886,8 +888,16 @@ def test_object_spec_never_carries_secret_values() -> None:
     [
         ({"bind": {"path": "/srv/root"}}, {"source": "bind", "path": "/srv/root"}),
         (
-            {"disk": {"path": "/img/a.qcow2", "format": "qcow2"}},
-            {"source": "disk_image", "path": "/img/a.qcow2", "format": "qcow2", "fstype": None},
+            {"disk": {"path": "/img/a.img", "format": "qcow2"}},
+            {"source": "disk_image", "path": "/img/a.img", "format": "qcow2", "fstype": None},
+        ),
+        (
+            {"disk": {"path": "/img/a.qcow2", "fstype": "ext4"}},
+            {"source": "disk_image", "path": "/img/a.qcow2", "format": "qcow2", "fstype": "ext4"},
+        ),
+        (
+            {"disk": {"path": "/img/a.img"}},
+            {"source": "disk_image", "path": "/img/a.img", "format": "raw", "fstype": None},
         ),
     ],
 )
