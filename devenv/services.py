@@ -589,7 +589,7 @@ def running_system(
             node_agent = NodeAgentService(paths, registry)
             operator = OperatorService(paths)
             gateway = GatewayService(paths, plane)
-            order: list[_Service] = [registry, node_agent, operator]  # gateway: once it is built
+            order: list[_Service] = [registry, node_agent, operator, gateway]
             started: list[_Service] = []
             try:
                 for service in order:
