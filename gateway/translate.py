@@ -749,7 +749,10 @@ def _expanded_rules(rules: list[Any]) -> set[tuple[Any, ...]]:
         rule = obj(rule, where, _RULE)
         protocols = array(rule.get("protocols"), f"{where}.protocols", 8) or [None]
         ports = array(rule.get("ports"), f"{where}.ports", 64) or [None]
-        destination = json.dumps(rule.get("destination"), sort_keys=True)
+        try:
+            destination = json.dumps(rule.get("destination"), sort_keys=True)
+        except (TypeError, ValueError, RecursionError):
+            raise InvalidConfig(f"{where}.destination", "is not a destination") from None
         if len(destination) > 1024:
             raise InvalidConfig(f"{where}.destination", "is too long")
         for protocol in protocols:

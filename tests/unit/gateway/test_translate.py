@@ -984,3 +984,11 @@ def test_redaction_of_hostile_shapes() -> None:
         deep = {"a": [deep]}
     assert "FAKE-DEEP" not in json.dumps(redacted(deep))
     assert redacted([1, 2]) == {"body": "<not a JSON object: list>"}  # type: ignore[arg-type]
+
+
+def test_deeply_nested_rule_destination_is_refused_by_field() -> None:
+    deep: Any = "x"
+    for _ in range(100_000):
+        deep = {"d": deep}
+    b = changed(body("network-default"), ("network", "policy", "rules", 0, "destination"), deep)
+    assert refusal(b).field == "network.policy.rules[0].destination"
