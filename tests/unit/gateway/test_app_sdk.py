@@ -1,0 +1,144 @@
+"""The real microsandbox SDK (0.7.11, cloud backend) against the gateway: the oracle.
+
+The gateway serves on a real port with the real :mod:`translate`, in front of the fake
+apiserver; a tiny stand-in for the operator moves each Sandbox to the phase its
+``lifecycle.state`` asks for (or ``Failed`` for the image ``nope``). The SDK runs in a child
+process (its cloud backend is chosen from the environment once per process) and reports what
+each call returned or raised. tests/e2e drives the same SDK against real VMs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
+
+from kubesandbox_gateway.app import Gateway, make_app
+from tests.unit.gateway import fakes
+from tests.unit.gateway.conftest import SA_TOKEN
+
+SECRET_VALUE = "sk-sdk-secret-value-do-not-log"
+SCRIPT = """
+import asyncio, json
+from microsandbox import (
+    InvalidConfigError, MicrosandboxError, Sandbox, SandboxAlreadyExistsError,
+    SandboxNotFoundError, Secret,
+)
+
+async def outcome(call):
+    try:
+        value = await call
+    except MicrosandboxError as error:
+        return {"error": type(error).__name__, "message": str(error)}
+    return {"ok": value}
+
+async def main():
+    out = {}
+    created = await Sandbox.create(
+        "sdk-one", image="python", env={"A": "1"}, workdir="/app",
+        secrets=[Secret.env("API_KEY", value=%(secret)r, allow=["api.example.com"])],
+    )
+    page = await Sandbox.list()
+    out["listed"] = sorted(h.name for h in page.sandboxes)
+    handle = await Sandbox.get("sdk-one")
+    out["status"] = str(handle.status)
+    out["id"] = handle.id
+    out["config"] = json.loads(handle.config_json)
+    out["duplicate"] = await outcome(Sandbox.create("sdk-one", image="python"))
+    out["ghost"] = await outcome(Sandbox.get("ghost"))
+    out["doomed"] = await outcome(Sandbox.create("doomed", image="nope"))
+    out["invalid"] = await outcome(Sandbox.create("sdk-two", image="python", cpus=100))
+    await created.stop()
+    out["stopped"] = str((await Sandbox.get("sdk-one")).status)
+    await Sandbox.remove("sdk-one")
+    out["removed"] = await outcome(Sandbox.get("sdk-one"))
+    print(json.dumps(out, default=str))
+
+asyncio.run(main())
+"""
+
+
+async def play_operator(kube: fakes.FakeKube) -> None:
+    """Each sandbox's phase follows its desired state, as the operator + node agent would."""
+    while True:
+        for (plural, _, _), obj in list(kube.objects.items()):
+            if plural != "sandboxes":
+                continue
+            status = obj.setdefault("status", {})
+            generation = obj["metadata"]["generation"]
+            if obj["spec"]["image"]["oci"] == "nope":
+                status.update(phase="Failed", message="image nope: not found")
+            else:
+                wanted = obj["spec"].get("lifecycle", {}).get("state", "Running")
+                status.update(phase=wanted, nodeName="node-1")
+            status["observedGeneration"] = generation
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def served(kube: fakes.FakeKube, auth: fakes.FakeAuth) -> AsyncIterator[str]:
+    gateway = Gateway(kube, auth, poll_interval=0.02)
+    operator = asyncio.create_task(play_operator(kube))
+    try:
+        async with TestServer(make_app(gateway), host="127.0.0.1") as server:
+            yield str(server.make_url("")).rstrip("/")
+    finally:
+        operator.cancel()
+        await asyncio.gather(operator, return_exceptions=True)
+
+
+async def run_sdk(url: str, home: Path) -> dict[str, Any]:
+    env = {
+        "MSB_BACKEND": "cloud",
+        "MSB_API_URL": url,
+        "MSB_API_KEY": SA_TOKEN,
+        "HOME": str(home),
+        "PATH": "/usr/bin:/bin",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SCRIPT % {"secret": SECRET_VALUE},
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    result = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert isinstance(result, dict)
+    return result
+
+
+async def test_the_sdk_drives_sandboxes_through_the_gateway(
+    served: str, kube: fakes.FakeKube, tmp_path: Path
+) -> None:
+    with capture_logs() as logs:
+        out = await run_sdk(served, tmp_path)
+    assert out["listed"] == ["sdk-one"]
+    created = {e["name"]: e["uid"] for e in logs if e["event"] == "sandbox created"}
+    assert out["id"].endswith(created["sdk-one"])  # the msb id is metadata.uid
+    assert out["status"].lower().endswith("running")
+    assert out["config"]["runtime"]["workdir"] == "/app"
+    assert {"key": "A", "value": "1"} in out["config"]["env"]
+    assert SECRET_VALUE not in json.dumps(out["config"])
+    assert out["duplicate"]["error"] == "SandboxAlreadyExistsError"
+    assert out["ghost"]["error"] == "SandboxNotFoundError"
+    assert out["doomed"]["error"] == "MicrosandboxError"
+    assert "image nope: not found" in out["doomed"]["message"]
+    assert out["invalid"]["error"] == "InvalidConfigError"
+    assert "resources.vcpus" in out["invalid"]["message"]
+    assert out["stopped"].lower().endswith("stopped")
+    assert out["removed"]["error"] == "SandboxNotFoundError"
+    # The secret reached a Secret object only, never a log line.
+    secrets = [obj for (kind, _, _), obj in kube.objects.items() if kind == "secrets"]
+    assert any(SECRET_VALUE in json.dumps(s.get("stringData", {})) for s in secrets)
+    assert SECRET_VALUE not in repr(logs)
+    assert any(entry["event"] == "create requested" for entry in logs)
