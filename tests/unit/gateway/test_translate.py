@@ -992,3 +992,10 @@ def test_deeply_nested_rule_destination_is_refused_by_field() -> None:
         deep = {"d": deep}
     b = changed(body("network-default"), ("network", "policy", "rules", 0, "destination"), deep)
     assert refusal(b).field == "network.policy.rules[0].destination"
+
+
+def test_a_translation_printed_into_a_log_shows_no_secret_value() -> None:
+    t = translate(body("full"))
+    assert "FAKE-SECRET-VALUE" not in repr(t)
+    assert "FAKE-REGISTRY-PASSWORD" not in repr(t)
+    assert "secret_data=<2 keys>" in repr(t)
