@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from kubesandbox_gateway.app import Gateway, make_app
+from kubesandbox_protocol.frame import FLAG_TERMINAL, FrameDecoder
+from kubesandbox_protocol.messages import MessageType, decode_body, message_frame
 from tests.unit.gateway import fakes
-from tests.unit.gateway.conftest import SA_TOKEN
+from tests.unit.gateway.conftest import SA_TOKEN, announce_node_agent
 
 SECRET_VALUE = "sk-sdk-secret-value-do-not-log"
 SCRIPT = """
@@ -55,6 +59,8 @@ async def main():
     out["ghost"] = await outcome(Sandbox.get("ghost"))
     out["doomed"] = await outcome(Sandbox.create("doomed", image="nope"))
     out["invalid"] = await outcome(Sandbox.create("sdk-two", image="python", cpus=100))
+    ran = await created.exec("echo", ["hello", "through", "the", "pipe"])
+    out["exec"] = {"stdout": ran.stdout_text, "code": ran.exit_code}
     await created.stop()
     out["stopped"] = str((await Sandbox.get("sdk-one")).status)
     await Sandbox.remove("sdk-one")
@@ -63,6 +69,40 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+async def fake_relay(request: web.Request) -> web.WebSocketResponse:
+    """A node agent relay with a guest that runs ``echo``: greeting, then exec sessions.
+
+    Output frames are sent split across two WebSocket messages, as a byte stream may be."""
+    assert request.headers["Authorization"] == f"Bearer {SA_TOKEN}"
+    ws = web.WebSocketResponse(max_msg_size=16 << 20)
+    await ws.prepare(request)
+    ready = message_frame(
+        0, MessageType.READY, {"boot_time_ns": 1, "init_time_ns": 2, "ready_time_ns": 3}
+    )
+    await ws.send_bytes(struct.pack(">II", 1, 1 << 24) + ready.encode())
+    decoder = FrameDecoder()
+    async for message in ws:
+        if message.type != WSMsgType.BINARY:
+            break
+        for frame in decoder.feed(message.data):
+            body = decode_body(frame.body)
+            if body.t != MessageType.EXEC_REQUEST:
+                continue
+            text = " ".join(body.payload["args"]).encode() + b"\n"
+            out = b"".join(
+                [
+                    message_frame(frame.id, MessageType.EXEC_STARTED, {"pid": 7}).encode(),
+                    message_frame(frame.id, MessageType.EXEC_STDOUT, {"data": text}).encode(),
+                    message_frame(
+                        frame.id, MessageType.EXEC_EXITED, {"code": 0}, FLAG_TERMINAL
+                    ).encode(),
+                ]
+            )
+            await ws.send_bytes(out[:11])
+            await ws.send_bytes(out[11:])
+    return ws
 
 
 async def play_operator(kube: fakes.FakeKube) -> None:
@@ -86,8 +126,14 @@ async def play_operator(kube: fakes.FakeKube) -> None:
 async def served(kube: fakes.FakeKube, auth: fakes.FakeAuth) -> AsyncIterator[str]:
     gateway = Gateway(kube, auth, poll_interval=0.02)
     operator = asyncio.create_task(play_operator(kube))
+    relay = web.Application()
+    relay.router.add_get("/v1/sandboxes/{uid}/agent", fake_relay)
     try:
-        async with TestServer(make_app(gateway), host="127.0.0.1") as server:
+        async with (
+            TestServer(relay, host="127.0.0.1") as node_agent,
+            TestServer(make_app(gateway), host="127.0.0.1") as server,
+        ):
+            announce_node_agent(kube, str(node_agent.make_url("")).rstrip("/"))
             yield str(server.make_url("")).rstrip("/")
     finally:
         operator.cancel()
@@ -135,6 +181,7 @@ async def test_the_sdk_drives_sandboxes_through_the_gateway(
     assert "image nope: not found" in out["doomed"]["message"]
     assert out["invalid"]["error"] == "InvalidConfigError"
     assert "resources.vcpus" in out["invalid"]["message"]
+    assert out["exec"] == {"stdout": "hello through the pipe\n", "code": 0}
     assert out["stopped"].lower().endswith("stopped")
     assert out["removed"]["error"] == "SandboxNotFoundError"
     # The secret reached a Secret object only, never a log line.
