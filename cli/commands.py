@@ -62,11 +62,23 @@ def _id_path(sandbox: Mapping[str, Any], verb: str = "") -> str:
 
 
 def state_of(sandbox: Mapping[str, Any]) -> str:
-    """The msb status, with ``paused`` told apart from ``stopped``."""
+    """The msb status, with ``paused`` told apart from ``stopped`` when the gateway says so
+    (``status_reason: paused`` or a Sandbox ``phase``; the SDK's statuses have no paused)."""
     status = str(sandbox.get("status") or "unknown")
-    if status == "stopped" and sandbox.get("status_reason") == "paused":
+    if status == "stopped" and (
+        sandbox.get("status_reason") == "paused" or sandbox.get("phase") == "Paused"
+    ):
         return "paused"
     return status
+
+
+def reached(sandbox: Mapping[str, Any], want: str) -> bool:
+    state = state_of(sandbox)
+    if state == want:
+        return True
+    # A gateway that only speaks the SDK's statuses shows a paused sandbox as stopped.
+    undistinguished = sandbox.get("status_reason") is None and "phase" not in sandbox
+    return want == "paused" and state == "stopped" and undistinguished
 
 
 async def running_sandbox(gw: Gateway, name: str) -> JsonDict:
@@ -408,7 +420,7 @@ async def wait_for(gw: Gateway, name: str, want: str, within: float) -> JsonDict
                 return {}
             raise
         state = state_of(sandbox)
-        if state == want:
+        if reached(sandbox, want):
             return sandbox
         if state == "failed" and want != "failed":
             reason = sandbox.get("last_failure_message") or sandbox.get("status_reason") or ""

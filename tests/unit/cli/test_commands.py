@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kubesandbox_cli.commands import Streams, format_entry, split_remote
+from kubesandbox_cli.commands import Streams, format_entry, reached, split_remote, state_of
 from kubesandbox_cli.main import parse, run
 from kubesandbox_protocol.messages import MessageType
 from tests.unit.cli.fakegateway import NAMESPACE, TOKEN, Fake, fake_gateway
@@ -95,6 +95,15 @@ def test_ls_lines_show_kind_mode_size_and_name() -> None:
     )
     assert line.startswith("drwxr-x---")
     assert line.endswith(" 1970-01-01 00:00 d/")
+
+
+def test_paused_is_told_apart_when_the_gateway_can() -> None:
+    assert state_of({"status": "stopped", "status_reason": "paused"}) == "paused"
+    assert state_of({"status": "stopped", "phase": "Paused"}) == "paused"
+    assert not reached({"status": "stopped", "phase": "Stopped"}, "paused")
+    # the SDK's statuses alone cannot tell: a pause that shows as stopped is accepted
+    assert reached({"status": "stopped", "status_reason": None}, "paused")
+    assert not reached({"status": "running", "status_reason": None}, "paused")
 
 
 # --- exec and shell --------------------------------------------------------------------------
