@@ -46,7 +46,7 @@ from kubesandbox_gateway.errors import (
 from kubesandbox_gateway.kubeapi import KubeApi
 from kubesandbox_gateway.nodeagents import node_agent_for
 from kubesandbox_kube.auth import Access, Authenticator, ReviewUnavailable, TtlCache, User
-from kubesandbox_kube.errors import KubeError, NotFound
+from kubesandbox_kube.errors import Conflict, KubeError, NotFound
 from kubesandbox_kube.paths import SANDBOXES, SECRETS
 
 JsonDict = dict[str, Any]
@@ -280,7 +280,7 @@ class Gateway:
             if translation.secret_data:
                 with contextlib.suppress(KubeError):
                     await self.kube.delete(secret_path.named(secret_name))
-            raise from_kube(error, what=repr(translation.name)) from error
+            raise create_refusal(error, caller.namespace, translation.name) from error
         metadata = created["metadata"]
         self._uids.put((caller.namespace, str(metadata["uid"])), str(metadata["name"]))
         if translation.secret_data:
@@ -316,7 +316,7 @@ class Gateway:
         try:
             await self.kube.create(SECRETS.in_namespace(caller.namespace), secret)
         except KubeError as error:
-            raise from_kube(error, what=repr(translation.name)) from error
+            raise create_refusal(error, caller.namespace, translation.name) from error
 
     async def adopt_secret(self, caller: Caller, secret_name: str, sandbox: JsonDict) -> None:
         """The Sandbox owns its Secret, so the garbage collector removes both together."""
@@ -403,6 +403,9 @@ class Gateway:
     async def delete(self, caller: Caller, name: str, *, uid: str | None) -> web.Response:
         try:
             await self.kube.delete(SANDBOXES.in_namespace(caller.namespace).named(name), uid=uid)
+        except Conflict as error:
+            # The uid precondition failed: the sandbox of that id is gone (a new one has its name).
+            raise not_found(repr(uid)) from error
         except KubeError as error:
             raise from_kube(error, what=repr(name)) from error
         log.info("sandbox deleted", user=caller.user.name, namespace=caller.namespace, name=name)
@@ -552,6 +555,12 @@ async def pipe(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketR
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def create_refusal(error: KubeError, namespace: str, name: str) -> GatewayError:
+    if isinstance(error, NotFound):  # the namespace itself
+        return invalid_request(f"namespace {namespace!r} does not exist")
+    return from_kube(error, what=repr(name))
 
 
 def node_agent_refusal(status: int, message: str, node: str) -> GatewayError:

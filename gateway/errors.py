@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from kubesandbox_kube.errors import AlreadyExists, Forbidden, Invalid, KubeError, NotFound
+from kubesandbox_kube.errors import (
+    AlreadyExists,
+    Conflict,
+    Forbidden,
+    Invalid,
+    KubeError,
+    NotFound,
+)
 
 
 class GatewayError(Exception):
@@ -48,6 +55,8 @@ def from_kube(error: KubeError, *, what: str = "") -> GatewayError:
         return not_found(what) if what else GatewayError(404, "sandbox_not_found", error.message)
     if isinstance(error, AlreadyExists):
         return GatewayError(409, "name_already_exists", f"a sandbox named {what} already exists")
+    if isinstance(error, Conflict):
+        return GatewayError(409, "conflict", f"{error.message}; read the sandbox and try again")
     if isinstance(error, Invalid):
         return GatewayError(422, "invalid_sandbox_config", error.message)
     if error.status == 410:

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from kubesandbox_kube.errors import Invalid
+from kubesandbox_gateway.errors import from_kube
+from kubesandbox_kube.errors import AlreadyExists, Conflict, Forbidden, Invalid, KubeError, NotFound
 from tests.unit.gateway import fakes
 from tests.unit.gateway.conftest import (
     ALICE_TOKEN,
@@ -576,3 +577,49 @@ async def test_delete_needs_delete_in_that_namespace(
         error = await error_of(await client.delete(path, headers=bearer(token)), 403)
         assert "delete sandboxes in namespace 'team-a'" in error["message"]
     assert ("sandboxes", "team-a", "s1") in kube.objects
+
+
+async def test_create_in_a_namespace_that_does_not_exist_is_400(
+    client: AppClient, kube: fakes.FakeKube
+) -> None:
+    kube.refuse_create["sandboxes"] = NotFound(404, "NotFound", 'namespaces "team-a" not found')
+    response = await client.post("/v1/sandboxes", json=create_body(), headers=bearer(SA_TOKEN))
+    error = await error_of(response, 400)
+    assert error["code"] == "invalid_request"
+    assert "namespace 'team-a' does not exist" in error["message"]
+
+
+async def test_delete_by_id_of_a_replaced_sandbox_is_404(
+    client: AppClient, kube: fakes.FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uid = running_sandbox(kube, "s1")["metadata"]["uid"]
+
+    async def replaced(
+        path: Any, *, uid: str | None = None, grace_seconds: int | None = None
+    ) -> Any:
+        raise Conflict(409, "Conflict", "Precondition failed: UID in precondition")
+
+    monkeypatch.setattr(kube, "delete", replaced)
+    response = await client.delete(f"/v1/sandboxes/{uid}", headers=bearer(SA_TOKEN))
+    assert (await error_of(response, 404))["code"] == "sandbox_not_found"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (NotFound(404, "NotFound", "x"), 404, "sandbox_not_found"),
+        (AlreadyExists(409, "AlreadyExists", "x"), 409, "name_already_exists"),
+        (Conflict(409, "Conflict", "x"), 409, "conflict"),
+        (Invalid(422, "Invalid", "spec.cpus: too many"), 422, "invalid_sandbox_config"),
+        (KubeError(410, "Expired", "x"), 400, "invalid_request"),
+        (KubeError(400, "BadRequest", "x"), 400, "invalid_request"),
+        (Forbidden(403, "Forbidden", "x"), 502, "orchestrator_unreachable"),
+        (KubeError(401, "Unauthorized", "x"), 502, "orchestrator_unreachable"),
+        (KubeError(0, "Unreachable", "x"), 502, "orchestrator_unreachable"),
+        (KubeError(500, "InternalError", "x"), 502, "orchestrator_unreachable"),
+        (KubeError(429, "TooManyRequests", "x"), 502, "orchestrator_unreachable"),
+    ],
+)
+def test_apiserver_errors_map_to_msb_codes(error: KubeError, status: int, code: str) -> None:
+    mapped = from_kube(error, what="'s1'")
+    assert (mapped.status, mapped.code) == (status, code)
