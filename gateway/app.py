@@ -359,7 +359,14 @@ class Gateway:
             )
         except KubeError as error:
             raise from_kube(error) from error
-        data = [translate.sandbox_object(item) for item in page.get("items") or []]
+        data = []
+        for item in page.get("items") or []:
+            try:
+                data.append(translate.sandbox_object(item))
+            except (KeyError, TypeError, ValueError) as error:
+                # The SDK fails a whole list on one bad item: leave it out, and say so.
+                name = (item.get("metadata") or {}).get("name")
+                log.warning("sandbox left out of a list", name=name, error=repr(error))
         next_cursor = (page.get("metadata") or {}).get("continue") or None
         return web.json_response({"data": data, "next_cursor": next_cursor})
 

@@ -623,3 +623,15 @@ async def test_delete_by_id_of_a_replaced_sandbox_is_404(
 def test_apiserver_errors_map_to_msb_codes(error: KubeError, status: int, code: str) -> None:
     mapped = from_kube(error, what="'s1'")
     assert (mapped.status, mapped.code) == (status, code)
+
+
+async def test_a_sandbox_that_cannot_be_shown_is_left_out_of_lists(
+    client: AppClient, kube: fakes.FakeKube
+) -> None:
+    running_sandbox(kube, "good")
+    kube.put("sandboxes", "team-a", {"metadata": {"name": "broken"}, "spec": {}})
+    del kube.sandbox("team-a", "broken")["metadata"]["uid"]
+    with capture_logs() as logs:
+        response = await client.get("/v1/sandboxes", headers=bearer(SA_TOKEN))
+    assert [s["name"] for s in (await response.json())["data"]] == ["good"]
+    assert any(e["event"] == "sandbox left out of a list" for e in logs)
