@@ -68,6 +68,8 @@ LIST_PAGE = 500
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 UID_CACHE_TTL = 300.0
+LIST_INTERVAL = 1.0
+"""Callers without namespace-wide rights list a namespace (by missing ids) at most this often."""
 RUNNING = "Running"
 TERMINAL_FAILURES = ("Failed", "Crashed")
 
@@ -101,7 +103,14 @@ class Gateway:
     _uids: TtlCache[tuple[str, str], str] = field(
         default_factory=lambda: TtlCache[tuple[str, str], str](UID_CACHE_TTL)
     )
+    _listed: TtlCache[str, bool] = field(default_factory=lambda: TtlCache[str, bool](LIST_INTERVAL))
     _session: aiohttp.ClientSession | None = None
+
+    def remember(self, sandbox: JsonDict) -> None:
+        metadata = sandbox.get("metadata") or {}
+        if metadata.get("uid") and metadata.get("name") and metadata.get("namespace"):
+            key = (str(metadata["namespace"]), str(metadata["uid"]))
+            self._uids.put(key, str(metadata["name"]))
 
     # ---- the three steps ------------------------------------------------------------------
 
@@ -149,6 +158,7 @@ class Gateway:
             sandbox = await self.kube.get(SANDBOXES.in_namespace(caller.namespace).named(name))
         except KubeError as error:
             raise from_kube(error, what=repr(name)) from error
+        self.remember(sandbox)  # the SDK's next calls on this handle use its id
         return caller, sandbox
 
     async def by_id(
@@ -156,19 +166,29 @@ class Gateway:
     ) -> tuple[Caller, JsonDict]:
         """The sandbox whose ``metadata.uid`` is the route's id.
 
-        Callers without the right get 403 whether or not it exists (the lookup uses the
-        gateway's credentials, so its answer must not leak names across RBAC).
+        The lookup uses the gateway's credentials, so its answer must not leak across RBAC:
+        callers without the right get 403 whether or not the id exists. A caller allowed
+        namespace-wide is answered at once; anyone else (``resourceNames`` grants, or no
+        rights) is reviewed again with the sandbox's name, and their misses list the namespace
+        at most once a second, so random ids cannot turn into a stream of lists.
         """
         uid = request.match_info["id"]
         caller = await self.caller(request)
-        sandbox = await self.find_uid(caller.namespace, uid) if UID_RE.match(uid) else None
-        name = str(sandbox["metadata"]["name"]) if sandbox else ""
-        await self.allow(caller, Access(verb, caller.namespace, subresource=subresource, name=name))
+        broad = Access(verb, caller.namespace, subresource=subresource)
+        wide = await self.auth.authorize(caller.user, broad)
+        sandbox = None
+        if UID_RE.match(uid):
+            sandbox = await self.find_uid(caller.namespace, uid, throttled=not wide)
+        if not wide:
+            name = str(sandbox["metadata"]["name"]) if sandbox else ""
+            await self.allow(
+                caller, Access(verb, caller.namespace, subresource=subresource, name=name)
+            )
         if sandbox is None:
             raise not_found(repr(uid[:80]))
         return caller, sandbox
 
-    async def find_uid(self, namespace: str, uid: str) -> JsonDict | None:
+    async def find_uid(self, namespace: str, uid: str, *, throttled: bool) -> JsonDict | None:
         """O(1) when the uid was seen lately (cached uid → name, verified), else O(n) list.
 
         Kubernetes cannot select custom objects by ``metadata.uid``, so the fallback lists the
@@ -186,6 +206,10 @@ class Gateway:
                 raise from_kube(error) from error
             if sandbox is not None and sandbox.get("metadata", {}).get("uid") == uid:
                 return sandbox
+        if throttled:
+            if self._listed.lookup(namespace)[0]:
+                return None  # listed within the last second: the uid was not there
+            self._listed.put(namespace, True)
         params = {"limit": str(LIST_PAGE)}
         while True:
             try:
@@ -194,7 +218,7 @@ class Gateway:
                 raise from_kube(error) from error
             for item in page.get("items") or []:
                 metadata = item.get("metadata", {})
-                self._uids.put((namespace, str(metadata.get("uid"))), str(metadata.get("name")))
+                self.remember(item)
                 if metadata.get("uid") == uid:
                     return dict(item)
             token = (page.get("metadata") or {}).get("continue")
@@ -282,7 +306,7 @@ class Gateway:
                     await self.kube.delete(secret_path.named(secret_name))
             raise create_refusal(error, caller.namespace, translation.name) from error
         metadata = created["metadata"]
-        self._uids.put((caller.namespace, str(metadata["uid"])), str(metadata["name"]))
+        self.remember(created)
         if translation.secret_data:
             await self.adopt_secret(caller, secret_name, created)
         log.info(
@@ -361,6 +385,7 @@ class Gateway:
             raise from_kube(error) from error
         data = []
         for item in page.get("items") or []:
+            self.remember(item)
             try:
                 data.append(translate.sandbox_object(item))
             except (KeyError, TypeError, ValueError) as error:

@@ -635,3 +635,49 @@ async def test_a_sandbox_that_cannot_be_shown_is_left_out_of_lists(
         response = await client.get("/v1/sandboxes", headers=bearer(SA_TOKEN))
     assert [s["name"] for s in (await response.json())["data"]] == ["good"]
     assert any(e["event"] == "sandbox left out of a list" for e in logs)
+
+
+LIST_CALL = ("GET", "/apis/kubesandbox.dev/v1alpha1/namespaces/team-a/sandboxes")
+
+
+async def test_callers_without_rights_cannot_turn_ids_into_lists(
+    client: AppClient, kube: fakes.FakeKube
+) -> None:
+    running_sandbox(kube, "s1")
+    for n in range(20):
+        missing = f"00000000-0000-0000-0000-{n:012d}"
+        response = await client.get(f"/v1/sandboxes/{missing}", headers=bearer(NOBODY_TOKEN))
+        assert response.status == 403
+    assert kube.calls.count(LIST_CALL) == 1
+
+
+async def test_a_sandbox_made_right_after_a_miss_is_found(
+    client: AppClient, kube: fakes.FakeKube
+) -> None:
+    missing = "00000000-0000-0000-0000-000000000000"
+    response = await client.get(f"/v1/sandboxes/{missing}", headers=bearer(SA_TOKEN))
+    assert response.status == 404
+    uid = running_sandbox(kube, "fresh")["metadata"]["uid"]  # as kubectl would, not cached
+    response = await client.get(f"/v1/sandboxes/{uid}", headers=bearer(SA_TOKEN))
+    assert response.status == 200
+
+
+async def test_resource_name_grants_work_by_id(
+    client: AppClient, kube: fakes.FakeKube, auth: fakes.FakeAuth
+) -> None:
+    uid = running_sandbox(kube, "s1")["metadata"]["uid"]
+    other = running_sandbox(kube, "s2")["metadata"]["uid"]
+    auth.grants.add((NOBODY_USER, "get", "sandboxes", "team-a", "s1"))
+    response = await client.get(f"/v1/sandboxes/{uid}", headers=bearer(NOBODY_TOKEN))
+    assert response.status == 200
+    response = await client.get(f"/v1/sandboxes/{other}", headers=bearer(NOBODY_TOKEN))
+    assert (await error_of(response, 403))["code"] == "forbidden"
+
+
+async def test_a_handle_got_by_name_is_found_by_id_without_a_list(
+    client: AppClient, kube: fakes.FakeKube
+) -> None:
+    uid = running_sandbox(kube, "s1")["metadata"]["uid"]
+    assert (await client.get("/v1/sandboxes/by-name/s1", headers=bearer(SA_TOKEN))).status == 200
+    assert (await client.post(f"/v1/sandboxes/{uid}/stop", headers=bearer(SA_TOKEN))).status == 200
+    assert LIST_CALL not in kube.calls
