@@ -27,11 +27,23 @@ async def read_chunks(stream: BinaryIO) -> AsyncIterator[bytes]:
         with contextlib.suppress(Exception):
             future.result()
 
-    def reader() -> None:
+    try:
+        fd: int | None = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        fd = None
+
+    def read() -> bytes:
+        # The raw descriptor when there is one: a daemon thread blocked inside a buffered
+        # reader holds its lock, and the interpreter aborts at exit if it cannot take it.
+        if fd is not None:
+            return os.read(fd, READ_SIZE)
         read1 = getattr(stream, "read1", None)
+        return bytes(read1(READ_SIZE) if read1 is not None else stream.read(READ_SIZE))
+
+    def reader() -> None:
         while True:
             try:
-                data = read1(READ_SIZE) if read1 is not None else stream.read(READ_SIZE)
+                data = read()
             except (OSError, ValueError):
                 data = b""
             put(bytes(data))

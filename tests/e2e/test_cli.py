@@ -8,11 +8,18 @@ module (VMs are expensive); the tests run in file order and leave it running.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import pty
+import select
+import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,3 +193,52 @@ def test_through_kubectls_plugin_mechanism(cli: Cli) -> None:
         [kubectl, "plugin", "list"], capture_output=True, env=cli.env(), timeout=60, check=False
     )
     assert str(CLI).encode() in done.stdout
+
+
+def _read_until(fd: int, wanted: bytes, within: float = 60) -> bytes:
+    """Bytes from a pty master until ``wanted`` shows up (or the deadline passes)."""
+    out = b""
+    deadline = time.monotonic() + within
+    while wanted not in out and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def _set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def test_exec_it_gets_a_terminal_that_follows_window_changes(cli: Cli) -> None:
+    master, slave = pty.openpty()
+    _set_size(slave, 33, 101)
+    script = "stty size; read line; stty size; exit 3"
+    argv = [str(CLI), "--kubeconfig", str(cli.kubeconfig), "exec", "-it", NAME]
+    process = subprocess.Popen(
+        [*argv, "--", "sh", "-c", script],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=cli.env(),
+    )
+    os.close(slave)
+    try:
+        assert b"33 101" in _read_until(master, b"33 101")
+        _set_size(master, 40, 120)
+        process.send_signal(signal.SIGWINCH)
+        time.sleep(1.0)  # the resize goes out before the line that ends the read
+        os.write(master, b"go\r")
+        assert b"40 120" in _read_until(master, b"40 120")
+        assert process.wait(timeout=60) == 3
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
