@@ -242,3 +242,26 @@ def test_exec_it_gets_a_terminal_that_follows_window_changes(cli: Cli) -> None:
             process.kill()
             process.wait()
         os.close(master)
+
+
+def test_ctrl_c_reaches_the_command(cli: Cli) -> None:
+    argv = [str(CLI), "--kubeconfig", str(cli.kubeconfig), "exec", NAME, "--"]
+    process = subprocess.Popen(
+        [*argv, "sh", "-c", "echo started; exec sleep 300"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli.env(),
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"started\n"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 128 + signal.SIGINT
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
