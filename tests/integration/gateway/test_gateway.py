@@ -33,7 +33,7 @@ from kubesandbox_devenv.controlplane import ControlPlane
 from kubesandbox_gateway import translate
 from kubesandbox_gateway.app import Gateway, make_app
 from kubesandbox_kube import KubeClient
-from kubesandbox_kube.auth import KubeAuthenticator
+from kubesandbox_kube.auth import Access, KubeAuthenticator
 
 pytestmark = pytest.mark.usefixtures("installed_crds")
 
@@ -487,3 +487,92 @@ def test_the_entry_point_serves_and_stops_on_sigterm(
             process.wait()
         log.close()
     assert tenants.runner not in (tmp_path / "gateway.log").read_text()
+
+
+# ---- the agent WebSocket, checked twice ----------------------------------------------------
+
+SYSTEM_NAMESPACE = "kubesandbox-system"
+
+
+def announce(plane: ControlPlane, node: str, endpoint: str) -> None:
+    renewed = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": f"node-agent-{node}",
+            "namespace": SYSTEM_NAMESPACE,
+            "annotations": {"kubesandbox.dev/endpoint": endpoint},
+        },
+        "spec": {
+            "holderIdentity": f"{node}/test",
+            "leaseDurationSeconds": 40,
+            "renewTime": renewed,
+        },
+    }
+    plane.kubectl("apply", "-f", "-", input_text=json.dumps(lease))
+
+
+@pytest.fixture
+async def node_agent(control_plane: ControlPlane) -> AsyncIterator[str]:
+    """A node agent relay that, like the real one, reviews the forwarded token itself."""
+    async with KubeClient.connect(control_plane.kubeconfig) as kube:
+        reviews = KubeAuthenticator(kube)
+
+        async def relay(request: web.Request) -> web.StreamResponse:
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            user = await reviews.authenticate(token)
+            if user is None:
+                return web.json_response({"error": "unauthorized"}, status=401)
+            # The real node agent knows the sandbox's namespace from its uid; here it is the
+            # tenant's own.
+            namespace = str(user.service_account_namespace)
+            access = Access("create", namespace, subresource="exec")
+            if not await reviews.authorize(user, access):
+                return web.json_response({"error": "forbidden"}, status=403)
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            await ws.send_bytes(f"relay for {user.name}".encode())
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.BINARY:
+                    break
+                await ws.send_bytes(message.data[::-1])
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/v1/sandboxes/{uid}/agent", relay)
+        async with TestServer(app, host="127.0.0.1") as server:
+            yield str(server.make_url("")).rstrip("/")
+
+
+async def test_the_agent_socket_reaches_the_node_agent_with_the_callers_token(
+    client: AppClient, tenants: Tenants, control_plane: ControlPlane, node_agent: str
+) -> None:
+    control_plane.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)
+    node = f"gw-node-{uuid.uuid4().hex[:6]}"
+    announce(control_plane, node, node_agent)
+    runner = bearer(tenants.runner)
+    created = await client.post(
+        "/v1/sandboxes", params=QUICK, json=create_body("piped"), headers=runner
+    )
+    uid = (await created.json())["id"]
+    path = f"/v1/sandboxes/{uid}/agent"
+    # Not Running yet: refused before any upgrade.
+    assert await error_code(await client.get(path, headers=runner), 409) == "sandbox_not_running"
+
+    control_plane.kubectl(
+        "patch", "sandbox", "piped", "-n", tenants.a, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"phase": "Running", "nodeName": node}}),
+    )  # fmt: skip
+    async with client.ws_connect(path, headers=runner) as ws:
+        greeting = await ws.receive(timeout=10)
+        assert greeting.data == f"relay for system:serviceaccount:{tenants.a}:runner".encode()
+        await ws.send_bytes(b"\x00\x01\x02frame")
+        assert (await ws.receive(timeout=10)).data == b"emarf\x02\x01\x00"
+
+    response = await client.get(path, headers=bearer(tenants.nobody))
+    assert await error_code(response, 403) == "forbidden"
+
+    announce(control_plane, node, f"http://127.0.0.1:{free_port()}")
+    response = await client.get(path, headers=runner)
+    assert await error_code(response, 502) == "orchestrator_unreachable"
