@@ -154,3 +154,11 @@ def test_access_describe_and_sa_namespace() -> None:
     )
     assert User("alice").service_account_namespace is None
     assert User("system:serviceaccount::x").service_account_namespace is None
+
+
+async def test_an_authenticated_review_without_a_username_is_no_user(
+    apiserver: FakeApiserver,
+) -> None:
+    apiserver.tokens["nameless"] = {"uid": "u2", "groups": ["system:authenticated"]}
+    auth = KubeAuthenticator(apiserver)
+    assert await auth.authenticate("nameless") is None
