@@ -10,6 +10,7 @@ ServiceAccount's token, bound to that ClusterRole in that namespace when given) 
 
 import asyncio
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,8 +47,9 @@ class System:
 
     def kubeconfig_for(self, token: str, namespace: str) -> Path:
         """A kubeconfig file (0600) that authenticates with ``token``, namespace ``namespace``."""
-        path = Path(tempfile.mkstemp(prefix="kubeconfig-", dir=self.files)[1])
-        return services.write_kubeconfig(self.plane, path, token, namespace)
+        descriptor, name = tempfile.mkstemp(prefix="kubeconfig-", dir=self.files)
+        os.close(descriptor)
+        return services.write_kubeconfig(self.plane, Path(name), token, namespace)
 
     def ensure_namespace(self, namespace: str) -> None:
         manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}

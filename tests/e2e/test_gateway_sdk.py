@@ -286,3 +286,23 @@ def test_a_microsandbox_script_runs_unchanged(system: System) -> None:
     assert lines[2].startswith("Linux ")
     assert lines[3:] == ["sha256 of the payload matches inside the VM: True", "removed hello-sdk"]
     wait_gone(system, "hello-sdk")
+
+
+def test_kubeconfig_for_a_token(system: System) -> None:
+    """The fixture's kubeconfig carries the token and the namespace (the CLI's tests use it)."""
+    token = system.token_for(OTHER_NAMESPACE, "sdk-kubeconfig", "view")
+    kubeconfig = system.kubeconfig_for(token, OTHER_NAMESPACE)
+    assert kubeconfig.stat().st_mode & 0o777 == 0o600
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(system.plane.binaries.kubectl), "--kubeconfig", str(kubeconfig), *args],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+
+    whoami = kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+    assert whoami.stdout == f"system:serviceaccount:{OTHER_NAMESPACE}:sdk-kubeconfig"
+    assert kubectl("get", "sandboxes").returncode == 0  # namespace from the kubeconfig
+    can_exec = kubectl("auth", "can-i", "create", "sandboxes.kubesandbox.dev", "--subresource=exec")
+    assert can_exec.stdout.strip() == "no"
+    assert kubectl("get", "sandboxes", "-n", NAMESPACE).returncode != 0
