@@ -277,43 +277,92 @@ async def cmd_cp(gw: Gateway, args: argparse.Namespace, io: Streams) -> int:
     return await _download(gw, src[0], src[1], args.dst, io)
 
 
-def _directory_refused(what: str, name: str) -> CliError:
-    return CliError(
-        f"{what} is a directory; cp copies single files. For a tree use tar, e.g. "
-        f"`tar cf - DIR | kubectl sandbox exec -i {name} -- tar xf - -C /dest` "
-        f"or `kubectl sandbox exec {name} -- tar cf - /src | tar xf -`"
-    )
+async def _remote_kind(agent: AgentClient, path: str) -> str:
+    try:
+        return str((await agent.stat(path)).get("kind") or "other")
+    except FsError:
+        return "missing"
 
 
 async def _upload(gw: Gateway, local: str, name: str, remote: str, io: Streams) -> int:
-    if local != "-":
-        kind = _local_kind(local)
-        if kind == "dir":
-            raise _directory_refused(local, name)
-        if kind != "file":
-            raise CliError(f"{local}: no such file")
+    kind = "stdin" if local == "-" else _local_kind(local)
+    if kind == "missing":
+        raise CliError(f"{local}: no such file or directory")
     sandbox = await running_sandbox(gw, name)
     async with await gw.agent(sandbox) as agent:
-        target = remote
-        is_dir = remote.endswith("/")
-        with contextlib.suppress(FsError):
-            is_dir = is_dir or (await agent.stat(remote))["kind"] == "dir"
-        if is_dir:
-            if local == "-":
+        remote_kind = await _remote_kind(agent, remote)
+        into = remote_kind == "dir" or (remote.endswith("/") and remote_kind == "missing")
+        if kind == "stdin":
+            if into:
                 raise CliError(f"{name}:{remote} is a directory; name the file to write")
-            target = posixpath.join(remote, Path(local).name)
-        mode = None if local == "-" else stat.S_IMODE(os.stat(local).st_mode)
-        with contextlib.ExitStack() as stack:
-            chunks = (
-                _nonempty(read_chunks(io.stdin))
-                if local == "-"
-                else _file_chunks(stack.enter_context(_open_read(local)))
-            )
-            try:
-                await agent.write_file(target, chunks, mode=mode)
-            except FsError as error:
-                raise CliError(f"cannot write {name}:{target}: {error}") from error
+            await _upload_file(agent, name, None, remote, io)
+        elif kind == "file":
+            target = posixpath.join(remote, Path(local).name) if into else remote
+            await _upload_file(agent, name, local, target, io)
+        else:  # a directory: into an existing one, else it becomes the target (as kubectl cp)
+            if remote_kind not in ("dir", "missing"):
+                raise CliError(
+                    f"cannot copy directory {local} onto {name}:{remote}: not a directory"
+                )
+            base = _base_name(local)
+            target = posixpath.join(remote, base) if remote_kind == "dir" else remote
+            await _upload_tree(agent, name, local, target.rstrip("/") or "/", io)
     return 0
+
+
+async def _upload_file(
+    agent: AgentClient, name: str, local: str | None, target: str, io: Streams
+) -> None:
+    """Streams ``local`` (None: stdin) to ``target``, keeping a file's permission bits."""
+    mode = None if local is None else stat.S_IMODE(os.stat(local).st_mode)
+    with contextlib.ExitStack() as stack:
+        chunks = (
+            _nonempty(read_chunks(io.stdin))
+            if local is None
+            else _file_chunks(stack.enter_context(_open_read(local)))
+        )
+        try:
+            await agent.write_file(target, chunks, mode=mode)
+        except FsError as error:
+            raise CliError(f"cannot write {name}:{target}: {error}") from error
+
+
+async def _upload_tree(agent: AgentClient, name: str, root: str, target: str, io: Streams) -> None:
+    for relative, mode, files, skipped in _local_tree(root):
+        directory = posixpath.normpath(posixpath.join(target, relative))
+        try:
+            await agent.mkdir(directory, mode=mode)
+        except FsError as error:
+            raise CliError(f"cannot create {name}:{directory}: {error}") from error
+        for file in files:
+            local = os.path.join(root, relative, file)
+            await _upload_file(agent, name, local, posixpath.join(directory, file), io)
+        for entry in skipped:
+            io.err(
+                f"kubectl-sandbox: skipped {os.path.join(root, relative, entry)} "
+                "(not a regular file or directory)\n"
+            )
+
+
+def _local_tree(root: str) -> list[tuple[str, int, list[str], list[str]]]:
+    """(directory relative to ``root`` in posix form, its mode, regular files, skipped)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        relative = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        files: list[str] = []
+        skipped: list[str] = []
+        for entry in sorted(filenames):
+            full = os.path.join(dirpath, entry)
+            (files if os.path.isfile(full) and not os.path.islink(full) else skipped).append(entry)
+        skipped += sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d)))
+        dirnames.sort()
+        out.append((relative, stat.S_IMODE(os.stat(dirpath).st_mode), files, skipped))
+    return out
+
+
+def _base_name(path: str) -> str:
+    """The name a local directory keeps when copied into another (``.`` is its real name)."""
+    return os.path.basename(os.path.abspath(path))
 
 
 def _local_kind(path: str) -> str:
@@ -342,24 +391,62 @@ async def _download(gw: Gateway, name: str, remote: str, local: str, io: Streams
             entry = await agent.stat(remote)
         except FsError as error:
             raise CliError(f"cannot read {name}:{remote}: {error}") from error
+        local_kind = "stdout" if local == "-" else _local_kind(local)
         if entry.get("kind") == "dir":
-            raise _directory_refused(f"{name}:{remote}", name)
-        if local == "-":
+            if local_kind in ("stdout", "file"):
+                raise CliError(
+                    f"cannot copy directory {name}:{remote} onto {local}: not a directory"
+                )
+            base = posixpath.basename(posixpath.normpath(remote))
+            target = os.path.join(local, base) if local_kind == "dir" else local
+            await _download_tree(agent, name, remote, target, io)
+        elif local_kind == "stdout":
             await _read_into(agent, name, remote, io.stdout)
-            return 0
-        target = Path(local)
-        if _local_kind(local) == "dir":
-            target = target / posixpath.basename(remote.rstrip("/"))
-        fd, part = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
-        try:
-            with os.fdopen(fd, "wb") as out:
-                await _read_into(agent, name, remote, out)
-            os.chmod(part, stat.S_IMODE(int(entry.get("mode") or 0o644)) or 0o644)
-            os.replace(part, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(part)
+        else:
+            target = local
+            if local_kind == "dir":
+                target = os.path.join(local, posixpath.basename(remote.rstrip("/")))
+            await _download_file(agent, name, remote, target, entry)
     return 0
+
+
+async def _download_tree(
+    agent: AgentClient, name: str, remote: str, target: str, io: Streams
+) -> None:
+    try:
+        entries = await agent.list_dir(remote)
+    except FsError as error:
+        raise CliError(f"cannot list {name}:{remote}: {error}") from error
+    _make_dir(target)
+    for entry in entries:
+        path = str(entry.get("path") or "")
+        base = posixpath.basename(path.rstrip("/"))
+        if entry.get("kind") == "dir":
+            await _download_tree(agent, name, path, os.path.join(target, base), io)
+        elif entry.get("kind") == "file":
+            await _download_file(agent, name, path, os.path.join(target, base), entry)
+        else:
+            io.err(f"kubectl-sandbox: skipped {name}:{path} (not a regular file or directory)\n")
+
+
+def _make_dir(path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+
+
+async def _download_file(
+    agent: AgentClient, name: str, remote: str, target: str, entry: Mapping[str, Any]
+) -> None:
+    """Into a temporary file beside ``target``, renamed into place once complete."""
+    directory = os.path.dirname(target) or "."
+    fd, part = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            await _read_into(agent, name, remote, out)
+        os.chmod(part, stat.S_IMODE(int(entry.get("mode") or 0o644)) or 0o644)
+        os.replace(part, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
 
 
 async def _read_into(agent: AgentClient, name: str, remote: str, out: BinaryIO) -> None:

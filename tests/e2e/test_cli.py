@@ -128,6 +128,20 @@ def test_cp_both_ways_keeps_every_byte(cli: Cli, tmp_path: Path) -> None:
     assert f" {len(data)} " in line
 
 
+def test_cp_copies_a_tree_both_ways(cli: Cli, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "top.txt").write_text("top\n")
+    (tree / "a" / "b" / "leaf.sh").write_text("echo leaf\n")
+    (tree / "a" / "b" / "leaf.sh").chmod(0o755)
+    cli.ok("cp", str(tree), f"{NAME}:/root/")
+    assert cli.ok("exec", NAME, "--", "sh", "/root/tree/a/b/leaf.sh") == b"leaf\n"
+    assert cli.ok("exec", NAME, "--", "test", "-x", "/root/tree/a/b/leaf.sh") == b""
+    cli.ok("cp", f"{NAME}:/root/tree", str(tmp_path / "back"))
+    assert (tmp_path / "back" / "top.txt").read_text() == "top\n"
+    assert (tmp_path / "back" / "a" / "b" / "leaf.sh").stat().st_mode & 0o777 == 0o755
+
+
 def test_cp_of_a_missing_file_names_it(cli: Cli, tmp_path: Path) -> None:
     done = cli("cp", f"{NAME}:/root/nope", str(tmp_path / "x"))
     assert done.returncode == 1

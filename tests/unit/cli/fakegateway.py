@@ -35,7 +35,7 @@ PIECE = 1000  # bytes per WebSocket message towards the client: frames get split
 
 
 class FsGuest(FakeGuest):
-    """The fake guest with files (Stat, List, OpenFile, Read, Write, CloseHandle) and
+    """The fake guest with files (Stat, List, Mkdir, OpenFile, Read, Write, CloseHandle) and
         ``exit N`` (exits with status N), ``missing`` (not found) and any ``SHELL -c SCRIPT``
     (prints SCRIPT)."""
 
@@ -43,12 +43,14 @@ class FsGuest(FakeGuest):
     dirs: set[str]
     handles: dict[int, str]
     writes: dict[int, str]
+    modes: dict[str, int]
 
     def setup_fs(self) -> None:
         self.files = {"/etc/hostname": bytearray(b"box\n")}
         self.dirs = {"/", "/etc", "/tmp"}
         self.handles = {}
         self.writes = {}
+        self.modes = {}
 
     async def _handle(self, frame: Frame) -> None:
         from kubesandbox_protocol.messages import decode_body
@@ -101,7 +103,7 @@ class FsGuest(FakeGuest):
     def _entry(self, path: str) -> dict[str, Any]:
         is_dir = path in self.dirs
         size = 0 if is_dir else len(self.files[path])
-        mode = 0o40755 if is_dir else 0o100644
+        mode = (0o40000 if is_dir else 0o100000) | self.modes.get(path, 0o755 if is_dir else 0o644)
         kind = "dir" if is_dir else "file"
         return {"path": path, "kind": kind, "size": size, "mode": mode, "modified": 1_700_000_000}
 
@@ -123,6 +125,15 @@ class FsGuest(FakeGuest):
                 if p != path and posixpath.dirname(p) == path
             ]
             await self._ok(id, {"List": [self._entry(p) for p in children]})
+        elif variant == "Mkdir":
+            if path in self.files:
+                await self._fail(id, f"{path}: File exists (os error 17)")
+                return
+            while path not in self.dirs:  # recursive, like the guest agent's
+                self.dirs.add(path)
+                self.modes[path] = int(args.get("mode") or 0o755)
+                path = posixpath.dirname(path)
+            await self._ok(id, None)
         elif variant == "OpenFile":
             options = args["options"]
             if path in self.dirs:
@@ -132,6 +143,7 @@ class FsGuest(FakeGuest):
                     await self._fail(id, f"{path}: No such file or directory (os error 2)")
                     return
                 self.files[path] = bytearray()
+                self.modes[path] = int(options.get("mode") or 0o644)
                 self.handles[id] = path
                 await self._ok(id, {"Handle": id})
             elif path in self.files:

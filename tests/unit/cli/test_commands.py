@@ -211,14 +211,41 @@ async def test_cp_with_dash_uses_stdin_and_stdout(fake: Fake) -> None:
     assert (out.code, out.stdout) == (0, b"piped\n")
 
 
-async def test_cp_refuses_directories_and_explains_tar(fake: Fake, tmp_path: Path) -> None:
-    out = await cli(fake, "cp", str(tmp_path), "box:/tmp")
+async def test_cp_copies_directory_trees_both_ways(fake: Fake, tmp_path: Path) -> None:
+    tree = tmp_path / "proj"
+    (tree / "src" / "deep").mkdir(parents=True)
+    (tree / "README").write_bytes(b"read me\n")
+    (tree / "src" / "main.py").write_bytes(b"print(1)\n")
+    (tree / "src" / "run.sh").write_bytes(b"#!/bin/sh\n")
+    (tree / "src" / "run.sh").chmod(0o750)
+    (tree / "src" / "link").symlink_to("main.py")
+    out = await cli(fake, "cp", str(tree), "box:/tmp")  # into an existing directory
+    assert out.code == 0
+    assert out.stderr == f"kubectl-sandbox: skipped {tree / 'src' / 'link'} " + (
+        "(not a regular file or directory)\n"
+    )
+    assert bytes(fake.guest.files["/tmp/proj/src/main.py"]) == b"print(1)\n"
+    assert fake.guest.modes["/tmp/proj/src/run.sh"] == 0o750
+    assert "/tmp/proj/src/deep" in fake.guest.dirs
+    out = await cli(fake, "cp", "box:/tmp/proj", str(tmp_path / "copy"))  # a new directory
+    assert (out.code, out.stderr) == (0, "")
+    assert (tmp_path / "copy" / "README").read_bytes() == b"read me\n"
+    assert (tmp_path / "copy" / "src" / "main.py").read_bytes() == b"print(1)\n"
+    assert (tmp_path / "copy" / "src" / "deep").is_dir()
+    assert (tmp_path / "copy" / "src" / "run.sh").stat().st_mode & 0o777 == 0o750
+    out = await cli(fake, "cp", "box:/tmp/proj", str(tmp_path / "copy"))  # now into it
+    assert (tmp_path / "copy" / "proj" / "src" / "main.py").is_file()
+
+
+async def test_cp_of_a_directory_onto_a_file_is_refused(fake: Fake, tmp_path: Path) -> None:
+    out = await cli(fake, "cp", str(tmp_path), "box:/etc/hostname")
     assert out.code == 1
-    assert "is a directory; cp copies single files" in out.stderr
-    assert "tar" in out.stderr
-    out = await cli(fake, "cp", "box:/etc", str(tmp_path))
-    assert out.code == 1
-    assert "box:/etc is a directory" in out.stderr
+    assert out.stderr == (
+        f"kubectl-sandbox: cannot copy directory {tmp_path} onto box:/etc/hostname: "
+        "not a directory\n"
+    )
+    out = await cli(fake, "cp", "box:/etc", "-")
+    assert "cannot copy directory box:/etc onto -: not a directory" in out.stderr
 
 
 async def test_cp_errors_name_the_file(fake: Fake, tmp_path: Path) -> None:
@@ -227,7 +254,10 @@ async def test_cp_errors_name_the_file(fake: Fake, tmp_path: Path) -> None:
     assert out.stderr.startswith("kubectl-sandbox: cannot read box:/nope: ")
     assert "No such file" in out.stderr
     out = await cli(fake, "cp", str(tmp_path / "missing"), "box:/tmp/x")
-    assert (out.code, out.stderr) == (1, f"kubectl-sandbox: {tmp_path / 'missing'}: no such file\n")
+    assert (out.code, out.stderr) == (
+        1,
+        f"kubectl-sandbox: {tmp_path / 'missing'}: no such file or directory\n",
+    )
     out = await cli(fake, "cp", "a", "b")
     assert "one side in a sandbox" in out.stderr
 
