@@ -23,6 +23,7 @@ from kubesandbox_common import logs
 from kubesandbox_gateway.app import AGENTS_NAMESPACE, Gateway, make_app
 from kubesandbox_kube import KubeClient
 from kubesandbox_kube.auth import KubeAuthenticator
+from kubesandbox_kube.config import ConfigError
 
 log = structlog.get_logger("kubesandbox.gateway")
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 (in a cluster the Service reaches the Pod's address)
@@ -97,5 +98,10 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logs.configure(args.log_level)
-    asyncio.run(serve(args))
+    try:
+        asyncio.run(serve(args))
+    except ConfigError as error:
+        raise SystemExit(f"kubesandbox-gateway: {error}") from error
+    except OSError as error:  # the listen address is taken or not ours
+        raise SystemExit(f"kubesandbox-gateway: cannot listen on {args.listen}: {error}") from error
     return 0

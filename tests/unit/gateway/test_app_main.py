@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import ssl
 from pathlib import Path
 
 import pytest
 
-from kubesandbox_gateway.main import ALL_INTERFACES, node_agent_ssl, parse_args, parse_listen
+from kubesandbox_gateway.main import (
+    ALL_INTERFACES,
+    main,
+    node_agent_ssl,
+    parse_args,
+    parse_listen,
+)
 
 
 @pytest.mark.parametrize(
@@ -65,3 +72,32 @@ def test_node_agent_ca(tmp_path: Path) -> None:
     assert context is not None
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
+
+
+@pytest.fixture
+def no_log_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() configures the process's logging; a test process keeps its own."""
+    monkeypatch.setattr("kubesandbox_gateway.main.logs.configure", lambda *_, **__: None)
+
+
+@pytest.mark.usefixtures("no_log_setup")
+def test_a_missing_kubeconfig_is_a_clear_exit(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="kubesandbox-gateway: cannot read kubeconfig"):
+        main(["--kubeconfig", str(tmp_path / "missing"), "--listen", "127.0.0.1:0"])
+
+
+@pytest.mark.usefixtures("no_log_setup")
+def test_a_taken_port_is_a_clear_exit(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match="cannot listen on"):
+            main(["--kubeconfig", str(kubeconfig), "--listen", f"127.0.0.1:{port}"])
