@@ -1,6 +1,8 @@
 """Operator benchmark, measured in one run on this machine (TCG here).
 
-    .venv/bin/python bench/apply.py [--runs 3] [--count 10]
+    .venv/bin/python bench/apply.py [--runs 3] [--count 10] [--memory 128] [--idle 60]
+    .venv/bin/python bench/apply.py --runs 0 --count 100 --idle 0     # the 100-sandbox run
+    .venv/bin/python bench/apply.py --runs 0 --count 1 --memory 64    # the memory floor
 
 The whole system of ``make up`` (control plane, preloaded registry, node agent, operator) is
 started in a temporary directory, then:
@@ -9,10 +11,16 @@ started in a temporary directory, then:
   (what a user waits for) against the node agent's own part of it, from receiving the desired
   state to the VM Running (timestamps of its ``sandbox.phase`` log lines). The difference is
   what the operator, the scheduler and the sandbox Pod add; the ratio is printed.
-- **N at once**: ``--count`` sandboxes applied together (the cheapest real VM: 1 vCPU, 128 MiB,
-  no network); time until all are Ready, API write requests per sandbox by resource (from the
-  apiserver's ``apiserver_request_total``, all clients: operator, node agent, scheduler,
-  garbage collector), and the operator's resident memory.
+- **N at once**: ``--count`` sandboxes applied together in one ``kubectl apply`` (the cheapest
+  real VM: 1 vCPU, ``--memory`` MiB, no network); when each became Ready (first, median, p90,
+  last), API write requests per sandbox by resource (from the apiserver's
+  ``apiserver_request_total``, all clients: operator, node agent, scheduler, garbage
+  collector), the operator's and the node agent's resident memory (peak while converging, and
+  settled), the writes of one idle minute (``--idle``), then the delete of all of them: how
+  long, and what was left (QEMU processes, per-sandbox folders).
+
+A sandbox that ends ``Crashed`` or ``Failed`` instead (``--memory 64`` does) is reported with
+its reason, its status message and the tail of its VM's console log, and the run stops.
 """
 
 from __future__ import annotations
@@ -23,12 +31,15 @@ import re
 import statistics
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from kubesandbox_devenv import services
 from kubesandbox_devenv.controlplane import ControlPlane
 from kubesandbox_devenv.nodes import NodeShape
+from kubesandbox_devenv.processes import ManagedProcess
 
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE"}
 
@@ -103,26 +114,88 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def sandbox_list(names: list[str], **spec: object) -> str:
+    """One ``List`` manifest, so that ``kubectl apply`` creates them all in one go."""
+    items = [json.loads(sandbox_manifest(name, **spec)) for name in names]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def phases(plane: ControlPlane) -> dict[str, dict[str, Any]]:
+    listed = json.loads(plane.kubectl("get", "sandboxes", "-o", "json").stdout)
+    return {item["metadata"]["name"]: item for item in listed["items"]}
+
+
+def is_ready(body: dict[str, Any]) -> bool:
+    conditions = body.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def qemu_pids(marker: str) -> list[int]:
+    """QEMU processes whose command line names ``marker`` (this run's state directory)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(argv[0].decode(errors="replace")).name.startswith("qemu-system") and any(
+            marker.encode() in arg for arg in argv
+        ):
+            pids.append(int(proc.name))
+    return pids
+
+
+MEMORY_LINES = re.compile(r"Memory:|Kernel command line|Unpacking initramfs|Out of memory|panic")
+
+
+def console_tail(state: Path, uid: str, limit: int = 1500) -> str:
+    """The kernel's memory accounting lines of the VM's console log, then its last bytes."""
+    for log in sorted((state / "sandboxes" / uid).rglob("console.log")):
+        text = log.read_bytes().decode(errors="replace")
+        memory = [line for line in text.splitlines() if MEMORY_LINES.search(line)]
+        return "\n".join([*memory, "...", text[-limit:]])
+    return "(no console log)"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@dataclass
+class Peak:
+    process: ManagedProcess
+    mib: float = 0.0
+
+    def sample(self) -> float:
+        pid = self.process.pid()
+        current = rss_mib(pid) if pid is not None else 0.0
+        self.mib = max(self.mib, current)
+        return current
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=3, help="single sandboxes (0: skip)")
+    parser.add_argument("--count", type=int, default=10, help="sandboxes applied at once")
+    parser.add_argument("--memory", type=int, default=128, help="MiB per sandbox of the batch")
+    parser.add_argument("--idle", type=float, default=60, help="idle seconds measured (0: skip)")
     args = parser.parse_args()
-    # The one node advertises what --count sandboxes request (1.1 CPU and 384 MiB each with
-    # the sandbox Pod's overhead): this measures the system, not the node's size.
+    # The one node advertises what --count sandboxes request (1.1 CPU and memory + 256 MiB each
+    # with the sandbox Pod's overhead): this measures the system, not the node's size.
     shape = NodeShape(cpu=str(2 * args.count + 4), memory=f"{args.count + 8}Gi")
-    with services.running_system("ksb-bench-", node_shape=shape, cleanup_timeout=300) as system:
-        run(system.plane, system.operator, args.runs, args.count, system.paths)
+    with services.running_system(
+        "ksb-bench-", node_shape=shape, cleanup_timeout=max(300, 10 * args.count)
+    ) as system:
+        if args.runs:
+            overhead(system, args.runs)
+        batch(system, args.count, args.memory, args.idle)
 
 
-def run(
-    plane: ControlPlane,
-    operator: services.OperatorService,
-    runs: int,
-    count: int,
-    paths: services.Paths,
-) -> None:
-    log = paths.logs / "node-agent.log"
+def overhead(system: services.RunningSystem, runs: int) -> None:
+    plane, log = system.plane, system.paths.logs / "node-agent.log"
     totals, agent_parts = [], []
     for index in range(runs):
         name = f"single-{index}"
@@ -141,28 +214,86 @@ def run(
     print(f"operator, scheduler and Pod add:           {total - part:6.2f} s")
     print(f"ratio apply->Ready / node agent alone:     {total / part:6.2f}")
 
+
+def batch(system: services.RunningSystem, count: int, memory: int, idle: float) -> None:
+    plane, state = system.plane, system.node_agent.state
+    operator, agent = Peak(system.operator.process), Peak(system.node_agent.process)
     names = [f"many-{i}" for i in range(count)]
-    cheap = {"memory": 128, "network": {"policy": "None"}}
+    cheap = {"cpus": 1, "memory": memory, "network": {"policy": "None"}}
     before = write_requests(plane)
     began = time.monotonic()
-    for name in names:
-        plane.kubectl("apply", "-f", "-", input_text=sandbox_manifest(name, **cheap))
-    wait_ready(plane, names, 60 + 30 * count)
-    elapsed = time.monotonic() - began
+    plane.kubectl("apply", "-f", "-", input_text=sandbox_list(names, **cheap))
+    applied = time.monotonic() - began
+    ready_at: dict[str, float] = {}
+    deadline = began + 120 + 20 * count
+    while len(ready_at) < count:
+        bodies = phases(plane)
+        now = time.monotonic() - began
+        operator.sample()
+        agent.sample()
+        for name in names:
+            body = bodies.get(name, {})
+            if name not in ready_at and is_ready(body):
+                ready_at[name] = now
+            status = body.get("status", {})
+            if status.get("phase") in ("Crashed", "Failed"):
+                ended(state, name, body, now, len(ready_at), count)
+        if time.monotonic() > deadline:
+            waiting = {n: bodies.get(n, {}).get("status", {}).get("phase") for n in names}
+            raise SystemExit(f"not all Ready after {now:.0f}s: {Counter(waiting.values())}")
+        time.sleep(1.0)
+    elapsed = max(ready_at.values())
     writes = write_requests(plane) - before
-    pid = operator.process.pid()
-    assert pid is not None
-    print(f"{count} sandboxes applied at once, all Ready: {elapsed:6.1f} s")
+    times = list(ready_at.values())
+    vms = len(qemu_pids(str(state)))
+    print(
+        f"{count} sandboxes ({memory} MiB, 1 vCPU) in one apply ({applied:.1f} s), all Ready: "
+        f"{elapsed:6.1f} s"
+    )
+    print(
+        f"  Ready after: first {min(times):.1f} s, median {statistics.median(times):.1f} s, "
+        f"p90 {percentile(times, 0.9):.1f} s, last {elapsed:.1f} s; QEMU processes: {vms}"
+    )
     print("API writes per sandbox (all clients), create -> Ready, by resource:")
     for resource, value in sorted(writes.items()):
         print(f"  {resource:<28} {value / count:6.2f}")
-    print(f"operator RSS with {count} sandboxes:        {rss_mib(pid):6.1f} MiB")
-    settled = write_requests(plane)
-    time.sleep(60)
-    idle = write_requests(plane) - settled
-    print(f"API writes in one idle minute, all {count} Running: {sum(idle.values())}")
-    for resource, value in sorted(idle.items()):
-        print(f"  {resource:<28} {value}")
+    print(f"  {'all':<28} {sum(writes.values()) / count:6.2f}")
+    print(
+        f"operator RSS with {count} sandboxes: {operator.sample():6.1f} MiB "
+        f"(peak while converging {operator.mib:.1f} MiB)"
+    )
+    print(
+        f"node agent RSS with {count} sandboxes: {agent.sample():6.1f} MiB "
+        f"(peak while converging {agent.mib:.1f} MiB)"
+    )
+    if idle > 0:
+        settled = write_requests(plane)
+        time.sleep(idle)
+        quiet = write_requests(plane) - settled
+        print(f"API writes in {idle:.0f} idle s, all {count} Running: {sum(quiet.values())}")
+        for resource, value in sorted(quiet.items()):
+            print(f"  {resource:<28} {value}")
+    began = time.monotonic()
+    plane.kubectl("delete", "sandboxes", "--all", "--wait", f"--timeout={60 + 10 * count}s")
+    gone = time.monotonic() - began
+    folders = list((state / "sandboxes").iterdir()) if (state / "sandboxes").is_dir() else []
+    print(
+        f"delete of all {count}: {gone:.1f} s; left: {len(qemu_pids(str(state)))} QEMU, "
+        f"{len(folders)} per-sandbox folders"
+    )
+
+
+def ended(state: Path, name: str, body: dict[str, Any], now: float, ready: int, count: int) -> None:
+    """A sandbox of the batch ended instead of running: say why, and stop."""
+    status = body.get("status", {})
+    reason = (status.get("exitStatus") or {}).get("reason")
+    print(
+        f"{name} ended {status.get('phase')} ({reason}) after {now:.1f} s "
+        f"({ready} of {count} Ready then): {status.get('message')}"
+    )
+    print(f"--- console log of {name}, last lines:")
+    print(console_tail(state, body["metadata"]["uid"]))
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":
