@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("script")
     p.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the script")
 
-    p = command("cp", "copy a file to or from a sandbox: cp SRC DST, one of them NAME:/path")
+    p = command("cp", "copy a file or directory to or from a sandbox (one side NAME:/path)")
     p.add_argument("src", help="local path, - (stdin) or NAME:/path")
     p.add_argument("dst", help="local path, - (stdout) or NAME:/path")
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import ssl
 import stat
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -157,6 +160,51 @@ async def test_token_flag_overrides_a_client_certificate(fake: Fake, tmp_path: P
         "--kubeconfig", str(path), "--gateway", fake.url, "--token", TOKEN, "wait", "box"
     )
     assert (code, err) == (0, "")
+
+
+def test_embedded_certificates_and_ca_are_loaded_and_no_key_copy_is_left(
+    tmp_path: Path,
+) -> None:
+    user = client_cert_user(tmp_path)
+    embedded = {
+        "client-certificate-data": base64.b64encode(Path(user["client-certificate"]).read_bytes()),
+        "client-key-data": base64.b64encode(Path(user["client-key"]).read_bytes()),
+    }
+    path = kubeconfig(tmp_path / "kc", {k: v.decode() for k, v in embedded.items()})
+    doc = yaml.safe_load(path.read_text())
+    ca = base64.b64encode((tmp_path / "ca.crt").read_bytes()).decode()
+    doc["clusters"][0]["cluster"]["certificate-authority-data"] = ca
+    path.write_text(yaml.safe_dump(doc))
+    before = set(Path(tempfile.gettempdir()).glob("kubesandbox-cred-*"))
+    credentials = config.load(path)
+    assert set(Path(tempfile.gettempdir()).glob("kubesandbox-cred-*")) == before
+    assert credentials.client_certificate
+    (authority,) = credentials.ssl_context.get_ca_certs()
+    assert "test-ca" in str(authority["subject"])
+    assert credentials.ssl_context.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_insecure_skip_tls_verify_is_honoured(tmp_path: Path) -> None:
+    path = kubeconfig(tmp_path / "kc", {"token": "Bearer already-prefixed"})
+    doc = yaml.safe_load(path.read_text())
+    doc["clusters"][0]["cluster"]["insecure-skip-tls-verify"] = True
+    path.write_text(yaml.safe_dump(doc))
+    credentials = config.load(path)
+    assert credentials.ssl_context.verify_mode == ssl.CERT_NONE
+    assert credentials.authorization == "Bearer already-prefixed"
+
+
+def test_an_exec_plugin_may_return_a_client_certificate(tmp_path: Path) -> None:
+    pair = client_cert_user(tmp_path)
+    status = {
+        "clientCertificateData": Path(pair["client-certificate"]).read_text(),
+        "clientKeyData": Path(pair["client-key"]).read_text(),
+    }
+    (tmp_path / "cred.json").write_text(json.dumps({"status": status}))
+    user = {"exec": {"command": "cat", "args": [str(tmp_path / "cred.json")]}}
+    credentials = config.load(kubeconfig(tmp_path / "kc", user))
+    assert credentials.client_certificate
+    assert credentials.authorization is None
 
 
 async def test_a_missing_kubeconfig_is_named(tmp_path: Path) -> None:
