@@ -4,14 +4,18 @@ them are untouched; app tests opt in with ``pytestmark = APP_FIXTURES``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
+from kubesandbox_gateway import app as app_module
 from kubesandbox_gateway import translate
 from kubesandbox_gateway.app import Gateway, make_app
 from tests.unit.gateway import fakes
@@ -54,6 +58,15 @@ def translate_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(translate, "sandbox_from_create", fakes.sandbox_from_create)
     monkeypatch.setattr(translate, "sandbox_object", fakes.sandbox_object)
     monkeypatch.setattr(translate, "redacted", fakes.redacted)
+
+
+@contextmanager
+def gateway_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[MutableMapping[str, Any]]]:
+    """The gateway's log events. Its module logger is swapped for a fresh proxy first: a
+    logger already used under ``cache_logger_on_first_use`` would bypass ``capture_logs``."""
+    monkeypatch.setattr(app_module, "log", structlog.get_logger("kubesandbox.gateway"))
+    with capture_logs() as logs:
+        yield logs
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from kubesandbox_gateway.errors import from_kube
 from kubesandbox_kube.errors import AlreadyExists, Conflict, Forbidden, Invalid, KubeError, NotFound
@@ -22,6 +21,7 @@ from tests.unit.gateway.conftest import (
     SA_USER,
     AppClient,
     bearer,
+    gateway_logs,
     running_sandbox,
 )
 
@@ -258,9 +258,9 @@ async def test_create_without_wait_and_with_start_false(
 
 
 async def test_create_with_secrets_makes_an_owned_companion_secret(
-    client: AppClient, kube: fakes.FakeKube
+    client: AppClient, kube: fakes.FakeKube, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with capture_logs() as logs:
+    with gateway_logs(monkeypatch) as logs:
         response = await client.post("/v1/sandboxes", json=secret_body(), headers=bearer(SA_TOKEN))
     assert response.status == 200, await response.text()
     sandbox = kube.sandbox("team-a", "t1")
@@ -626,12 +626,12 @@ def test_apiserver_errors_map_to_msb_codes(error: KubeError, status: int, code: 
 
 
 async def test_a_sandbox_that_cannot_be_shown_is_left_out_of_lists(
-    client: AppClient, kube: fakes.FakeKube
+    client: AppClient, kube: fakes.FakeKube, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     running_sandbox(kube, "good")
     kube.put("sandboxes", "team-a", {"metadata": {"name": "broken"}, "spec": {}})
     del kube.sandbox("team-a", "broken")["metadata"]["uid"]
-    with capture_logs() as logs:
+    with gateway_logs(monkeypatch) as logs:
         response = await client.get("/v1/sandboxes", headers=bearer(SA_TOKEN))
     assert [s["name"] for s in (await response.json())["data"]] == ["good"]
     assert any(e["event"] == "sandbox left out of a list" for e in logs)
