@@ -169,7 +169,7 @@ async def test_the_sdk_drives_sandboxes_through_the_gateway(
     served: str, kube: fakes.FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with gateway_logs(monkeypatch) as logs:
-        out = await run_sdk(served, tmp_path)
+        out = await run_sdk(f"{served}/ns/team-a", tmp_path)  # MSB_API_URL with the prefix
     assert out["listed"] == ["sdk-one"]
     created = {e["name"]: e["uid"] for e in logs if e["event"] == "sandbox created"}
     assert out["id"].endswith(created["sdk-one"])  # the msb id is metadata.uid
@@ -191,3 +191,7 @@ async def test_the_sdk_drives_sandboxes_through_the_gateway(
     assert any(SECRET_VALUE in json.dumps(s.get("stringData", {})) for s in secrets)
     assert SECRET_VALUE not in repr(logs)
     assert any(entry["event"] == "create requested" for entry in logs)
+    paths = [entry["path"] for entry in logs if entry["event"] == "request"]
+    assert paths
+    assert all(path.startswith("/ns/team-a/v1/sandboxes") for path in paths)
+    assert any(path.endswith("/agent") for path in paths)
