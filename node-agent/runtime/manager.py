@@ -17,7 +17,13 @@ import structlog
 
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.records import RecordStore, SandboxRecord
-from kubesandbox_node.runtime.supervisor import DEFAULT_TIMING, Preparer, Supervisor, Timing
+from kubesandbox_node.runtime.supervisor import (
+    DEFAULT_TIMING,
+    Preparer,
+    Supervisor,
+    Timing,
+    boot_slots,
+)
 from kubesandbox_node.runtime.vmm import VMM
 
 log = structlog.get_logger(__name__)
@@ -40,6 +46,8 @@ class Runtime:
         self.preparer = preparer
         self.emulation = emulation
         self.timing = timing
+        slots = boot_slots(timing.concurrent_boots, emulation=emulation)
+        self.booting = asyncio.Semaphore(slots) if slots else None
         self.sandboxes: dict[str, Supervisor] = {}
         self.listeners: list[Listener] = []
 
@@ -56,6 +64,7 @@ class Runtime:
             emulation=self.emulation,
             on_change=self._changed,
             timing=self.timing,
+            booting=self.booting,
         )
 
     async def recover(self) -> dict[str, bool]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +65,24 @@ class Preparer(Protocol):
 class Timing:
     ready_timeout: float = 120.0
     policy_tick: float = 1.0
+    concurrent_boots: int | None = None
+    """VMs that may boot at once (until ``core.ready``); ``None``: :func:`boot_slots` decides,
+    ``0``: no limit."""
+
+
+def boot_slots(limit: int | None, *, emulation: bool, cpus: int | None = None) -> int:
+    """How many VMs boot at once on this node (0: no limit).
+
+    A boot is CPU-bound, under TCG entirely: N boots at once on C cores each take about N/C
+    times as long as one, so a burst of creations without a limit makes every boot miss the
+    ready timeout together (a hundred sandboxes on two cores: all ``BootTimeout``). Booting
+    a few at a time finishes each one quickly, and all of them sooner. The ready timeout
+    starts when QEMU starts, after the wait for a slot.
+    """
+    if limit is not None:
+        return max(0, limit)
+    cores = cpus or os.cpu_count() or 1
+    return 2 * cores if emulation else 8 * cores
 
 
 DEFAULT_TIMING = Timing()
@@ -84,6 +103,7 @@ class Supervisor:
         emulation: bool,
         on_change: Callable[[Supervisor], None] = lambda _: None,
         timing: Timing = DEFAULT_TIMING,
+        booting: asyncio.Semaphore | None = None,
     ) -> None:
         self.record = record
         self.store = store
@@ -92,6 +112,8 @@ class Supervisor:
         self.emulation = emulation
         self.on_change = on_change
         self.timing = timing
+        self.booting = booting
+        """Shared by every supervisor of the node: the boot slots (``None``: no limit)."""
         self.handle: VMHandle | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -293,11 +315,12 @@ class Supervisor:
                 self._end(Phase.FAILED, reason, False, None, str(exc))
                 return
             self._condition(ConditionType.AGENT_CONNECTED, False, Reason.BOOTING)
-            self._transition(Phase.BOOTING, "waiting for the guest agent")
             try:
-                handle = await self.vmm.start(
-                    spec, self.relay_socket, ready_timeout=self.timing.ready_timeout
-                )
+                async with self._boot_slot():
+                    self._transition(Phase.BOOTING, "waiting for the guest agent")
+                    handle = await self.vmm.start(
+                        spec, self.relay_socket, ready_timeout=self.timing.ready_timeout
+                    )
             except BootError as exc:
                 timeout = "not ready after" in exc.reason
                 reason = Reason.BOOT_TIMEOUT if timeout else Reason.VMM_EXITED
@@ -320,6 +343,18 @@ class Supervisor:
         self._transition(Phase.RUNNING)
         if pause_after:
             await self._pause()
+
+    @contextlib.asynccontextmanager
+    async def _boot_slot(self) -> AsyncIterator[None]:
+        """One of the node's boot slots, held until the guest agent is ready (or the boot
+        failed); the sandbox says it waits for one while all are taken."""
+        if self.booting is None:
+            yield
+            return
+        if self.booting.locked():
+            self._transition(Phase.BOOTING, "waiting for a boot slot: other VMs are booting")
+        async with self.booting:
+            yield
 
     def _attach(self, handle: VMHandle) -> None:
         self.handle = handle
