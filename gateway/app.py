@@ -538,8 +538,9 @@ class Gateway:
             await client.prepare(request)
             await pipe(client, upstream)
         finally:
-            await upstream.close()
-            await client.close()
+            # aiohttp cancels this handler when the client drops its connection (the SDK does,
+            # after each call): the relay slot is still given back.
+            await asyncio.shield(close_both(client, upstream))
         return client
 
     @property
@@ -554,6 +555,15 @@ class Gateway:
             self._session = session
             yield
             self._session = None
+
+
+async def close_both(
+    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+) -> None:
+    with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
+        await upstream.close()
+    with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
+        await client.close()
 
 
 async def pipe(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
@@ -714,6 +724,16 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         if error.status < 400:
             raise
         response = error_response(error.status, status_code(error.status), error.reason)
+    except asyncio.CancelledError:
+        # The client went away (aiohttp cancels the handler); say so, then let it unwind.
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status="client gone",
+            seconds=round(time.monotonic() - started, 3),
+        )
+        raise
     except Exception:
         log.exception("request failed", method=request.method, path=request.path)
         response = error_response(500, "internal_error", "the gateway failed; see its log")

@@ -265,6 +265,7 @@ class FakeNodeAgent:
         self.token = token
         self.verbs: list[tuple[str, str, str]] = []
         self.agent_sockets = 0
+        self.agent_sockets_closed = 0
         self.refuse_with: int | None = None
         self.app = web.Application()
         self.app.router.add_get("/v1/sandboxes/{uid}/agent", self.agent)
@@ -281,16 +282,19 @@ class FakeNodeAgent:
             return web.json_response({"error": "forbidden"}, status=403)
         self.agent_sockets += 1
         ws = web.WebSocketResponse(max_msg_size=16 << 20)
-        await ws.prepare(request)
-        # The relay greets first (id range + core.ready), unprompted.
-        await ws.send_bytes(b"\x00\x00\x00\x01\x02\x00\x00\x00" + b"ready")
-        async for message in ws:
-            if message.type != WSMsgType.BINARY:
-                break
-            if message.data == b"close-please":
-                break
-            await ws.send_bytes(b"echo:" + message.data)
-        await ws.close()
+        try:
+            await ws.prepare(request)
+            # The relay greets first (id range + core.ready), unprompted.
+            await ws.send_bytes(b"\x00\x00\x00\x01\x02\x00\x00\x00" + b"ready")
+            async for message in ws:
+                if message.type != WSMsgType.BINARY:
+                    break
+                if message.data == b"close-please":
+                    break
+                await ws.send_bytes(b"echo:" + message.data)
+            await ws.close()
+        finally:
+            self.agent_sockets_closed += 1
         return ws
 
     async def verb(self, request: web.Request) -> web.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -21,6 +23,7 @@ from tests.unit.gateway.conftest import (
     AppClient,
     announce_node_agent,
     bearer,
+    gateway_logs,
     running_sandbox,
 )
 
@@ -93,6 +96,42 @@ async def test_the_node_agent_closing_closes_the_client(
         await ws.send_bytes(b"close-please")
         closing = await ws.receive(timeout=5)
         assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
+
+
+async def test_a_client_that_drops_its_connection_frees_the_relay(
+    client: AppClient,
+    kube: fakes.FakeKube,
+    node_agent: fakes.FakeNodeAgent,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SDK drops the TCP connection after each call, without a close handshake."""
+    uid = running_sandbox(kube)["metadata"]["uid"]
+    with gateway_logs(monkeypatch) as logs:
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET /v1/sandboxes/{uid}/agent HTTP/1.1\r\nHost: x\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Authorization: Bearer {SA_TOKEN}\r\n\r\n"
+            ).encode()
+        )
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        assert status_line.startswith(b"HTTP/1.1 101")
+        await asyncio.wait_for(reader.readuntil(b"ready"), 5)  # the relay's greeting
+        writer.transport.abort()
+        for _ in range(200):
+            if node_agent.agent_sockets_closed:
+                break
+            await asyncio.sleep(0.01)
+        assert node_agent.agent_sockets_closed == 1
+        for _ in range(200):
+            if any(e.get("status") == "client gone" for e in logs):
+                break
+            await asyncio.sleep(0.01)
+    gone = [e for e in logs if e["event"] == "request" and e.get("status") == "client gone"]
+    assert [e["path"] for e in gone] == [f"/v1/sandboxes/{uid}/agent"]
 
 
 async def test_agent_needs_create_on_sandboxes_exec(
