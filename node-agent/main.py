@@ -42,7 +42,7 @@ from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
 from kubesandbox_node.runtime.cgroups import CgroupManager
 from kubesandbox_node.runtime.manager import Runtime
 from kubesandbox_node.runtime.prepare import (
-    NINE_P_MODULES,
+    VIRTIOFS_MODULES,
     NetworkProvider,
     NoNetwork,
     SandboxPreparer,
@@ -54,6 +54,7 @@ from kubesandbox_node.server.services import Services
 from kubesandbox_node.status.events import EventRecorder
 from kubesandbox_node.status.writer import StatusWriter
 from kubesandbox_node.vm.host import kvm_usable, tsc_khz
+from kubesandbox_node.vm.spec import VIRTIOFSD
 from kubesandbox_node.volumes.prepare import NamedVolumes
 
 log = structlog.get_logger("kubesandbox_node")
@@ -229,7 +230,7 @@ async def serve(config: NodeAgentConfig) -> None:
     host, _, port = config.listen.rpartition(":")
     endpoint = config.endpoint or f"{'https' if tls else 'http'}://{config.listen}"
     capabilities = ["oci", "disk", "network-none", "pause"]
-    if not NINE_P_MODULES & set(image.missing_modules):
+    if not VIRTIOFS_MODULES & set(image.missing_modules) and os.access(VIRTIOFSD, os.X_OK):
         capabilities.insert(2, "bind")
     if config.network == "netns":
         capabilities[-1:-1] = ["network-public-only", "network-all"]

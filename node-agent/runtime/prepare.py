@@ -48,7 +48,7 @@ from kubesandbox_node.vm.spec import Accel, Drive, Share, VMSpec
 from kubesandbox_node.volumes.prepare import NamedVolumes, prepare_volumes
 
 _PATCH_INDEX = re.compile(r"patches\[(\d+)\]")
-NINE_P_MODULES = frozenset({"9p", "9pnet", "9pnet_virtio"})
+VIRTIOFS_MODULES = frozenset({"fuse", "virtiofs"})
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -188,7 +188,7 @@ class SandboxPreparer:
         )
         drives: list[Drive] = []
         shares: list[Share] = []
-        root: bc.OverlayRoot | bc.DiskRoot | bc.NinePRoot
+        root: bc.OverlayRoot | bc.DiskRoot | bc.ShareRoot
         if isinstance(prepared, OverlayRoot):
             serials = [f"layer{i}" for i in range(len(prepared.layers))]
             drives += [Drive(s, p) for s, p in zip(serials, prepared.layers, strict=True)]
@@ -200,8 +200,8 @@ class SandboxPreparer:
         else:
             assert isinstance(prepared, HostDirRoot)
             shares.append(Share("root", prepared.path, read_only=prepared.read_only))
-            root = bc.NinePRoot(tag="root", read_only=prepared.read_only)
-        volumes: list[bc.TmpfsVolume | bc.NinePVolume | bc.BlockVolume] = []
+            root = bc.ShareRoot(tag="root", read_only=prepared.read_only)
+        volumes: list[bc.TmpfsVolume | bc.ShareVolume | bc.BlockVolume] = []
         for volume in prepare_volumes(
             spec.volumes, namespace=desired.namespace, policy=self.policy, named=self.named
         ):
@@ -226,15 +226,15 @@ class SandboxPreparer:
                 assert volume.tag is not None
                 shares.append(Share(volume.tag, volume.host_path, read_only=volume.read_only))
                 volumes.append(
-                    bc.NinePVolume(
+                    bc.ShareVolume(
                         mount_path=volume.mount_path, tag=volume.tag, read_only=volume.read_only
                     )
                 )
-        if shares and NINE_P_MODULES & set(self.boot_image.missing_modules):
+        if shares and VIRTIOFS_MODULES & set(self.boot_image.missing_modules):
             raise PrepareError(
                 Reason.ROOTFS_FAILED,
-                "host directories (bind roots, bind and named volumes) are shared over 9p, "
-                "and this node's guest kernel has no 9p modules",
+                "host directories (bind roots and bind volumes) are shared over virtio-fs, "
+                "and this node's guest kernel has no virtiofs module",
             )
         network, nic_args = await self.network.attach(desired)
         defaults = ready.record.defaults if ready else None

@@ -35,6 +35,7 @@ from kubesandbox_node.runtime.relay import SandboxRelay
 from kubesandbox_node.vm.machine import BootError, launch, tail, until_connected
 from kubesandbox_node.vm.qmp import QMPClient
 from kubesandbox_node.vm.spec import VMSpec
+from kubesandbox_node.vm.virtiofs import ShareError, start_shares, stop_shares
 from kubesandbox_protocol.frame import FLAG_SHUTDOWN, Frame
 from kubesandbox_protocol.messages import MessageType, decode_body, encode_body
 
@@ -42,6 +43,8 @@ ADOPT_ATTEMPTS = 3
 ADOPT_READY_WAIT = 3.0
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+SHARE_OVERHEAD_MIB = 16
+"""Memory for each share's virtiofsd, which runs in the VM's cgroup."""
 
 
 class VMRecord(BaseModel):
@@ -250,13 +253,25 @@ class QemuVMM:
             argv += ["-runas", self.run_as]
         if self.wrap is not None:
             argv = self.wrap(spec.name, argv)
-        limit = (spec.memory_mib + vmm_overhead_mib(spec.accel, spec.tcg_tb_size_mib)) << 20
+        overhead = vmm_overhead_mib(spec.accel, spec.tcg_tb_size_mib)
+        limit = (spec.memory_mib + overhead + SHARE_OVERHEAD_MIB * len(spec.shares)) << 20
         if self.cgroups is not None:
             group = await asyncio.to_thread(
                 self.cgroups.create, f"vm-{spec.name}", spec.cpus + 0.2, limit
             )
             argv = group.wrap_argv(argv)
-        process = await launch(spec, argv)
+        daemons: list[asyncio.subprocess.Process] = []
+        try:
+            daemons = await start_shares(spec, wrap=group.wrap_argv if group else None)
+            process = await launch(spec, argv)
+        except BaseException as exc:
+            await stop_shares(daemons)
+            if group is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(group.remove)
+            if isinstance(exc, ShareError):
+                raise BootError(str(exc), "", "") from exc
+            raise
         started = time.time()
         record = VMRecord(
             pid=process.pid,
@@ -304,6 +319,7 @@ class QemuVMM:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
             await process.wait()
+            await stop_shares(daemons)
             await relay.close()
             if relay_task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):

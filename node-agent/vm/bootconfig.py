@@ -33,13 +33,15 @@ class DiskRoot(_Model):
     fstype: str = "ext4"
 
 
-class NinePRoot(_Model):
-    kind: Literal["9p"] = "9p"
+class ShareRoot(_Model):
+    """A host directory as the root, shared over virtio-fs with ``tag``."""
+
+    kind: Literal["virtiofs"] = "virtiofs"
     tag: str
     read_only: bool = False
 
 
-Root = Annotated[OverlayRoot | DiskRoot | NinePRoot, Field(discriminator="kind")]
+Root = Annotated[OverlayRoot | DiskRoot | ShareRoot, Field(discriminator="kind")]
 
 
 class TmpfsVolume(_Model):
@@ -48,8 +50,10 @@ class TmpfsVolume(_Model):
     size_mib: int | None = Field(default=None, alias="sizeMiB", gt=0)
 
 
-class NinePVolume(_Model):
-    kind: Literal["9p"] = "9p"
+class ShareVolume(_Model):
+    """A host directory shared over virtio-fs with ``tag``."""
+
+    kind: Literal["virtiofs"] = "virtiofs"
     mount_path: str
     tag: str
     read_only: bool = False
@@ -63,7 +67,7 @@ class BlockVolume(_Model):
     read_only: bool = False
 
 
-Volume = Annotated[TmpfsVolume | NinePVolume | BlockVolume, Field(discriminator="kind")]
+Volume = Annotated[TmpfsVolume | ShareVolume | BlockVolume, Field(discriminator="kind")]
 
 
 class Interface(_Model):

@@ -28,6 +28,7 @@ import structlog
 from kubesandbox_node.relay import Relay, RelayClosedError
 from kubesandbox_node.vm.qmp import QMPClient
 from kubesandbox_node.vm.spec import VMSpec
+from kubesandbox_node.vm.virtiofs import ShareError, start_shares, stop_shares
 from kubesandbox_protocol.messages import decode_body
 
 CONSOLE_TAIL = 4000
@@ -187,7 +188,16 @@ async def boot(
     """Starts the VM and returns once the guest agent said ``core.ready``."""
     blog = log.bind(vm=spec.name, accel=spec.accel)
     started = time.monotonic()
-    process = await launch(spec)
+    spec.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        daemons = await start_shares(spec)
+    except ShareError as exc:
+        raise BootError(str(exc), "", "") from exc
+    try:
+        process = await launch(spec)
+    except BaseException:
+        await stop_shares(daemons)
+        raise
 
     def gone() -> bool:
         return process.returncode is not None
@@ -223,6 +233,7 @@ async def boot(
             raw_ready = ready.result()
     except TimeoutError:
         await _abort(process, qmp, relay, relay_task)
+        await stop_shares(daemons)
         blog.warning("vm.boot_timeout", timeout=ready_timeout)
         raise BootError(
             f"guest agent not ready after {ready_timeout:.0f}s; VM killed",
@@ -236,6 +247,7 @@ async def boot(
                 async with asyncio.timeout(2):
                     await process.wait()
         await _abort(process, qmp, relay, relay_task)
+        await stop_shares(daemons)
         if isinstance(exc, BootError):
             raise
         reason = f"boot failed: {exc}"

@@ -15,7 +15,11 @@ Choices, all on purpose:
   ``virtserialport`` named ``agent`` on a unix socket chardev (the relay connects to it).
   Both sockets are QEMU-side servers, so a restarted node agent can connect again.
 - Disks: ``virtio-blk-device`` with ``serial=`` (the guest finds them by serial, never by
-  probe order); host directories: ``virtio-9p-device`` with a mount tag.
+  probe order). Host directories: virtio-fs (``vhost-user-fs-device`` with a mount tag, served
+  by one ``virtiofsd`` per share, :mod:`.virtiofs`); vhost-user needs the guest RAM in shared
+  memory, so a VM with shares gets a ``memory-backend-memfd,share=on``, and modern (non-legacy)
+  virtio-mmio, which libvhost-user requires. (Not 9p: Debian's cloud kernel is built without
+  it.)
 - Under TCG, ``tsc_early_khz=<host TSC kHz>``: microvm has no HPET/PM timer to fall back on
   when TSC calibration against the PIT fails, which hung about 1 boot in 7 without it.
 """
@@ -27,6 +31,8 @@ from pathlib import Path
 from typing import Literal
 
 Accel = Literal["kvm", "tcg"]
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+"""QEMU's own virtio-fs daemon (Debian package ``qemu-system-common``)."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class Drive:
 
 @dataclass(frozen=True)
 class Share:
-    """A host directory exported over virtio-9p with ``tag``."""
+    """A host directory exported over virtio-fs with ``tag`` (see :mod:`.virtiofs`)."""
 
     tag: str
     path: Path
@@ -62,6 +68,7 @@ class VMSpec:
     quiet: bool = True
     tcg_tb_size_mib: int = 64
     qemu: str = "qemu-system-x86_64"
+    virtiofsd: str = VIRTIOFSD
     extra_args: tuple[str, ...] = field(default=())
 
     @property
@@ -76,6 +83,10 @@ class VMSpec:
     @property
     def console_socket(self) -> Path:
         return self.state_dir / "console.sock"
+
+    def share_socket(self, share: Share) -> Path:
+        """The vhost-user socket of ``share``'s virtiofsd (QEMU connects to it)."""
+        return self.state_dir / f"fs-{share.tag}.sock"
 
     @property
     def console_log(self) -> Path:
@@ -96,11 +107,21 @@ class VMSpec:
 
     def argv(self) -> list[str]:
         accel = "kvm" if self.accel == "kvm" else f"tcg,tb-size={self.tcg_tb_size_mib}"
+        machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on"
+        memory: list[str] = []
+        if self.shares:
+            machine += ",memory-backend=ram"
+            memory = [
+                "-object", f"memory-backend-memfd,id=ram,size={self.memory_mib}M,share=on",
+                # vhost-user (libvhost-user) refuses legacy virtio, microvm's mmio default
+                "-global", "virtio-mmio.force-legacy=false",
+            ]  # fmt: skip
         argv = [
             self.qemu,
             "-name", self.name,
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-machine", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+            "-machine", machine,
+            *memory,
             "-accel", accel,
             "-cpu", "host" if self.accel == "kvm" else "max",
             "-smp", str(self.cpus),
@@ -124,11 +145,9 @@ class VMSpec:
                 "-device", f"virtio-blk-device,drive=disk{i},serial={drive.serial}",
             ]  # fmt: skip
         for i, share in enumerate(self.shares):
-            ro = ",readonly=on" if share.read_only else ""
             argv += [
-                "-fsdev",
-                f"local,id=fs{i},path={_escape(share.path)},security_model=none{ro}",
-                "-device", f"virtio-9p-device,fsdev=fs{i},mount_tag={share.tag}",
+                "-chardev", f"socket,id=fs{i},path={_escape(self.share_socket(share))}",
+                "-device", f"vhost-user-fs-device,chardev=fs{i},tag={share.tag}",
             ]  # fmt: skip
         argv += list(self.extra_args)
         return argv

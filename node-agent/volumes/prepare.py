@@ -1,16 +1,16 @@
 """``spec.volumes`` turned into what the VM is started with.
 
-- ``bind``: a host directory shared over virtio-9p, read-only or read-write as asked, and only
+- ``bind``: a host directory shared over virtio-fs, read-only or read-write as asked, and only
   under a prefix the node agent allows (``HostPathPolicy``).
 - ``named``: a node-local volume ``<root>/<namespace>/<name>.ext4`` owned by the node agent: a
-  sparse ext4 image created on first use and attached as a virtio-blk device (the pinned guest
-  kernel has no 9p, and a block device needs no host daemon). It outlives the sandbox and is
-  deleted only through ``NamedVolumes.delete`` (the node agent's API), never with a sandbox.
+  sparse ext4 image created on first use and attached as a virtio-blk device (no host daemon;
+  the data stays in one file the node agent owns). It outlives the sandbox and is deleted only
+  through ``NamedVolumes.delete`` (the node agent's API), never with a sandbox.
   QEMU locks the image, so two running sandboxes cannot open it read-write at once: the second
   fails to boot with QEMU's lock error (share data between sandboxes with read-only mounts).
 - ``tmpfs``: nothing on the host; the guest mounts a tmpfs of ``sizeMiB``.
 
-Each host-backed volume gets a name (``vol0``, ``vol1`` ...): the 9p mount tag of a bind
+Each host-backed volume gets a name (``vol0``, ``vol1`` ...): the virtio-fs tag of a bind
 volume, the virtio serial of a named volume's device; the boot configuration hands it to the
 guest.
 """
@@ -36,7 +36,7 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 class PreparedVolume:
     mount_path: str
     kind: str
-    """``9p``, ``block`` or ``tmpfs`` (the boot configuration's volume kinds)."""
+    """``virtiofs``, ``block`` or ``tmpfs`` (the boot configuration's volume kinds)."""
     host_path: Path | None = None
     tag: str | None = None
     read_only: bool = False
@@ -121,7 +121,7 @@ def prepare_volumes(
         if volume.bind is not None:
             host = policy.check(volume.bind.path, field=f"{where}.bind.path", kind="dir")
             prepared.append(
-                PreparedVolume(mount_path, "9p", host, tag, read_only=volume.bind.read_only)
+                PreparedVolume(mount_path, "virtiofs", host, tag, read_only=volume.bind.read_only)
             )
         elif volume.named is not None:
             host = named.ensure(namespace, volume.named.name, field=f"{where}.named.name")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from kubesandbox_node.bootimage import cpio, initramfs
 from kubesandbox_node.bootimage.paths import cache_root
-from kubesandbox_node.vm import Drive, VirtualMachine, VMSpec, boot
-from kubesandbox_node.vm.bootconfig import BootConfig, OverlayRoot
+from kubesandbox_node.vm import Drive, Share, VirtualMachine, VMSpec, boot
+from kubesandbox_node.vm.bootconfig import BootConfig, OverlayRoot, Volume
 from kubesandbox_node.vm.host import choose_accel, tsc_khz
 from tests.support.images import cached_busybox_layer, ext4_upper
 
@@ -71,6 +71,8 @@ async def booted_vm(
     cpus: int = 1,
     upper_mib: int = 512,
     with_disks: bool = True,
+    shares: Sequence[Share] = (),
+    volumes: Sequence[Volume] = (),
     ready_timeout: float = BOOT_TIMEOUT,
 ) -> AsyncIterator[BootedVM]:
     image = initramfs.build(agent, extra=extra)
@@ -88,6 +90,7 @@ async def booted_vm(
             root=OverlayRoot(layers=["layer0"], upper="upper"),
             env=list(env),
             init=init,
+            volumes=list(volumes),
             log_level="debug",
         )
         initrd = initramfs.write_initrd(image, config, directory / "initrd.cpio")
@@ -102,6 +105,7 @@ async def booted_vm(
             memory_mib=memory_mib,
             tsc_khz=tsc_khz(),
             drives=drives,
+            shares=tuple(shares),
         )
         vm = await boot(spec, directory / "agent.sock", ready_timeout=ready_timeout)
         try:

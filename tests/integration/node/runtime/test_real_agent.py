@@ -44,7 +44,8 @@ pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="module")]
 class World:
     def __init__(self, images: Images, registry: RegistryClient) -> None:
         self.state = Path(tempfile.mkdtemp(prefix="ksb-agentrt-"))
-        policy = HostPathPolicy.of([])
+        self.host = self.state / "host"
+        policy = HostPathPolicy.of([str(self.host)])
         preparer = SandboxPreparer(
             images=ImageService(self.state / "images", registry),
             rootfs=SandboxRootfs(self.state / "rootfs", policy),
@@ -174,6 +175,31 @@ async def test_guest_kernel_panic_is_a_crash(sandbox: Supervisor) -> None:
     exit_status = sandbox.record.exit_status
     assert exit_status is not None
     assert exit_status.reason == Reason.GUEST_PANIC
+
+
+async def test_bind_volumes_are_shared_over_virtio_fs(world: World) -> None:
+    for name in ("data", "tools"):
+        (world.host / name).mkdir(parents=True)
+        (world.host / name / "readme").write_text(f"{name} on the node\n")
+    supervisor = await boot(
+        world,
+        volumes=[
+            {"mountPath": "/data", "bind": {"path": str(world.host / "data")}},
+            {"mountPath": "/tools", "bind": {"path": str(world.host / "tools"), "readOnly": True}},
+        ],
+    )
+    try:
+        async with await AgentClient.connect(supervisor.relay_socket) as client:
+            both = await client.run("cat", ["/data/readme", "/tools/readme"])
+            assert both.stdout == b"data on the node\ntools on the node\n"
+            await client.write_file("/data/result", b"from the sandbox\n")
+            refused = await client.run("sh", ["-c", "echo x > /tools/new"])
+        assert (world.host / "data" / "result").read_bytes() == b"from the sandbox\n"
+        assert refused.code != 0
+        assert not (world.host / "tools" / "new").exists()
+    finally:
+        await world.runtime.remove(supervisor.desired.uid)
+    assert not list(world.state.rglob("fs-*.sock")), "a virtiofsd socket outlived its sandbox"
 
 
 async def test_max_duration_drains_to_stopped(world: World) -> None:

@@ -45,7 +45,7 @@ def test_volumes_prepare_bind_named_tmpfs(allowed: Path, tmp_path: Path) -> None
         volumes, namespace="team", policy=HostPathPolicy.of([allowed]), named=named
     )
     assert [(v.mount_path, v.kind, v.read_only, v.tag) for v in prepared] == [
-        ("/src", "9p", True, "vol0"),
+        ("/src", "virtiofs", True, "vol0"),
         ("/data", "block", False, "vol1"),
         ("/scratch", "tmpfs", False, None),
     ]

@@ -11,7 +11,7 @@ DOC_EXAMPLE = {
     "root": {"kind": "overlay", "layers": ["layer0", "layer1"], "upper": "upper"},
     "volumes": [
         {"mountPath": "/data", "kind": "tmpfs", "sizeMiB": 100},
-        {"mountPath": "/src", "kind": "9p", "tag": "vol1", "readOnly": True},
+        {"mountPath": "/src", "kind": "virtiofs", "tag": "vol1", "readOnly": True},
     ],
     "env": ["PATH=/usr/bin:/bin", "DEBUG=true"],
     "workdir": "/app",

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from kubesandbox_node.vm import Drive, Share, VMSpec
+from kubesandbox_node.vm.virtiofs import daemon_argv
 
 
 def _spec(**kw: object) -> VMSpec:
@@ -44,7 +45,33 @@ def test_drives_carry_serials_and_writable_ones_are_not_read_only() -> None:
     assert "file=/u,,x.ext4,format=raw,if=none,discard=unmap" in joined
 
 
-def test_shares_become_9p_devices_with_their_tag() -> None:
-    joined = " ".join(_spec(shares=(Share("vol1", Path("/srv"), read_only=True),)).argv())
-    assert "local,id=fs0,path=/srv,security_model=none,readonly=on" in joined
-    assert "virtio-9p-device,fsdev=fs0,mount_tag=vol1" in joined
+def test_shares_become_vhost_user_fs_devices_on_shared_memory() -> None:
+    spec = _spec(shares=(Share("vol1", Path("/srv"), read_only=True),))
+    argv = spec.argv()
+    joined = " ".join(argv)
+    assert f"socket,id=fs0,path={spec.state_dir / 'fs-vol1.sock'}" in joined
+    assert "vhost-user-fs-device,chardev=fs0,tag=vol1" in joined
+    # vhost-user needs the guest RAM in memory the daemon can map
+    assert f"memory-backend-memfd,id=ram,size={spec.memory_mib}M,share=on" in joined
+    assert argv[argv.index("-machine") + 1].endswith(",memory-backend=ram")
+
+
+def test_a_vm_without_shares_keeps_private_memory() -> None:
+    joined = " ".join(_spec().argv())
+    assert "memory-backend" not in joined
+    assert "vhost-user-fs" not in joined
+
+
+def test_read_only_shares_are_read_only_on_the_host() -> None:
+    spec = _spec()
+    ro = daemon_argv(spec, Share("vol0", Path("/data"), read_only=True))
+    rw = daemon_argv(spec, Share("vol0", Path("/data"), read_only=False))
+    # a private mount namespace with the directory bind-mounted read-only, then the daemon
+    assert ro[:4] == ["unshare", "--mount", "--propagation", "private"]
+    assert "remount,bind,ro" in ro[6]
+    assert ro[8] == "/data"
+    assert ro[9:] == rw
+    assert rw[0] == spec.virtiofsd
+    assert "source=/data" in rw
+    assert "sandbox=namespace" in rw
+    assert f"--socket-path={spec.state_dir / 'fs-vol0.sock'}" in rw
