@@ -403,8 +403,15 @@ class Gateway:
         _, sandbox = await self.by_id(request, "get")
         return web.json_response(translate.sandbox_object(sandbox))
 
+    async def by_route(self, request: web.Request, verb: str) -> tuple[Caller, JsonDict]:
+        """By name or by id, whichever the route carries (the SDK's static ``Sandbox.start(name)``
+        posts to ``by-name/{name}/start``, a handle to ``{id}/start``)."""
+        if "name" in request.match_info:
+            return await self.by_name(request, verb)
+        return await self.by_id(request, verb)
+
     async def start(self, request: web.Request) -> web.Response:
-        caller, sandbox = await self.by_id(request, "update")
+        caller, sandbox = await self.by_route(request, "update")
         wait = wait_options(request)
         patched = await self.set_state(caller, sandbox, RUNNING)
         if wait is not None:
@@ -414,7 +421,7 @@ class Gateway:
     async def stop(self, request: web.Request) -> web.Response:
         """Stopped, also for ephemeral sandboxes: deleting one here would turn the SDK's poll
         for ``stopped`` into ``SandboxNotFoundError`` (docs/gateway.md, "Ephemeral")."""
-        caller, sandbox = await self.by_id(request, "update")
+        caller, sandbox = await self.by_route(request, "update")
         return web.json_response(
             translate.sandbox_object(await self.set_state(caller, sandbox, "Stopped"))
         )
@@ -440,9 +447,37 @@ class Gateway:
             raise not_found(repr(uid)) from error
         except KubeError as error:
             raise from_kube(error, what=repr(name)) from error
-        log.info("sandbox deleted", user=caller.user.name, namespace=caller.namespace, name=name)
+        gone = await self.wait_gone(caller.namespace, name, uid)
+        log.info(
+            "sandbox deleted" if gone else "sandbox deleting",
+            user=caller.user.name,
+            namespace=caller.namespace,
+            name=name,
+        )
         # The SDK decodes a CloudMessageResponse here (a sandbox object fails to decode).
-        return web.json_response({"message": f"sandbox {name} deleted"})
+        what = "deleted" if gone else f"being deleted (still there after {self.max_wait:.0f}s)"
+        return web.json_response({"message": f"sandbox {name} {what}"})
+
+    async def wait_gone(self, namespace: str, name: str, uid: str | None) -> bool:
+        """Until the Sandbox (of ``uid``, when given) no longer exists, at most ``max_wait``.
+
+        A delete returns while the finalizer runs (the node agent stops the VM and removes its
+        files); the SDK treats ``remove`` as done, and a script that creates the same name
+        right after would get ``SandboxAlreadyExists``. So removal answers once it is over.
+        """
+        path = SANDBOXES.in_namespace(namespace).named(name)
+        deadline = time.monotonic() + self.max_wait
+        while time.monotonic() < deadline:
+            try:
+                current = await self.kube.get(path)
+            except NotFound:
+                return True
+            except KubeError as error:
+                raise from_kube(error, what=repr(name)) from error
+            if uid is not None and current["metadata"].get("uid") != uid:
+                return True
+            await asyncio.sleep(self.poll_interval)
+        return False
 
     # ---- kubesandbox extensions -----------------------------------------------------------
 
@@ -764,6 +799,8 @@ def make_app(gateway: Gateway) -> web.Application:
         ("DELETE", "/v1/sandboxes/by-name/{name}", gateway.delete_by_name),
         ("GET", "/v1/sandboxes/{id}", gateway.get_by_id),
         ("DELETE", "/v1/sandboxes/{id}", gateway.delete_by_id),
+        ("POST", "/v1/sandboxes/by-name/{name}/start", gateway.start),
+        ("POST", "/v1/sandboxes/by-name/{name}/stop", gateway.stop),
         ("POST", "/v1/sandboxes/{id}/start", gateway.start),
         ("POST", "/v1/sandboxes/{id}/stop", gateway.stop),
         ("POST", "/v1/sandboxes/{id}/pause", gateway.pause),

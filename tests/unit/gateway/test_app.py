@@ -681,3 +681,44 @@ async def test_a_handle_got_by_name_is_found_by_id_without_a_list(
     assert (await client.get("/v1/sandboxes/by-name/s1", headers=bearer(SA_TOKEN))).status == 200
     assert (await client.post(f"/v1/sandboxes/{uid}/stop", headers=bearer(SA_TOKEN))).status == 200
     assert LIST_CALL not in kube.calls
+
+
+async def test_delete_answers_once_the_finalizer_let_go(
+    client: AppClient, kube: fakes.FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete with a finalizer leaves the object in place for a while; remove must not return
+    before it is gone, or the SDK's next create of that name is SandboxAlreadyExists."""
+    running_sandbox(kube, "s1")
+    key = ("sandboxes", "team-a", "s1")
+    held = kube.objects[key]
+
+    async def finalizing(
+        path: Any, *, uid: str | None = None, grace_seconds: int | None = None
+    ) -> Any:
+        held["metadata"]["deletionTimestamp"] = "2026-11-22T00:00:00Z"
+        return held
+
+    async def finalizer_done() -> None:
+        await asyncio.sleep(0.3)
+        del kube.objects[key]
+
+    monkeypatch.setattr(kube, "delete", finalizing)
+    released = asyncio.create_task(finalizer_done())
+    response = await client.delete("/v1/sandboxes/by-name/s1", headers=bearer(SA_TOKEN))
+    assert released.done(), "the delete answered while the sandbox still existed"
+    assert await response.json() == {"message": "sandbox s1 deleted"}
+
+
+async def test_start_and_stop_by_name(client: AppClient, kube: fakes.FakeKube) -> None:
+    """The SDK's static ``Sandbox.start(name)`` / ``Sandbox.stop(name)`` use by-name routes."""
+    running_sandbox(kube, "s1")
+    response = await client.post("/v1/sandboxes/by-name/s1/stop", headers=bearer(SA_TOKEN))
+    assert response.status == 200
+    assert kube.sandbox("team-a", "s1")["spec"]["lifecycle"]["state"] == "Stopped"
+    response = await client.post("/v1/sandboxes/by-name/s1/start", headers=bearer(SA_TOKEN))
+    assert response.status == 200
+    assert kube.sandbox("team-a", "s1")["spec"]["lifecycle"]["state"] == "Running"
+    missing = await client.post("/v1/sandboxes/by-name/nope/start", headers=bearer(SA_TOKEN))
+    assert (await error_of(missing, 404))["code"] == "sandbox_not_found"
+    denied = await client.post("/v1/sandboxes/by-name/s1/stop", headers=bearer(NOBODY_TOKEN))
+    await error_of(denied, 403)
