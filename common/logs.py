@@ -20,10 +20,11 @@ def configure(level: str = "INFO", **context: str) -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer(colors=False)
+    renderers: list[structlog.types.Processor] = (
+        [structlog.dev.ConsoleRenderer(colors=False)]
         if sys.stderr.isatty()
-        else structlog.processors.JSONRenderer()
+        # a JSON line carries the traceback as text (the console renderer prints its own)
+        else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -35,7 +36,7 @@ def configure(level: str = "INFO", **context: str) -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
         )
     )
     root = logging.getLogger()
