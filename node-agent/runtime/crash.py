@@ -15,7 +15,12 @@ from kubesandbox_api.conditions import Phase, Reason
 from kubesandbox_node.runtime.vmm import ExitInfo
 
 PANIC_MARKERS = ("Kernel panic", "kernel BUG at", "Attempted to kill init")
-OOM_MARKERS = ("Out of memory", "oom-kill", "Memory cgroup out of memory")
+OOM_MARKERS = (
+    "Out of memory",
+    "oom-kill",
+    "Memory cgroup out of memory",
+    "System is deadlocked on memory",  # the kernel itself ran out, with nothing to kill
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,19 @@ def classify(info: ExitInfo, oom_kills_before: int = 0) -> Ending:
     if info.shutdown_reason:
         detail += f" ({info.shutdown_reason})"
     return Ending(Phase.CRASHED, Reason.VMM_EXITED, False, code, f"QEMU exited {detail}")
+
+
+def boot_failure(message: str, console: str) -> tuple[Reason, str]:
+    """Why a boot failed (``BootError``): a kernel panic on the console says more than the
+    watchdog's verdict. Too little guest memory for the kernel (64 MiB with Debian's cloud
+    kernel) panics before the guest agent starts: ``OutOfMemory``, not ``VMMExited``."""
+    if any(marker in console for marker in PANIC_MARKERS):
+        if any(marker in console for marker in OOM_MARKERS):
+            line = _last_line(console, OOM_MARKERS)
+            return Reason.OUT_OF_MEMORY, f"the guest ran out of memory while booting: {line}"
+        line = _last_line(console, PANIC_MARKERS)
+        return Reason.GUEST_PANIC, f"the guest kernel panicked while booting: {line}"
+    return (Reason.BOOT_TIMEOUT if "not ready after" in message else Reason.VMM_EXITED), message
 
 
 def _last_line(console: str, markers: tuple[str, ...]) -> str:

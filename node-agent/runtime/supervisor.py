@@ -30,7 +30,7 @@ import structlog
 from kubesandbox_api.conditions import ConditionStatus, ConditionType, Phase, Reason
 from kubesandbox_api.spec import DesiredState, RestartPolicy, StopMode
 from kubesandbox_api.status import Condition, ExitStatus, ImageStatus
-from kubesandbox_node.runtime.crash import classify
+from kubesandbox_node.runtime.crash import boot_failure, classify
 from kubesandbox_node.runtime.model import DesiredSandbox, NodeSandboxStatus
 from kubesandbox_node.runtime.records import RecordStore, SandboxRecord
 from kubesandbox_node.runtime.vmm import VMM, VMHandle
@@ -322,12 +322,9 @@ class Supervisor:
                         spec, self.relay_socket, ready_timeout=self.timing.ready_timeout
                     )
             except BootError as exc:
-                timeout = "not ready after" in exc.reason
-                reason = Reason.BOOT_TIMEOUT if timeout else Reason.VMM_EXITED
-                self._condition(ConditionType.AGENT_CONNECTED, False, reason, exc.reason)
-                self._end(
-                    Phase.CRASHED, reason, False, None, f"{exc.reason}\n{exc.console[-1500:]}"
-                )
+                reason, why = boot_failure(exc.reason, exc.console)
+                self._condition(ConditionType.AGENT_CONNECTED, False, reason, why)
+                self._end(Phase.CRASHED, reason, False, None, f"{why}\n{exc.console[-1500:]}")
                 return
         except Exception as exc:
             self.log.exception("sandbox.start_failed")

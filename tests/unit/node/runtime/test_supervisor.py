@@ -283,3 +283,16 @@ async def test_network_changes_of_a_running_sandbox_apply_live(env: Env) -> None
             await asyncio.sleep(0.01)
     assert supervisor.status().phase == Phase.RUNNING
     assert len(env.vmm.handles) == 1
+
+
+async def test_a_boot_that_panics_for_lack_of_memory_is_crashed_out_of_memory(env: Env) -> None:
+    console = "Kernel panic - not syncing: System is deadlocked on memory\n"
+    env.vmm.boot_error = BootError(
+        "QEMU exited with status None before the agent was ready", console
+    )
+    supervisor = env.runtime.put(desired(memory=64))
+    await until(supervisor, Phase.CRASHED)
+    assert condition(supervisor, "AgentConnected") == (ConditionStatus.FALSE, Reason.OUT_OF_MEMORY)
+    assert supervisor.record.exit_status is not None
+    assert supervisor.record.exit_status.reason == Reason.OUT_OF_MEMORY
+    assert "deadlocked on memory" in (supervisor.record.message or "")
