@@ -74,6 +74,9 @@ def sandbox_object(sandbox: Mapping[str, Any]) -> JsonDict:
         "stopped_at": _timestamp(status.get("stoppedAt")),
         "last_failure_message": failure,
         "spec": _sdk_spec(name, metadata, spec, annotations),
+        # kubesandbox's own field (the SDK ignores unknown fields): the Sandbox phase, which
+        # tells apart what the SDK's statuses cannot (Paused shows as stopped)
+        "phase": _text(status.get("phase")) or None,
     }
 
 

@@ -805,6 +805,7 @@ def test_status_table(
     answer = sandbox_object(stored(translate(body("minimal")), sandbox_status, state=state))
     assert_sdk_decodes(answer)
     assert (answer["status"], answer["status_reason"]) == (status, reason)
+    assert answer["phase"] == phase  # our own field: Paused is told apart from Stopped
 
 
 def test_unschedulable_is_insufficient_capacity() -> None:
