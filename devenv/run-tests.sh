@@ -13,7 +13,8 @@ import ast, pathlib
 tree = ast.parse(pathlib.Path("setup.py").read_text())
 roots = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) and n.targets[0].id == "ROOTS")
 for name, folder in ast.literal_eval(roots).items():
-    if (pathlib.Path(folder) / "__init__.py").is_file():
+    root = pathlib.Path(folder)  # setup.py's rule: a package has __init__.py or py.typed
+    if (root / "__init__.py").is_file() or (root / "py.typed").is_file():
         print(name)
 PY
 )
