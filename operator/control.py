@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import structlog
 
 from kubesandbox_api import Sandbox
-from kubesandbox_kube import AlreadyExists, KubeError
+from kubesandbox_kube import AlreadyExists, Conflict, KubeError
 from kubesandbox_operator.clients.cluster import Cluster
 from kubesandbox_operator.clients.nodeagent import NodeAgentError, NodeAgents
 from kubesandbox_operator.reconcile.references import resolve
@@ -24,6 +24,7 @@ from kubesandbox_operator.reconcile.sandbox import WAIT_SECONDS, Event, Observed
 log = structlog.get_logger(__name__)
 
 EmitEvent = Callable[[Event], None]
+CONFLICT_RETRY_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,15 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
     if decided.delete_pod and pod is not None:
         await cluster.delete_pod(pod)
     if decided.status:
-        await cluster.apply_status(sandbox, decided.status)
+        try:
+            await cluster.apply_status(sandbox, decided.status)
+        except Conflict:
+            # Planned from a stale read: the newer Sandbox is on its way (a watch event wakes
+            # the loop); plan again from it. Events wait for the write they announce.
+            log.debug(
+                "sandbox.status_conflict", resource_version=sandbox.metadata.get("resourceVersion")
+            )
+            return CONFLICT_RETRY_SECONDS
     for event in decided.events:
         emit(event)
     if decided.send_to_agent is not None:

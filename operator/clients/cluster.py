@@ -67,12 +67,14 @@ class Cluster:
         return found
 
     async def apply_status(self, sandbox: Sandbox, status: JsonDict) -> None:
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "metadata": {"name": sandbox.name, "namespace": sandbox.namespace},
-            "status": status,
-        }
+        """Applies the operator's status fields, on the condition that the Sandbox is still
+        the version the plan was made from (``Conflict`` otherwise): a plan made from a stale
+        read must not take back what the node agent wrote meanwhile (``phase: Scheduled`` over
+        its ``Booting``, which it does not write again until its next transition)."""
+        metadata = {"name": sandbox.name, "namespace": sandbox.namespace}
+        if sandbox.metadata.get("resourceVersion"):
+            metadata["resourceVersion"] = str(sandbox.metadata["resourceVersion"])
+        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "status": status}
         path = SANDBOXES.in_namespace(sandbox.namespace).named(sandbox.name, "status")
         await self.kube.apply(path, body, field_manager=FIELD_MANAGER)
 
