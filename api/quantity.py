@@ -10,7 +10,9 @@ import re
 from decimal import ROUND_CEILING, Decimal
 
 MIB = 1024 * 1024
-MIN_MEMORY_MIB = 64
+MIN_MEMORY_MIB = 96
+"""The smallest guest that boots with margin: the pinned kernel and boot image need 80 MiB (72
+and 64 panic while booting, "System is deadlocked on memory"; docs/operator.md)."""
 MAX_MEMORY_MIB = 1024 * 1024  # 1 TiB
 
 _SUFFIXES = {

@@ -11,7 +11,7 @@ from kubesandbox_api.quantity import to_mib
         ("1Gi", 1024),
         ("1.5Gi", 1536),
         ("1G", 954),  # 10^9 bytes is 953.67 MiB: rounded up, never down
-        ("65536Ki", 64),
+        ("131072Ki", 128),
         ("1Ti", 1024 * 1024),
     ],
 )
@@ -22,9 +22,10 @@ def test_sizes_in_mib(value: int | str, mib: int) -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (32, "between 64 MiB"),
-        ("10Mi", "between 64 MiB"),
-        ("2Ti", "between 64 MiB"),
+        (32, "between 96 MiB"),
+        (64, "between 96 MiB"),
+        ("10Mi", "between 96 MiB"),
+        ("2Ti", "between 96 MiB"),
         ("lots", "is not a quantity"),
         ("1 Gi", "is not a quantity"),
         ("-1Gi", "is not a quantity"),

@@ -290,7 +290,7 @@ async def test_a_boot_that_panics_for_lack_of_memory_is_crashed_out_of_memory(en
     env.vmm.boot_error = BootError(
         "QEMU exited with status None before the agent was ready", console
     )
-    supervisor = env.runtime.put(desired(memory=64))
+    supervisor = env.runtime.put(desired(memory=96))
     await until(supervisor, Phase.CRASHED)
     assert condition(supervisor, "AgentConnected") == (ConditionStatus.FALSE, Reason.OUT_OF_MEMORY)
     assert supervisor.record.exit_status is not None
