@@ -19,10 +19,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -34,11 +34,11 @@ from kubesandbox_gateway import translate
 from kubesandbox_gateway.app import Gateway, make_app
 from kubesandbox_kube import KubeClient
 from kubesandbox_kube.auth import Access, KubeAuthenticator
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("installed_crds")
 
 AppClient = TestClient[web.Request, web.Application]
-T = TypeVar("T")
 SECRET_VALUE = "sk-integration-secret-value-42"
 ROLE = """
 apiVersion: rbac.authorization.k8s.io/v1
@@ -63,17 +63,6 @@ class Tenants:
     runner: str
     nobody: str
     other: str
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.3)
 
 
 def assert_contains(stored: Any, sent: Any, where: str = "spec") -> None:

@@ -1,13 +1,12 @@
 import os
 import signal
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -18,23 +17,11 @@ from kubesandbox_devenv.controlplane import ControlPlane
 from kubesandbox_devenv.nodes import node_names
 from tests.conftest import SESSION_NODES
 from tests.integration.operator.fake_node_agent import FakeNodeAgent
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("installed_crds")
 
 SYSTEM = "kubesandbox-system"
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str = "") -> T:
-    """Polls ``check`` until it returns something truthy; fails with ``what`` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or check}")
-        time.sleep(0.2)
 
 
 def _micro(moment: datetime) -> str:
