@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/apply.py [--runs 3] [--count 10] [--memory 128] [--idle 60]
     .venv/bin/python bench/apply.py --runs 0 --count 100 --idle 0     # the 100-sandbox run
-    .venv/bin/python bench/apply.py --runs 0 --count 1 --memory 64    # the memory floor
+    .venv/bin/python bench/apply.py --runs 0 --count 1 --memory 96    # the smallest the API allows
 
 The whole system of ``make up`` (control plane, preloaded registry, node agent, operator) is
 started in a temporary directory, then:
@@ -19,9 +19,9 @@ started in a temporary directory, then:
   settled), the writes of one idle minute (``--idle``), then the delete of all of them: how
   long, and what was left (QEMU processes, per-sandbox folders).
 
-A sandbox that ends ``Crashed`` or ``Failed`` instead (``--memory 64`` does) is reported with
-its reason and status message (the first one also with the tail of its VM's console log); the
-numbers are then those of the sandboxes that became Ready.
+A sandbox that ends ``Crashed`` or ``Failed`` instead (64 MiB did, before the API refused it)
+is reported with its reason and status message (the first one also with the tail of its VM's
+console log); the numbers are then those of the sandboxes that became Ready.
 """
 
 from __future__ import annotations
