@@ -118,15 +118,19 @@ class StandIn:
 
 
 @pytest.fixture
-async def stand_in(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StandIn]:
+async def stand_in() -> AsyncIterator[StandIn]:
+    """The SDK's cloud backend pointed at the stand-in for the test. A backend scope, not the
+    MSB_* variables: the SDK reads those once per process, and another test of the session
+    may already have made it choose its backend."""
     server_side = StandIn(objects())
     server = TestServer(server_side.app, host="127.0.0.1")
     await server.start_server()
-    monkeypatch.setenv("MSB_BACKEND", "cloud")
-    monkeypatch.setenv("MSB_API_URL", str(server.make_url("")).rstrip("/"))
-    monkeypatch.setenv("MSB_API_KEY", "test-token")
+    url = str(server.make_url("")).rstrip("/")
     try:
-        yield server_side
+        with microsandbox.backend_scope(
+            microsandbox.BackendKind.CLOUD, url=url, api_key="test-token"
+        ):
+            yield server_side
     finally:
         await server.close()
 
