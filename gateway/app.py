@@ -604,25 +604,21 @@ async def close_both(
 async def pipe(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
     """Binary messages both ways until either side closes, then both are closed."""
 
-    async def down() -> None:
-        async for message in upstream:
+    Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+    async def forward(source: Socket, sink: Socket) -> None:
+        async for message in source:
             if message.type == aiohttp.WSMsgType.BINARY:
-                await client.send_bytes(message.data)
+                await sink.send_bytes(message.data)
             elif message.type == aiohttp.WSMsgType.TEXT:
-                await client.send_str(message.data)
+                await sink.send_str(message.data)
             else:
                 return
 
-    async def up() -> None:
-        async for message in client:
-            if message.type == aiohttp.WSMsgType.BINARY:
-                await upstream.send_bytes(message.data)
-            elif message.type == aiohttp.WSMsgType.TEXT:
-                await upstream.send_str(message.data)
-            else:
-                return
-
-    tasks = [asyncio.ensure_future(down()), asyncio.ensure_future(up())]
+    tasks = [
+        asyncio.ensure_future(forward(upstream, client)),
+        asyncio.ensure_future(forward(client, upstream)),
+    ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
