@@ -132,23 +132,6 @@ def is_ready(body: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
-def qemu_pids(marker: str) -> list[int]:
-    """QEMU processes whose command line names ``marker`` (this run's state directory)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if Path(argv[0].decode(errors="replace")).name.startswith("qemu-system") and any(
-            marker.encode() in arg for arg in argv
-        ):
-            pids.append(int(proc.name))
-    return pids
-
-
 MEMORY_LINES = re.compile(r"Memory:|Kernel command line|Unpacking initramfs|Out of memory|panic")
 
 
@@ -267,7 +250,7 @@ def batch(system: services.RunningSystem, count: int, memory: int, idle: float) 
     elapsed = max(ready_at.values())
     writes = write_requests(plane) - before
     times = list(ready_at.values())
-    vms = len(qemu_pids(str(state)))
+    vms = len(services.qemu_processes(str(state)))
     print(
         f"{count} sandboxes ({memory} MiB, 1 vCPU) in one apply ({applied:.1f} s), "
         f"{len(ready_at)} Ready: {elapsed:6.1f} s"
@@ -276,7 +259,7 @@ def batch(system: services.RunningSystem, count: int, memory: int, idle: float) 
         f"  Ready after: first {min(times):.1f} s, median {statistics.median(times):.1f} s, "
         f"p90 {percentile(times, 0.9):.1f} s, last {elapsed:.1f} s; QEMU processes: {vms}"
     )
-    pids = qemu_pids(str(state))
+    pids = list(services.qemu_processes(str(state)))
     used = cpu_seconds(pids)
     time.sleep(10)
     idle_cpu = (cpu_seconds(pids) - used) / 10 * 100
@@ -308,7 +291,8 @@ def batch(system: services.RunningSystem, count: int, memory: int, idle: float) 
     gone = time.monotonic() - began
     folders = list((state / "sandboxes").iterdir()) if (state / "sandboxes").is_dir() else []
     print(
-        f"delete of all {count}: {gone:.1f} s; left: {len(qemu_pids(str(state)))} QEMU, "
+        f"delete of all {count}: {gone:.1f} s; "
+        f"left: {len(services.qemu_processes(str(state)))} QEMU, "
         f"{len(folders)} per-sandbox folders"
     )
 

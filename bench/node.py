@@ -47,6 +47,7 @@ from kubesandbox_devenv.registry import (  # noqa: E402
     free_port,
     layer_tar,
 )
+from kubesandbox_devenv.services import qemu_processes  # noqa: E402
 from kubesandbox_node.bootimage import initramfs  # noqa: E402
 from kubesandbox_node.images.registry import RegistryClient, RegistryConfig  # noqa: E402
 from kubesandbox_node.images.service import ImageService  # noqa: E402
@@ -275,19 +276,6 @@ async def in_process(args: argparse.Namespace, registry: Registry, agent: Path) 
     return results
 
 
-def qemu_pids(marker: str) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"qemu-system" in cmdline and marker.encode() in cmdline:
-                found.add(int(entry.name))
-    return found
-
-
 async def restart(count: int, registry: Registry, agent: Path) -> dict[str, Any]:
     """Issue 5's restart check with ``count`` sandboxes and the node agent as a process."""
     work = Path(tempfile.mkdtemp(prefix="ksb-brs-"))
@@ -343,17 +331,17 @@ async def restart(count: int, registry: Registry, agent: Path) -> dict[str, Any]
                     raise RuntimeError(f"phases: {current}")
                 await asyncio.sleep(0.5)
             results["all_running_s"] = time.monotonic() - t
-            before = qemu_pids(str(work))
+            before = set(qemu_processes(str(work)))
             process.send_signal(signal.SIGKILL)
             process.wait()
-            results["qemu_alive_after_kill9"] = qemu_pids(str(work)) == before
+            results["qemu_alive_after_kill9"] = set(qemu_processes(str(work))) == before
             t = time.monotonic()
             process = start(2)
             await wait_http(http)
             results["readopt_s"] = time.monotonic() - t
             current = await phases(http, uids)
             results["running_after_restart"] = current.count("Running")
-            results["same_qemu_pids"] = qemu_pids(str(work)) == before
+            results["same_qemu_pids"] = set(qemu_processes(str(work))) == before
             ok = 0
             for uid in uids:
                 socket = work / "state" / "sandboxes" / uid / "agent.sock"
@@ -367,12 +355,12 @@ async def restart(count: int, registry: Registry, agent: Path) -> dict[str, Any]
                         if r.status == 204:
                             break
                     await asyncio.sleep(0.2)
-            results["qemu_left_after_deletes"] = len(qemu_pids(str(work)))
+            results["qemu_left_after_deletes"] = len(set(qemu_processes(str(work))))
             results["sandbox_dirs_left"] = len(list((work / "state" / "sandboxes").iterdir()))
     finally:
         process.terminate()
         process.wait()
-        for pid in qemu_pids(str(work)):
+        for pid in set(qemu_processes(str(work))):
             os.kill(pid, signal.SIGKILL)
         CgroupManager(parent=CGROUP_PARENT).remove_parents()
         shutil.rmtree(work, ignore_errors=True)

@@ -618,23 +618,35 @@ def remove_all_sandboxes(control_plane: ControlPlane, timeout: float = 120.0) ->
     )  # fmt: skip
 
 
-def kill_leftover_vms(state_dir: Path) -> int:
-    """Kills QEMU processes that belong to this environment (a last resort for ``down``)."""
-    killed = 0
-    marker = str(state_dir)
+def qemu_processes(marker: str) -> dict[int, str]:
+    """pid → command line of every QEMU process whose command line names ``marker`` (a state
+    directory): the one way the environment, its tests and benchmarks find their VMs. Only
+    processes that are QEMU already count (not the ``/bin/sh`` cgroup wrapper before it execs)."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if "qemu-system" in cmdline and marker in cmdline:
-            try:
-                os.kill(int(proc.name), 9)
-                killed += 1
-            except ProcessLookupError:
-                pass
+        if not Path(argv[0].decode(errors="replace")).name.startswith("qemu-system"):
+            continue
+        cmdline = b" ".join(argv).decode(errors="replace")
+        if marker in cmdline:
+            found[int(proc.name)] = cmdline
+    return found
+
+
+def kill_leftover_vms(state_dir: Path) -> int:
+    """Kills QEMU processes that belong to this environment (a last resort for ``down``)."""
+    killed = 0
+    for pid in qemu_processes(str(state_dir)):
+        try:
+            os.kill(pid, 9)
+            killed += 1
+        except ProcessLookupError:
+            pass
     return killed
 
 

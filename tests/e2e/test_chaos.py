@@ -3,7 +3,7 @@
 The whole system of ``make up`` (real control plane, registry, node agent, operator, QEMU
 VMs under TCG) in a module of its own. Every test counts what exists afterwards, precisely:
 Sandboxes and their phases, sandbox Pods and their owners, QEMU processes per Sandbox UID
-(from ``/proc/<pid>/cmdline``, as ``services.kill_leftover_vms`` finds them) and the node
+(``services.qemu_processes``, as ``make down`` finds them) and the node
 agent's per-sandbox files.
 """
 
@@ -42,24 +42,6 @@ CHEAPEST = {"cpus": 1, "memory": 128, "network": {"policy": "None"}}
 """The cheapest configuration with room to run (80 MiB is the floor: docs/operator.md)."""
 CONVERGE_TIMEOUT = 900.0
 """Ten TCG boots on two cores shared with other work: minutes, not seconds."""
-
-
-def qemu_processes(marker: str) -> dict[int, str]:
-    """pid → command line of every QEMU whose command line names ``marker`` (a state dir)."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if not argv or not Path(argv[0].decode(errors="replace")).name.startswith("qemu-system"):
-            continue  # the /bin/sh wrapper that execs QEMU is not a VM yet
-        cmdline = b" ".join(argv).decode(errors="replace")
-        if marker in cmdline:
-            found[int(proc.name)] = cmdline
-    return found
 
 
 def _ready(body: dict[str, Any]) -> bool:
@@ -114,7 +96,7 @@ class Chaos:
         return sorted(pod["metadata"]["name"] for pod in self.pods())
 
     def vms(self) -> dict[int, str]:
-        return qemu_processes(str(self.agent_state))
+        return services.qemu_processes(str(self.agent_state))
 
     def vms_per_uid(self, uids: list[str]) -> dict[str, int]:
         vms = self.vms().values()

@@ -27,6 +27,7 @@ import pytest
 import pytest_asyncio
 from microsandbox.agent import AgentClient as SdkClient
 
+from kubesandbox_devenv import services
 from kubesandbox_devenv.controlplane import ControlPlane
 from kubesandbox_devenv.registry import free_port
 from kubesandbox_node.kube.client import KubeClient
@@ -118,17 +119,7 @@ class Agent:
 
 
 def qemu_pids(state: Path) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and str(state).encode() in cmdline:
-            found.add(int(entry.name))
-    return found
+    return set(services.qemu_processes(str(state)))
 
 
 @pytest.fixture(scope="module")
