@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import structlog
 
 from kubesandbox_node.relay import Relay, RelayClosedError
+from kubesandbox_node.vm.process import spawn
 from kubesandbox_node.vm.qmp import QMPClient
 from kubesandbox_node.vm.spec import VMSpec
 from kubesandbox_node.vm.virtiofs import ShareError, start_shares, stop_shares
@@ -33,7 +34,6 @@ from kubesandbox_protocol.messages import decode_body
 
 CONSOLE_TAIL = 4000
 READY_FILE = "agent-ready.frame"
-SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -150,17 +150,7 @@ async def launch(spec: VMSpec, argv: list[str] | None = None) -> asyncio.subproc
     for stale in (spec.qmp_socket, spec.agent_socket, spec.console_socket, spec.console_log):
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
-    env = {k: os.environ[k] for k in SAFE_ENV if k in os.environ}
-    with spec.qemu_log.open("wb") as qemu_log:
-        return await asyncio.create_subprocess_exec(
-            *(argv if argv is not None else spec.argv()),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=qemu_log,
-            stderr=asyncio.subprocess.STDOUT,
-            close_fds=True,
-            start_new_session=True,
-            env=env,
-        )
+    return await spawn(argv if argv is not None else spec.argv(), spec.qemu_log)
 
 
 async def until_connected(

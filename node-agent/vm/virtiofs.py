@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
+from kubesandbox_node.vm.process import spawn
 from kubesandbox_node.vm.spec import Share, VMSpec
 
-SAFE_ENV = ("PATH", "LANG", "LC_ALL")
 SOCKET_TIMEOUT = 10.0
 _READ_ONLY = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
 
@@ -91,18 +90,8 @@ async def _start(
     argv = daemon_argv(spec, share)
     if wrap is not None:
         argv = wrap(argv)
-    env = {k: os.environ[k] for k in SAFE_ENV if k in os.environ}
     log = share_log(spec, share)
-    with log.open("wb") as out:
-        daemon = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            close_fds=True,
-            start_new_session=True,
-            env=env,
-        )
+    daemon = await spawn(argv, log)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SOCKET_TIMEOUT
     delay = 0.005
