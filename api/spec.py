@@ -474,6 +474,8 @@ class Lifecycle(ApiModel):
     """Seconds without any agent activity after which the sandbox drains to Stopped."""
     restart_policy: RestartPolicy = RestartPolicy.NEVER
     """Whether a sandbox that ended on its own is started again."""
+    ephemeral: bool = False
+    """Delete the Sandbox once it has stopped (microsandbox's ephemeral sandboxes, ``msb run``)."""
 
 
 class LogLevel(StrEnum):

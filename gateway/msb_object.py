@@ -18,7 +18,6 @@ from typing import Any
 from kubesandbox_api.quantity import to_mib
 from kubesandbox_gateway.msb_wire import (
     DEFAULT_VIOLATION,
-    EPHEMERAL_ANNOTATION,
     LOG_LEVELS,
     POLICIES,
     PUBLIC_POLICY,
@@ -55,7 +54,6 @@ def sandbox_object(sandbox: Mapping[str, Any]) -> JsonDict:
     metadata = _mapping(sandbox.get("metadata"))
     spec = _mapping(sandbox.get("spec"))
     status = _mapping(sandbox.get("status"))
-    annotations = _mapping(metadata.get("annotations"))
     name = _text(metadata.get("name"))
     msb_status = _status(status, spec)
     failure = None
@@ -68,12 +66,12 @@ def sandbox_object(sandbox: Mapping[str, Any]) -> JsonDict:
         "slug": name,
         "status": msb_status,
         "status_reason": _status_reason(msb_status, status),
-        "ephemeral": annotations.get(EPHEMERAL_ANNOTATION) == "true",
+        "ephemeral": _ephemeral(spec),
         "created_at": _timestamp(metadata.get("creationTimestamp")) or _EPOCH,
         "started_at": _timestamp(status.get("startedAt")),
         "stopped_at": _timestamp(status.get("stoppedAt")),
         "last_failure_message": failure,
-        "spec": _sdk_spec(name, metadata, spec, annotations),
+        "spec": _sdk_spec(name, metadata, spec),
         # kubesandbox's own field (the SDK ignores unknown fields): the Sandbox phase, which
         # tells apart what the SDK's statuses cannot (Paused shows as stopped)
         "phase": _text(status.get("phase")) or None,
@@ -137,11 +135,14 @@ def _timestamp(value: object) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def _ephemeral(spec: Mapping[str, Any]) -> bool:
+    return _mapping(spec.get("lifecycle")).get("ephemeral") is True
+
+
 def _sdk_spec(
     name: str,
     metadata: Mapping[str, Any],
     spec: Mapping[str, Any],
-    annotations: Mapping[str, Any],
 ) -> JsonDict:
     """The Sandbox spec in the create-body shape, so ``Sandbox.get(name).connect()`` finds
     env, workdir, user and shell. Never a secret value: env from ``valueFrom`` is omitted
@@ -179,7 +180,7 @@ def _sdk_spec(
     out["security_profile"] = "default"
     lifecycle = _mapping(spec.get("lifecycle"))
     out["lifecycle"] = {
-        "ephemeral": annotations.get(EPHEMERAL_ANNOTATION) == "true",
+        "ephemeral": _ephemeral(spec),
         "max_duration_secs": _opt_int(lifecycle.get("maxDurationSeconds")),
         "idle_timeout_secs": _opt_int(lifecycle.get("idleTimeoutSeconds")),
     }

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-EPHEMERAL_ANNOTATION = "kubesandbox.dev/ephemeral"
-"""Set to ``"true"`` for ``lifecycle.ephemeral``: the gateway deletes such a Sandbox once it
-has stopped (microsandbox removes ephemeral sandboxes on stop)."""
-
 LOG_LEVELS = {"trace": "Trace", "debug": "Debug", "info": "Info", "warn": "Warn", "error": "Error"}
 """SDK ``runtime.log_level`` → ``spec.logLevel``."""
 

@@ -56,14 +56,12 @@ from kubesandbox_gateway.msb_wire import (
     DEFAULT_INJECTION,
     DEFAULT_SUBSTITUTION,
     DEFAULT_VIOLATION,
-    EPHEMERAL_ANNOTATION,
     LOG_LEVELS,
     PULL_POLICIES,
     default_placeholder,
 )
 
 __all__ = [
-    "EPHEMERAL_ANNOTATION",
     "InvalidConfig",
     "JsonDict",
     "Translation",
@@ -247,7 +245,7 @@ def sandbox_from_create(body: Mapping[str, Any], *, secret_name: str) -> Transla
     _network(top.get("network"), spec, secrets, secret_name, env_names)
     _init(top.get("init"), spec)
     _security_profile(top.get("security_profile"))
-    ephemeral = _lifecycle(top.get("lifecycle"), spec)
+    _lifecycle(top.get("lifecycle"), spec)
 
     try:
         SandboxSpec.model_validate(spec.data)
@@ -258,12 +256,11 @@ def sandbox_from_create(body: Mapping[str, Any], *, secret_name: str) -> Transla
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
         raise InvalidConfig(spec.body_field(loc), f"{first['msg']}{more}") from None
 
-    annotations = {EPHEMERAL_ANNOTATION: "true"} if ephemeral else {}
     return Translation(
         name=name,
         spec=spec.data,
         labels=labels,
-        annotations=annotations,
+        annotations={},
         secret_data=secrets.data,
     )
 
@@ -905,8 +902,8 @@ def _security_profile(value: object) -> None:
         )
 
 
-def _lifecycle(value: object, spec: _Spec) -> bool:
-    """``spec.lifecycle`` policies; returns ``ephemeral``."""
+def _lifecycle(value: object, spec: _Spec) -> None:
+    """``spec.lifecycle``: the two policies and ``ephemeral`` (delete once stopped)."""
     lifecycle = opt_obj(value, "lifecycle", _LIFECYCLE)
     out: JsonDict = {}
     for key, target in (
@@ -917,9 +914,11 @@ def _lifecycle(value: object, spec: _Spec) -> bool:
         if seconds is not None:
             out[target] = seconds
             spec.came_from(("lifecycle", target), f"lifecycle.{key}")
+    if boolean(lifecycle.get("ephemeral"), "lifecycle.ephemeral", default=False):
+        out["ephemeral"] = True
+        spec.came_from(("lifecycle", "ephemeral"), "lifecycle.ephemeral")
     if out:
         spec.data["lifecycle"] = out
-    return boolean(lifecycle.get("ephemeral"), "lifecycle.ephemeral", default=False)
 
 
 # --- logging ----------------------------------------------------------------------------------

@@ -204,6 +204,8 @@ def sandbox_from_create(body: Mapping[str, Any], *, secret_name: str) -> Transla
         "image": {"oci": reference},
         "env": [{"name": e["key"], "value": e["value"]} for e in body.get("env") or []],
     }
+    if (body.get("lifecycle") or {}).get("ephemeral"):
+        spec["lifecycle"] = {"ephemeral": True}
     secret_data: dict[str, str] = {}
     entries = ((body.get("network") or {}).get("secrets") or {}).get("entries") or []
     if entries:
@@ -221,9 +223,7 @@ def sandbox_from_create(body: Mapping[str, Any], *, secret_name: str) -> Transla
         name=name,
         spec=spec,
         labels=dict(body.get("labels") or {}),
-        annotations={"kubesandbox.dev/msb-ephemeral": "true"}
-        if (body.get("lifecycle") or {}).get("ephemeral")
-        else {},
+        annotations={},
         secret_data=secret_data,
     )
 
@@ -239,7 +239,7 @@ def sandbox_object(sandbox: Mapping[str, Any]) -> JsonDict:
         "name": metadata["name"],
         "slug": metadata["name"],
         "status": msb_status,
-        "ephemeral": metadata.get("annotations", {}).get("kubesandbox.dev/msb-ephemeral") == "true",
+        "ephemeral": (sandbox.get("spec", {}).get("lifecycle") or {}).get("ephemeral") is True,
         "created_at": metadata.get("creationTimestamp"),
         "spec": {"env": sandbox.get("spec", {}).get("env", [])},
     }

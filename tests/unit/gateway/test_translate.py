@@ -22,7 +22,6 @@ import pytest
 from kubesandbox_api.spec import SandboxSpec
 from kubesandbox_gateway.msb_wire import SDK_STATUS_REASONS, SDK_STATUSES
 from kubesandbox_gateway.translate import (
-    EPHEMERAL_ANNOTATION,
     InvalidConfig,
     Translation,
     redacted,
@@ -125,10 +124,10 @@ def test_full_body_maps_every_option() -> None:
             }
         ],
         "init": "auto",
-        "lifecycle": {"maxDurationSeconds": 3600, "idleTimeoutSeconds": 300},
+        "lifecycle": {"maxDurationSeconds": 3600, "idleTimeoutSeconds": 300, "ephemeral": True},
     }
     assert t.labels == {"team": "x", "app.kubernetes.io/name": "demo"}
-    assert t.annotations == {EPHEMERAL_ANNOTATION: "true"}
+    assert t.annotations == {}
     assert set(t.secret_data) == {".dockerconfigjson", "env.OPENAI_API_KEY"}
     assert t.secret_data["env.OPENAI_API_KEY"] == "FAKE-SECRET-VALUE"
     auth = json.loads(t.secret_data[".dockerconfigjson"])["auths"]["docker.io"]
