@@ -36,8 +36,6 @@ class KubeClient:
     ) -> AsyncIterator["KubeClient"]:
         credentials = config.load(kubeconfig)
         headers = {"Accept": "application/json"}
-        if credentials.authorization:
-            headers["Authorization"] = credentials.authorization
         connector = aiohttp.TCPConnector(ssl=credentials.ssl_context)
         async with aiohttp.ClientSession(
             base_url=credentials.server,
@@ -63,6 +61,9 @@ class KubeClient:
         url = path.url if isinstance(path, ResourcePath) else path
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
+        authorization = self.credentials.current_authorization()
+        if authorization:
+            headers["Authorization"] = authorization
         try:
             async with self._session.request(
                 method, url, data=data, params=params, headers=headers

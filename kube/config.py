@@ -5,6 +5,11 @@ the kubeconfig shapes we honour are the common ones: embedded or file certificat
 ``insecure-skip-tls-verify``, ``token`` / ``tokenFile``, and exec plugins
 (``client.authentication.k8s.io``, as cloud login helpers use) returning a token or a client
 certificate. The result is an SSL context and an ``Authorization`` header for aiohttp.
+
+Token files (the in-cluster service account's, a kubeconfig ``tokenFile``) are not read once:
+the kubelet rotates projected service-account tokens (it rewrites the file well before the
+token expires), so :meth:`Credentials.current_authorization` re-reads the file whenever it
+changed, and a process that runs for days keeps a valid token.
 """
 
 import base64
@@ -27,6 +32,38 @@ class ConfigError(Exception):
     """The kubeconfig is missing, unreadable, or names something it does not hold."""
 
 
+class TokenFile:
+    """A bearer token kept in a file, re-read when the file changes.
+
+    The kubelet swaps a projected token in by renaming a new directory over ``..data``, so the
+    file's inode, mtime or size changes: one ``stat`` per request tells. When the file cannot
+    be read any more the last token read is kept (the apiserver says when it stops working).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._token = ""
+        self.read()
+
+    def read(self) -> str:
+        try:
+            info = self.path.stat()
+            stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+            if stamp != self._stamp:
+                token = self.path.read_text().strip()
+                if token:
+                    self._token, self._stamp = token, stamp
+        except OSError as error:
+            if not self._token:
+                raise ConfigError(
+                    f"cannot read token file {self.path}: {error.strerror or error}"
+                ) from error
+        if not self._token:
+            raise ConfigError(f"token file {self.path} is empty")
+        return self._token
+
+
 @dataclass(frozen=True)
 class Credentials:
     server: str
@@ -38,6 +75,14 @@ class Credentials:
     """True when the identity is a client certificate (presented through ``ssl_context``)."""
     user: str = ""
     """The kubeconfig user entry's name (empty in-cluster)."""
+    token_file: TokenFile | None = None
+    """The token's file when it may rotate; ``authorization`` holds its first value."""
+
+    def current_authorization(self) -> str | None:
+        """The ``Authorization`` header value for the next request (a rotated token included)."""
+        if self.token_file is not None:
+            return _bearer(self.token_file.read())
+        return self.authorization
 
 
 def load(kubeconfig: Path | None = None, context: str | None = None) -> Credentials:
@@ -48,21 +93,25 @@ def load(kubeconfig: Path | None = None, context: str | None = None) -> Credenti
     return _from_kubeconfig(path or Path.home() / ".kube" / "config", context)
 
 
-def _in_cluster() -> Credentials:
+def _in_cluster(account: Path | None = None) -> Credentials:
+    """The Pod's service account: the API Service from the environment the kubelet sets, the
+    cluster CA, the (rotating) token and the namespace from the mounted account directory."""
+    account = account or SERVICE_ACCOUNT
     host = os.environ["KUBERNETES_SERVICE_HOST"]
     port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
     if ":" in host:
         host = f"[{host}]"
-    ca = SERVICE_ACCOUNT / "ca.crt"
+    ca = account / "ca.crt"
     context = ssl.create_default_context(cafile=str(ca) if ca.is_file() else None)
-    token = (SERVICE_ACCOUNT / "token").read_text().strip()
-    namespace_file = SERVICE_ACCOUNT / "namespace"
+    token = TokenFile(account / "token")
+    namespace_file = account / "namespace"
     namespace = namespace_file.read_text().strip() if namespace_file.is_file() else "default"
     return Credentials(
         server=f"https://{host}:{port}",
         ssl_context=context,
-        authorization=f"Bearer {token}",
+        authorization=_bearer(token.read()),
         default_namespace=namespace,
+        token_file=token,
     )
 
 
@@ -97,11 +146,13 @@ def _from_kubeconfig(path: Path, context_name: str | None) -> Credentials:
             ssl_context = ssl.create_default_context(cadata=ca.decode())
 
     token: str | None = None
+    token_file: TokenFile | None = None
     cert, key = _pem(user, "client-certificate", base), _pem(user, "client-key", base)
     if user.get("token"):
         token = str(user["token"])
     elif user.get("tokenFile"):
-        token = _resolve(base, str(user["tokenFile"])).read_text().strip()
+        token_file = TokenFile(_resolve(base, str(user["tokenFile"])))
+        token = token_file.read()
     elif isinstance(user.get("exec"), dict):
         status = _run_exec_plugin(user["exec"], user_name, base)
         if status.get("token"):
@@ -120,6 +171,7 @@ def _from_kubeconfig(path: Path, context_name: str | None) -> Credentials:
         default_namespace=str(context.get("namespace") or "default"),
         client_certificate=token is None and cert is not None and key is not None,
         user=user_name,
+        token_file=token_file,
     )
 
 

@@ -4,16 +4,23 @@ Configuration comes from a YAML file (``--config``) with flags overriding it; th
 those of ``NodeAgentConfig`` in camelCase (docs/node-agent.md). Start-up, in order: the boot
 image (the guest agent binary + the pinned kernel, cached), the KVM probe (TCG only when
 emulation is allowed), the image service and rootfs builder, the runtime, the Kubernetes
-client (kubeconfig or in-cluster), the status writer and the Lease, then the HTTPS API. On
-start the runtime re-adopts the VMs a previous node agent left running; on SIGTERM the agent
-lets go of them without stopping them.
+client (kubeconfig or in-cluster), the serving certificate, the status writer and the Lease,
+then the HTTPS API. On start the runtime re-adopts the VMs a previous node agent left running;
+on SIGTERM the agent lets go of them without stopping them.
+
+In a DaemonSet Pod the node agent takes what the Pod gives it (docs/node-agent.md, "Running
+in a Pod"): ``NODE_NAME`` (``spec.nodeName``) and ``HOST_IP`` (``status.hostIP``) from the
+downward API, the in-cluster service account, ``KUBESANDBOX_GUEST_AGENT`` from the image, and
+``tls: auto`` by default.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
+import ipaddress
 import os
 import signal
 import ssl
@@ -26,17 +33,16 @@ from typing import Any, Literal
 import structlog
 import yaml
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from kubesandbox_common import logs
+from kubesandbox_kube import KubeClient
+from kubesandbox_kube.auth import Access, Authenticator, KubeAuthenticator, User
 from kubesandbox_node.bootimage import initramfs, standin
 from kubesandbox_node.bootimage.initramfs import BootImage
 from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
 from kubesandbox_node.images.service import ImageService
-from kubesandbox_node.kube.auth import Access, Authenticator, KubeAuthenticator, User
-from kubesandbox_node.kube.client import KubeClient
-from kubesandbox_node.kube.lease import LeaseRenewer
 from kubesandbox_node.rootfs.assemble import SandboxRootfs
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
 from kubesandbox_node.runtime.cgroups import CgroupManager
@@ -49,9 +55,11 @@ from kubesandbox_node.runtime.prepare import (
 )
 from kubesandbox_node.runtime.supervisor import Timing
 from kubesandbox_node.runtime.vmm import QemuVMM
+from kubesandbox_node.server import tls
 from kubesandbox_node.server.app import make_app
 from kubesandbox_node.server.services import Services
 from kubesandbox_node.status.events import EventRecorder
+from kubesandbox_node.status.lease import LeaseRenewer
 from kubesandbox_node.status.writer import StatusWriter
 from kubesandbox_node.vm.host import kvm_usable, tsc_khz
 from kubesandbox_node.vm.spec import VIRTIOFSD
@@ -61,15 +69,30 @@ log = structlog.get_logger("kubesandbox_node")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def in_cluster() -> bool:
+    """Running in a Pod: the kubelet sets the API Service's address in every container."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
 class NodeAgentConfig(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
-    node_name: str = Field(default_factory=lambda: os.uname().nodename)
+    node_name: str = Field(
+        default_factory=lambda: os.environ.get("NODE_NAME") or os.uname().nodename
+    )
+    """``$NODE_NAME`` (the DaemonSet sets it from ``spec.nodeName``), else the host name."""
+    host_ip: str | None = Field(default_factory=lambda: os.environ.get("HOST_IP") or None)
+    """The node's address callers reach: ``$HOST_IP`` (from ``status.hostIP``) by default."""
     state_dir: Path = Path("/var/lib/kubesandbox")
     cache_dir: Path = Path("/var/cache/kubesandbox")
     listen: str = "0.0.0.0:9443"
     endpoint: str | None = None
-    """What the Lease announces; ``https://<listen>`` by default."""
+    """What the Lease announces; by default ``<scheme>://<hostIp>:<port>`` when ``hostIp`` is
+    known, else ``<scheme>://<listen>`` (``https`` when TLS is on)."""
+    tls: Literal["auto", "off"] | None = None
+    """Without ``tlsCert``/``tlsKey``: ``auto`` makes and keeps a self-signed certificate in
+    ``<stateDir>/tls`` and announces it in the Lease; ``off`` serves plain HTTP (a host-process
+    development setup). Default: ``auto`` in a cluster, ``off`` outside one."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
     namespace: str = "kubesandbox-system"
@@ -86,12 +109,31 @@ class NodeAgentConfig(BaseModel):
     vmm_user: str | None = "nobody"
     """QEMU drops to this user once set up (``-runas``); empty keeps root."""
     cgroups: bool = True
-    cgroup_parent: str = "kubesandbox"
+    cgroup_parent: str = "/kubesandbox"
+    """Where VM cgroups go: absolute (``/kubesandbox``) is below each hierarchy's root, so VMs
+    outlive the node agent's container; relative is below the node agent's own cgroup."""
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    """Where the host's cgroup hierarchies are mounted (``/host/sys/fs/cgroup`` in a Pod)."""
     network: Literal["none", "netns"] = "netns"
     ready_timeout: float = 120.0
     sample_interval: float = 5.0
     lease_interval: float = 10.0
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _tls_files_come_in_pairs(self) -> NodeAgentConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "tlsKey" if self.tls_key is None else "tlsCert"
+            raise ValueError(f"{missing}: tlsCert and tlsKey are set together or not at all")
+        if self.tls_cert is not None and self.tls == "off":
+            raise ValueError("tls: 'off' contradicts tlsCert/tlsKey")
+        return self
+
+    @property
+    def tls_mode(self) -> Literal["files", "auto", "off"]:
+        if self.tls_cert is not None:
+            return "files"
+        return self.tls or ("auto" if in_cluster() else "off")
 
 
 ADMIN = User("kubesandbox:node-local-admin", uid="static-token")
@@ -164,12 +206,42 @@ def boot_image(config: NodeAgentConfig) -> BootImage:
     return initramfs.build(guest_agent_binary(config))
 
 
-def tls_context(config: NodeAgentConfig) -> ssl.SSLContext | None:
-    if config.tls_cert is None or config.tls_key is None:
+def serving_identity(config: NodeAgentConfig) -> tls.ServingIdentity | None:
+    """The certificate to serve and announce; ``None`` for plain HTTP (``tls: off``)."""
+    if config.tls_cert is not None and config.tls_key is not None:
+        return tls.configured(config.tls_cert, config.tls_key)
+    if config.tls_mode == "off":
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert, config.tls_key)
-    return context
+    host = config.listen.rpartition(":")[0].strip("[]")
+    addresses = [a for a in (config.host_ip, host) if a and not _unspecified(a)]
+    return tls.self_signed(config.state_dir / "tls", config.node_name, addresses)
+
+
+def tls_context(config: NodeAgentConfig) -> ssl.SSLContext | None:
+    identity = serving_identity(config)
+    return None if identity is None else identity.server_context()
+
+
+def advertised_endpoint(config: NodeAgentConfig, secure: bool) -> str:
+    """What the Lease announces (see ``NodeAgentConfig.endpoint``)."""
+    if config.endpoint:
+        return config.endpoint.rstrip("/")
+    scheme = "https" if secure else "http"
+    host, _, port = config.listen.rpartition(":")
+    if config.host_ip:
+        host = config.host_ip
+    host = host.strip("[]")
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+def _unspecified(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        return False
 
 
 def network_provider(config: NodeAgentConfig, state_dir: Path) -> NetworkProvider:
@@ -205,7 +277,11 @@ async def serve(config: NodeAgentConfig) -> None:
     )
     vmm = QemuVMM(
         accel=accel,
-        cgroups=CgroupManager(parent=config.cgroup_parent) if config.cgroups else None,
+        cgroups=(
+            CgroupManager(parent=config.cgroup_parent, root=config.cgroup_root)
+            if config.cgroups
+            else None
+        ),
         wrap=network.wrap_argv,
         run_as=config.vmm_user or None,
     )
@@ -216,19 +292,33 @@ async def serve(config: NodeAgentConfig) -> None:
         emulation=accel == "tcg",
         timing=Timing(ready_timeout=config.ready_timeout),
     )
-    kube: KubeClient | None = None
-    in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ
-    if config.kubeconfig is not None or in_cluster:
-        kube = KubeClient.from_config(config.kubeconfig)
+    async with contextlib.AsyncExitStack() as stack:
+        kube: KubeClient | None = None
+        if config.kubeconfig is not None or in_cluster():
+            kube = await stack.enter_async_context(KubeClient.connect(config.kubeconfig))
+        try:
+            await _serve_with(config, runtime, image, accel, kube)
+        finally:
+            await registry.close()
+
+
+async def _serve_with(
+    config: NodeAgentConfig,
+    runtime: Runtime,
+    image: BootImage,
+    accel: Literal["kvm", "tcg"],
+    kube: KubeClient | None,
+) -> None:
     authenticator: Authenticator | None = KubeAuthenticator(kube) if kube is not None else None
     if config.static_token_file is not None:
         static = config.static_token_file.read_text().strip()
         authenticator = StaticTokenAuthenticator(static, then=authenticator)
     if authenticator is None:
         raise SystemExit("no kubeconfig, not in a cluster and no static token: refusing to serve")
-    tls = tls_context(config)
+    identity = serving_identity(config)
+    server_tls = None if identity is None else identity.server_context()
     host, _, port = config.listen.rpartition(":")
-    endpoint = config.endpoint or f"{'https' if tls else 'http'}://{config.listen}"
+    endpoint = advertised_endpoint(config, secure=server_tls is not None)
     capabilities = ["oci", "disk", "network-none", "pause"]
     if not VIRTIOFS_MODULES & set(image.missing_modules) and os.access(VIRTIOFSD, os.X_OK):
         capabilities.insert(2, "bind")
@@ -247,6 +337,7 @@ async def serve(config: NodeAgentConfig) -> None:
                 emulation=accel == "tcg",
                 capabilities=tuple(capabilities),
                 instance=uuid.uuid4().hex[:8],
+                certificate=None if identity is None else identity.pem,
                 interval=config.lease_interval,
             )
             if kube is not None
@@ -258,7 +349,7 @@ async def serve(config: NodeAgentConfig) -> None:
     app = make_app(services)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host or None, int(port), ssl_context=tls)
+    site = web.TCPSite(runner, host.strip("[]") or None, int(port), ssl_context=server_tls)
     await site.start()
     log.info("node_agent.serving", endpoint=endpoint, node=config.node_name, accel=accel)
     stop = asyncio.Event()
@@ -270,13 +361,13 @@ async def serve(config: NodeAgentConfig) -> None:
     finally:
         log.info("node_agent.stopping")
         await runner.cleanup()
-        await registry.close()
-        if kube is not None:
-            await kube.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
     logs.configure(config.log_level, node=config.node_name)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except tls.TlsError as error:
+        raise SystemExit(f"kubesandbox-node-agent: {error}") from error
     return 0

@@ -3,7 +3,9 @@
 Every route but ``/healthz`` needs ``Authorization: Bearer <token>``: the token is reviewed
 (``Authenticator.authenticate``: 401 when unknown) and the caller authorized in the Sandbox's
 namespace (403): control routes need ``update`` on ``sandboxes``, the agent WebSocket
-``create`` on ``sandboxes/exec``, ``/metrics`` ``get`` on ``sandboxes`` cluster-wide.
+``create`` on ``sandboxes/exec``, ``/metrics`` ``get`` on ``sandboxes`` cluster-wide. When the
+apiserver cannot be asked the request is refused with 503 (never let through): the caller can
+tell "you may not" from "nobody can be checked right now" and retry.
 
 Handlers are thin: parse, authorize, one call into the runtime, serialize. The agent
 WebSocket is a byte pipe to the sandbox's relay socket, so it gets its own client slot and
@@ -22,7 +24,7 @@ from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
 from kubesandbox_api.conditions import Phase
-from kubesandbox_node.kube.auth import Access, User
+from kubesandbox_kube.auth import Access, ReviewUnavailable, User
 from kubesandbox_node.metrics import prometheus
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.supervisor import Supervisor
@@ -50,7 +52,10 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise web.HTTPUnauthorized(text="bearer token required")
-    user = await _services(request).authenticator.authenticate(token.strip())
+    try:
+        user = await _services(request).authenticator.authenticate(token.strip())
+    except ReviewUnavailable as error:
+        raise _unavailable(error) from error
     if user is None:
         raise web.HTTPUnauthorized(text="token not accepted")
     request[USER] = user
@@ -59,10 +64,21 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 
 async def authorize(request: web.Request, access: Access) -> None:
     user = request[USER]
-    if not await _services(request).authenticator.authorize(user, access):
+    try:
+        allowed = await _services(request).authenticator.authorize(user, access)
+    except ReviewUnavailable as error:
+        raise _unavailable(error) from error
+    if not allowed:
         what = access.resource + (f"/{access.subresource}" if access.subresource else "")
         where = f"in namespace {access.namespace}" if access.namespace else "cluster-wide"
         raise web.HTTPForbidden(text=f"{user.name} may not {access.verb} {what} {where}")
+
+
+def _unavailable(error: ReviewUnavailable) -> web.HTTPServiceUnavailable:
+    log.warning("auth.review_unavailable", error=str(error))
+    return web.HTTPServiceUnavailable(
+        text="the Kubernetes API cannot review the credentials right now; try again"
+    )
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

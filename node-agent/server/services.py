@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from kubesandbox_node.kube.auth import Authenticator
-from kubesandbox_node.kube.lease import LeaseRenewer
+from kubesandbox_kube.auth import Authenticator
 from kubesandbox_node.metrics.sampler import Sampler
 from kubesandbox_node.runtime.manager import Runtime
 from kubesandbox_node.runtime.supervisor import Supervisor
 from kubesandbox_node.status.events import EventRecorder
+from kubesandbox_node.status.lease import LeaseRenewer
 from kubesandbox_node.status.writer import StatusWriter, Target
 
 log = structlog.get_logger(__name__)

@@ -16,7 +16,8 @@ import structlog
 
 from kubesandbox_api.conditions import Phase
 from kubesandbox_api.resource import API_VERSION, KIND
-from kubesandbox_node.kube.client import ApiError, KubeClient
+from kubesandbox_kube import KubeClient, KubeError
+from kubesandbox_kube.paths import EVENTS
 from kubesandbox_node.runtime.model import NodeSandboxStatus
 from kubesandbox_node.status.writer import Target
 
@@ -90,8 +91,6 @@ class EventRecorder:
 
     async def _post(self, target: Target, body: dict[str, Any]) -> None:
         try:
-            await self.kube.request(
-                "POST", f"/api/v1/namespaces/{target.namespace}/events", body=body
-            )
-        except ApiError as exc:
+            await self.kube.create(EVENTS.in_namespace(target.namespace), body)
+        except KubeError as exc:
             log.warning("event.post_failed", uid=target.uid, reason=body["reason"], error=str(exc))

@@ -24,9 +24,10 @@ from typing import Any
 
 import structlog
 
-from kubesandbox_api.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubesandbox_api.resource import API_VERSION, KIND
 from kubesandbox_api.status import SandboxMetrics
-from kubesandbox_node.kube.client import ApiError, KubeClient
+from kubesandbox_kube import KubeClient, KubeError
+from kubesandbox_kube.paths import SANDBOXES, ResourcePath
 from kubesandbox_node.runtime.model import NodeSandboxStatus
 
 FIELD_MANAGER = "kubesandbox-node-agent"
@@ -41,8 +42,8 @@ class Target:
     uid: str
 
 
-def status_path(target: Target) -> str:
-    return f"/apis/{GROUP}/{VERSION}/namespaces/{target.namespace}/{PLURAL}/{target.name}/status"
+def status_path(target: Target) -> ResourcePath:
+    return SANDBOXES.in_namespace(target.namespace).named(target.name, "status")
 
 
 def apply_body(target: Target, status: NodeSandboxStatus) -> dict[str, Any]:
@@ -126,7 +127,7 @@ class StatusWriter:
                 self.writes += 1
                 if state.metrics is not None:
                     state.metrics_written_at = self.clock()
-            except ApiError as exc:
+            except KubeError as exc:
                 if exc.status in (404, 409):
                     log.info("status.target_gone", uid=uid, status=exc.status)
                     self._states.pop(uid, None)
@@ -142,12 +143,12 @@ class StatusWriter:
             try:
                 await self.flush()
                 backoff = 0.5
-            except ApiError as exc:
+            except KubeError as exc:
                 log.warning("status.write_failed", error=str(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30)
                 self._wake.set()
 
     async def close(self) -> None:
-        with contextlib.suppress(ApiError):
+        with contextlib.suppress(KubeError):
             await self.flush()

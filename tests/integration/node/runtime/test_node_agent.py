@@ -3,7 +3,9 @@ VMs with the real guest agent: Lease, API with TokenReview/SubjectAccessReview, 
 back with server-side apply next to another field manager's condition, exec through the
 WebSocket and through the relay socket with the real SDK, pause/resume, stop/start keeping
 files, metrics, and restart safety: ``kill -9`` of the node agent with three running sandboxes,
-then a new node agent re-adopts all of them without rebooting any; deletes leave nothing."""
+then a new node agent re-adopts all of them without rebooting any; deletes leave nothing.
+The agent serves HTTPS with the certificate it makes itself (``--tls auto``): every call here
+trusts exactly the certificate its Lease announces, before and after the restart."""
 
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ from microsandbox.agent import AgentClient as SdkClient
 from kubesandbox_devenv import services
 from kubesandbox_devenv.controlplane import ControlPlane
 from kubesandbox_devenv.registry import free_port
-from kubesandbox_node.kube.client import KubeClient
+from kubesandbox_kube import KubeClient, NotFound
+from kubesandbox_kube.nodeagents import NodeAgentLease, lease_name, parse_lease
+from kubesandbox_kube.paths import EVENTS, LEASES, SANDBOXES
 from kubesandbox_node.runtime.cgroups import CgroupManager
 from kubesandbox_protocol.frame import FLAG_SESSION_START, Frame, decode_frame
 from kubesandbox_protocol.messages import MessageType, decode_body, encode_body, exec_request
@@ -75,7 +79,7 @@ class Agent:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self.starts += 1
@@ -89,7 +93,7 @@ class Agent:
             "--registry-mirrors", f"docker.io={self.images.registry.host}",
             "--guest-agent", str(self.images.agent), "--allow-emulation", "--network", "none",
             "--cgroup-parent", f"kubesandbox-test-{os.getpid()}",
-            "--sample-interval", "1", "--lease-interval", "2",
+            "--sample-interval", "1", "--lease-interval", "2", "--tls", "auto",
         ]  # fmt: skip
         self.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -166,8 +170,7 @@ class Api:
                 return r.status, text
 
     async def sandbox(self, name: str) -> dict[str, Any]:
-        path = f"/apis/kubesandbox.dev/v1alpha1/namespaces/{NAMESPACE}/sandboxes/{name}"
-        return await self.kube.request("GET", path)
+        return await self.kube.get(SANDBOXES.in_namespace(NAMESPACE).named(name))
 
     async def until_phase(self, name: str, phase: str, within: float = 180) -> dict[str, Any]:
         async with asyncio.timeout(within):
@@ -191,29 +194,57 @@ def token(plane: ControlPlane, account: str) -> str:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def api(agent: Agent) -> AsyncIterator[Api]:
-    kube = KubeClient.from_config(agent.plane.kubeconfig)
-    async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                async with http.get(agent.url + "/healthz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            assert agent.process is not None
-            assert agent.process.poll() is None, agent.log()
-            assert time.monotonic() < deadline, agent.log()
-            await asyncio.sleep(0.2)
-        yield Api(agent, http, kube, token(agent.plane, "caller"), token(agent.plane, "nobody"))
-    await kube.close()
+    async with KubeClient.connect(agent.plane.kubeconfig) as kube:
+        announced = await announced_by(agent, kube)
+        assert announced.pinned_ssl is not None
+        connector = aiohttp.TCPConnector(ssl=announced.pinned_ssl)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            await healthy(agent, http)
+            callers = token(agent.plane, "caller"), token(agent.plane, "nobody")
+            yield Api(agent, http, kube, *callers)
+
+
+async def announced_by(agent: Agent, kube: KubeClient) -> NodeAgentLease:
+    """The Lease once it announces the certificate this agent made in its state directory."""
+    made = agent.state / "state" / "tls" / "tls.crt"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            lease = await kube.get(LEASES.in_namespace(SYSTEM).named(lease_name(NODE)))
+            announced = parse_lease(NODE, lease)
+            if made.is_file() and announced.certificate == made.read_text():
+                return announced
+        except NotFound:
+            pass
+        assert agent.process is not None
+        assert agent.process.poll() is None, agent.log()
+        assert time.monotonic() < deadline, agent.log()
+        await asyncio.sleep(0.2)
+
+
+async def healthy(agent: Agent, http: aiohttp.ClientSession) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            async with http.get(agent.url + "/healthz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        assert agent.process is not None
+        assert agent.process.poll() is None, agent.log()
+        assert time.monotonic() < deadline, agent.log()
+        await asyncio.sleep(0.2)
 
 
 async def test_lease_announces_the_node_agent(api: Api) -> None:
-    path = f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM}/leases/node-agent-{NODE}"
-    lease = await api.kube.request("GET", path)
+    lease = await api.kube.get(LEASES.in_namespace(SYSTEM).named(lease_name(NODE)))
     annotations = lease["metadata"]["annotations"]
     assert annotations["kubesandbox.dev/endpoint"] == api.agent.url
+    assert api.agent.url.startswith("https://")
+    made = (api.agent.state / "state" / "tls" / "tls.crt").read_text()
+    assert annotations["kubesandbox.dev/tls-certificate"] == made
+    assert len(annotations["kubesandbox.dev/tls-certificate-sha256"]) == 64
     assert annotations["kubesandbox.dev/emulation"] in ("true", "false")
     assert "oci" in annotations["kubesandbox.dev/capabilities"]
     assert lease["spec"]["holderIdentity"].startswith(f"{NODE}/")
@@ -243,7 +274,7 @@ async def test_sandboxes_run_and_status_is_written_beside_the_operators(api: Api
         scheduled = {"type": "Scheduled", "status": "True", "reason": "PodBound",
                      "message": "bound", "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
         await api.kube.apply(
-            f"/apis/kubesandbox.dev/v1alpha1/namespaces/{NAMESPACE}/sandboxes/{name}/status",
+            SANDBOXES.in_namespace(NAMESPACE).named(name, "status"),
             {"apiVersion": "kubesandbox.dev/v1alpha1", "kind": "Sandbox",
              "metadata": {"name": name, "namespace": NAMESPACE},
              "status": {"conditions": [scheduled], "nodeName": NODE}},
@@ -267,12 +298,10 @@ async def test_sandboxes_run_and_status_is_written_beside_the_operators(api: Api
         assert {"kubesandbox-node-agent", "kubesandbox-operator"} <= managers
     async with asyncio.timeout(10):
         while True:
-            events = await api.kube.request(
-                "GET", f"/api/v1/namespaces/{NAMESPACE}/events",
-            )  # fmt: skip
+            events = await api.kube.list(EVENTS.in_namespace(NAMESPACE))
             started = {
                 e["involvedObject"]["uid"]
-                for e in events["items"]
+                for e in events
                 if e["reason"] == "Started" and e["source"]["component"] == "kubesandbox-node-agent"
             }
             if started >= set(api.uids.values()):
@@ -362,9 +391,12 @@ async def test_pause_and_resume_through_the_api(api: Api) -> None:
 async def test_kill_9_of_the_node_agent_loses_nothing(api: Api) -> None:
     before = qemu_pids(api.agent.state)
     assert len(before) == COUNT
+    pinned = (api.agent.state / "state" / "tls" / "tls.crt").read_text()
     api.agent.kill9()
     assert qemu_pids(api.agent.state) == before
     api.agent.start()
+    # The certificate is kept across restarts: what callers pinned stays valid.
+    assert (await announced_by(api.agent, api.kube)).certificate == pinned
     async with asyncio.timeout(60):
         while True:
             try:

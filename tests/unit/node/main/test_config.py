@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kubesandbox_node.kube.auth import Access, User
+from kubesandbox_kube.auth import Access, User
 from kubesandbox_node.main import NodeAgentConfig, StaticTokenAuthenticator, load_config
 
 

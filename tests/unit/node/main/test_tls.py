@@ -1,20 +1,34 @@
+"""The node agent's HTTPS: configured files or a self-signed certificate it keeps, announced in
+its Lease, and a real round trip where a caller trusts exactly the announced certificate."""
+
 from __future__ import annotations
 
+import datetime
 import shutil
 import ssl
+import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography import x509
 
-from kubesandbox_node.main import NodeAgentConfig, tls_context
+from kubesandbox_kube.nodeagents import parse_lease
+from kubesandbox_node.main import (
+    NodeAgentConfig,
+    advertised_endpoint,
+    serving_identity,
+    tls_context,
+)
 from kubesandbox_node.runtime.manager import Runtime
+from kubesandbox_node.server import tls
 from kubesandbox_node.server.app import make_app
 from kubesandbox_node.server.services import Services
+from kubesandbox_node.status.lease import LeaseRenewer
 from tests.unit.node.runtime.fakes import FakePreparer, FakeVMM
 from tests.unit.node.server.test_app import FakeAuthenticator
 
@@ -33,30 +47,162 @@ def certificate() -> Iterator[tuple[Path, Path]]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-async def test_serves_https_with_the_configured_certificate(
-    certificate: tuple[Path, Path], unused_tcp_port: int
-) -> None:
-    cert, key = certificate
-    context = tls_context(NodeAgentConfig(tls_cert=cert, tls_key=key))
-    assert context is not None
+@pytest.fixture
+def outside_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KUBERNETES_SERVICE_HOST", "HOST_IP", "NODE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+async def serve(context: ssl.SSLContext, port: int) -> web.AppRunner:
     state = Path(tempfile.mkdtemp(prefix="ksb-tls-state-"))
     runtime = Runtime(state, vmm=FakeVMM(), preparer=FakePreparer(state), emulation=True)
     runner = web.AppRunner(make_app(Services(runtime, FakeAuthenticator())))
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port, ssl_context=context).start()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+    return runner
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_serves_https_with_the_configured_certificate(
+    certificate: tuple[Path, Path], unused_tcp_port: int, http: aiohttp.ClientSession
+) -> None:
+    cert, key = certificate
+    context = tls_context(NodeAgentConfig(tls_cert=cert, tls_key=key))
+    assert context is not None
+    runner = await serve(context, unused_tcp_port)
     try:
         trusted = ssl.create_default_context(cafile=str(cert))
-        async with aiohttp.ClientSession() as http:
-            url = f"https://127.0.0.1:{unused_tcp_port}/healthz"
-            async with http.get(url, ssl=trusted) as response:
-                assert response.status == 200
-            with pytest.raises(aiohttp.ClientConnectorCertificateError):
-                async with http.get(url, ssl=ssl.create_default_context()):
-                    pass
+        url = f"https://127.0.0.1:{unused_tcp_port}/healthz"
+        async with http.get(url, ssl=trusted) as response:
+            assert response.status == 200
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            async with http.get(url, ssl=ssl.create_default_context()):
+                pass
     finally:
         await runner.cleanup()
-        shutil.rmtree(state, ignore_errors=True)
 
 
-def test_no_certificate_means_no_tls() -> None:
+async def test_callers_trust_exactly_the_certificate_the_lease_announces(
+    tmp_path: Path, unused_tcp_port: int, http: aiohttp.ClientSession, outside_a_cluster: None
+) -> None:
+    config = NodeAgentConfig(
+        node_name="node-1",
+        state_dir=tmp_path / "state",
+        listen=f"127.0.0.1:{unused_tcp_port}",
+        tls="auto",
+    )
+    identity = serving_identity(config)
+    assert identity is not None
+    runner = await serve(identity.server_context(), unused_tcp_port)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def announced(pem: str) -> ssl.SSLContext:
+        renewer = LeaseRenewer(
+            kube=None,  # type: ignore[arg-type]
+            node="node-1",
+            namespace="kubesandbox-system",
+            endpoint=advertised_endpoint(config, secure=True),
+            emulation=False,
+            capabilities=("oci",),
+            instance="i",
+            certificate=pem,
+        )
+        agent = parse_lease("node-1", renewer.body(now, now))
+        assert agent.endpoint == f"https://127.0.0.1:{unused_tcp_port}"
+        assert agent.pinned_ssl is not None
+        return agent.pinned_ssl
+
+    # The same node name and addresses, another key: what an impostor would present.
+    impostor = tls.self_signed(tmp_path / "impostor", "node-1", ["127.0.0.1"]).pem
+    url = f"https://127.0.0.1:{unused_tcp_port}/healthz"
+    try:
+        async with http.get(url, ssl=announced(identity.pem)) as response:
+            assert response.status == 200
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            async with http.get(url, ssl=announced(impostor)):
+                pass
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            async with http.get(url, ssl=ssl.create_default_context()):
+                pass
+    finally:
+        await runner.cleanup()
+
+
+def test_the_self_signed_identity_is_kept_private_and_reused(tmp_path: Path) -> None:
+    folder = tmp_path / "tls"
+    first = tls.self_signed(folder, "node-1", ["10.0.0.5", "not-an-ip"])
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(first.key_file.stat().st_mode) == 0o600
+    certificate = x509.load_pem_x509_certificate(first.pem.encode())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    assert names.get_values_for_type(x509.DNSName) == ["node-1"]
+    assert certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert tls.self_signed(folder, "node-1", ["10.0.0.5"]).pem == first.pem
+
+
+def test_a_certificate_near_its_end_or_without_its_key_is_replaced(tmp_path: Path) -> None:
+    folder = tmp_path / "tls"
+    first = tls.self_signed(folder, "node-1", [])
+    later = datetime.datetime.now(datetime.UTC) + tls.VALIDITY - tls.RENEW_BEFORE / 2
+    renewed = tls.self_signed(folder, "node-1", [], now=later)
+    assert renewed.pem != first.pem
+    other = tls.self_signed(tmp_path / "other", "node-1", [])
+    shutil.copy(other.key_file, folder / tls.KEY_FILE)
+    assert tls.self_signed(folder, "node-1", []).pem not in (renewed.pem, other.pem)
+
+
+def test_a_key_that_does_not_match_the_configured_certificate_is_named(
+    certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert, _ = certificate
+    stray = tls.self_signed(tmp_path, "n", [])
+    with pytest.raises(tls.TlsError, match=str(stray.key_file)):
+        tls.configured(cert, stray.key_file)
+    with pytest.raises(tls.TlsError, match="tlsCert"):
+        tls.configured(tmp_path / "missing.crt", stray.key_file)
+
+
+def test_tls_mode_defaults_to_auto_in_a_cluster_and_off_outside(
+    monkeypatch: pytest.MonkeyPatch, outside_a_cluster: None, certificate: tuple[Path, Path]
+) -> None:
+    assert NodeAgentConfig().tls_mode == "off"
     assert tls_context(NodeAgentConfig()) is None
+    assert NodeAgentConfig(tls="auto").tls_mode == "auto"
+    cert, key = certificate
+    assert NodeAgentConfig(tls_cert=cert, tls_key=key).tls_mode == "files"
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    assert NodeAgentConfig().tls_mode == "auto"
+    assert NodeAgentConfig(tls="off").tls_mode == "off"
+
+
+def test_tls_files_come_in_pairs(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    with pytest.raises(ValueError, match="tlsKey"):
+        NodeAgentConfig(tls_cert=cert)
+    with pytest.raises(ValueError, match="tlsCert"):
+        NodeAgentConfig(tls_key=key)
+    with pytest.raises(ValueError, match="contradicts"):
+        NodeAgentConfig(tls_cert=cert, tls_key=key, tls="off")
+
+
+def test_the_pod_environment_names_the_node_and_the_endpoint(
+    monkeypatch: pytest.MonkeyPatch, outside_a_cluster: None
+) -> None:
+    monkeypatch.setenv("NODE_NAME", "worker-7")
+    monkeypatch.setenv("HOST_IP", "10.1.2.3")
+    config = NodeAgentConfig()
+    assert config.node_name == "worker-7"
+    assert advertised_endpoint(config, secure=True) == "https://10.1.2.3:9443"
+    monkeypatch.setenv("HOST_IP", "fd00::7")
+    assert advertised_endpoint(NodeAgentConfig(), secure=True) == "https://[fd00::7]:9443"
+    explicit = NodeAgentConfig(endpoint="https://agent.example:1/")
+    assert advertised_endpoint(explicit, secure=True) == "https://agent.example:1"
+    monkeypatch.delenv("HOST_IP")
+    local = NodeAgentConfig(listen="127.0.0.1:7000")
+    assert advertised_endpoint(local, secure=False) == "http://127.0.0.1:7000"

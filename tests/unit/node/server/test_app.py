@@ -15,7 +15,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from kubesandbox_api.status import SandboxMetrics
-from kubesandbox_node.kube.auth import Access, User
+from kubesandbox_kube.auth import Access, User
 from kubesandbox_node.runtime.manager import Runtime
 from kubesandbox_node.runtime.supervisor import Timing
 from kubesandbox_node.server.app import make_app

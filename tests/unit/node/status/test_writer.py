@@ -7,7 +7,8 @@ import pytest
 
 from kubesandbox_api.conditions import ConditionStatus, Phase
 from kubesandbox_api.status import Condition, SandboxMetrics
-from kubesandbox_node.kube.client import ApiError
+from kubesandbox_kube import KubeError, NotFound
+from kubesandbox_kube.paths import ResourcePath
 from kubesandbox_node.runtime.model import NodeSandboxStatus
 from kubesandbox_node.status.writer import StatusWriter, Target
 
@@ -17,14 +18,14 @@ TARGET = Target("team-a", "hello", "0b6f6f7e-0000-4000-8000-000000000001")
 @dataclass
 class FakeKube:
     applied: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
-    fail_with: ApiError | None = None
+    fail_with: KubeError | None = None
 
     async def apply(
-        self, path: str, body: dict[str, Any], *, field_manager: str, force: bool = True
+        self, path: ResourcePath, body: dict[str, Any], *, field_manager: str
     ) -> dict[str, Any]:
         if self.fail_with is not None:
             raise self.fail_with
-        self.applied.append((path, body, field_manager))
+        self.applied.append((path.url, body, field_manager))
         return body
 
 
@@ -93,13 +94,13 @@ async def test_transitions_keep_the_last_metrics_so_apply_does_not_drop_them() -
 async def test_a_deleted_sandbox_is_forgotten_and_other_errors_retried() -> None:
     w, kube, _ = writer()
     w.notify(TARGET, running())
-    kube.fail_with = ApiError(500, "etcd is sad")
-    with pytest.raises(ApiError):
+    kube.fail_with = KubeError(500, "InternalError", "etcd is sad")
+    with pytest.raises(KubeError):
         await w.flush()
     kube.fail_with = None
     await w.flush()
     assert len(kube.applied) == 1
-    kube.fail_with = ApiError(404, "gone")
+    kube.fail_with = NotFound(404, "NotFound", "gone")
     w.notify(TARGET, running())
     await w.flush()
     kube.fail_with = None

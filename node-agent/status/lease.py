@@ -1,7 +1,9 @@
 """The node agent's ``coordination.k8s.io/v1`` Lease: ``node-agent-<node>``, renewed about
-every 10 s with ``leaseDurationSeconds: 40``, announcing the API endpoint, the emulation mode
-and the capabilities (docs/node-agent-api.md). Written with server-side apply, so the first
-renewal creates it and nothing else about the object is ours to clobber.
+every 10 s with ``leaseDurationSeconds: 40``, announcing the API endpoint, the emulation mode,
+the capabilities and, when it serves HTTPS, its certificate (the annotations are those of
+:mod:`kubesandbox_kube.nodeagents`, which the operator and the gateway parse). Written with
+server-side apply, so the first renewal creates it and nothing else about the object is ours
+to clobber.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Any
 
 import structlog
 
-from kubesandbox_node.kube.client import ApiError, KubeClient
+from kubesandbox_kube import KubeClient, KubeError
+from kubesandbox_kube.nodeagents import NODE_LABEL, announcement, lease_name
+from kubesandbox_kube.paths import LEASES
 
 FIELD_MANAGER = "kubesandbox-node-agent"
 log = structlog.get_logger(__name__)
@@ -32,12 +36,14 @@ class LeaseRenewer:
     emulation: bool
     capabilities: tuple[str, ...]
     instance: str
+    certificate: str | None = None
+    """The PEM of the serving certificate callers pin (``None``: plain HTTP or a CA's)."""
     interval: float = 10.0
     duration: int = 40
 
     @property
     def name(self) -> str:
-        return f"node-agent-{self.node}"
+        return lease_name(self.node)
 
     def body(self, now: datetime, acquired: datetime) -> dict[str, Any]:
         return {
@@ -46,12 +52,13 @@ class LeaseRenewer:
             "metadata": {
                 "name": self.name,
                 "namespace": self.namespace,
-                "annotations": {
-                    "kubesandbox.dev/endpoint": self.endpoint,
-                    "kubesandbox.dev/emulation": "true" if self.emulation else "false",
-                    "kubesandbox.dev/capabilities": ",".join(self.capabilities),
-                },
-                "labels": {"kubesandbox.dev/node": self.node},
+                "annotations": announcement(
+                    self.endpoint,
+                    emulation=self.emulation,
+                    capabilities=self.capabilities,
+                    certificate=self.certificate,
+                ),
+                "labels": {NODE_LABEL: self.node},
             },
             "spec": {
                 "holderIdentity": f"{self.node}/{self.instance}",
@@ -62,7 +69,7 @@ class LeaseRenewer:
         }
 
     async def renew_once(self, acquired: datetime) -> dict[str, Any]:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/{self.name}"
+        path = LEASES.in_namespace(self.namespace).named(self.name)
         return await self.kube.apply(
             path, self.body(datetime.now(UTC), acquired), field_manager=FIELD_MANAGER
         )
@@ -72,6 +79,6 @@ class LeaseRenewer:
         while True:
             try:
                 await self.renew_once(acquired)
-            except ApiError as exc:
+            except KubeError as exc:
                 log.warning("lease.renew_failed", error=str(exc), lease=self.name)
             await asyncio.sleep(self.interval)
