@@ -20,7 +20,7 @@ test: deps
 lint:
 	bash devenv/run-tests.sh lint
 
-## Regenerate crds/ (and later the chart's copy) from the API models.
+## Regenerate crds/ and the chart's helm/kubesandbox/crds/ from the API models.
 crds:
 	.venv/bin/python -m kubesandbox_api.crdgen --write
 

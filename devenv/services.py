@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from kubesandbox_devenv import helm
 from kubesandbox_devenv.binaries import REPO_ROOT, ensure_binaries
 from kubesandbox_devenv.controlplane import ControlPlane
 from kubesandbox_devenv.nodes import NodeShape, node_names
@@ -54,7 +55,6 @@ from kubesandbox_devenv.registry import (
 )
 
 SYSTEM_NAMESPACE = "kubesandbox-system"
-RBAC_DIR = REPO_ROOT / "helm" / "kubesandbox" / "templates"
 GATEWAY_SERVICE = "kubesandbox-gateway"
 GATEWAY_URL_ANNOTATION = "kubesandbox.dev/url"
 DEMO_ACCOUNT = ("default", "demo", "edit")
@@ -402,9 +402,11 @@ class GatewayService:
 
 
 def apply_rbac(control_plane: ControlPlane) -> list[str]:
-    """Applies the chart's RBAC (``helm/kubesandbox/templates``, plain YAML); returns the names
-    of what it applied. ``kubesandbox-system`` must exist."""
-    applied = control_plane.kubectl("apply", "-f", str(RBAC_DIR), "-o", "name").stdout
+    """Applies the chart's RBAC for users and the gateway (its templates rendered by ``helm
+    template``, see :data:`kubesandbox_devenv.helm.RBAC_TEMPLATES`); returns the names of what
+    it applied. ``kubesandbox-system`` must exist."""
+    manifests = helm.rbac_manifests(SYSTEM_NAMESPACE)
+    applied = control_plane.kubectl("apply", "-f", "-", "-o", "name", input_text=manifests).stdout
     return [line.rpartition("/")[2] for line in applied.split()]
 
 

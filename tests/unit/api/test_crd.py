@@ -1,4 +1,5 @@
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,9 +32,11 @@ def _spec_and_status() -> Iterator[tuple[str, JsonDict]]:
     yield from _walk(properties["status"], "status")
 
 
-def test_committed_crd_is_what_the_models_generate() -> None:
-    committed = (REPO_ROOT / crdgen.CRD_PATH).read_text()
-    assert committed == crdgen.render(), "crds/ is stale: run `make crds`"
+@pytest.mark.parametrize("path", crdgen.CRD_PATHS, ids=str)
+def test_committed_crd_is_what_the_models_generate(path: Path) -> None:
+    """Both copies: crds/ and the Helm chart's crds/."""
+    committed = (REPO_ROOT / path).read_text()
+    assert committed == crdgen.render(), f"{path} is stale: run `make crds`"
 
 
 def test_schema_is_structural() -> None:
@@ -101,3 +104,8 @@ def test_check_mode_reports_a_stale_file(
     assert "stale" in capsys.readouterr().err
     assert crdgen.main(["--write"]) == 0
     assert crdgen.main(["--check"]) == 0
+    # one stale copy is enough to fail, and the message names it
+    crdgen.CHART_CRD_PATH.write_text("# edited by hand\n")
+    assert crdgen.main(["--check"]) == 1
+    assert str(crdgen.CHART_CRD_PATH) in capsys.readouterr().err
+    assert crdgen.CRD_PATH.read_text() == crdgen.render()

@@ -1,0 +1,145 @@
+"""The pinned Helm CLI and the kubesandbox chart (``helm/kubesandbox``).
+
+Helm is built from the Go module proxy by ``devenv/build-helm.sh`` (no release tarball is
+reachable from these machines) into ``$KUBESANDBOX_CACHE/bin/helm-<version>/helm``, once per
+version; ``make deps`` does it (``devenv/deps.d/35-helm.sh``), and :func:`ensure_helm` does it
+on first use. :class:`Helm` runs it against one kubeconfig with its own configuration, cache
+and data directories, so nothing of the user's ``~/.config/helm`` leaks into a test.
+
+Run as ``python -m kubesandbox_devenv.helm``: builds Helm when missing and prints its path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubesandbox_devenv.binaries import REPO_ROOT, BinariesMissingError, cache_dir
+
+HELM_VERSION = "v3.22.0"
+BUILD_SCRIPT = REPO_ROOT / "devenv" / "build-helm.sh"
+CHART_DIR = REPO_ROOT / "helm" / "kubesandbox"
+RELEASE = "kubesandbox"
+RBAC_TEMPLATES = (
+    "templates/sandbox-roles.yaml",
+    "templates/gateway-rbac.yaml",
+    "templates/gateway-discovery.yaml",
+)
+"""The users' roles and the gateway's identity: what the host-process environment applies
+(``services.apply_rbac``) without installing the rest of the chart."""
+TIMEOUT = 300.0
+
+
+def helm_binary(cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / "bin" / f"helm-{HELM_VERSION}" / "helm"
+
+
+def ensure_helm(cache: Path | None = None, *, show_progress: bool = False) -> Path:
+    """The cached helm, built first (about 2 minutes with a cold module cache) when missing."""
+    binary = helm_binary(cache)
+    if os.access(binary, os.X_OK):
+        return binary
+    env = dict(os.environ, GOTOOLCHAIN="local", HELM_VERSION=HELM_VERSION)
+    env["KUBESANDBOX_CACHE"] = str(cache or cache_dir())
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=None if show_progress else subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0 or not os.access(binary, os.X_OK):
+        tail = "\n".join((result.stderr or "").splitlines()[-30:])
+        raise BinariesMissingError(f"{BUILD_SCRIPT} exited {result.returncode}\n{tail}")
+    return binary
+
+
+class HelmError(subprocess.CalledProcessError):
+    """helm failed; the message includes what it said."""
+
+    def __str__(self) -> str:
+        return f"{' '.join(map(str, self.cmd))} exited {self.returncode}: {self.stderr.strip()}"
+
+
+@dataclass(frozen=True)
+class Helm:
+    """helm with one kubeconfig and a private home (``home``: config, cache and data)."""
+
+    binary: Path
+    home: Path
+    kubeconfig: Path | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("KUBECONFIG", None)
+        env.update(
+            HELM_CONFIG_HOME=str(self.home / "config"),
+            HELM_CACHE_HOME=str(self.home / "cache"),
+            HELM_DATA_HOME=str(self.home / "data"),
+        )
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
+        return env
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [str(self.binary), *args]
+        result = subprocess.run(
+            argv,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=TIMEOUT,
+        )
+        if check and result.returncode != 0:
+            raise HelmError(result.returncode, argv, result.stdout, result.stderr)
+        return result
+
+    def template(
+        self,
+        namespace: str,
+        values: Mapping[str, Any] | None = None,
+        *,
+        show_only: Sequence[str] = (),
+        extra: Sequence[str] = (),
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        """``helm template`` of the chart (without its CRDs unless ``extra`` asks)."""
+        args = ["template", RELEASE, str(CHART_DIR), "--namespace", namespace]
+        args += values_args(values)
+        for template in show_only:
+            args += ["--show-only", template]
+        return self.run(*args, *extra, check=check)
+
+
+def values_args(values: Mapping[str, Any] | None) -> list[str]:
+    """Values as ``--set-json`` arguments, one per top-level key (no file to clean up)."""
+    return [
+        arg
+        for key, value in (values or {}).items()
+        for arg in ("--set-json", f"{key}={json.dumps(value)}")
+    ]
+
+
+def rbac_manifests(namespace: str, cache: Path | None = None) -> str:
+    """The chart's RBAC for users and the gateway, rendered for ``namespace``."""
+    helm = Helm(ensure_helm(cache), home=(cache or cache_dir()) / "helm-home")
+    return helm.template(namespace, show_only=RBAC_TEMPLATES).stdout
+
+
+def main() -> int:
+    print(ensure_helm(show_progress=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
