@@ -517,6 +517,7 @@ class Gateway:
                 json={} if method == "POST" else None,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=NODE_AGENT_TIMEOUT),
+                ssl=agent.pinned_ssl or True,
             ) as response:
                 text = (await response.content.read(MAX_BODY)).decode(errors="replace")
                 status = response.status
@@ -559,6 +560,7 @@ class Gateway:
                     headers={"Authorization": f"Bearer {caller.token}"},
                     max_msg_size=WS_MAX_MESSAGE,
                     autoping=True,
+                    ssl=agent.pinned_ssl or True,
                 ),
                 AGENT_CONNECT_TIMEOUT,
             )

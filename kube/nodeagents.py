@@ -125,6 +125,10 @@ def parse_lease(node: str, lease: Mapping[str, Any]) -> NodeAgentLease:
         if parts.scheme != "https":
             raise LeaseError(f"annotation {CERTIFICATE} is set but {ENDPOINT} is not https")
         _check_certificate(certificate, annotations.get(CERTIFICATE_SHA256))
+        try:
+            pinned_context(certificate)  # cached: what callers use later is built once, here
+        except ssl.SSLError as error:
+            raise LeaseError(f"annotation {CERTIFICATE} cannot be trusted: {error}") from error
     elif annotations.get(CERTIFICATE_SHA256):
         raise LeaseError(f"annotation {CERTIFICATE_SHA256} is set without {CERTIFICATE}")
     renewed = spec.get("renewTime") or spec.get("acquireTime")

@@ -6,11 +6,12 @@ server-side apply as ``kubesandbox-operator``).
 """
 
 import contextlib
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
+
 from kubesandbox_api import API_VERSION, KIND, Sandbox
-from kubesandbox_kube import KubeClient, NotFound
+from kubesandbox_kube import KubeClient, NotFound, nodeagents
 from kubesandbox_kube.paths import CONFIG_MAPS, LEASES, PODS, SANDBOXES, SECRETS
 from kubesandbox_operator.reconcile.pod import pod_name
 from kubesandbox_operator.reconcile.references import ObjectRef, referenced_objects
@@ -18,9 +19,7 @@ from kubesandbox_operator.reconcile.sandbox import NodeAgent
 
 JsonDict = dict[str, Any]
 FIELD_MANAGER = "kubesandbox-operator"
-LEASE_PREFIX = "node-agent-"
-ENDPOINT_ANNOTATION = "kubesandbox.dev/endpoint"
-EMULATION_ANNOTATION = "kubesandbox.dev/emulation"
+log = structlog.get_logger(__name__)
 
 
 class Cluster:
@@ -48,7 +47,7 @@ class Cluster:
     async def node_agent(self, node: str) -> NodeAgent | None:
         try:
             lease = await self.kube.get(
-                LEASES.in_namespace(self.agents_namespace).named(LEASE_PREFIX + node)
+                LEASES.in_namespace(self.agents_namespace).named(nodeagents.lease_name(node))
             )
         except NotFound:
             return None
@@ -80,22 +79,16 @@ class Cluster:
 
 
 def parse_lease(node: str, lease: JsonDict) -> NodeAgent | None:
-    """The node agent a Lease announces (``None`` when it names no endpoint)."""
-    spec = lease.get("spec", {})
-    annotations = lease.get("metadata", {}).get("annotations", {}) or {}
-    endpoint = annotations.get(ENDPOINT_ANNOTATION)
-    if not endpoint:
+    """The node agent a Lease announces (``None``, logged, when the Lease is unusable)."""
+    try:
+        announced = nodeagents.parse_lease(node, lease)
+    except nodeagents.LeaseError as error:
+        log.warning("node_agent.lease_unusable", node=node, error=str(error))
         return None
-    renewed = spec.get("renewTime") or spec.get("acquireTime")
-    renewed_at = (
-        datetime.fromisoformat(str(renewed).replace("Z", "+00:00"))
-        if renewed
-        else datetime.fromtimestamp(0, UTC)
-    )
-    duration = timedelta(seconds=int(spec.get("leaseDurationSeconds") or 40))
     return NodeAgent(
         node=node,
-        endpoint=str(endpoint).rstrip("/"),
-        emulation=annotations.get(EMULATION_ANNOTATION) == "true",
-        expires_at=renewed_at + duration,
+        endpoint=announced.endpoint,
+        emulation=announced.emulation,
+        expires_at=announced.expires_at,
+        certificate=announced.certificate,
     )

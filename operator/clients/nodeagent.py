@@ -1,7 +1,10 @@
 """Requests to node agents (docs/node-agent-api.md): desired state in, removal out.
 
 Every request is keyed by the Sandbox's UID, so retries never create a second VM. The operator
-authenticates with its service-account token; the node agent checks it with TokenReview.
+authenticates with its service-account token; the node agent checks it with TokenReview. A
+node agent that announces its certificate in its Lease is trusted with exactly that certificate
+(:func:`kubesandbox_kube.nodeagents.pinned_context`); otherwise ``ca_file`` (or the system
+trust store) vouches for it.
 """
 
 import ssl
@@ -12,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from kubesandbox_api import Sandbox
+from kubesandbox_kube.nodeagents import pinned_context
 from kubesandbox_operator.reconcile.references import Resolution
 from kubesandbox_operator.reconcile.sandbox import NodeAgent
 
@@ -56,14 +60,14 @@ class NodeAgents:
 
     async def put(self, agent: NodeAgent, sandbox: Sandbox, resolution: Resolution) -> JsonDict:
         url = f"{agent.endpoint}/v1/sandboxes/{sandbox.uid}"
-        return await self._call("PUT", url, desired_state(sandbox, resolution))
+        return await self._call("PUT", url, desired_state(sandbox, resolution), agent)
 
     async def delete(self, agent: NodeAgent, uid: str) -> bool:
         """Asks for removal; ``True`` once the node agent reports everything gone."""
         url = f"{agent.endpoint}/v1/sandboxes/{uid}"
         try:
             async with self.session.delete(
-                url, headers=self.auth.headers(), ssl=self._ssl
+                url, headers=self.auth.headers(), ssl=self._ssl_for(agent)
             ) as response:
                 if response.status in (200, 204, 404):
                     return True
@@ -73,10 +77,13 @@ class NodeAgents:
         except aiohttp.ClientError as error:
             raise NodeAgentError(f"DELETE {url}: {error!r}") from error
 
-    async def _call(self, method: str, url: str, body: JsonDict) -> JsonDict:
+    def _ssl_for(self, agent: NodeAgent) -> ssl.SSLContext:
+        return self._ssl if agent.certificate is None else pinned_context(agent.certificate)
+
+    async def _call(self, method: str, url: str, body: JsonDict, agent: NodeAgent) -> JsonDict:
         try:
             async with self.session.request(
-                method, url, json=body, headers=self.auth.headers(), ssl=self._ssl
+                method, url, json=body, headers=self.auth.headers(), ssl=self._ssl_for(agent)
             ) as response:
                 if response.status >= 400:
                     raise NodeAgentError(

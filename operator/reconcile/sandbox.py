@@ -52,6 +52,8 @@ class NodeAgent:
     endpoint: str
     emulation: bool
     expires_at: datetime
+    certificate: str | None = None
+    """The certificate it serves (PEM) when it announces one: the only one trusted for it."""
 
     def alive(self, now: datetime) -> bool:
         return now < self.expires_at

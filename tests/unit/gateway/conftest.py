@@ -97,17 +97,21 @@ def running_sandbox(
 
 
 def announce_node_agent(
-    kube: fakes.FakeKube, endpoint: str, node: str = "node-1", renewed: datetime | None = None
+    kube: fakes.FakeKube,
+    endpoint: str,
+    node: str = "node-1",
+    renewed: datetime | None = None,
+    certificate: str | None = None,
 ) -> None:
     renewed = renewed or datetime.now(UTC)
+    annotations = {"kubesandbox.dev/endpoint": endpoint}
+    if certificate is not None:
+        annotations["kubesandbox.dev/tls-certificate"] = certificate
     kube.put(
         "leases",
         "kubesandbox-system",
         {
-            "metadata": {
-                "name": f"node-agent-{node}",
-                "annotations": {"kubesandbox.dev/endpoint": endpoint},
-            },
+            "metadata": {"name": f"node-agent-{node}", "annotations": annotations},
             "spec": {
                 "holderIdentity": f"{node}/x",
                 "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),

@@ -8,12 +8,14 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestServer
 
+from kubesandbox_node.server import tls
 from tests.unit.gateway import fakes
 from tests.unit.gateway.conftest import (
     ALICE_TOKEN,
@@ -249,3 +251,48 @@ async def test_node_agent_verbs_refused_downstream_are_403(
         response = await client.post(f"/v1/sandboxes/{uid}/kill", headers=bearer(SA_TOKEN))
     assert response.status == 403
     assert agent.verbs == []
+
+
+# ---- a node agent serving its own certificate ----------------------------------------------
+
+
+async def test_the_gateway_trusts_exactly_the_certificate_the_lease_announces(
+    client: AppClient, kube: fakes.FakeKube, tmp_path: Path
+) -> None:
+    served = tls.self_signed(tmp_path / "served", "node-1", ["127.0.0.1"])
+    impostor = tls.self_signed(tmp_path / "impostor", "node-1", ["127.0.0.1"])
+    agent = fakes.FakeNodeAgent(token=SA_TOKEN)
+    server = TestServer(agent.app, scheme="https")
+    await server.start_server(ssl=served.server_context())
+    try:
+        endpoint = str(server.make_url("")).rstrip("/")
+        assert endpoint.startswith("https://")
+        uid = running_sandbox(kube)["metadata"]["uid"]
+
+        announce_node_agent(kube, endpoint, certificate=served.pem)
+        response = await client.post(f"/v1/sandboxes/{uid}/kill", headers=bearer(SA_TOKEN))
+        assert response.status == 200, await response.text()
+        path = f"/v1/sandboxes/{uid}/agent"
+        async with client.ws_connect(path, headers=bearer(SA_TOKEN)) as ws:
+            assert (await ws.receive(timeout=5)).data.endswith(b"ready")
+
+        announce_node_agent(kube, endpoint, certificate=impostor.pem)
+        response = await client.post(f"/v1/sandboxes/{uid}/kill", headers=bearer(SA_TOKEN))
+        assert response.status == 502
+        assert "certificate" in (await response.json())["error"]["message"].lower()
+        assert (await handshake_error(client, path, SA_TOKEN)).status == 502
+    finally:
+        await server.close()
+    assert agent.verbs == [(uid, "kill", "{}")]
+    assert agent.agent_sockets == 1
+
+
+async def test_a_lease_with_a_broken_certificate_is_502(
+    client: AppClient, kube: fakes.FakeKube
+) -> None:
+    uid = running_sandbox(kube)["metadata"]["uid"]
+    announce_node_agent(kube, "https://127.0.0.1:1", certificate="not a certificate")
+    response = await client.post(f"/v1/sandboxes/{uid}/kill", headers=bearer(SA_TOKEN))
+    assert response.status == 502
+    message = (await response.json())["error"]["message"]
+    assert "kubesandbox.dev/tls-certificate" in message
