@@ -5,7 +5,7 @@ import shutil
 import struct
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,9 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from kubesandbox_api.status import SandboxMetrics
-from kubesandbox_kube.auth import Access, User
+from kubesandbox_kube.auth import Access, KubeAuthenticator, User
+from kubesandbox_kube.errors import KubeError
+from kubesandbox_kube.paths import TOKEN_REVIEWS, ResourcePath
 from kubesandbox_node.runtime.manager import Runtime
 from kubesandbox_node.runtime.supervisor import Timing
 from kubesandbox_node.server.app import make_app
@@ -118,6 +120,40 @@ async def test_no_token_or_unknown_token_is_401(api: Api) -> None:
         assert response.status == 401
     status, _ = await api.call("GET", f"/v1/sandboxes/{uuid.uuid4()}", token="nope")
     assert status == 401
+
+
+class Apiserver:
+    """Reviews through the real authenticator; ``down`` makes the apiserver unreachable for
+    TokenReview (``"tokens"``) or SubjectAccessReview (``"access"``)."""
+
+    def __init__(self) -> None:
+        self.down = ""
+
+    async def create(self, path: ResourcePath, body: Mapping[str, Any]) -> dict[str, Any]:
+        review = "tokens" if path == TOKEN_REVIEWS else "access"
+        if self.down == review:
+            raise KubeError(0, "Unreachable", "connection refused")
+        if review == "tokens":
+            return {"status": {"authenticated": True, "user": {"username": "alice"}}}
+        return {"status": {"allowed": True}}
+
+
+async def test_reviews_that_cannot_be_asked_are_503_never_allowed(api: Api) -> None:
+    apiserver = Apiserver()
+    api.services.authenticator = KubeAuthenticator(apiserver)
+    uid = str(uuid.uuid4())
+    apiserver.down = "tokens"
+    status, text = await api.call("PUT", f"/v1/sandboxes/{uid}", "any", json=desired(uid))
+    assert status == 503
+    assert "cannot review the credentials" in text
+    apiserver.down = "access"
+    status, text = await api.call("PUT", f"/v1/sandboxes/{uid}", "any", json=desired(uid))
+    assert status == 503
+    assert api.services.runtime.get(uid) is None
+    apiserver.down = ""
+    status, _ = await api.call("PUT", f"/v1/sandboxes/{uid}", "any", json=desired(uid))
+    assert status == 200
+    await api.until(uid, "Running")
 
 
 async def test_user_without_rights_is_403_in_the_sandbox_namespace(api: Api) -> None:
