@@ -28,7 +28,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
@@ -41,12 +41,15 @@ from kubesandbox_gateway.errors import (
     from_kube,
     invalid_request,
     not_found,
+    rate_limited,
     unreachable,
 )
-from kubesandbox_gateway.kubeapi import KubeApi
+from kubesandbox_gateway.kubeapi import KubeApi, ObjectCache
 from kubesandbox_gateway.nodeagents import node_agent_for
+from kubesandbox_gateway.ratelimit import FailureLimiter
 from kubesandbox_kube.auth import Access, Authenticator, ReviewUnavailable, TtlCache, User
 from kubesandbox_kube.errors import Conflict, KubeError, NotFound
+from kubesandbox_kube.informer import trim_common
 from kubesandbox_kube.paths import SANDBOXES, SECRETS
 
 JsonDict = dict[str, Any]
@@ -83,6 +86,12 @@ LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$
 MAX_LABELS = 64
 
 
+class GatewayAuth(Authenticator, Protocol):
+    def remembers(self, token: str) -> bool:
+        """Whether ``token`` was accepted lately (answered without a review)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Caller:
     user: User
@@ -95,7 +104,12 @@ class Gateway:
     """The application's dependencies; :func:`make_app` serves them."""
 
     kube: KubeApi
-    auth: Authenticator
+    auth: GatewayAuth
+    sandboxes: ObjectCache | None = None
+    """Every Sandbox, kept by a watch (main.py); ``None``: always ask the apiserver."""
+    leases: ObjectCache | None = None
+    """The node agents' Leases, likewise."""
+    limiter: FailureLimiter = field(default_factory=FailureLimiter)
     node_agent_ssl: ssl.SSLContext | None = None
     agents_namespace: str = AGENTS_NAMESPACE
     poll_interval: float = 0.5
@@ -121,8 +135,13 @@ class Gateway:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise GatewayError(401, "unauthorized", "send Authorization: Bearer <token>")
+        address = request.remote or "unknown"
+        wait = self.limiter.retry_after(address)
+        if wait and not self.auth.remembers(token):
+            raise rate_limited(wait)
         user = await self.auth.authenticate(token)
         if user is None:
+            self.limiter.failed(address)
             raise GatewayError(401, "unauthorized", "the bearer token is not valid")
         namespace = request.match_info.get("namespace") or user.service_account_namespace
         if namespace is None:
@@ -154,10 +173,12 @@ class Gateway:
             await self.allow(caller, Access(verb, caller.namespace, subresource=subresource))
             raise not_found(repr(name[:80]))
         await self.allow(caller, Access(verb, caller.namespace, subresource=subresource, name=name))
-        try:
-            sandbox = await self.kube.get(SANDBOXES.in_namespace(caller.namespace).named(name))
-        except KubeError as error:
-            raise from_kube(error, what=repr(name)) from error
+        sandbox = self.cached(caller.namespace, name)
+        if sandbox is None:  # not seen by the watch (yet): the apiserver knows
+            try:
+                sandbox = await self.kube.get(SANDBOXES.in_namespace(caller.namespace).named(name))
+            except KubeError as error:
+                raise from_kube(error, what=repr(name)) from error
         self.remember(sandbox)  # the SDK's next calls on this handle use its id
         return caller, sandbox
 
@@ -188,13 +209,27 @@ class Gateway:
             raise not_found(repr(uid[:80]))
         return caller, sandbox
 
+    def cached(self, namespace: str, name: str) -> JsonDict | None:
+        """The watch's copy of a Sandbox, or ``None`` (not there, or no usable watch)."""
+        if self.sandboxes is None or not self.sandboxes.ready:
+            return None
+        return self.sandboxes.get(namespace, name)
+
     async def find_uid(self, namespace: str, uid: str, *, throttled: bool) -> JsonDict | None:
-        """O(1) when the uid was seen lately (cached uid → name, verified), else O(n) list.
+        """From the watch's uid index when it is ready (no apiserver read); else O(1) when the
+        uid was seen lately (cached uid → name, verified), else an O(n) list.
 
         Kubernetes cannot select custom objects by ``metadata.uid``, so the fallback lists the
-        namespace page by page. The cache only ever saves a list: a hit is re-read by name and
-        its uid compared, so a replaced sandbox of the same name is never mistaken for it.
+        namespace page by page. The uid → name cache only ever saves a list: a hit is re-read by
+        name and its uid compared, so a replaced sandbox of the same name is never mistaken for
+        it. A miss in a ready watch still lists (the sandbox may be younger than the watch's
+        last event), but at most once a second per namespace, whoever asks.
         """
+        if self.sandboxes is not None and self.sandboxes.ready:
+            hit = self.sandboxes.by_uid(uid)
+            if hit is not None and hit["metadata"].get("namespace") == namespace:
+                return hit
+            throttled = True
         path = SANDBOXES.in_namespace(namespace)
         found, name = self._uids.lookup((namespace, uid))
         if found and name:
@@ -507,7 +542,7 @@ class Gateway:
     ) -> web.Response:
         """One node agent verb for one sandbox, with the caller's own token."""
         caller, sandbox = await self.by_id(request, rbac)
-        agent = await node_agent_for(self.kube, self.agents_namespace, sandbox)
+        agent = await node_agent_for(self.kube, self.agents_namespace, sandbox, self.leases)
         url = agent.url(sandbox["metadata"]["uid"], verb)
         headers = {"Authorization": f"Bearer {caller.token}"}
         try:
@@ -551,7 +586,7 @@ class Gateway:
                 "sandbox_not_running",
                 f"sandbox {name} is {phase or 'not started'}, not Running",
             )
-        agent = await node_agent_for(self.kube, self.agents_namespace, sandbox)
+        agent = await node_agent_for(self.kube, self.agents_namespace, sandbox, self.leases)
         url = agent.url(sandbox["metadata"]["uid"], "agent")
         try:
             upstream = await asyncio.wait_for(
@@ -649,6 +684,17 @@ def node_agent_refusal(status: int, message: str, node: str) -> GatewayError:
     if status == 409:
         return GatewayError(409, "sandbox_not_running", detail)
     return unreachable(f"the node agent of node {node} answered {status}: {detail}")
+
+
+def trim_sandbox(sandbox: JsonDict) -> JsonDict:
+    """What the gateway's Sandbox cache keeps of an object: everything its answers use.
+    Scripts and patches (up to megabytes, never echoed to the SDK) are left out, as are
+    ``managedFields`` and kubectl's last-applied copy (:func:`trim_common`)."""
+    trimmed = trim_common(sandbox)
+    spec = trimmed.get("spec")
+    if isinstance(spec, dict) and ("scripts" in spec or "patches" in spec):
+        trimmed["spec"] = {k: v for k, v in spec.items() if k not in ("scripts", "patches")}
+    return trimmed
 
 
 # ---- request parsing ----------------------------------------------------------------------

@@ -23,18 +23,33 @@ from kubesandbox_kube.errors import (
 
 
 class GatewayError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: int | None = None
+    ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.code, self.message)
+        response = error_response(self.status, self.code, self.message)
+        if self.retry_after is not None:
+            response.headers["Retry-After"] = str(self.retry_after)
+        return response
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def rate_limited(seconds: int) -> GatewayError:
+    return GatewayError(
+        429,
+        "rate_limited",
+        f"too many invalid tokens from this address; retry in {seconds}s",
+        retry_after=seconds,
+    )
 
 
 def not_found(what: str) -> GatewayError:

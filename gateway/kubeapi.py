@@ -1,4 +1,4 @@
-"""What the gateway needs of a Kubernetes client, as an interface.
+"""What the gateway needs of a Kubernetes client and of its caches, as interfaces.
 
 :class:`kubesandbox_kube.KubeClient` satisfies it; unit tests pass an in-memory fake. Keeping
 the surface this small (five calls) is what makes the fake trustworthy.
@@ -34,3 +34,17 @@ class KubeApi(Protocol):
     ) -> JsonDict: ...
 
     async def merge_patch(self, path: ResourcePath, body: Mapping[str, Any]) -> JsonDict: ...
+
+
+class ObjectCache(Protocol):
+    """A watch-backed copy of one collection (:class:`kubesandbox_kube.informer.Informer`).
+
+    Answers may lag the apiserver by the watch latency; when not :attr:`ready` (not yet
+    listed, watch broken, too many objects) the gateway asks the apiserver instead."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def get(self, namespace: str, name: str) -> JsonDict | None: ...
+
+    def by_uid(self, uid: str) -> JsonDict | None: ...

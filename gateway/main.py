@@ -11,22 +11,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from kubesandbox_common import logs
-from kubesandbox_gateway.app import AGENTS_NAMESPACE, Gateway, make_app
+from kubesandbox_gateway.app import AGENTS_NAMESPACE, Gateway, make_app, trim_sandbox
 from kubesandbox_kube import KubeClient
 from kubesandbox_kube.auth import KubeAuthenticator
 from kubesandbox_kube.config import ConfigError
+from kubesandbox_kube.informer import Informer
+from kubesandbox_kube.paths import LEASES, SANDBOXES
 
 log = structlog.get_logger("kubesandbox.gateway")
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 (in a cluster the Service reaches the Pod's address)
+SYNC_WAIT = 10.0
+"""Seconds to wait for the first lists before listening; without them requests are answered
+from the apiserver (slower, still correct) until the watches catch up."""
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -72,27 +78,53 @@ def node_agent_ssl(ca: Path | None) -> ssl.SSLContext | None:
 async def serve(args: argparse.Namespace) -> None:
     host, port = args.listen
     async with KubeClient.connect(args.kubeconfig) as kube:
+        sandboxes = Informer(kube, SANDBOXES, trim=trim_sandbox)
+        leases = Informer(kube, LEASES.in_namespace(args.agents_namespace))
         gateway = Gateway(
             kube,
             KubeAuthenticator(kube),
+            sandboxes=sandboxes,
+            leases=leases,
             node_agent_ssl=node_agent_ssl(args.node_agent_ca),
             agents_namespace=args.agents_namespace,
         )
-        # No aiohttp access log: the middleware logs each request, without headers.
-        runner = web.AppRunner(make_app(gateway), handle_signals=False, access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-            log.info("gateway listening", addresses=[str(a) for a in runner.addresses])
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-            log.info("gateway stopping")
-        finally:
-            await runner.cleanup()
+        async with watching(sandboxes, leases):
+            await listen(gateway, host, port)
+
+
+@contextlib.asynccontextmanager
+async def watching(*informers: Informer) -> AsyncIterator[None]:
+    """Runs the informers for the life of the server; waits (bounded) for their first lists."""
+    tasks = [asyncio.create_task(i.run(), name=f"watch-{i.path.plural}") for i in informers]
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SYNC_WAIT):
+                await asyncio.gather(*(i.wait_synced() for i in informers))
+        for informer in informers:
+            log.info("watch", resource=informer.path.plural, ready=informer.ready)
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def listen(gateway: Gateway, host: str, port: int) -> None:
+    # No aiohttp access log: the middleware logs each request, without headers.
+    runner = web.AppRunner(make_app(gateway), handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("gateway listening", addresses=[str(a) for a in runner.addresses])
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("gateway stopping")
+    finally:
+        await runner.cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,10 +7,12 @@ a verb on ``sandboxes`` (or a subresource such as ``sandboxes/exec``) in a names
 
 Both answers are cached, bounded and briefly: identities for 60 s (a burst of SDK calls costs
 one review), decisions for 10 s (revoked rights take effect quickly). Tokens are cached by
-their SHA-256, so the cache holds no usable credential. When the apiserver cannot be asked the
-answer is :class:`ReviewUnavailable`, never "allowed": the API is never open, and the caller
-can tell "you may not" (401/403) from "nobody can be checked right now" (502). Unavailable
-answers are not cached.
+their SHA-256, so the cache holds no usable credential; rejected tokens go to a negative cache
+of their own, so a stream of bad tokens cannot evict the identities of good ones (the gateway
+also limits how often a client may fail, :mod:`kubesandbox_gateway.ratelimit`). When the
+apiserver cannot be asked the answer is :class:`ReviewUnavailable`, never "allowed": the API
+is never open, and the caller can tell "you may not" (401/403) from "nobody can be checked
+right now" (502). Unavailable answers are not cached.
 
 :class:`Authenticator` is the interface servers depend on, so unit tests can use a fake.
 """
@@ -124,16 +126,25 @@ class KubeAuthenticator:
 
     def __init__(self, kube: ReviewPoster, *, token_ttl: float = TOKEN_TTL) -> None:
         self.kube = kube
-        self._tokens: TtlCache[str, User | None] = TtlCache(token_ttl)
+        self._tokens: TtlCache[str, User] = TtlCache(token_ttl)
+        self._rejected: TtlCache[str, bool] = TtlCache(token_ttl)
+        """Tokens the apiserver said no to: apart, so a stream of bad tokens never evicts
+        the identities of good ones."""
         self._access: TtlCache[tuple[User, Access], bool] = TtlCache(ACCESS_TTL)
+
+    def remembers(self, token: str) -> bool:
+        """Whether ``token`` was accepted within the cache's TTL (no review needed)."""
+        return self._tokens.lookup(_token_key(token))[0]
 
     async def authenticate(self, token: str) -> User | None:
         if not token or len(token) > MAX_TOKEN_LENGTH:
             return None
-        key = hashlib.sha256(token.encode()).hexdigest()
+        key = _token_key(token)
         found, user = self._tokens.lookup(key)
         if found:
             return user
+        if self._rejected.lookup(key)[0]:
+            return None
         review = {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenReview",
@@ -156,7 +167,10 @@ class KubeAuthenticator:
             )
             if not user.name:
                 user = None
-        self._tokens.put(key, user)
+        if user is None:
+            self._rejected.put(key, True)
+        else:
+            self._tokens.put(key, user)
         return user
 
     async def authorize(self, user: User, access: Access) -> bool:
@@ -190,3 +204,7 @@ class KubeAuthenticator:
         allowed = bool((result.get("status") or {}).get("allowed"))
         self._access.put(key, allowed)
         return allowed
+
+
+def _token_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

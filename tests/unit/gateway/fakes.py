@@ -154,6 +154,7 @@ class FakeAuth:
         self.users: dict[str, User] = {}
         self.grants: set[tuple[str, str, str, str, str]] = set()
         self.reviews: list[tuple[User, Access]] = []
+        self.token_reviews = 0
         self.down = False
 
     def add_user(self, token: str, name: str) -> User:
@@ -167,7 +168,11 @@ class FakeAuth:
     async def authenticate(self, token: str) -> User | None:
         if self.down:
             raise ReviewUnavailable("apiserver unreachable")
+        self.token_reviews += 1
         return self.users.get(token)
+
+    def remembers(self, token: str) -> bool:
+        return token in self.users
 
     async def authorize(self, user: User, access: Access) -> bool:
         if self.down:

@@ -78,6 +78,23 @@ async def test_invalid_empty_and_oversized_tokens(apiserver: FakeApiserver) -> N
     assert len(apiserver.calls) == 1  # only "bad" was worth a review
 
 
+async def test_rejected_tokens_are_remembered_apart_and_never_evict_good_ones(
+    apiserver: FakeApiserver,
+) -> None:
+    auth = KubeAuthenticator(apiserver)
+    await auth.authenticate("good")
+    auth._rejected.limit = 4
+    for n in range(10):
+        assert await auth.authenticate(f"random-{n}") is None
+    assert await auth.authenticate("random-9") is None
+    assert len(apiserver.calls) == 11  # "good" once, each random token once
+    assert auth.remembers("good")
+    assert not auth.remembers("random-9")
+    assert await auth.authenticate("good") is not None
+    assert len(apiserver.calls) == 11
+    assert all(len(k) == 64 for k in auth._rejected._entries)
+
+
 async def test_cache_keys_are_hashes_not_tokens(apiserver: FakeApiserver) -> None:
     auth = KubeAuthenticator(apiserver)
     await auth.authenticate("good")
