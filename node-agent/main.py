@@ -129,6 +129,16 @@ class NodeAgentConfig(BaseModel):
             raise ValueError("tls: 'off' contradicts tlsCert/tlsKey")
         return self
 
+    @model_validator(mode="after")
+    def _cgroup_parent_is_a_plain_path(self) -> NodeAgentConfig:
+        parts = self.cgroup_parent.strip("/").split("/")
+        if not self.cgroup_parent.strip("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(
+                f"cgroupParent: {self.cgroup_parent!r} must name a cgroup below the root "
+                "('/kubesandbox', or relative 'kubesandbox'), without '.', '..' or '//'"
+            )
+        return self
+
     @property
     def tls_mode(self) -> Literal["files", "auto", "off"]:
         if self.tls_cert is not None:

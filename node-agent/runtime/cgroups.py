@@ -8,6 +8,21 @@ without controllers) the v1 ``cpu`` and ``memory`` hierarchies give the same lim
 entered *before* QEMU allocates anything: QEMU is exec'ed by a tiny shell that first writes its
 own pid into every ``cgroup.procs`` (``wrap_argv``), so no memory is charged elsewhere.
 
+Where (``CgroupManager.parent``, ``root``):
+
+- an absolute parent (``/kubesandbox``, the default) is below the root of each hierarchy
+  mounted at ``root``. This is how VMs outlive the node agent's container: in a Pod, ``root``
+  is the host's ``/sys/fs/cgroup`` mounted into the container (``/host/sys/fs/cgroup``), and on
+  cgroup v1 QEMU joins a ``<parent>/vm-<uid>`` cgroup in *every* hierarchy (``cpu``,
+  ``cpuacct``, ``memory``, ``devices``, ``freezer``, ``pids``, ``blkio``, ``cpuset``,
+  ``name=systemd``, the hybrid ``unified`` one...), so nothing of the container's or the Pod's
+  cgroups holds it: ``runc kill --all``, the freezer and the kubelet's Pod cgroup cleanup only
+  see the processes in their own cgroups. ``cpuset`` cgroups start empty and get the parent's
+  ``cpuset.cpus`` and ``cpuset.mems`` before anything joins them.
+- a relative parent is below the node agent's own cgroup in the ``cpu``, ``cpuacct`` and
+  ``memory`` hierarchies (v1; a host-process development setup, where each environment gets its
+  own parent). On v2 the parent is always below ``root``.
+
 Paths are recorded in the sandbox record, so a re-adopting node agent finds them again even
 if its own cgroup moved.
 """
@@ -23,6 +38,8 @@ from pathlib import Path
 CGROUP_FS = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory")
+"""The hierarchies whose limits and counters a VM's cgroup uses (listed first, in this order)."""
+CPUSET_FILES = ("cpuset.cpus", "cpuset.mems")
 # QEMU's own threads (I/O, QMP, TCG translation) get a fifth of a CPU on top of the vCPUs.
 VMM_CPU_SHARE = 0.2
 _WRAP = (
@@ -141,6 +158,22 @@ def _write(path: Path, value: str) -> None:
     path.write_text(value)
 
 
+def _make(path: Path, root: Path) -> None:
+    """``mkdir -p``; a new v1 ``cpuset`` cgroup gets its parent's CPUs and memory nodes
+    (it starts with none, and no process could join it)."""
+    missing: list[Path] = []
+    at = path
+    while not at.is_dir() and at != root and at.parent != at:
+        missing.append(at)
+        at = at.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        for name in CPUSET_FILES:
+            mine, theirs = folder / name, folder.parent / name
+            if theirs.is_file() and not _read(mine):
+                _write(mine, _read(theirs))
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text().strip()
@@ -164,10 +197,15 @@ def _keyed(path: Path) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class CgroupManager:
-    """Creates cgroups under ``<hierarchy>/<own cgroup>/<parent>/<name>``."""
+    """Creates cgroups under ``<hierarchy>/<parent>/<name>`` (absolute ``parent``) or
+    ``<hierarchy>/<own cgroup>/<parent>/<name>`` (relative, v1); see the module text."""
 
-    parent: str = "kubesandbox"
+    parent: str = "/kubesandbox"
     root: Path = CGROUP_FS
+
+    @property
+    def absolute(self) -> bool:
+        return self.parent.startswith("/")
 
     @property
     def version(self) -> int:
@@ -182,14 +220,32 @@ class CgroupManager:
                 return path.lstrip("/")
         return ""
 
+    def hierarchies(self) -> list[str]:
+        """The v1 hierarchies a VM's cgroup spans: :data:`V1_CONTROLLERS` first, then (with an
+        absolute parent) every other hierarchy mounted at ``root``, each mount once."""
+        found = [c for c in V1_CONTROLLERS if (self.root / c).is_dir()]
+        if not self.absolute:
+            return found
+        seen = {(self.root / c).resolve() for c in found}
+        for entry in sorted(self.root.iterdir()):
+            if entry.name in found or entry.is_symlink() or not entry.is_dir():
+                continue
+            if not (entry / "cgroup.procs").is_file() or entry.resolve() in seen:
+                continue
+            seen.add(entry.resolve())
+            found.append(entry.name)
+        return found
+
+    def _base(self, controller: str) -> Path:
+        """The parent cgroup directory in ``controller``'s hierarchy (v1)."""
+        if self.absolute:
+            return self.root / controller / self.parent.strip("/")
+        return self.root / controller / self._own(controller) / self.parent
+
     def parents(self) -> list[Path]:
         if self.version == 2:
-            return [self.root / self.parent]
-        return [
-            self.root / c / self._own(c) / self.parent
-            for c in V1_CONTROLLERS
-            if (self.root / c).is_dir()
-        ]
+            return [self.root / self.parent.strip("/")]
+        return [self._base(c) for c in self.hierarchies()]
 
     def orphans(self, known: set[str]) -> list[Cgroup]:
         """VM cgroups under our parent that no sandbox record names (left by a crash)."""
@@ -200,7 +256,7 @@ class CgroupManager:
                     if child.is_dir() and child.name.startswith("vm-"):
                         found.setdefault(child.name, []).append(child)
         version = self.version
-        controllers = tuple(c for c in V1_CONTROLLERS if (self.root / c).is_dir())
+        controllers = tuple(self.hierarchies())
         return [
             Cgroup(version, tuple(paths), controllers if version == 1 else ())
             for name, paths in found.items()
@@ -215,18 +271,18 @@ class CgroupManager:
 
     def create(self, name: str, cpus: float, memory_bytes: int) -> Cgroup:
         if self.version == 2:
-            base = self.root / self.parent
-            base.mkdir(exist_ok=True)
+            base = self.root / self.parent.strip("/")
+            base.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(OSError):
                 _write(self.root / "cgroup.subtree_control", "+cpu +memory")
             _write(base / "cgroup.subtree_control", "+cpu +memory")
             paths: tuple[Path, ...] = (base / name,)
             controllers: tuple[str, ...] = ()
         else:
-            controllers = tuple(c for c in V1_CONTROLLERS if (self.root / c).is_dir())
-            paths = tuple(self.root / c / self._own(c) / self.parent / name for c in controllers)
+            controllers = tuple(self.hierarchies())
+            paths = tuple(self._base(c) / name for c in controllers)
         for path in paths:
-            path.mkdir(parents=True, exist_ok=True)
+            _make(path, self.root)
         group = Cgroup(self.version, paths, controllers)
         group.set_limits(cpus, memory_bytes)
         return group

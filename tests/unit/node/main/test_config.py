@@ -62,3 +62,11 @@ async def test_static_token_falls_back_to_the_cluster_for_other_tokens() -> None
     assert await auth.authorize(alice, Access("update", "alice-ns"))
     assert not await auth.authorize(alice, Access("update", "bob-ns"))
     assert await auth.authenticate("nope") is None
+
+
+def test_the_cgroup_parent_is_absolute_by_default_and_must_be_a_plain_path() -> None:
+    assert NodeAgentConfig().cgroup_parent == "/kubesandbox"
+    assert NodeAgentConfig(cgroup_parent="kubesandbox-dev").cgroup_parent == "kubesandbox-dev"
+    for bad in ("/", "", "/a/../b", "a//b", "./a"):
+        with pytest.raises(ValueError, match="cgroupParent"):
+            NodeAgentConfig(cgroup_parent=bad)

@@ -63,3 +63,55 @@ def test_argv_enters_the_cgroup_before_exec(tmp_path: Path) -> None:
 
 def test_overhead_covers_the_tcg_translation_cache() -> None:
     assert vmm_overhead_mib("tcg", 64) > vmm_overhead_mib("kvm")
+
+
+def v1_root(tmp_path: Path, *, merged_cpu: bool = False) -> Path:
+    """A hybrid v1 layout like this machine's (or with ``cpu,cpuacct`` merged and linked)."""
+    names = ["blkio", "cpuset", "devices", "freezer", "memory", "pids", "systemd", "unified"]
+    names += ["cpu,cpuacct"] if merged_cpu else ["cpu", "cpuacct"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cgroup.procs").write_text("")
+    if merged_cpu:
+        (tmp_path / "cpu").symlink_to("cpu,cpuacct")
+        (tmp_path / "cpuacct").symlink_to("cpu,cpuacct")
+    (tmp_path / "cpuset" / "cpuset.cpus").write_text("0-3\n")
+    (tmp_path / "cpuset" / "cpuset.mems").write_text("0\n")
+    return tmp_path
+
+
+def test_an_absolute_parent_spans_every_hierarchy_from_its_root(tmp_path: Path) -> None:
+    root = v1_root(tmp_path)
+    manager = CgroupManager(parent="/kubesandbox", root=root)
+    assert manager.hierarchies() == [
+        "cpu", "cpuacct", "memory",
+        "blkio", "cpuset", "devices", "freezer", "pids", "systemd", "unified",
+    ]  # fmt: skip
+    group = manager.create("vm-a", 1, 1 << 30)
+    assert group.paths == tuple(root / h / "kubesandbox" / "vm-a" for h in manager.hierarchies())
+    assert group.controllers == tuple(manager.hierarchies())
+    # Nothing of the node agent's own cgroup is in the path (it is not below a container's).
+    assert all(p.relative_to(root).parts[1:] == ("kubesandbox", "vm-a") for p in group.paths)
+    for level in (root / "cpuset" / "kubesandbox", root / "cpuset" / "kubesandbox" / "vm-a"):
+        assert (level / "cpuset.cpus").read_text() == "0-3"
+        assert (level / "cpuset.mems").read_text() == "0"
+    assert (group.paths[0] / "cpu.cfs_quota_us").read_text() == "100000"
+    assert str(root / "devices" / "kubesandbox" / "vm-a" / "cgroup.procs") in group.wrap_argv([])
+    assert [o.paths for o in manager.orphans(set())] == [group.paths]
+
+
+def test_a_linked_hierarchy_is_joined_once(tmp_path: Path) -> None:
+    manager = CgroupManager(parent="/ksb", root=v1_root(tmp_path, merged_cpu=True))
+    assert manager.hierarchies()[:3] == ["cpu", "cpuacct", "memory"]
+    assert "cpu,cpuacct" not in manager.hierarchies()
+
+
+def test_a_relative_parent_stays_in_the_limit_hierarchies(tmp_path: Path) -> None:
+    manager = CgroupManager(parent="ksb", root=v1_root(tmp_path))
+    assert manager.hierarchies() == ["cpu", "cpuacct", "memory"]
+
+
+def test_an_absolute_parent_on_v2_is_below_the_root(tmp_path: Path) -> None:
+    manager = CgroupManager(parent="/kubesandbox", root=v2_root(tmp_path))
+    group = manager.create("vm-d", 1, 1 << 30)
+    assert group.paths == (tmp_path / "kubesandbox" / "vm-d",)
