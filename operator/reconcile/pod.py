@@ -2,10 +2,17 @@
 
 A Sandbox is scheduled through an ordinary Pod so that kube-scheduler, ResourceQuota,
 LimitRanges, priorities, preemption and the cluster autoscaler treat it like any workload.
-The Pod runs only a pause container; its requests are the VM's vCPUs and memory plus the
-VMM's overhead, so the node's allocatable capacity accounts for the real cost of the VM.
-On clusters with kubelets the node agent puts the VM into this Pod's cgroup and network
-namespace; in the test control plane (no kubelet) the binding alone is used.
+Its requests are the VM's vCPUs and memory plus the VMM's overhead, so the node's allocatable
+capacity accounts for the real cost of the VM.
+
+What really runs in it: one pause container (``PodSettings.pause_image``), nothing else. The
+VM does not run in the Pod: once the Pod is bound, the node agent of that node starts QEMU
+beside it, as its own process in its own cgroup ``/kubesandbox/vm-<uid>`` (outside every Pod's
+cgroup, docs/node-agent.md, "Running in a Pod") and its own network namespace. The Pod is the
+VM's reservation and its handle for scheduling, quota and eviction: its requests are what the
+scheduler counts, but the kubelet neither limits nor measures the VM through it. Placing the
+VM in this Pod's cgroup and network namespace is planned, not built. Where no kubelet runs
+(the host-process test control plane) the Pod is only bound and never starts.
 """
 
 import hashlib
