@@ -58,7 +58,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="HOST:PORT (0.0.0.0:8080)",
     )
     parser.add_argument(
-        "--node-agent-ca", type=Path, help="CA bundle that signed the node agents' certificates"
+        "--node-agent-ca",
+        type=Path,
+        help="CA bundle for node agents whose Lease announces no certificate of their own",
     )
     parser.add_argument("--agents-namespace", default=AGENTS_NAMESPACE)
     parser.add_argument(
