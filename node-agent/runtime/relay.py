@@ -15,6 +15,9 @@
   notice the reconnect, ``assume_ready`` installs the recorded ready frame instead. A repeated
   ``core.ready`` after the first is never routed to a client.
 - **Activity.** ``idle_seconds`` is 0 while sessions are open, else time since the last frame.
+- **The sandbox log.** With a ``recorder`` (:class:`kubesandbox_node.logs.SessionRecorder`),
+  every client frame passed to the guest and every guest frame after the ready is shown to it
+  first, so exec output is logged whether or not its client still listens.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import struct
 import time
 
+from kubesandbox_node.logs import SessionRecorder
 from kubesandbox_node.relay import Relay
 from kubesandbox_node.relay.relay import SLOT_COUNT, SLOT_STEP, _Client
 from kubesandbox_protocol.frame import FLAG_SESSION_START, FLAG_TERMINAL, Frame
@@ -49,6 +53,7 @@ class SandboxRelay(Relay):
         self.draining = False
         self.sessions: set[int] = set()
         self._sessions_changed = asyncio.Event()
+        self.recorder: SessionRecorder | None = None
 
     def assume_ready(self, raw_ready: bytes) -> None:
         if not self._ready.done():
@@ -88,6 +93,8 @@ class SandboxRelay(Relay):
                 await self._reject(client, id, ErrorKind.INVALID_SESSION, "the sandbox is draining")
                 return
             self.sessions.add(id)
+        if self.recorder is not None:
+            self.recorder.client_frame(raw)
         await super()._to_guest(raw)
 
     async def _from_guest(self, raw: bytes) -> None:
@@ -98,6 +105,8 @@ class SandboxRelay(Relay):
                 everyone = {"id_start": 0, "id_end_exclusive": SLOT_COUNT * SLOT_STEP}
                 body = encode_body(MessageType.RELAY_CLIENT_DISCONNECTED, everyone)
                 await super()._to_guest(Frame(0, 0, body).encode())
+        elif self.recorder is not None and self._ready.done():
+            self.recorder.guest_frame(raw)
         await super()._from_guest(raw)
         if len(raw) > 8 and raw[8] & FLAG_TERMINAL:
             (id,) = struct.unpack_from(">I", raw, 4)

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from kubesandbox_api.conditions import Phase
 from kubesandbox_kube.auth import Access, ReviewUnavailable, User
+from kubesandbox_node.logs import stream
 from kubesandbox_node.metrics import prometheus
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.supervisor import Supervisor
@@ -261,6 +262,16 @@ async def agent(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def logs(request: web.Request) -> web.StreamResponse:
+    """The sandbox log as Server-Sent Events (:mod:`kubesandbox_node.logs.stream`)."""
+    supervisor = await _known(request, "get", "log")
+    log = _services(request).logs.open(supervisor.uid, supervisor.dir)
+    try:
+        return await stream.serve(request, log)
+    except stream.BadQuery as error:
+        raise web.HTTPBadRequest(text=str(error)) from error
+
+
 REMOVALS = web.AppKey("removals", dict[str, asyncio.Task[None]])
 
 
@@ -282,5 +293,6 @@ def make_app(services: Services) -> web.Application:
     app.router.add_get("/v1/sandboxes/{uid}/wait", wait)
     app.router.add_get("/v1/sandboxes/{uid}/metrics", sandbox_metrics)
     app.router.add_get("/v1/sandboxes/{uid}/agent", agent)
+    app.router.add_get("/v1/sandboxes/{uid}/logs", logs)
     app.router.add_post("/v1/sandboxes/{uid}/{verb}", verb)
     return app

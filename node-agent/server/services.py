@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from kubesandbox_kube.auth import Authenticator
+from kubesandbox_node.logs import SandboxLogs
 from kubesandbox_node.metrics.sampler import Sampler
 from kubesandbox_node.runtime.manager import Runtime
+from kubesandbox_node.runtime.relay import SandboxRelay
 from kubesandbox_node.runtime.supervisor import Supervisor
 from kubesandbox_node.status.events import EventRecorder
 from kubesandbox_node.status.lease import LeaseRenewer
@@ -34,6 +36,7 @@ class Services:
     status: StatusWriter | None = None
     lease: LeaseRenewer | None = None
     events: EventRecorder | None = None
+    logs: SandboxLogs = field(default_factory=SandboxLogs)
     sample_interval: float = 5.0
 
     def __post_init__(self) -> None:
@@ -42,6 +45,7 @@ class Services:
     def _changed(self, supervisor: Supervisor) -> None:
         if supervisor.uid not in self.runtime.sandboxes:
             return  # being removed: the Sandbox is going away
+        self._log(supervisor)
         desired = supervisor.desired
         target = Target(desired.namespace, desired.name, desired.uid)
         status = supervisor.status()
@@ -50,7 +54,16 @@ class Services:
         if self.events is not None:
             self.events.observe(target, status)
 
+    def _log(self, supervisor: Supervisor) -> None:
+        """The phase as a ``system`` line; a recorder on the relay of a VM that just came up."""
+        status = supervisor.status()
+        self.logs.phase(supervisor.uid, supervisor.dir, status.phase.value, status.message)
+        relay = supervisor.handle.relay if supervisor.handle is not None else None
+        if isinstance(relay, SandboxRelay) and relay.recorder is None:
+            relay.recorder = self.logs.recorder(supervisor.uid, supervisor.dir)
+
     def forget(self, uid: str) -> None:
+        self.logs.forget(uid)
         self.sampler.forget(uid)
         if self.status is not None:
             self.status.forget(uid)
