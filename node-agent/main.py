@@ -216,19 +216,22 @@ def boot_image(config: NodeAgentConfig) -> BootImage:
     return initramfs.build(guest_agent_binary(config))
 
 
-def serving_identity(config: NodeAgentConfig) -> tls.ServingIdentity | None:
-    """The certificate to serve and announce; ``None`` for plain HTTP (``tls: off``)."""
+def serving_identity(config: NodeAgentConfig) -> tls.ServingIdentity | tls.Renewal | None:
+    """The certificate to serve and announce: configured files, a made one kept renewed
+    (``tls: auto``), or ``None`` for plain HTTP (``tls: off``)."""
     if config.tls_cert is not None and config.tls_key is not None:
         return tls.configured(config.tls_cert, config.tls_key)
     if config.tls_mode == "off":
         return None
     host = config.listen.rpartition(":")[0].strip("[]")
     addresses = [a for a in (config.host_ip, host) if a and not _unspecified(a)]
-    return tls.self_signed(config.state_dir / "tls", config.node_name, addresses)
+    return tls.Renewal.start(config.state_dir / "tls", config.node_name, addresses)
 
 
 def tls_context(config: NodeAgentConfig) -> ssl.SSLContext | None:
     identity = serving_identity(config)
+    if isinstance(identity, tls.Renewal):
+        return identity.context
     return None if identity is None else identity.server_context()
 
 
@@ -326,7 +329,12 @@ async def _serve_with(
     if authenticator is None:
         raise SystemExit("no kubeconfig, not in a cluster and no static token: refusing to serve")
     identity = serving_identity(config)
-    server_tls = None if identity is None else identity.server_context()
+    renewal = identity if isinstance(identity, tls.Renewal) else None
+    server_tls, certificate = None, None
+    if isinstance(identity, tls.Renewal):
+        server_tls, certificate = identity.context, identity.identity.pem
+    elif identity is not None:
+        server_tls, certificate = identity.server_context(), identity.pem
     host, _, port = config.listen.rpartition(":")
     endpoint = advertised_endpoint(config, secure=server_tls is not None)
     capabilities = ["oci", "disk", "network-none", "pause"]
@@ -347,8 +355,9 @@ async def _serve_with(
                 emulation=accel == "tcg",
                 capabilities=tuple(capabilities),
                 instance=uuid.uuid4().hex[:8],
-                certificate=None if identity is None else identity.pem,
+                certificate=certificate,
                 interval=config.lease_interval,
+                renewal=renewal,
             )
             if kube is not None
             else None

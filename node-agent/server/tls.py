@@ -8,7 +8,8 @@ serves HTTPS. Two sources of a certificate:
   in ``<stateDir>/tls/`` (key ``0600``, directory ``0700``) and reuses across restarts, so a
   restart does not invalidate what callers pinned. A new pair is made when the files are
   missing, unreadable, do not belong together, or the certificate expires within
-  :data:`RENEW_BEFORE` (it is valid for :data:`VALIDITY`).
+  :data:`RENEW_BEFORE` (it is valid for :data:`VALIDITY`); a running node agent checks that
+  at every Lease renewal too (:class:`Renewal`), announces the new certificate, then serves it.
 
 Either way the certificate is announced in the node agent's Lease
 (:func:`kubesandbox_kube.nodeagents.announcement`), and the operator and the gateway trust
@@ -53,6 +54,11 @@ class ServingIdentity:
     def server_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.load_into(context)
+        return context
+
+    def load_into(self, context: ssl.SSLContext) -> None:
+        """Makes ``context`` serve this identity (from its next handshake on)."""
         try:
             context.load_cert_chain(self.cert_file, self.key_file)
         except (OSError, ssl.SSLError) as error:
@@ -60,7 +66,42 @@ class ServingIdentity:
                 f"cannot load the certificate {self.cert_file} with the key {self.key_file}: "
                 f"{error}"
             ) from error
-        return context
+
+
+@dataclass
+class Renewal:
+    """A made identity and the server context serving it, renewed before it expires."""
+
+    folder: Path
+    node: str
+    addresses: list[str]
+    identity: ServingIdentity
+    context: ssl.SSLContext
+    _expires: datetime.datetime | None = None
+
+    @classmethod
+    def start(cls, folder: Path, node: str, addresses: list[str]) -> Renewal:
+        identity = self_signed(folder, node, addresses)
+        return cls(folder, node, addresses, identity, identity.server_context())
+
+    def due(self, now: datetime.datetime) -> bool:
+        return self.expires - RENEW_BEFORE < now
+
+    @property
+    def expires(self) -> datetime.datetime:
+        if self._expires is None:
+            pem = self.identity.pem.encode()
+            self._expires = x509.load_pem_x509_certificate(pem).not_valid_after_utc
+        return self._expires
+
+    def renew(self, now: datetime.datetime) -> str:
+        """Makes the next identity and returns its PEM; :meth:`serve` switches to it."""
+        self.identity = self_signed(self.folder, self.node, self.addresses, now=now)
+        self._expires = None
+        return self.identity.pem
+
+    def serve(self) -> None:
+        self.identity.load_into(self.context)
 
 
 def configured(cert_file: Path, key_file: Path) -> ServingIdentity:

@@ -10,14 +10,17 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from cryptography import x509
 
-from kubesandbox_kube.nodeagents import parse_lease
+from kubesandbox_kube.nodeagents import parse_lease, pinned_context
+from kubesandbox_kube.paths import ResourcePath
 from kubesandbox_node.main import (
     NodeAgentConfig,
     advertised_endpoint,
@@ -96,9 +99,10 @@ async def test_callers_trust_exactly_the_certificate_the_lease_announces(
         listen=f"127.0.0.1:{unused_tcp_port}",
         tls="auto",
     )
-    identity = serving_identity(config)
-    assert identity is not None
-    runner = await serve(identity.server_context(), unused_tcp_port)
+    made = serving_identity(config)
+    assert isinstance(made, tls.Renewal)
+    identity = made.identity
+    runner = await serve(made.context, unused_tcp_port)
     now = datetime.datetime.now(datetime.UTC)
 
     def announced(pem: str) -> ssl.SSLContext:
@@ -206,3 +210,62 @@ def test_the_pod_environment_names_the_node_and_the_endpoint(
     monkeypatch.delenv("HOST_IP")
     local = NodeAgentConfig(listen="127.0.0.1:7000")
     assert advertised_endpoint(local, secure=False) == "http://127.0.0.1:7000"
+
+
+@dataclass
+class RecordingKube:
+    applied: list[dict[str, Any]] = field(default_factory=list)
+
+    async def apply(
+        self, path: ResourcePath, body: dict[str, Any], *, field_manager: str
+    ) -> dict[str, Any]:
+        self.applied.append(body)
+        return body
+
+
+async def test_a_made_certificate_is_renewed_announced_then_served(
+    tmp_path: Path, unused_tcp_port: int
+) -> None:
+    # A certificate made 350 days ago: valid for 15 more days, inside the renewal margin.
+    now = datetime.datetime.now(datetime.UTC)
+    made = now - (tls.VALIDITY - tls.RENEW_BEFORE / 2)
+    aging = tls.self_signed(tmp_path / "tls", "node-1", ["127.0.0.1"], now=made)
+    renewal = tls.Renewal(tmp_path / "tls", "node-1", ["127.0.0.1"], aging, aging.server_context())
+    kube = RecordingKube()
+    renewer = LeaseRenewer(
+        kube=kube,  # type: ignore[arg-type]
+        node="node-1",
+        namespace="kubesandbox-system",
+        endpoint=f"https://127.0.0.1:{unused_tcp_port}",
+        emulation=False,
+        capabilities=("oci",),
+        instance="i",
+        certificate=renewal.identity.pem,
+        renewal=renewal,
+    )
+    old = renewal.identity.pem
+    runner = await serve(renewal.context, unused_tcp_port)
+    url = f"https://127.0.0.1:{unused_tcp_port}/healthz"
+
+    async def status(pem: str) -> int:
+        # A new session each time: a new connection, a new handshake.
+        async with aiohttp.ClientSession() as http, http.get(url, ssl=pinned_context(pem)) as r:
+            return r.status
+
+    try:
+        assert not await renewer.refresh_certificate(made)
+        assert kube.applied == []
+        assert await status(old) == 200
+        assert await renewer.refresh_certificate(now)
+        assert parse_lease("node-1", kube.applied[-1]).certificate == renewer.certificate
+        new = renewer.certificate
+        assert new is not None
+        assert new != old
+        announced = kube.applied[-1]["metadata"]["annotations"]
+        assert announced["kubesandbox.dev/tls-certificate"] == new
+        assert await status(new) == 200
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await status(old)
+        assert not await renewer.refresh_certificate(now)
+    finally:
+        await runner.cleanup()
