@@ -1,9 +1,12 @@
-"""Where the pinned control-plane binaries live, and building them when they are missing.
+"""Where the pinned Kubernetes binaries live, and building them when they are missing.
 
 The binaries are built from the Go module proxy by ``devenv/build-binaries.sh`` into a cache
-keyed by version (``$KUBESANDBOX_CACHE/bin/k8s-<version>/``, ``.../etcd-<version>/``). Nothing
-here downloads anything itself: when a binary is missing we run that script, which is
-idempotent and writes a cache entry only once it is complete.
+keyed by version: the control plane (``$KUBESANDBOX_CACHE/bin/k8s-<version>/``,
+``.../etcd-<version>/``) and, for the real node (``realnode``), kubelet and kube-proxy
+(``.../k8s-node-<version>/``) and crictl (``.../crictl-<version>/``). The two sets are checked
+and built separately: control-plane tests never wait for a kubelet build. Nothing here
+downloads anything itself: when a binary is missing we run that script, which is idempotent
+and writes a cache entry only once it is complete.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from pathlib import Path
 
 KUBERNETES_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.5"
+CRICTL_VERSION = "v1.34.0"
+"""cri-tools has no v1.35.0 on the module proxy; crictl speaks CRI v1, which containerd 1.6
+serves."""
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO_ROOT / "devenv" / "build-binaries.sh"
@@ -65,6 +71,72 @@ class Binaries:
         return [path for path in self.all() if not os.access(path, os.X_OK)]
 
 
+@dataclass(frozen=True)
+class NodeBinaries:
+    """Absolute paths of the binaries of the real node we build (containerd, runc and the CNI
+    plugins come from Debian's packages)."""
+
+    kubelet: Path
+    kube_proxy: Path
+    crictl: Path
+
+    @classmethod
+    def in_cache(cls, cache: Path | None = None) -> NodeBinaries:
+        root = (cache or cache_dir()) / "bin"
+        node = root / f"k8s-node-{KUBERNETES_VERSION}"
+        return cls(
+            kubelet=node / "kubelet",
+            kube_proxy=node / "kube-proxy",
+            crictl=root / f"crictl-{CRICTL_VERSION}" / "crictl",
+        )
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.kubelet, self.kube_proxy, self.crictl)
+
+    def missing(self) -> list[Path]:
+        return [path for path in self.all() if not os.access(path, os.X_OK)]
+
+
+def _run_build(what: str, cache: Path | None, show_progress: bool) -> tuple[int, str]:
+    env = dict(os.environ, GOTOOLCHAIN="local")
+    if cache is not None:
+        env["KUBESANDBOX_CACHE"] = str(cache)
+    env.setdefault("KUBESANDBOX_CACHE", str(cache_dir()))
+    env["K8S_VERSION"] = KUBERNETES_VERSION
+    env["ETCD_VERSION"] = ETCD_VERSION
+    env["CRICTL_VERSION"] = CRICTL_VERSION
+    # The script serialises concurrent builds itself (flock on the cache).
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), what],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=None if show_progress else subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    return result.returncode, "\n".join((result.stderr or "").splitlines()[-30:])
+
+
+def _failed(returncode: int, missing: list[Path], tail: str) -> BinariesMissingError:
+    return BinariesMissingError(
+        f"{BUILD_SCRIPT} exited {returncode}; missing: "
+        f"{', '.join(map(str, missing)) or 'none'}\n{tail}"
+    )
+
+
+def ensure_node_binaries(cache: Path | None = None, *, show_progress: bool = False) -> NodeBinaries:
+    """kubelet, kube-proxy and crictl, building them first if any is missing (with a warm Go
+    build cache about 2 minutes; from nothing about as long as the control plane)."""
+    binaries = NodeBinaries.in_cache(cache)
+    if not binaries.missing():
+        return binaries
+    returncode, tail = _run_build("node", cache, show_progress)
+    if returncode != 0 or binaries.missing():
+        raise _failed(returncode, binaries.missing(), tail)
+    return binaries
+
+
 def ensure_binaries(cache: Path | None = None, *, show_progress: bool = False) -> Binaries:
     """The cached binaries, building them first (minutes, once per machine) if any is missing.
 
@@ -74,27 +146,7 @@ def ensure_binaries(cache: Path | None = None, *, show_progress: bool = False) -
     binaries = Binaries.in_cache(cache)
     if not binaries.missing():
         return binaries
-    env = dict(os.environ, GOTOOLCHAIN="local")
-    if cache is not None:
-        env["KUBESANDBOX_CACHE"] = str(cache)
-    env.setdefault("KUBESANDBOX_CACHE", str(cache_dir()))
-    env["K8S_VERSION"] = KUBERNETES_VERSION
-    env["ETCD_VERSION"] = ETCD_VERSION
-    # The script serialises concurrent builds itself (flock on the cache).
-    result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=None if show_progress else subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    still_missing = binaries.missing()
-    if result.returncode != 0 or still_missing:
-        tail = "\n".join((result.stderr or "").splitlines()[-30:])
-        raise BinariesMissingError(
-            f"{BUILD_SCRIPT} exited {result.returncode}; missing: "
-            f"{', '.join(map(str, still_missing)) or 'none'}\n{tail}"
-        )
+    returncode, tail = _run_build("control-plane", cache, show_progress)
+    if returncode != 0 or binaries.missing():
+        raise _failed(returncode, binaries.missing(), tail)
     return binaries

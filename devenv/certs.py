@@ -36,6 +36,9 @@ APISERVER_DNS_NAMES = (
 )
 LOOPBACK_IPS = ("127.0.0.1",)
 FRONT_PROXY_CLIENT_NAME = "front-proxy-client"
+KUBELET_CLIENT_NAME = "kube-apiserver-kubelet-client"
+"""The apiserver's identity towards kubelets (logs, exec, port-forward, the node proxy); bound
+to ``system:kubelet-api-admin`` by the control plane (``ControlPlane.start``)."""
 VALIDITY = datetime.timedelta(days=365)
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 
@@ -186,6 +189,16 @@ class Authority:
         return pair
 
 
+def certificate_ips(path: Path) -> set[str]:
+    """The IP address SANs of the PEM certificate at ``path`` (empty when it has none)."""
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+
+
 @dataclass(frozen=True)
 class ClusterPKI:
     """Every certificate and key file of one control plane, all under ``directory``."""
@@ -219,6 +232,11 @@ class ClusterPKI:
         return self._pair("scheduler")
 
     @property
+    def apiserver_kubelet_client(self) -> CertPair:
+        """``--kubelet-client-certificate``: what kube-apiserver presents to kubelets."""
+        return self._pair("apiserver-kubelet-client")
+
+    @property
     def front_proxy_ca(self) -> CertPair:
         return self._pair("front-proxy-ca")
 
@@ -243,18 +261,13 @@ class ClusterPKI:
             files += [pair.cert, pair.key]
         return all(path.is_file() for path in files)
 
-    def create(self) -> ClusterPKI:
+    def create(self, apiserver_ips: Sequence[str] = ()) -> ClusterPKI:
         """Generate every file, replacing whatever was there."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         ca = Authority.create("kubesandbox-ca")
         ca.save(self.ca)
-        ca.issue(
-            self.apiserver,
-            "kube-apiserver",
-            dns_names=APISERVER_DNS_NAMES,
-            ip_addresses=(*LOOPBACK_IPS, SERVICE_IP),
-            server=True,
-        )
+        self._issue_apiserver(ca, apiserver_ips)
+        ca.issue(self.apiserver_kubelet_client, KUBELET_CLIENT_NAME, client=True)
         ca.issue(
             self.components_serving,
             "kubesandbox-components",
@@ -277,9 +290,42 @@ class ClusterPKI:
         )
         return self
 
-    def ensure(self) -> ClusterPKI:
-        """Reuse a complete PKI from an earlier run of this environment, or create one."""
-        return self if self.exists() else self.create()
+    def _issue_apiserver(self, ca: Authority, extra_ips: Sequence[str]) -> None:
+        ips = list(dict.fromkeys((*LOOPBACK_IPS, SERVICE_IP, *extra_ips)))
+        ca.issue(
+            self.apiserver,
+            "kube-apiserver",
+            dns_names=APISERVER_DNS_NAMES,
+            ip_addresses=ips,
+            server=True,
+        )
+
+    def apiserver_ips(self) -> set[str]:
+        """The IP addresses the apiserver's serving certificate is valid for."""
+        return certificate_ips(self.apiserver.cert)
+
+    def ensure(self, apiserver_ips: Sequence[str] = ()) -> ClusterPKI:
+        """Reuse a complete PKI from an earlier run of this environment, or create one.
+
+        An existing PKI gets what later versions added from its own CA, so a running
+        environment's clients keep working: the apiserver's kubelet client certificate, and a
+        new serving certificate when it lacks one of ``apiserver_ips`` (the node IP of a real
+        node; the apiserver reloads its serving certificate from the file by itself).
+        """
+        if not self.exists():
+            return self.create(apiserver_ips)
+        missing_ips = set(apiserver_ips) - self.apiserver_ips()
+        has_kubelet_client = all(
+            path.is_file()
+            for path in (self.apiserver_kubelet_client.cert, self.apiserver_kubelet_client.key)
+        )
+        if missing_ips or not has_kubelet_client:
+            ca = Authority.load(self.ca)
+            if missing_ips:
+                self._issue_apiserver(ca, [*sorted(self.apiserver_ips()), *apiserver_ips])
+            if not has_kubelet_client:
+                ca.issue(self.apiserver_kubelet_client, KUBELET_CLIENT_NAME, client=True)
+        return self
 
     def issue_client(self, user: str, groups: Sequence[str] = ()) -> CertPair:
         """A client certificate for ``user`` in ``groups``, signed by the cluster CA."""

@@ -6,17 +6,24 @@ later issues add the operator, node agent, registry and gateway the same way.
 
 Why these flags (docs/devenv.md has the long version):
 
-* everything listens on 127.0.0.1 only, on ports picked free at start;
+* everything listens on 127.0.0.1 only, on ports picked free at start; with a real node
+  (``node_ip`` given, see ``realnode``) kube-apiserver listens on every address and advertises
+  the node's, so Pods reach it through the ``kubernetes`` Service (10.96.0.1:443) via
+  kube-proxy, and the endpoint reconciler (lease) keeps that Service's endpoints;
 * etcd is single-member with ``--unsafe-no-fsync``: the data is disposable and fsync is what
   makes etcd slow on a shared disk;
 * kube-apiserver authenticates x509 clients against the cluster CA and service-account tokens
-  against our signing key, authorizes with RBAC only (no Node authorizer: there are no
-  kubelets), and carries the requestheader flags with the separate front-proxy CA so an
-  aggregated API can be registered later;
-* there is no kubelet, so nothing would ever clear the ``node.kubernetes.io/not-ready`` taint:
-  the ``TaintNodesByCondition`` admission plugin is disabled and so is the node-lifecycle
-  controller (it would mark the registered Nodes NotReady after 40 s without heartbeats and
-  evict their Pods). Tests that need a lost node set its Ready condition themselves;
+  against our signing key, authorizes with the Node authorizer and RBAC and admits with
+  ``NodeRestriction`` (a kubelet may touch only its own Node and its Pods), reaches kubelets
+  with a client certificate bound to ``system:kubelet-api-admin`` and verifies their serving
+  certificates against our CA, and carries the requestheader flags with the separate
+  front-proxy CA so an aggregated API can be registered later;
+* without a real node (the kubelet-less Nodes of ``nodes``) nothing would ever clear the
+  ``node.kubernetes.io/not-ready`` taint: the ``TaintNodesByCondition`` admission plugin is
+  disabled and so is the node-lifecycle controller (it would mark the registered Nodes
+  NotReady after 40 s without heartbeats and evict their Pods). Tests that need a lost node set
+  its Ready condition themselves. With a real node both are on, as in a real cluster: the
+  kubelet heartbeats, and the controller lifts the taint once the node reports Ready;
 * the controller manager and the scheduler use their own client certificates
   (``system:kube-controller-manager``, ``system:kube-scheduler``: the bootstrap RBAC names) and
   serve their health ports with a certificate from our CA, so probes verify TLS.
@@ -42,6 +49,22 @@ SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 DISABLED_CONTROLLERS = ("node-lifecycle-controller",)
 DISABLED_ADMISSION_PLUGINS = ("TaintNodesByCondition",)
+"""Both only without a real node (see the module docstring)."""
+ENABLED_ADMISSION_PLUGINS = ("NodeRestriction",)
+KUBELET_ADDRESS_TYPES = ("InternalIP", "Hostname")
+"""The apiserver tries a Node's hostname first by default; ours does not resolve."""
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` ports the kernel says are free on ``host`` now (all bound at once, so they
+    are distinct); another process may take one before its user binds it."""
+    with ExitStack() as stack:
+        sockets = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 class Component(Protocol):
@@ -72,15 +95,8 @@ class Ports:
 
     @classmethod
     def pick(cls) -> Ports:
-        """Ports the kernel says are free now (all bound at once, so they are distinct)."""
-        with ExitStack() as stack:
-            sockets = []
-            for _ in range(5):
-                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                sock.bind(("127.0.0.1", 0))
-                sockets.append(sock)
-            ports = [sock.getsockname()[1] for sock in sockets]
-        return cls(*ports)
+        """Ports the kernel says are free now."""
+        return cls(*free_ports(5))
 
     @classmethod
     def load(cls, path: Path) -> Ports | None:
@@ -177,27 +193,39 @@ def etcd_argv(binaries: Binaries, layout: Layout, ports: Ports) -> list[str]:
     ]
 
 
-def apiserver_argv(binaries: Binaries, layout: Layout, pki: ClusterPKI, ports: Ports) -> list[str]:
+def apiserver_argv(
+    binaries: Binaries, layout: Layout, pki: ClusterPKI, ports: Ports, node_ip: str | None = None
+) -> list[str]:
+    """``node_ip``: a real node runs, and its Pods must reach us at that address."""
+    if node_ip is None:
+        # The `kubernetes` Service's endpoints would have to be 127.0.0.1, which Endpoints
+        # validation refuses; no Pod runs here to use them anyway.
+        network = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
+        network.append("--endpoint-reconciler-type=none")
+        network.append(f"--disable-admission-plugins={','.join(DISABLED_ADMISSION_PLUGINS)}")
+    else:
+        network = ["--bind-address=0.0.0.0", f"--advertise-address={node_ip}"]
+        network.append("--endpoint-reconciler-type=lease")
     return [
         str(binaries.kube_apiserver),
         f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        *network,
         f"--secure-port={ports.apiserver}",
         f"--cert-dir={layout.root / 'apiserver-certs'}",
         f"--tls-cert-file={pki.apiserver.cert}",
         f"--tls-private-key-file={pki.apiserver.key}",
         f"--client-ca-file={pki.ca.cert}",
-        "--authorization-mode=RBAC",
+        "--authorization-mode=Node,RBAC",
+        f"--enable-admission-plugins={','.join(ENABLED_ADMISSION_PLUGINS)}",
+        f"--kubelet-client-certificate={pki.apiserver_kubelet_client.cert}",
+        f"--kubelet-client-key={pki.apiserver_kubelet_client.key}",
+        f"--kubelet-certificate-authority={pki.ca.cert}",
+        f"--kubelet-preferred-address-types={','.join(KUBELET_ADDRESS_TYPES)}",
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
         f"--service-account-key-file={pki.service_account.public}",
         f"--service-account-signing-key-file={pki.service_account.private}",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-        # The `kubernetes` Service's endpoints would have to be 127.0.0.1, which Endpoints
-        # validation refuses; no Pod runs here to use them anyway.
-        "--endpoint-reconciler-type=none",
         "--allow-privileged=true",
-        f"--disable-admission-plugins={','.join(DISABLED_ADMISSION_PLUGINS)}",
         f"--requestheader-client-ca-file={pki.front_proxy_ca.cert}",
         "--requestheader-allowed-names=front-proxy-client",
         "--requestheader-username-headers=X-Remote-User",
@@ -210,9 +238,10 @@ def apiserver_argv(binaries: Binaries, layout: Layout, pki: ClusterPKI, ports: P
 
 
 def controller_manager_argv(
-    binaries: Binaries, layout: Layout, pki: ClusterPKI, ports: Ports
+    binaries: Binaries, layout: Layout, pki: ClusterPKI, ports: Ports, *, real_node: bool = False
 ) -> list[str]:
     kubeconfig = layout.component_kubeconfigs / "controller-manager.kubeconfig"
+    disabled = () if real_node else DISABLED_CONTROLLERS
     return [
         str(binaries.kube_controller_manager),
         f"--kubeconfig={kubeconfig}",
@@ -228,7 +257,7 @@ def controller_manager_argv(
         f"--cluster-signing-key-file={pki.ca.key}",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--use-service-account-credentials=true",
-        f"--controllers=*,{','.join('-' + name for name in DISABLED_CONTROLLERS)}",
+        f"--controllers={','.join(['*', *('-' + name for name in disabled)])}",
         "--cluster-name=kubesandbox",
         "--leader-elect=false",
         "--profiling=false",
@@ -252,9 +281,17 @@ def scheduler_argv(binaries: Binaries, layout: Layout, pki: ClusterPKI, ports: P
 
 
 def control_plane_components(
-    binaries: Binaries, layout: Layout, pki: ClusterPKI, ports: Ports, *, tied: bool
+    binaries: Binaries,
+    layout: Layout,
+    pki: ClusterPKI,
+    ports: Ports,
+    *,
+    tied: bool,
+    node_ip: str | None = None,
 ) -> list[list[ProcessComponent]]:
-    """The control plane in start order: each stage waits for the one before it."""
+    """The control plane in start order: each stage waits for the one before it.
+
+    ``node_ip``: configured for a real node with that address (see ``apiserver_argv``)."""
     etcd = ProcessComponent(
         "etcd",
         etcd_argv(binaries, layout, ports),
@@ -264,14 +301,14 @@ def control_plane_components(
     )
     apiserver = ProcessComponent(
         "kube-apiserver",
-        apiserver_argv(binaries, layout, pki, ports),
+        apiserver_argv(binaries, layout, pki, ports, node_ip),
         HealthProbe(ports.apiserver, "/readyz", ca=pki.ca.cert, client=pki.admin),
         layout,
         tied=tied,
     )
     controller_manager = ProcessComponent(
         "kube-controller-manager",
-        controller_manager_argv(binaries, layout, pki, ports),
+        controller_manager_argv(binaries, layout, pki, ports, real_node=node_ip is not None),
         HealthProbe(ports.controller_manager, "/healthz", ca=pki.ca.cert),
         layout,
         tied=tied,

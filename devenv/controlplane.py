@@ -1,8 +1,14 @@
 """``ControlPlane``: etcd, kube-apiserver, kube-controller-manager and kube-scheduler on loopback.
 
 Start order is etcd → kube-apiserver (until ``/readyz``) → controller manager and scheduler
-together (until ``/healthz``), then the kubelet-less Nodes are registered. Every step is
-bounded by one start timeout; a failure names the component and shows its last log lines.
+together (until ``/healthz``), then the apiserver's kubelet client is bound to
+``system:kubelet-api-admin`` and the kubelet-less Nodes are registered. Every step is bounded by
+one start timeout; a failure names the component and shows its last log lines.
+
+``real_node=True`` configures it for a real kubelet (``realnode.RealNode``) instead of
+kubelet-less Nodes: the apiserver listens on the node's address too and advertises it, so Pods
+reach it through the ``kubernetes`` Service, and the node-lifecycle controller and the
+``TaintNodesByCondition`` admission plugin are on (see ``components``).
 
 ``start`` is idempotent: with an existing state directory it reuses the PKI, the etcd data, the
 ports of components still alive, and starts only what is dead. Tests use it as a context
@@ -22,9 +28,10 @@ from pathlib import Path
 from types import TracebackType
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from kubesandbox_devenv.binaries import Binaries, ensure_binaries
-from kubesandbox_devenv.certs import CertPair, ClusterPKI
+from kubesandbox_devenv.certs import KUBELET_CLIENT_NAME, CertPair, ClusterPKI
 from kubesandbox_devenv.components import (
     Layout,
     Ports,
@@ -32,6 +39,7 @@ from kubesandbox_devenv.components import (
     control_plane_components,
     start_stages,
 )
+from kubesandbox_devenv.hostnet import primary_ipv4
 from kubesandbox_devenv.kubeconfig import write_kubeconfig
 from kubesandbox_devenv.nodes import NodeShape, node_names, register_nodes
 from kubesandbox_devenv.probes import ComponentFailedError
@@ -42,6 +50,8 @@ PORT_ATTEMPTS = 3
 ADDRESS_IN_USE = "address already in use"
 CRD_SUFFIXES = (".yaml", ".yml", ".json")
 COMPONENT_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+KUBELET_API_ADMIN = "system:kubelet-api-admin"
+KUBELET_CLIENT_BINDING = "kubesandbox:apiserver-kubelet-client"
 
 
 class KubectlError(subprocess.CalledProcessError):
@@ -67,15 +77,25 @@ class ControlPlane:
         self,
         state_dir: Path,
         *,
-        nodes: int = 1,
+        nodes: int | None = None,
         node_shape: NodeShape | None = None,
         detached: bool = False,
         binaries: Binaries | None = None,
         start_timeout: float = DEFAULT_START_TIMEOUT,
+        real_node: bool = False,
     ) -> None:
+        """``nodes``: kubelet-less Nodes to register (default 1; none with ``real_node``, whose
+        kubelet registers ``kubesandbox-node-0`` itself)."""
+        if real_node and nodes:
+            raise ValueError(
+                "nodes: a control plane for a real node registers no kubelet-less Nodes "
+                "(the kubelet registers kubesandbox-node-0 itself)"
+            )
         self.layout = Layout(state_dir.resolve())
         self.pki = ClusterPKI(self.layout.pki)
-        self.node_count = nodes
+        self.real_node = real_node
+        self.node_count = (0 if real_node else 1) if nodes is None else nodes
+        self._node_ip: str | None = None
         self.node_shape = node_shape or NodeShape()
         self.detached = detached
         self.start_timeout = start_timeout
@@ -95,7 +115,7 @@ class ControlPlane:
         began = time.monotonic()
         for directory in (self.layout.root, self.layout.run, self.layout.logs):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.pki.ensure()
+        self.pki.ensure(apiserver_ips=[self.node_ip] if self.real_node else [])
         for attempt in range(1, PORT_ATTEMPTS + 1):
             fresh = not any(process.is_alive() for process in self._processes())
             try:
@@ -115,12 +135,18 @@ class ControlPlane:
             self._ports = ports
             self._write_kubeconfigs(ports)
             self._stages = control_plane_components(
-                self.binaries, self.layout, self.pki, ports, tied=not self.detached
+                self.binaries,
+                self.layout,
+                self.pki,
+                ports,
+                tied=not self.detached,
+                node_ip=self.node_ip if self.real_node else None,
             )
         try:
             timings = start_stages(self._stages, self.start_timeout)
             nodes_began = time.monotonic()
             with self.api_client() as api:
+                bind_kubelet_client(api)
                 register_nodes(api, node_names(self.node_count), self.node_shape)
         except BaseException:
             if not self.detached:
@@ -150,6 +176,13 @@ class ControlPlane:
         return {process.name: process.pid() for process in self._processes()}
 
     # -- how to reach it ---------------------------------------------------------------------
+
+    @property
+    def node_ip(self) -> str:
+        """The host's primary IPv4 address: where a real node's Pods reach the apiserver."""
+        if self._node_ip is None:
+            self._node_ip = primary_ipv4()
+        return self._node_ip
 
     @property
     def binaries(self) -> Binaries:
@@ -283,3 +316,27 @@ class ControlPlane:
                 client=pair,
                 embed=False,
             )
+
+
+def bind_kubelet_client(api: client.ApiClient) -> None:
+    """Let the apiserver's kubelet client certificate use every kubelet API (logs, exec,
+    port-forward, the node proxy): kubelets authorize it by SubjectAccessReview like anyone."""
+    body = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": KUBELET_CLIENT_BINDING},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": KUBELET_API_ADMIN,
+        },
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": KUBELET_CLIENT_NAME}
+        ],
+    }
+    try:
+        binding = client.V1ClusterRoleBinding.model_validate(body)
+        client.RbacAuthorizationV1Api(api).create_cluster_role_binding(binding)
+    except ApiException as error:
+        if error.status != 409:
+            raise

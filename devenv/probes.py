@@ -11,6 +11,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from kubesandbox_devenv.certs import CertPair
 from kubesandbox_devenv.processes import ManagedProcess
@@ -60,7 +61,17 @@ class HealthProbe:
         return response.status == 200, f"HTTP {response.status}: {body.strip()[-500:]}"
 
 
-def wait_healthy(process: ManagedProcess, probe: HealthProbe, deadline: float) -> float:
+class Probe(Protocol):
+    """Anything that can say once whether a component serves (``HealthProbe`` and others)."""
+
+    @property
+    def path(self) -> str:
+        """What is probed, for messages."""
+
+    def check(self, timeout: float = 2.0) -> tuple[bool, str]: ...
+
+
+def wait_healthy(process: ManagedProcess, probe: Probe, deadline: float) -> float:
     """Poll until ``probe`` passes; returns the seconds waited. ``deadline`` is monotonic."""
     started = time.monotonic()
     observed = "not probed yet"

@@ -46,6 +46,12 @@ def _read_start_time(pid: int) -> int | None:
     return start_time
 
 
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None when it is gone or a zombie: with
+    the pid, what identifies a process across pid reuse."""
+    return _read_start_time(pid)
+
+
 def _die_with_parent_preexec() -> Callable[[], None]:
     libc = ctypes.CDLL(None, use_errno=True)
     parent = os.getpid()

@@ -1,0 +1,66 @@
+"""What stopping the real node leaves on the machine: after a Pod ran (a bridge, a veth, a
+network namespace, CNI and kube-proxy chains, mounts, cgroups, changed kernel settings),
+no process of ours, no ``KUBE-*``/``CNI-*`` chain, no ``cni0``, no mount under the state dir,
+the kernel settings as they were, and the machine lock free for the next node."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kubesandbox_devenv import hostnet
+from kubesandbox_devenv.binaries import ensure_binaries, ensure_node_binaries
+from kubesandbox_devenv.controlplane import ControlPlane
+from kubesandbox_devenv.nodeconfig import CNI_BRIDGE
+from kubesandbox_devenv.realnode import MachineLock, RealNode
+from kubesandbox_devenv.registry import Registry
+
+from .test_lifecycle import processes_under, wait_all_gone
+from .test_realnode import pod, push_busybox, wait_pod
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.registry, pytest.mark.slow]
+
+
+def pod_processes() -> list[int]:
+    found: set[int] = set()
+    for procs in hostnet.CGROUP_ROOT.glob(f"*/{hostnet.POD_CGROUP}/**/cgroup.procs"):
+        found.update(int(pid) for pid in procs.read_text().split())
+    return sorted(found)
+
+
+def test_stop_leaves_no_process_chain_bridge_or_mount(tmp_path: Path) -> None:
+    sysctls_before = hostnet.read_sysctls(hostnet.KUBELET_SYSCTLS)
+    registry = Registry(tmp_path / "registry").start()
+    try:
+        push_busybox(registry, tmp_path / "layout")
+        state = tmp_path / "env"
+        with ControlPlane(state, real_node=True, binaries=ensure_binaries()) as plane:
+            node = RealNode(plane, binaries=ensure_node_binaries())
+            node.configure_registry(registry.host)
+            with node:
+                # `sh` as PID 1 ignores SIGTERM: the stop must not wait for it.
+                plane.kubectl(
+                    "apply", "-f", "-", input_text=json.dumps(pod("sleeper", "sleep 3600"))
+                )
+                wait_pod(plane, "sleeper")
+                node_pids = [pid for pid in node.status().values() if pid is not None]
+                in_pods = pod_processes()
+                assert len(node_pids) == 3
+                assert in_pods
+                assert hostnet.our_chains()
+                assert Path("/sys/class/net", CNI_BRIDGE).exists()
+                assert hostnet.mounts_below(state)
+            assert wait_all_gone(node_pids + in_pods) == []
+            assert [
+                pid for pid in processes_under(state) if pid not in plane.status().values()
+            ] == []
+            assert hostnet.our_chains() == {}
+            assert not Path("/sys/class/net", CNI_BRIDGE).exists()
+            assert hostnet.mounts_below(state) == []
+            assert pod_processes() == []
+            assert hostnet.read_sysctls(hostnet.KUBELET_SYSCTLS) == sysctls_before
+            assert MachineLock().holder() is None
+    finally:
+        registry.stop()
