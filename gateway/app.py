@@ -68,6 +68,8 @@ WS_MAX_MESSAGE = 16 << 20
 AGENT_CONNECT_TIMEOUT = 10.0
 NODE_AGENT_TIMEOUT = 30.0
 LIST_PAGE = 500
+LOG_QUERY = frozenset({"sources", "follow", "tail", "cursor"})
+"""What a log request may ask of the node agent (docs/gateway.md, "The sandbox log")."""
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 UID_CACHE_TTL = 300.0
@@ -568,6 +570,48 @@ class Gateway:
             raise unreachable(f"the node agent of node {agent.node} answered no JSON") from error
         return web.json_response(payload)
 
+    # ---- the sandbox log ------------------------------------------------------------------
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        """The sandbox log, streamed from its node agent as it comes (Server-Sent Events).
+
+        The node agent owns the format (the SDK's, docs/msb-compat.md §7) and the query
+        (``sources``, ``follow``, ``tail``, ``Last-Event-ID``); the gateway checks ``get
+        sandboxes/log``, forwards the caller's token and passes the bytes through. Every
+        failure before the first byte is an HTTP error the SDK shows (404, 409, 502, 400)."""
+        caller, sandbox = await self.by_id(request, "get", "log")
+        agent = await node_agent_for(self.kube, self.agents_namespace, sandbox, self.leases)
+        url = agent.url(sandbox["metadata"]["uid"], "logs")
+        headers = {"Authorization": f"Bearer {caller.token}", "Accept": "text/event-stream"}
+        if "Last-Event-ID" in request.headers:
+            headers["Last-Event-ID"] = request.headers["Last-Event-ID"][:200]
+        query = {k: v[:200] for k, v in request.query.items() if k in LOG_QUERY}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=AGENT_CONNECT_TIMEOUT)
+        response: web.StreamResponse | None = None
+        try:
+            async with self.session.get(
+                url, params=query, headers=headers, timeout=timeout, ssl=agent.pinned_ssl or True
+            ) as upstream:
+                if upstream.status >= 400:
+                    text = (await upstream.content.read(MAX_BODY)).decode(errors="replace")
+                    if upstream.status == 400:
+                        raise invalid_request(text.strip()[:500])
+                    raise node_agent_refusal(upstream.status, text, agent.node)
+                response = web.StreamResponse(
+                    headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+                )
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            if response is not None:
+                return response  # either side went away mid-stream: end it there
+            raise unreachable(
+                f"the node agent of node {agent.node} is unreachable: {error!r}"
+            ) from error
+        await response.write_eof()
+        return response
+
     # ---- the agent WebSocket --------------------------------------------------------------
 
     async def agent(self, request: web.Request) -> web.StreamResponse:
@@ -853,6 +897,7 @@ def make_app(gateway: Gateway) -> web.Application:
         ("POST", "/v1/sandboxes/{id}/drain", gateway.drain),
         ("GET", "/v1/sandboxes/{id}/metrics", gateway.metrics),
         ("GET", "/v1/sandboxes/{id}/agent", gateway.agent),
+        ("GET", "/v1/sandboxes/{id}/logs", gateway.logs),
     ]
     for prefix in ("", "/ns/{namespace}"):
         for method, path, handler in routes:

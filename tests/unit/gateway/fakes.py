@@ -276,6 +276,11 @@ class FakeNodeAgent:
         self.app.router.add_get("/v1/sandboxes/{uid}/agent", self.agent)
         self.app.router.add_post("/v1/sandboxes/{uid}/{verb}", self.verb)
         self.app.router.add_get("/v1/sandboxes/{uid}/metrics", self.metrics)
+        self.app.router.add_get("/v1/sandboxes/{uid}/logs", self.logs)
+        self.log_requests: list[tuple[dict[str, str], str | None]] = []
+        """(query, Last-Event-ID) of each log request."""
+        self.log_events = LOG_EVENTS
+        self.log_status = 200
 
     def _authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bearer {self.token}"
@@ -313,3 +318,27 @@ class FakeNodeAgent:
         if not self._authorized(request):
             return web.json_response({"error": "forbidden"}, status=403)
         return web.json_response({"cpuPercent": 12.5, "memoryBytes": 1 << 20})
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.json_response({"error": "forbidden"}, status=403)
+        self.log_requests.append((dict(request.query), request.headers.get("Last-Event-ID")))
+        if self.log_status != 200:
+            return web.Response(status=self.log_status, text="sources: 'x' is not a source")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in self.log_events:
+            await response.write(event)  # one event per write: the gateway must not wait for all
+        await response.write_eof()
+        return response
+
+
+LOG_CURSOR = "AQAAAAAAAAABAAAAAAAAAEA="
+"""A cursor as the node agent makes them (tag 1, segment 1, offset 64)."""
+LOG_EVENTS = [
+    b"event: log\nid: " + LOG_CURSOR.encode() + b"\ndata: "
+    b'{"ts":"2026-12-04T06:00:00.000Z","source":"stdout","session_id":7,"text":"hello\\n"}\n\n',
+    b"event: log\nid: " + LOG_CURSOR.encode() + b"\ndata: "
+    b'{"ts":"2026-12-04T06:00:01.000Z","source":"system","session_id":null,'
+    b'"text":"session 7: exited with code 0\\n"}\n\n',
+]
