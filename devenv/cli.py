@@ -1,4 +1,4 @@
-"""``kubesandbox-devenv up | down | status``: the embedded environment behind ``make up``.
+"""``kubesandbox-devenv up | down | status | images``: the embedded environment behind ``make up``.
 
 The environment is a list of components, each able to start (idempotently), say whether it is
 alive, and stop. ``up`` starts them in order and leaves them running detached (their pid files
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from kubesandbox_devenv import services, timing
+from kubesandbox_devenv import images, services, timing
 from kubesandbox_devenv.binaries import REPO_ROOT, Binaries, BinariesMissingError, ensure_binaries
 from kubesandbox_devenv.controlplane import ControlPlane, KubectlError
 from kubesandbox_devenv.probes import ComponentFailedError
@@ -256,6 +256,16 @@ def _parser() -> argparse.ArgumentParser:
         "--purge", action="store_true", help="also delete the state dir (PKI, etcd data, logs)"
     )
     commands.add_parser("status", help="show what runs; exit 1 when something is down")
+    images_parser = commands.add_parser(
+        "images", help="build the Dockerfile's images (cached by content) and push them"
+    )
+    images_parser.add_argument(
+        "--registry",
+        help="host:port of a plain-HTTP registry (default: the one in <state-dir>/registry)",
+    )
+    images_parser.add_argument(
+        "--force", action="store_true", help="rebuild without the layer cache and push again"
+    )
     measure_parser = commands.add_parser(
         "measure", help="time start and stop of fresh control planes (state dir unused)"
     )
@@ -278,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "down":
             with state_lock(settings.state_dir):
                 return down(settings, purge=args.purge)
+        if args.command == "images":
+            return images.main(args, settings.state_dir)
         if args.command == "measure":
             print(timing.report(timing.measure(args.runs)))
             return 0
@@ -287,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         BinariesMissingError,
         KubectlError,
         services.ServiceError,
+        images.ImageBuildError,
     ) as error:
         print(f"kubesandbox-devenv: {args.command} failed: {error}", file=sys.stderr)
         return 1

@@ -6,6 +6,10 @@ renamed, so a half-finished fetch is never used). The pin is the concrete packag
 ``linux-image-cloud-amd64``; ``resolve_current()`` tells what the metapackage points at today,
 which is how the pin is bumped (``python -m kubesandbox_node.bootimage --resolve-kernel``).
 
+``$KUBESANDBOX_KERNEL_DIR`` names a kernel unpacked ahead of time (the node-agent image bakes
+one in at ``/usr/lib/kubesandbox/kernel``, see docs/images.md): ``fetch()`` then uses it as it
+is, never downloads, and fails if it does not hold the pinned release.
+
 The bzImage is also unpacked once into ``boot/vmlinux-<release>``, an ELF with a PVH entry note
 (the kernel is built with ``CONFIG_PVH=y``): QEMU then jumps straight into the uncompressed
 kernel, skipping the in-guest decompression that costs about a second under TCG (see
@@ -32,6 +36,7 @@ from kubesandbox_node.bootimage.paths import cache_root
 KERNEL_PACKAGE = os.environ.get("KUBESANDBOX_KERNEL_PACKAGE", "linux-image-6.1.0-56-cloud-amd64")
 KERNEL_VERSION = os.environ.get("KUBESANDBOX_KERNEL_VERSION", "6.1.192-2")
 METAPACKAGE = "linux-image-cloud-amd64"
+KERNEL_DIR_ENV = "KUBESANDBOX_KERNEL_DIR"
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +101,10 @@ def resolve_current() -> tuple[str, str]:
 def fetch(
     package: str = KERNEL_PACKAGE, version: str = KERNEL_VERSION, cache: Path | None = None
 ) -> Kernel:
-    """The unpacked kernel, downloading it on first use."""
+    """The unpacked kernel, downloading it on first use (or the baked one, see the module doc)."""
+    baked = os.environ.get(KERNEL_DIR_ENV)
+    if baked:
+        return baked_kernel(Path(baked), package)
     dest = (cache or cache_root()) / "kernel" / version
     kernel = Kernel(release_of(package), dest)
     if kernel.vmlinuz.is_file() and kernel.modules_dir.is_dir():
@@ -129,6 +137,17 @@ def fetch(
         else:
             unpacked.rename(dest)
     ensure_vmlinux(kernel)
+    return kernel
+
+
+def baked_kernel(root: Path, package: str = KERNEL_PACKAGE) -> Kernel:
+    """A kernel package unpacked ahead of time at ``root``; read only, never downloaded."""
+    kernel = Kernel(release_of(package), root)
+    if not (kernel.vmlinuz.is_file() and kernel.modules_dir.is_dir()):
+        raise KernelFetchError(
+            f"{KERNEL_DIR_ENV}={root} holds no boot/vmlinuz-{kernel.release} "
+            f"and lib/modules/{kernel.release} (an unpacked {package})"
+        )
     return kernel
 
 

@@ -1,9 +1,11 @@
 import gzip
 import lzma
 import struct
+from pathlib import Path
 
 import pytest
 
+from kubesandbox_node.bootimage import kernel
 from kubesandbox_node.bootimage.kernel import KernelFetchError, decompress_payload
 
 ELF = b"\x7fELF" + bytes(range(256)) * 40
@@ -32,3 +34,30 @@ def test_xz_payload_with_appended_size_is_unpacked_and_checked() -> None:
 def test_not_a_bzimage_is_refused() -> None:
     with pytest.raises(KernelFetchError, match="bzImage"):
         decompress_payload(b"\0" * 4096)
+
+
+def _unpacked_kernel(root: Path, release: str) -> None:
+    (root / "boot").mkdir(parents=True)
+    (root / "boot" / f"vmlinuz-{release}").write_bytes(b"bzImage")
+    (root / "lib" / "modules" / release).mkdir(parents=True)
+
+
+def test_a_baked_kernel_dir_is_used_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = kernel.release_of(kernel.KERNEL_PACKAGE)
+    _unpacked_kernel(tmp_path / "baked", release)
+    monkeypatch.setenv(kernel.KERNEL_DIR_ENV, str(tmp_path / "baked"))
+    found = kernel.fetch(cache=tmp_path / "cache")
+    assert found.root == tmp_path / "baked"
+    assert found.boot_image == tmp_path / "baked" / "boot" / f"vmlinuz-{release}"
+    assert not (tmp_path / "cache").exists(), "a baked kernel must never be downloaded"
+
+
+def test_a_baked_kernel_dir_without_the_pinned_release_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _unpacked_kernel(tmp_path / "baked", "5.10.0-1-cloud-amd64")
+    monkeypatch.setenv(kernel.KERNEL_DIR_ENV, str(tmp_path / "baked"))
+    with pytest.raises(KernelFetchError, match=f"{kernel.KERNEL_DIR_ENV}=.*baked"):
+        kernel.fetch(cache=tmp_path / "cache")
