@@ -1,6 +1,6 @@
 """Who is calling, and may they: bearer tokens checked with the cluster itself.
 
-Components that serve tenants (the gateway now, the node agent later) never keep an access
+Components that serve tenants (the gateway and the node agent) never keep an access
 list of their own: Kubernetes RBAC is the one source of truth. :class:`KubeAuthenticator` asks
 a TokenReview who a bearer token belongs to and a SubjectAccessReview whether that user may do
 a verb on ``sandboxes`` (or a subresource such as ``sandboxes/exec``) in a namespace.
