@@ -580,6 +580,29 @@ async def cmd_metrics(gw: Gateway, args: argparse.Namespace, io: Streams) -> int
     return 0
 
 
+LOG_SOURCES = ("stdout", "stderr", "output", "system", "all")
+
+
+async def cmd_logs(gw: Gateway, args: argparse.Namespace, io: Streams) -> int:
+    """The sandbox log: exec output as it was written (stderr to stderr), ``system`` lines
+    with ``--system`` or ``--sources``; ``-f`` follows until the sandbox is gone or ^C."""
+    sandbox = await gw.sandbox(args.name)
+    sources = args.sources or ("stdout,stderr,output,system" if args.system else "")
+    params = {"follow": "true" if args.follow else "false"}
+    if sources:
+        params["sources"] = sources
+    if args.tail is not None:
+        params["tail"] = str(args.tail)
+    async for entry in gw.events(_id_path(sandbox, "logs"), params=params):
+        text = str(entry.get("text") or "")
+        if entry.get("source") == "system":
+            text = f"[system] {text}"
+        if args.timestamps:
+            text = f"{entry.get('ts')} {text}"
+        (io.err if entry.get("source") == "stderr" else io.out)(text)
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "exec": cmd_exec,
     "shell": cmd_shell,
@@ -593,4 +616,5 @@ COMMANDS: dict[str, Command] = {
     "drain": cmd_drain,
     "wait": cmd_wait,
     "metrics": cmd_metrics,
+    "logs": cmd_logs,
 }

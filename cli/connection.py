@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,6 +205,40 @@ class Gateway:
                 code=code,
             )
         return CliError(message, http_status=status, code=code)
+
+    async def events(
+        self, path: str, *, params: Mapping[str, str] | None = None
+    ) -> AsyncIterator[JsonDict]:
+        """A Server-Sent Events stream (the sandbox log): each ``data`` of an event, parsed,
+        with its ``id`` as ``"id"``; until the gateway ends it (no time limit: ``-f``)."""
+        url = f"{self.prefix}{path}"
+        headers = {**self.headers, "Accept": "text/event-stream"}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+        try:
+            async with self.session.get(
+                url, params=params, headers=headers, timeout=timeout
+            ) as response:
+                if response.status >= 400:
+                    text = await response.text()
+                    raise self.error(response.status, _json(text), text)
+                fields: dict[str, str] = {}
+                pending = b""
+                # Split lines here: readline() refuses lines over 128 KiB, and one entry of
+                # 64 KiB of output can be longer than that once escaped as JSON.
+                async for chunk in response.content.iter_any():
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for raw in lines:
+                        line = raw.decode(errors="replace").rstrip("\r")
+                        if line:
+                            name, _, value = line.partition(":")
+                            fields[name] = value.removeprefix(" ")
+                            continue
+                        data = _json(fields.get("data", ""))
+                        if isinstance(data, dict):
+                            yield {**data, "id": fields.get("id")}
+                        fields = {}
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise CliError(f"the log stream from {self.base} broke off ({error!r})") from error
 
     async def sandbox(self, name: str) -> JsonDict:
         return await self.call("GET", f"/v1/sandboxes/by-name/{quote(name, safe='')}")

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from kubesandbox_cli.commands import COMMANDS, WAIT_STATES, Streams
+from kubesandbox_cli.commands import COMMANDS, LOG_SOURCES, WAIT_STATES, Streams
 from kubesandbox_cli.connection import (
     Gateway,
     Target,
@@ -97,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--for", dest="want", choices=WAIT_STATES, default="running")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds (300)")
+
+    p = command("logs", "print a sandbox's log: the output of its execs (-f to follow)")
+    p.add_argument("name")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    p.add_argument("--tail", type=int, default=None, help="only the last N entries")
+    p.add_argument("--system", action="store_true", help="with the sandbox's system lines")
+    p.add_argument(
+        "--sources",
+        default=None,
+        help=f"comma-separated, of {', '.join(LOG_SOURCES)} (default stdout,stderr,output)",
+    )
+    p.add_argument("--timestamps", action="store_true", help="prefix each entry with its time")
 
     p = command("metrics", "show a sandbox's resource usage (JSON)")
     p.add_argument("name")

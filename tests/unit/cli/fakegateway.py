@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import posixpath
 import shutil
 import socket
@@ -173,6 +174,7 @@ class Fake:
     sandboxes: dict[str, dict[str, Any]]
     requests: list[tuple[str, str, str]] = field(default_factory=list)
     """(method, path, Authorization header) of every request."""
+    log_queries: list[dict[str, str]] = field(default_factory=list)
 
     def add(self, name: str, status: str = "running", **fields: Any) -> dict[str, Any]:
         sandbox = {"id": str(uuid.uuid4()), "name": name, "slug": name, "status": status}
@@ -243,6 +245,22 @@ def _app(fake_ref: list[Fake], socket_path: Path) -> web.Application:
             return _error(404, "sandbox_not_found", "no such sandbox")
         return web.json_response({"cpu_percent": 12.5, "memory_bytes": 4096})
 
+    async def logs(request: web.Request) -> web.StreamResponse:
+        sandbox = by_id(request)
+        if sandbox is None:
+            return _error(404, "sandbox_not_found", "no such sandbox")
+        fake().log_queries.append(dict(request.query))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for n, (source, text) in enumerate(sandbox.get("log", [])):
+            data = {"ts": f"2026-12-04T06:00:0{n}.000Z", "source": source, "text": text}
+            # a long entry arrives in pieces, as it may over TCP
+            event = f"event: log\nid: c{n}\ndata: {json.dumps(data)}\n\n".encode()
+            await response.write(event[:7])
+            await response.write(event[7:])
+        await response.write_eof()
+        return response
+
     async def agent(request: web.Request) -> web.StreamResponse:
         if by_id(request) is None:
             return _error(404, "sandbox_not_found", "no such sandbox")
@@ -277,6 +295,7 @@ def _app(fake_ref: list[Fake], socket_path: Path) -> web.Application:
     app.router.add_post(prefix + "/{id}/{verb}", verb)
     app.router.add_get(prefix + "/{id}/metrics", metrics)
     app.router.add_get(prefix + "/{id}/agent", agent)
+    app.router.add_get(prefix + "/{id}/logs", logs)
     return app
 
 

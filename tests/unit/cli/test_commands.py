@@ -366,3 +366,37 @@ async def test_an_unreachable_gateway_says_how_to_pass_one(tmp_path: Path) -> No
     message = stderr.getvalue().decode()
     assert message.startswith("kubectl-sandbox: cannot reach the gateway at http://127.0.0.1:9")
     assert "--gateway URL" in message
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+
+async def test_logs_print_output_and_errors_to_their_streams(fake: Fake) -> None:
+    fake.sandboxes["box"]["log"] = [
+        ("stdout", "hello\n"),
+        ("stderr", "oops\n"),
+        ("system", "session 1: exited with code 0\n"),
+        ("output", "on a tty " * 20000 + "\n"),
+    ]
+    out = await cli(fake, "logs", "box")
+    assert out.code == 0
+    assert out.stdout.startswith(b"hello\n[system] session 1: exited with code 0\non a tty ")
+    assert out.stderr == "oops\n"
+    assert fake.log_queries == [{"follow": "false"}]
+
+
+async def test_logs_follow_tail_system_and_timestamps(fake: Fake) -> None:
+    fake.sandboxes["box"]["log"] = [("stdout", "x\n")]
+    out = await cli(fake, "logs", "box", "-f", "--tail", "10", "--system", "--timestamps")
+    assert out.stdout == b"2026-12-04T06:00:00.000Z x\n"
+    assert fake.log_queries == [
+        {"follow": "true", "tail": "10", "sources": "stdout,stderr,output,system"}
+    ]
+    await cli(fake, "logs", "box", "--sources", "all")
+    assert fake.log_queries[-1] == {"follow": "false", "sources": "all"}
+
+
+async def test_logs_of_a_missing_sandbox_fail_clearly(fake: Fake) -> None:
+    out = await cli(fake, "logs", "ghost")
+    assert out.code == 1
+    assert "ghost" in out.stderr
