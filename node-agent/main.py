@@ -33,7 +33,7 @@ from typing import Any, Literal
 import structlog
 import yaml
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from kubesandbox_common import logs
@@ -119,6 +119,14 @@ class NodeAgentConfig(BaseModel):
     sample_interval: float = 5.0
     lease_interval: float = 10.0
     log_level: str = "info"
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: object) -> object:
+        # YAML 1.1 (PyYAML) reads an unquoted `tls: off` as false and `on` as true.
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        return value
 
     @model_validator(mode="after")
     def _tls_files_come_in_pairs(self) -> NodeAgentConfig:

@@ -70,3 +70,14 @@ def test_the_cgroup_parent_is_absolute_by_default_and_must_be_a_plain_path() -> 
     for bad in ("/", "", "/a/../b", "a//b", "./a"):
         with pytest.raises(ValueError, match="cgroupParent"):
             NodeAgentConfig(cgroup_parent=bad)
+
+
+def test_tls_off_unquoted_in_yaml_means_off(tmp_path: Path) -> None:
+    config = tmp_path / "node-agent.yaml"
+    config.write_text("tls: off\n")
+    assert load_config(["--config", str(config)]).tls_mode == "off"
+    config.write_text("tls: auto\n")
+    assert load_config(["--config", str(config)]).tls_mode == "auto"
+    config.write_text("tls: sometimes\n")
+    with pytest.raises(ValueError, match="tls"):
+        load_config(["--config", str(config)])
