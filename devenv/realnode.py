@@ -378,8 +378,8 @@ class RealNode:
         return ports
 
     def _prepare(self) -> None:
-        """Directories, certificates, kubeconfigs and configuration files (rewritten each
-        start, so a restarted control plane's new port reaches a restarted kubelet)."""
+        """Directories, certificates, kubeconfigs and configuration files (brought up to date
+        each start, so a restarted control plane's new port reaches a restarted kubelet)."""
         layout = self.layout
         for directory in (
             layout.root,
@@ -410,9 +410,10 @@ class RealNode:
             )
         ports = self.ports
         runc = _which("runc")
-        layout.containerd_config.write_text(containerd_config(layout, runc))
-        (layout.cni_conf_dir / "10-kubesandbox.conflist").write_text(cni_conflist(layout))
-        layout.kubelet_config.write_text(
+        _write_if_changed(layout.containerd_config, containerd_config(layout, runc))
+        _write_if_changed(layout.cni_conf_dir / "10-kubesandbox.conflist", cni_conflist(layout))
+        _write_if_changed(
+            layout.kubelet_config,
             kubelet_config(
                 layout,
                 node_ip=self.node_ip,
@@ -420,9 +421,9 @@ class RealNode:
                 client_ca=self.plane.ca,
                 serving_cert=serving.cert,
                 serving_key=serving.key,
-            )
+            ),
         )
-        layout.kube_proxy_config.write_text(kube_proxy_config(layout, ports=ports))
+        _write_if_changed(layout.kube_proxy_config, kube_proxy_config(layout, ports=ports))
         if not layout.sysctls.exists():
             layout.sysctls.write_text(json.dumps(hostnet.read_sysctls(hostnet.KUBELET_SYSCTLS)))
 
@@ -632,6 +633,13 @@ def _describe_node(node: client.V1Node) -> str:
     if NOT_READY_TAINT in taints:
         return f"Ready, still tainted {NOT_READY_TAINT}"
     return "Ready"
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """kube-proxy watches its configuration file and exits when it is written, even with the
+    same content: a second ``up`` must not touch what did not change."""
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
 
 
 def _env() -> dict[str, str]:

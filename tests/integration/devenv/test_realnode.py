@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import signal
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +47,13 @@ class NodeEnv:
     node: RealNode
     report: NodeStartReport
     registry: Registry
+
+
+def fetch(url: str) -> str:
+    """GET without any proxy from the environment (these addresses are on this machine)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as response:
+        return str(response.read().decode())
 
 
 def push_busybox(registry: Registry, workdir: Path) -> None:
@@ -139,6 +149,10 @@ def test_the_node_registers_ready_with_its_name_address_and_labels(node_env: Nod
     assert info.container_runtime_version.startswith("containerd://1.6")
     assert not [t for t in (node.spec.taints if node.spec else None) or []]
     assert set(node_env.report.components) == {"containerd", "kubelet", "kube-proxy"}
+    pids = node_env.node.status()
+    again = node_env.node.start()
+    assert again.components == {}
+    assert node_env.node.status() == pids
 
 
 def test_a_pod_runs_from_the_loopback_registry_with_a_pod_ip(
@@ -152,13 +166,38 @@ def test_a_pod_runs_from_the_loopback_registry_with_a_pod_ip(
     assert "docker.io/library/busybox:1.36" in images
 
 
-def test_kubectl_logs_and_exec_reach_the_container(node_env: NodeEnv, web: client.V1Pod) -> None:
-    logs = node_env.plane.kubectl("logs", SERVER_POD, "-n", NAMESPACE).stdout
-    assert "serving-from-the-pod" in logs
-    executed = node_env.plane.kubectl(
+def test_logs_exec_port_forward_and_the_node_proxy_reach_the_kubelet(
+    node_env: NodeEnv, web: client.V1Pod
+) -> None:
+    """What the apiserver does through the kubelet, with its client certificate."""
+    plane = node_env.plane
+    assert "serving-from-the-pod" in plane.kubectl("logs", SERVER_POD, "-n", NAMESPACE).stdout
+    executed = plane.kubectl(
         "exec", SERVER_POD, "-n", NAMESPACE, "--", "sh", "-c", "echo exec-$(hostname)"
     ).stdout
     assert executed.strip() == f"exec-{SERVER_POD}"
+    healthz = f"/api/v1/nodes/{node_env.node.node_name}/proxy/healthz"
+    assert plane.kubectl("get", "--raw", healthz).stdout == "ok"
+    forward = subprocess.Popen(
+        [str(plane.binaries.kubectl), "port-forward", "-n", NAMESPACE, f"pod/{SERVER_POD}",
+         f":{HTTP_PORT}"],
+        env=dict(os.environ, KUBECONFIG=str(plane.kubeconfig)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert forward.stdout is not None
+        announced = forward.stdout.readline()  # Forwarding from 127.0.0.1:<port> -> 8080
+        local = re.search(r"127\.0\.0\.1:(\d+)", announced)
+        assert local, announced
+        assert fetch(f"http://127.0.0.1:{local.group(1)}/").strip() == SERVER_POD
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+        if forward.stdout is not None:
+            forward.stdout.close()
 
 
 def test_a_cluster_ip_service_reaches_the_pod_from_the_host(
@@ -174,16 +213,14 @@ def test_a_cluster_ip_service_reaches_the_pod_from_the_host(
     cluster_ip = node_env.plane.kubectl(
         "get", "service", SERVER_POD, "-n", NAMESPACE, "-o", "jsonpath={.spec.clusterIP}"
     ).stdout
-    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def fetch() -> str | None:
+    def answer() -> str | None:
         try:
-            with no_proxy.open(f"http://{cluster_ip}/", timeout=2) as response:
-                return str(response.read().decode())
+            return fetch(f"http://{cluster_ip}/")
         except OSError:
             return None  # until kube-proxy has programmed the Service
 
-    body = eventually(fetch, 60, f"GET http://{cluster_ip}/ (Service {SERVER_POD})")
+    body = eventually(answer, 60, f"GET http://{cluster_ip}/ (Service {SERVER_POD})")
     assert body.strip() == SERVER_POD
 
 
@@ -215,3 +252,18 @@ def test_a_second_real_node_on_the_machine_is_refused_naming_the_holder(
     with pytest.raises(RealNodeBusyError, match=re.escape(str(node_env.plane.layout.root))):
         other.start()
     assert node_env.node.is_alive()
+
+
+def test_start_again_restarts_only_a_dead_kubelet(node_env: NodeEnv) -> None:
+    before = node_env.node.status()
+    kubelet = before["kubelet"]
+    assert kubelet is not None
+    os.kill(kubelet, signal.SIGKILL)
+    eventually(lambda: not node_env.node.kubelet.is_alive(), 15, "the killed kubelet gone")
+    report = node_env.node.start()
+    assert list(report.components) == ["kubelet"]
+    after = node_env.node.status()
+    assert after["kubelet"] not in (None, kubelet)
+    assert {k: v for k, v in after.items() if k != "kubelet"} == {
+        k: v for k, v in before.items() if k != "kubelet"
+    }

@@ -39,7 +39,8 @@ def test_stop_leaves_no_process_chain_bridge_or_mount(tmp_path: Path) -> None:
         with ControlPlane(state, real_node=True, binaries=ensure_binaries()) as plane:
             node = RealNode(plane, binaries=ensure_node_binaries())
             node.configure_registry(registry.host)
-            with node:
+            node.start()
+            try:
                 # `sh` as PID 1 ignores SIGTERM: the stop must not wait for it.
                 plane.kubectl(
                     "apply", "-f", "-", input_text=json.dumps(pod("sleeper", "sleep 3600"))
@@ -52,15 +53,31 @@ def test_stop_leaves_no_process_chain_bridge_or_mount(tmp_path: Path) -> None:
                 assert hostnet.our_chains()
                 assert Path("/sys/class/net", CNI_BRIDGE).exists()
                 assert hostnet.mounts_below(state)
-            assert wait_all_gone(node_pids + in_pods) == []
-            assert [
-                pid for pid in processes_under(state) if pid not in plane.status().values()
-            ] == []
-            assert hostnet.our_chains() == {}
-            assert not Path("/sys/class/net", CNI_BRIDGE).exists()
-            assert hostnet.mounts_below(state) == []
-            assert pod_processes() == []
-            assert hostnet.read_sysctls(hostnet.KUBELET_SYSCTLS) == sysctls_before
-            assert MachineLock().holder() is None
+            except BaseException:
+                node.stop()
+                raise
+            # As `down` does: a new object that finds the processes by their pid files.
+            RealNode(plane, binaries=node.binaries).stop()
+            gone = wait_all_gone(node_pids + in_pods)
+            ours = [pid for pid in processes_under(state) if pid not in plane.status().values()]
+            left = {
+                "chains": hostnet.our_chains(),
+                "bridge": Path("/sys/class/net", CNI_BRIDGE).exists(),
+                "mounts": hostnet.mounts_below(state),
+                "pod processes": pod_processes(),
+                "sysctls": hostnet.read_sysctls(hostnet.KUBELET_SYSCTLS),
+                "lock": MachineLock().holder(),
+            }
+            node.stop()  # finds nothing left to do, and reaps its children (tied to us)
+            assert gone == []
+            assert ours == []
+            assert left == {
+                "chains": {},
+                "bridge": False,
+                "mounts": [],
+                "pod processes": [],
+                "sysctls": sysctls_before,
+                "lock": None,
+            }
     finally:
         registry.stop()
