@@ -1,0 +1,228 @@
+"""The chart rendered by the real helm, without a cluster: lint, the values schema, and what the
+values turn into (the node agent's privileges and configuration, images, optional objects)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kubesandbox_devenv.helm import CHART_DIR, Helm
+from tests.integration.helm.conftest import DEVENV_VALUES, JsonDict, find, kinds, render
+
+
+@pytest.mark.parametrize("values_file", [None, DEVENV_VALUES], ids=["defaults", "devenv"])
+def test_lint_is_clean(helm: Helm, values_file: object) -> None:
+    args = ["lint", "--strict", str(CHART_DIR)]
+    if values_file is not None:
+        args += ["--values", str(values_file)]
+    result = helm.run(*args)
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout
+    assert "[ERROR]" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"operator": {"replica": 2}}, ["/operator", "'replica'"]),
+        ({"nodeAgnet": {"allowEmulation": True}}, ["'nodeAgnet'"]),
+        ({"nodeAgent": {"allowEmulaton": True}}, ["/nodeAgent", "'allowEmulaton'"]),
+        ({"gateway": {"service": {"type": "Internal"}}}, ["/gateway/service/type"]),
+        ({"image": {"pullPolicy": "Sometimes"}}, ["/image/pullPolicy"]),
+        ({"nodeAgent": {"stateDir": "relative/dir"}}, ["/nodeAgent/stateDir"]),
+    ],
+)
+def test_schema_refuses_bad_values_naming_the_key(
+    helm: Helm, values: JsonDict, named: list[str]
+) -> None:
+    result = helm.template("kubesandbox-system", values, check=False)
+    assert result.returncode != 0
+    assert "don't meet the specifications of the schema" in result.stderr
+    for part in named:
+        assert part in result.stderr, result.stderr
+
+
+def test_defaults(helm: Helm) -> None:
+    objects = render(helm)
+    assert "ServiceMonitor" not in kinds(objects)
+    assert "Ingress" not in kinds(objects)
+    assert all(o["metadata"].get("namespace", "kubesandbox-system") == "kubesandbox-system"
+               for o in objects)  # fmt: skip
+    for name in ("kubesandbox-operator", "kubesandbox-gateway"):
+        pod = find(objects, "Deployment", name)["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == "ghcr.io/kubesandbox/controller:0.1.0"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 65532
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        assert pod["serviceAccountName"] == name
+    operator = find(objects, "Deployment", "kubesandbox-operator")["spec"]
+    assert operator["replicas"] == 1
+    assert operator["template"]["spec"]["containers"][0]["command"] == ["kubesandbox-operator"]
+    service = find(objects, "Service", "kubesandbox-gateway")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert "annotations" not in service["metadata"]
+
+
+def test_node_agent_daemonset(helm: Helm) -> None:
+    objects = render(helm)
+    daemonset = find(objects, "DaemonSet", "kubesandbox-node-agent")
+    assert daemonset["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    pod = daemonset["spec"]["template"]
+    spec = pod["spec"]
+    assert spec["hostNetwork"] is True
+    assert spec["hostPID"] is True
+    assert spec["nodeSelector"] == {"kubesandbox.dev/node-agent": "true"}
+    assert spec["terminationGracePeriodSeconds"] == 30
+    (container,) = spec["containers"]
+    assert container["image"] == "ghcr.io/kubesandbox/node-agent:0.1.0"
+    assert container["command"] == ["kubesandbox-node-agent"]
+    assert container["securityContext"]["privileged"] is True
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]
+           if "valueFrom" in e}  # fmt: skip
+    assert env == {"NODE_NAME": "spec.nodeName", "HOST_IP": "status.hostIP"}
+    assert "--node-name=$(NODE_NAME)" in container["args"]
+    assert "--listen=$(HOST_IP):9443" in container["args"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    for path in ("/dev", "/var/lib/kubesandbox", "/var/cache/kubesandbox", "/run/netns",
+                 "/sys/fs/cgroup", "/lib/modules"):  # fmt: skip
+        assert host_paths[mounts[path]["name"]] == path
+    assert mounts["/run/netns"]["mountPropagation"] == "Bidirectional"
+    assert mounts["/lib/modules"]["readOnly"] is True
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "9443"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/scheme"] == "https"
+    config = yaml.safe_load(
+        find(objects, "ConfigMap", "kubesandbox-node-agent")["data"]["node-agent.yaml"]
+    )
+    assert config == {
+        "namespace": "kubesandbox-system",
+        "stateDir": "/var/lib/kubesandbox",
+        "cacheDir": "/var/cache/kubesandbox",
+        "network": "netns",
+        "logLevel": "info",
+        "tls": "auto",
+    }  # no allowEmulation unless a value says so
+    # no Secret is needed for TLS (the certificate is made on the node, pinned via the Lease)
+    assert not [v for v in spec["volumes"] if "secret" in v]
+
+
+def test_node_agent_values(helm: Helm) -> None:
+    objects = render(
+        helm,
+        {
+            "nodeAgent": {
+                "allowEmulation": True,
+                "plainHttpRegistries": ["127.0.0.1:5000"],
+                "registryMirrors": {"docker.io": "127.0.0.1:5000"},
+                "stateDir": "/srv/ksb/state",
+                "tolerations": [{"operator": "Exists"}],
+                "extraConfig": {"readyTimeout": 300},
+                "tls": "none",
+            }
+        },
+    )
+    config_map = find(objects, "ConfigMap", "kubesandbox-node-agent")
+    config = yaml.safe_load(config_map["data"]["node-agent.yaml"])
+    assert config["allowEmulation"] is True
+    assert config["plainHttpRegistries"] == ["127.0.0.1:5000"]
+    assert config["registryMirrors"] == {"docker.io": "127.0.0.1:5000"}
+    assert config["stateDir"] == "/srv/ksb/state"
+    assert config["readyTimeout"] == 300
+    assert "tls" not in config
+    spec = find(objects, "DaemonSet", "kubesandbox-node-agent")["spec"]["template"]["spec"]
+    assert spec["tolerations"] == [{"operator": "Exists"}]
+    state = next(v for v in spec["volumes"] if v["name"] == "state")
+    assert state["hostPath"]["path"] == "/srv/ksb/state"
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "state")
+    assert mount["mountPath"] == "/srv/ksb/state"  # the same path inside and outside
+
+
+def test_config_change_rolls_the_daemonset_and_nothing_else_moves(helm: Helm) -> None:
+    def checksum(values: JsonDict | None) -> str:
+        daemonset = find(render(helm, values), "DaemonSet", "kubesandbox-node-agent")
+        return str(daemonset["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum(None) == checksum(None)
+    assert checksum(None) != checksum({"nodeAgent": {"allowEmulation": True}})
+
+
+def test_images_follow_registry_and_tag(helm: Helm) -> None:
+    objects = render(helm, {"image": {"registry": "127.0.0.1:5000/kubesandbox", "tag": "dev",
+                                      "pullPolicy": "Always"}})  # fmt: skip
+    images = {
+        o["metadata"]["name"]: o["spec"]["template"]["spec"]["containers"][0]["image"]
+        for o in objects
+        if o["kind"] in ("Deployment", "DaemonSet")
+    }
+    assert images == {
+        "kubesandbox-operator": "127.0.0.1:5000/kubesandbox/controller:dev",
+        "kubesandbox-gateway": "127.0.0.1:5000/kubesandbox/controller:dev",
+        "kubesandbox-node-agent": "127.0.0.1:5000/kubesandbox/node-agent:dev",
+    }
+
+
+def test_gateway_service_ingress_and_discovery(helm: Helm) -> None:
+    objects = render(
+        helm,
+        {
+            "gateway": {
+                "url": "https://sandboxes.example.com",
+                "service": {"type": "NodePort", "nodePort": 30080},
+                "ingress": {"enabled": True, "className": "nginx",
+                            "host": "sandboxes.example.com",
+                            "tls": [{"secretName": "gw-tls", "hosts": ["sandboxes.example.com"]}]},
+            }
+        },
+    )  # fmt: skip
+    service = find(objects, "Service", "kubesandbox-gateway")
+    assert service["metadata"]["annotations"] == {
+        "kubesandbox.dev/url": "https://sandboxes.example.com"
+    }
+    assert service["spec"]["ports"][0]["nodePort"] == 30080
+    ingress = find(objects, "Ingress", "kubesandbox-gateway")["spec"]
+    assert ingress["ingressClassName"] == "nginx"
+    assert ingress["rules"][0]["host"] == "sandboxes.example.com"
+    backend = ingress["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "kubesandbox-gateway", "port": {"name": "http"}}
+    discovery = find(objects, "Role", "kubesandbox-gateway-discovery")
+    assert discovery["rules"][0]["resourceNames"] == ["kubesandbox-gateway"]
+
+
+def test_service_monitor_only_when_enabled(helm: Helm) -> None:
+    values = {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "metrics": {"readers": [{"name": "prometheus", "namespace": "mon"}]},
+    }
+    objects = render(helm, values)
+    monitor = find(objects, "ServiceMonitor", "kubesandbox-node-agent")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["authorization"]["credentials"]["name"] == "kubesandbox-metrics-token"
+    headless = find(objects, "Service", "kubesandbox-node-agent-metrics")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == monitor["spec"]["selector"]["matchLabels"]
+    binding = find(objects, "ClusterRoleBinding", "kubesandbox-metrics-reader")
+    assert {(s["namespace"], s["name"]) for s in binding["subjects"]} == {
+        ("mon", "prometheus"),
+        ("kubesandbox-system", "kubesandbox-metrics"),
+    }
+
+
+def test_crds_are_the_generated_ones(helm: Helm) -> None:
+    from kubesandbox_api import crdgen
+
+    objects = render(helm, None, "--include-crds")
+    crd = find(objects, "CustomResourceDefinition", "sandboxes.kubesandbox.dev")
+    assert crd == crdgen.crd()
