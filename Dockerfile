@@ -50,7 +50,8 @@ RUN python3 -c 'import tomllib, sys; sys.stdout.write("\n".join(tomllib.load(ope
 
 # --- the pinned guest kernel --------------------------------------------------------------------
 # Fetched and unpacked by node-agent/bootimage/kernel.py itself (apt-get download + dpkg-deb -x,
-# plus the PVH vmlinux), so the image holds exactly what a node agent would cache.
+# plus the PVH vmlinux unpacked from the bzImage's lz4 payload), so the image holds exactly what
+# a node agent would otherwise cache; KUBESANDBOX_KERNEL_DIR points the node agent at it.
 FROM python-base AS kernel
 RUN apt-get update \
     && apt-get install -y --no-install-recommends lz4 \
