@@ -79,6 +79,30 @@ class KubeClient:
     async def get(self, path: ResourcePath) -> JsonDict:
         return await self.request("GET", path)
 
+    @asynccontextmanager
+    async def stream(
+        self, path: ResourcePath, *, params: Mapping[str, str], read_timeout: float
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """A long GET (a watch) as its lines; only a silence of ``read_timeout`` ends it early.
+
+        Lines are split here rather than with ``readline()``, whose limit (128 KiB) is smaller
+        than a Secret or ConfigMap may be."""
+        headers = {}
+        authorization = self.credentials.current_authorization()
+        if authorization:
+            headers["Authorization"] = authorization
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout)
+        try:
+            async with self._session.get(
+                path.url, params=params, headers=headers, timeout=timeout
+            ) as response:
+                if response.status >= 400:
+                    text = await response.text()
+                    raise from_status(response.status, _json_or_none(text), text.strip()[:500])
+                yield _lines(response.content)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise KubeError(0, "Unreachable", f"GET {path.url} (stream): {error!r}") from error
+
     async def list(
         self, path: ResourcePath, *, label_selector: str | None = None
     ) -> list[JsonDict]:
@@ -118,3 +142,18 @@ def _json_or_none(text: str) -> JsonDict | None:
     except ValueError:
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    parts: list[bytes] = []
+    async for chunk in content.iter_any():
+        if b"\n" not in chunk:
+            parts.append(chunk)  # a long line in pieces: joined once, when it ends
+            continue
+        *complete, rest = b"".join([*parts, chunk]).split(b"\n")
+        parts = [rest]
+        for line in complete:
+            if line.strip():
+                yield line
+    if b"".join(parts).strip():
+        yield b"".join(parts)

@@ -28,9 +28,11 @@ from kubesandbox_common import logs
 from kubesandbox_kube import KubeClient
 from kubesandbox_operator import handlers
 from kubesandbox_operator.clients.cluster import Cluster
+from kubesandbox_operator.clients.events import EventPoster
 from kubesandbox_operator.clients.leader import LeaderElection
 from kubesandbox_operator.clients.nodeagent import NodeAgentAuth, NodeAgents
 from kubesandbox_operator.control import Runtime
+from kubesandbox_operator.control.controller import DEFAULT_WORKERS, Controller, stop
 
 log = structlog.get_logger(__name__)
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -60,6 +62,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="allow disk/bind roots, bind volumes and host-path copies (cluster policy)",
     )
     parser.add_argument("--identity", default=f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(env("KUBESANDBOX_WORKERS", str(DEFAULT_WORKERS))),
+        help="Sandboxes reconciled at once (each pass is a few apiserver requests)",
+    )
     parser.add_argument("--log-level", default=env("KUBESANDBOX_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
 
@@ -97,13 +105,21 @@ async def run(args: argparse.Namespace) -> int:
             ),
             allow_host_paths=args.allow_host_paths,
         )
+        controller = Controller(runtime, EventPoster(kube), workers=args.workers)
+        controlling = asyncio.create_task(controller.run(), name="controller")
+        # A controller that dies (it should not) stops the operator (exit 1) rather than leave
+        # it deaf; the shutdown below cancels it, which is no failure.
+        controlling.add_done_callback(lambda task: None if task.cancelled() else lost.set())
         assert handlers.sandbox  # registered with Kopf's default registry on import
+        memo = kopf.Memo(runtime=runtime, controller=controller)
         try:
-            await kopf.operator(
-                standalone=True, clusterwide=True, memo=kopf.Memo(runtime=runtime), stop_flag=lost
-            )
+            await kopf.operator(standalone=True, clusterwide=True, memo=memo, stop_flag=lost)
         finally:
             holding.cancel()
+            if not controlling.done():
+                await stop(controlling)
+            elif not controlling.cancelled() and controlling.exception() is not None:
+                log.error("controller.died", error=repr(controlling.exception()))
             if not lost.is_set():
                 await election.release()
         return 1 if lost.is_set() else 0

@@ -5,6 +5,10 @@ The operator that holds the Lease reconciles; the others wait. The holder renews
 once (and exits, so its Deployment restarts it as a standby). A SIGKILLed leader simply stops
 renewing: a standby takes over after ``duration_seconds``, and because every action is
 idempotent and keyed by the Sandbox UID, nothing is lost or done twice.
+
+The holder renews with a PUT of the Lease it last wrote (its ``resourceVersion`` makes the PUT
+a compare-and-swap); only when that fails (someone else wrote it) does it read the Lease
+again. So an idle holder sends one write per ``renew_seconds`` and no reads.
 """
 
 import asyncio
@@ -43,6 +47,8 @@ class LeaderElection:
         self.identity = identity
         self.duration = duration_seconds
         self.renew_seconds = renew_seconds
+        self._held: JsonDict | None = None
+        """The Lease as this process last wrote it (``None`` when it does not hold it)."""
 
     async def acquire(self) -> None:
         """Returns once this process holds the Lease."""
@@ -83,6 +89,10 @@ class LeaderElection:
                 await self.kube.request("PUT", self.path, body=lease)
 
     async def _try(self) -> bool:
+        if self._held is not None:
+            if await self._put(self._held, datetime.now(UTC)):
+                return True
+            self._held = None  # someone else wrote it: read it and decide again
         now = datetime.now(UTC)
         try:
             lease = await self.kube.get(self.path)
@@ -102,6 +112,10 @@ class LeaderElection:
         if holder != self.identity:
             spec["acquireTime"] = _micro_time(now)
             spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+        return await self._put(lease, now)
+
+    async def _put(self, lease: JsonDict, now: datetime) -> bool:
+        spec = lease.setdefault("spec", {})
         spec.update(
             holderIdentity=self.identity,
             leaseDurationSeconds=self.duration,
@@ -109,7 +123,7 @@ class LeaderElection:
         )
         try:
             # The resourceVersion in the body makes this a compare-and-swap.
-            await self.kube.request("PUT", self.path, body=lease)
+            self._held = await self.kube.request("PUT", self.path, body=lease)
         except Conflict:
             return False
         return True
@@ -128,7 +142,7 @@ class LeaderElection:
             },
         }
         try:
-            await self.kube.create(self.collection, body)
+            self._held = await self.kube.create(self.collection, body)
         except (AlreadyExists, Conflict):
             return False
         return True

@@ -1,15 +1,21 @@
 """Observe, plan, act: one pass of the reconcile loop for one Sandbox.
 
 :func:`reconcile_once` gathers the observations (the sandbox Pod, the Lease of its node, the
-referenced Secrets and ConfigMaps), asks :func:`reconcile.sandbox.plan` what to do, and does
-it through the clients. It returns how long to wait before the next pass. Every action is
-idempotent (deterministic Pod name, node agent requests keyed by UID, server-side apply), so a
-pass interrupted at any point, even by SIGKILL, is simply done again.
+referenced Secrets and ConfigMaps, all from the watches' caches), asks
+:func:`reconcile.sandbox.plan` what to do, and does it through the clients. It returns when to
+try again if it must (a retry after a conflict or an unreachable node agent), else ``None``:
+the next pass comes when something changes. Every action is idempotent (deterministic Pod
+name, node agent requests keyed by UID, server-side apply), so a pass interrupted at any
+point, even by SIGKILL, is simply done again. :mod:`.controller` decides which Sandbox gets a
+pass and when (:mod:`.queue`).
 """
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
@@ -17,14 +23,17 @@ import structlog
 from kubesandbox_api import Sandbox
 from kubesandbox_kube import AlreadyExists, Conflict, KubeError
 from kubesandbox_operator.clients.cluster import Cluster
-from kubesandbox_operator.clients.nodeagent import NodeAgentError, NodeAgents
-from kubesandbox_operator.reconcile.references import resolve
-from kubesandbox_operator.reconcile.sandbox import WAIT_SECONDS, Event, Observed, plan
+from kubesandbox_operator.clients.nodeagent import NodeAgentError, NodeAgents, desired_state
+from kubesandbox_operator.reconcile.references import Resolution, resolve
+from kubesandbox_operator.reconcile.sandbox import Event, NodeAgent, Observed, plan
 
 log = structlog.get_logger(__name__)
 
 EmitEvent = Callable[[Event], None]
 CONFLICT_RETRY_SECONDS = 0.5
+AGENT_RETRY_SECONDS = 2.0
+"""First retry after a node agent did not take the desired state (doubled while it fails)."""
+SandboxKey = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -34,13 +43,22 @@ class Runtime:
     cluster: Cluster
     agents: NodeAgents
     allow_host_paths: bool = False
+    handed_over: dict[SandboxKey, str] = field(default_factory=dict)
+    """Per Sandbox, a digest of the desired state its node agent last accepted: it is sent
+    again only when it changed (or the node agent was replaced), not on every pass."""
 
 
-async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) -> float:
+def _handover_digest(agent: NodeAgent, sandbox: Sandbox, resolution: Resolution) -> str:
+    where = dataclasses.replace(agent, expires_at=datetime.min.replace(tzinfo=UTC))
+    what = json.dumps(desired_state(sandbox, resolution), sort_keys=True)
+    return hashlib.blake2b(f"{where!r}\n{what}".encode(), digest_size=16).hexdigest()
+
+
+async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) -> float | None:
     cluster = runtime.cluster
     pod = await cluster.pod(sandbox)
-    node = (pod or {}).get("spec", {}).get("nodeName")
-    agent = await cluster.node_agent(str(node)) if node else None
+    node = pod.node_name if pod else None
+    agent = await cluster.node_agent(node) if node else None
     resolution = resolve(sandbox.spec, await cluster.referenced(sandbox))
     decided = plan(
         Observed(
@@ -70,12 +88,16 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
     for event in decided.events:
         emit(event)
     if decided.send_to_agent is not None:
-        try:
-            await runtime.agents.put(decided.send_to_agent, sandbox, resolution)
-        except NodeAgentError as error:
-            log.warning("node_agent.unreachable", error=str(error))
-            return WAIT_SECONDS
-    return decided.requeue_after
+        key = (sandbox.namespace, sandbox.name)
+        digest = _handover_digest(decided.send_to_agent, sandbox, resolution)
+        if runtime.handed_over.get(key) != digest:
+            try:
+                await runtime.agents.put(decided.send_to_agent, sandbox, resolution)
+            except NodeAgentError as error:
+                log.warning("node_agent.unreachable", error=str(error))
+                return AGENT_RETRY_SECONDS
+            runtime.handed_over[key] = digest
+    return None
 
 
 async def remove(runtime: Runtime, sandbox: Sandbox) -> bool:
@@ -85,10 +107,10 @@ async def remove(runtime: Runtime, sandbox: Sandbox) -> bool:
     agent removes sandboxes it finds no Sandbox for when it comes back (docs/operator.md).
     """
     pod = await runtime.cluster.pod(sandbox)
-    node = (pod or {}).get("spec", {}).get("nodeName") or (
+    node = (pod.node_name if pod else None) or (
         sandbox.status.node_name if sandbox.status else None
     )
-    agent = await runtime.cluster.node_agent(str(node)) if node else None
+    agent = await runtime.cluster.node_agent(node) if node else None
     if agent is None or not agent.alive(datetime.now(UTC)):
         log.info("sandbox.remove.no_node_agent", node=node)
         return True

@@ -1,13 +1,13 @@
 """The Sandbox handlers.
 
-A daemon per Sandbox runs the reconcile loop: it is the single writer for that object, so
-passes never race each other. Spec changes and the node agent's phase changes wake it at once;
-otherwise it sleeps as long as the last plan said. Deletion runs after the daemon stops: the
-node agent removes the VM and its files, then Kopf removes the finalizer.
+Every version of a Sandbox Kopf's watch delivers goes to the controller (:mod:`..control.
+controller`), which gives the Sandbox a pass from one of its workers: one pass per Sandbox at
+a time, so passes never race, and nothing runs for a Sandbox while nothing changes (no
+per-object daemon, no timer). Deletion: the controller stops passing the Sandbox, the node
+agent removes the VM and its files, then Kopf removes the finalizer; the ``DELETED`` event
+drops what the controller kept for it.
 """
 
-import asyncio
-import contextlib
 from typing import Any
 
 import kopf
@@ -15,63 +15,35 @@ import kopf
 from kubesandbox_api import GROUP, PLURAL, VERSION, Sandbox
 from kubesandbox_kube import KubeError
 from kubesandbox_operator import control
-from kubesandbox_operator.reconcile.sandbox import Event
-
-WAKE = "wake"
+from kubesandbox_operator.control.controller import Controller, key_of
 
 
-def _wake_event(memo: kopf.Memo) -> asyncio.Event:
-    if WAKE not in memo:
-        memo[WAKE] = asyncio.Event()
-    event = memo[WAKE]
-    assert isinstance(event, asyncio.Event)
-    return event
-
-
-def _runtime(memo: kopf.Memo) -> control.Runtime:
-    runtime = memo["runtime"]
-    assert isinstance(runtime, control.Runtime)
-    return runtime
-
-
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
-async def reconcile(
-    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
-) -> None:
-    wake = _wake_event(memo)
-
-    def emit(event: Event) -> None:
-        kind = "Warning" if event.warning else "Normal"
-        kopf.event(body, type=kind, reason=str(event.reason), message=event.message)
-
-    while not stopped:
-        wake.clear()
-        try:
-            delay = await control.reconcile_once(
-                _runtime(memo), Sandbox.from_body(dict(body)), emit
-            )
-        except KubeError as error:
-            kopf.warn(body, reason="ReconcileFailed", message=str(error))
-            delay = 5.0 if error.transient else 30.0
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=delay)
+def _controller(memo: kopf.Memo) -> Controller:
+    controller = memo["controller"]
+    assert isinstance(controller, Controller)
+    return controller
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def observed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Wakes the loop when the spec changes (a new generation) or the node agent reports a new
-    phase, so that Ready follows at once. Event handlers write nothing back (no diff-base or
-    progress annotations), unlike update handlers."""
-    seen = (body.get("metadata", {}).get("generation"), body.get("status", {}).get("phase"))
-    if memo.get("seen") != seen:
-        memo["seen"] = seen
-        _wake_event(memo).set()
+def observed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Event handlers write nothing back (no diff-base or progress annotations), unlike
+    update handlers: a Sandbox's own status writes cost one pass that plans nothing."""
+    controller = _controller(memo)
+    raw = dict(body)
+    if kwargs.get("type") == "DELETED":
+        controller.forget(key_of(raw))
+    else:
+        controller.observe(raw)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def remove(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller = _controller(memo)
+    raw = dict(body)
+    await controller.ready.wait()  # the node agent's Lease must be known before deciding
+    await controller.hold(key_of(raw))
     try:
-        gone = await control.remove(_runtime(memo), Sandbox.from_body(dict(body)))
+        gone = await control.remove(controller.runtime, Sandbox.from_body(raw))
     except KubeError as error:
         raise kopf.TemporaryError(str(error), delay=5) from error
     if not gone:

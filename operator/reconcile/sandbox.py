@@ -3,7 +3,12 @@
 :func:`plan` takes the Sandbox, its Pod, the Lease of the node the Pod is bound to and the
 result of resolving its references, and returns a :class:`Plan`: a Pod to create or delete,
 whether to hand the desired state to the node agent, the operator's status fields, the Events
-to emit and when to look again. The handlers execute plans; they decide nothing.
+to emit. The controller executes plans; it decides nothing.
+
+A plan never asks to be looked at again after a fixed time: everything it waits for (the
+scheduler binding the Pod, a node agent's Lease, a Secret being created, the node agent's
+report) arrives as a watch event, and the one deadline there is (a Lease that expires) is kept
+per node by the Lease cache (docs/operator.md, "Watches, not polling").
 
 Ownership of status (docs/api.md): the operator writes ``Scheduled``, ``Ready``, ``nodeName``,
 ``podName`` and the phases before the node agent reports (``Pending``, ``Scheduled``), plus
@@ -20,7 +25,8 @@ from kubesandbox_api.conditions import ConditionType, Phase, Reason
 from kubesandbox_api.spec import RestartPolicy
 from kubesandbox_operator.reconcile import conditions
 from kubesandbox_operator.reconcile.conditions import Condition
-from kubesandbox_operator.reconcile.pod import PodSettings, desired_pod, owned_by
+from kubesandbox_operator.reconcile.pod import PodSettings, desired_pod
+from kubesandbox_operator.reconcile.podview import PodView
 from kubesandbox_operator.reconcile.references import Problem, Resolution
 
 JsonDict = dict[str, Any]
@@ -36,12 +42,6 @@ NODE_AGENT_PHASES = frozenset(
         Phase.STOPPED,
     }
 )
-RESYNC_SECONDS = 60.0
-"""How often a settled sandbox is looked at again (and its desired state re-sent)."""
-WAIT_SECONDS = 2.0
-"""How soon to look again while waiting for the scheduler or a node agent."""
-RECHECK_SECONDS = 10.0
-"""How soon to look again at a sandbox that cannot run yet (a missing Secret may appear)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class NodeAgent:
 @dataclass(frozen=True)
 class Observed:
     sandbox: Sandbox
-    pod: JsonDict | None
+    pod: PodView | None
     """The sandbox Pod as it exists (any incarnation; checked against the owner uid)."""
     agent: NodeAgent | None
     """The Lease of the node the Pod is bound to (``None``: no Lease, or not bound)."""
@@ -86,7 +86,6 @@ class Plan:
     status: JsonDict = field(default_factory=dict)
     """The operator's status fields to apply; empty when nothing would change."""
     events: list[Event] = field(default_factory=list)
-    requeue_after: float = RESYNC_SECONDS
 
 
 def host_path_uses(sandbox: Sandbox) -> list[str]:
@@ -110,7 +109,7 @@ def host_path_uses(sandbox: Sandbox) -> list[str]:
 def plan(observed: Observed) -> Plan:
     """The operator's decision for one Sandbox."""
     sandbox = observed.sandbox
-    pod = observed.pod if observed.pod and owned_by(observed.pod, sandbox) else None
+    pod = observed.pod if observed.pod and observed.pod.owned_by(sandbox.uid) else None
     problems = list(observed.resolution.problems)
     if not observed.allow_host_paths:
         problems += [
@@ -121,7 +120,7 @@ def plan(observed: Observed) -> Plan:
         step = _refuse(problems)
     elif pod is None:
         step = _place(sandbox)
-    elif (node := _bound_node(pod)) is None:
+    elif (node := pod.bound_node) is None:
         step = _wait_for_scheduler(pod)
     elif observed.agent is None or not observed.agent.alive(observed.now):
         step = _without_agent(sandbox, node, observed.agent)
@@ -146,7 +145,7 @@ def _refuse(problems: list[Problem]) -> _Step:
     message = "; ".join(p.message for p in problems)
     events = [Event(p.reason, p.message, warning=True) for p in problems]
     ready = Condition.false(ConditionType.READY, problems[0].reason, message)
-    return _Step(Plan(events=events, requeue_after=RECHECK_SECONDS), Phase.FAILED, [ready])
+    return _Step(Plan(events=events), Phase.FAILED, [ready])
 
 
 def _place(sandbox: Sandbox) -> _Step:
@@ -156,7 +155,7 @@ def _place(sandbox: Sandbox) -> _Step:
         return _Step(Plan(), None, [])  # crashed, and not to be restarted
     pending = "sandbox Pod created; waiting for kube-scheduler"
     return _Step(
-        Plan(create_pod=desired_pod(sandbox, PodSettings()), requeue_after=WAIT_SECONDS),
+        Plan(create_pod=desired_pod(sandbox, PodSettings())),
         Phase.PENDING,
         [
             Condition.false(ConditionType.SCHEDULED, Reason.POD_PENDING, pending),
@@ -165,15 +164,13 @@ def _place(sandbox: Sandbox) -> _Step:
     )
 
 
-def _wait_for_scheduler(pod: JsonDict) -> _Step:
-    scheduled = _pod_condition(pod, "PodScheduled")
-    if scheduled and scheduled.get("reason") == "Unschedulable":
-        reason = Reason.UNSCHEDULABLE
-        message = str(scheduled.get("message") or "no node fits the sandbox Pod")
+def _wait_for_scheduler(pod: PodView) -> _Step:
+    if pod.unschedulable is not None:
+        reason, message = Reason.UNSCHEDULABLE, pod.unschedulable
     else:
         reason, message = Reason.POD_PENDING, "waiting for kube-scheduler"
     return _Step(
-        Plan(requeue_after=WAIT_SECONDS),
+        Plan(),
         Phase.PENDING,
         [
             Condition.false(ConditionType.SCHEDULED, reason, message),
@@ -188,17 +185,13 @@ def _without_agent(sandbox: Sandbox, node: str, agent: NodeAgent | None) -> _Ste
     phase = status.phase if status else None
     if status is not None and phase == Phase.CRASHED and status.node_name == node:
         # Already reported lost; replace the Pod if the restart policy says so.
-        return _Step(Plan(delete_pod=restart, requeue_after=WAIT_SECONDS), None, [], node)
+        return _Step(Plan(delete_pod=restart), None, [], node)
     ran_there = status is not None and status.node_name == node
     if agent is not None and ran_there and phase not in (None, Phase.PENDING, Phase.SCHEDULED):
         # The node agent that ran this sandbox stopped renewing its Lease: the node is lost.
         message = f"node {node} lost: its node agent's Lease expired"
         return _Step(
-            Plan(
-                delete_pod=restart,
-                events=[Event(Reason.NODE_LOST, message, warning=True)],
-                requeue_after=WAIT_SECONDS if restart else RESYNC_SECONDS,
-            ),
+            Plan(delete_pod=restart, events=[Event(Reason.NODE_LOST, message, warning=True)]),
             Phase.CRASHED,
             [
                 Condition.false(ConditionType.SCHEDULED, Reason.NODE_LOST, message),
@@ -208,7 +201,7 @@ def _without_agent(sandbox: Sandbox, node: str, agent: NodeAgent | None) -> _Ste
         )
     message = f"bound to {node}, but no node agent holds a live Lease there"
     return _Step(
-        Plan(requeue_after=WAIT_SECONDS),
+        Plan(),
         Phase.PENDING,
         [
             Condition.false(ConditionType.SCHEDULED, Reason.NO_NODE_AGENT, message),
@@ -251,7 +244,7 @@ def _hand_over(sandbox: Sandbox, node: str, agent: NodeAgent) -> _Step:
         )
     )
     return _Step(
-        Plan(send_to_agent=agent, requeue_after=RESYNC_SECONDS if running else WAIT_SECONDS),
+        Plan(send_to_agent=agent),
         None if _node_agent_owns_phase(sandbox) else Phase.SCHEDULED,
         [
             Condition.true(ConditionType.SCHEDULED, Reason.POD_BOUND, f"bound to node {node}"),
@@ -259,20 +252,6 @@ def _hand_over(sandbox: Sandbox, node: str, agent: NodeAgent) -> _Step:
         ],
         node,
     )
-
-
-def _bound_node(pod: JsonDict) -> str | None:
-    if pod.get("metadata", {}).get("deletionTimestamp"):
-        return None
-    node = pod.get("spec", {}).get("nodeName")
-    return str(node) if node else None
-
-
-def _pod_condition(pod: JsonDict, type_: str) -> JsonDict | None:
-    for condition in pod.get("status", {}).get("conditions", []) or []:
-        if condition.get("type") == type_:
-            return dict(condition)
-    return None
 
 
 def _existing(sandbox: Sandbox) -> list[JsonDict]:
@@ -295,7 +274,7 @@ def _not_ready_reason(phase: Phase | None) -> Reason:
     }.get(phase or Phase.PENDING, Reason.POD_BOUND)
 
 
-def _status_patch(sandbox: Sandbox, step: _Step, pod: JsonDict | None, now: datetime) -> JsonDict:
+def _status_patch(sandbox: Sandbox, step: _Step, pod: PodView | None, now: datetime) -> JsonDict:
     """The operator's status fields, or ``{}`` when writing them would change nothing."""
     existing = _existing(sandbox)
     rendered = [conditions.render(c, existing, sandbox.generation, now) for c in step.conditions]
@@ -303,7 +282,7 @@ def _status_patch(sandbox: Sandbox, step: _Step, pod: JsonDict | None, now: date
     if step.phase is not None:
         fields["phase"] = str(step.phase)
     if pod is not None:
-        fields["podName"] = pod["metadata"]["name"]
+        fields["podName"] = pod.name
     if step.node is not None:
         fields["nodeName"] = step.node
     if rendered:

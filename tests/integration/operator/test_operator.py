@@ -101,14 +101,9 @@ class Cluster:
 
     def announce(self, node: str, endpoint: str, renewed: datetime, duration: int = 3600) -> None:
         name = f"node-agent-{node}"
+        annotations = {"kubesandbox.dev/endpoint": endpoint, "kubesandbox.dev/emulation": "true"}
         body = client.V1Lease(
-            metadata=client.V1ObjectMeta(
-                name=name,
-                annotations={
-                    "kubesandbox.dev/endpoint": endpoint,
-                    "kubesandbox.dev/emulation": "true",
-                },
-            ),
+            metadata=client.V1ObjectMeta(name=name, annotations=annotations),
             spec=client.V1LeaseSpec(
                 holder_identity=f"{node}/fake",
                 lease_duration_seconds=duration,
@@ -120,8 +115,10 @@ class Cluster:
         except ApiException as error:
             if error.status != 409:
                 raise
+            # The Lease outlives a module's fake node agent: announce this one's endpoint.
             spec = {"renewTime": _micro(renewed), "leaseDurationSeconds": duration}
-            self.coordination.patch_namespaced_lease(name, SYSTEM, {"spec": spec})
+            patch = {"metadata": {"annotations": annotations}, "spec": spec}
+            self.coordination.patch_namespaced_lease(name, SYSTEM, patch)
 
 
 class OperatorProcess:

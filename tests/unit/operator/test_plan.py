@@ -4,9 +4,9 @@ from typing import Any
 from kubesandbox_api import Sandbox
 from kubesandbox_api.conditions import ConditionType, Phase, Reason
 from kubesandbox_operator.reconcile.pod import PodSettings, desired_pod, pod_name
+from kubesandbox_operator.reconcile.podview import view
 from kubesandbox_operator.reconcile.references import Problem, Resolution
 from kubesandbox_operator.reconcile.sandbox import (
-    RECHECK_SECONDS,
     NodeAgent,
     Observed,
     Plan,
@@ -50,7 +50,7 @@ def decide(
     return plan(
         Observed(
             sandbox=target,
-            pod=pod,
+            pod=None if pod is None else view(pod),
             agent=node_agent,
             resolution=resolution or Resolution(),
             now=NOW,
@@ -130,7 +130,7 @@ def test_the_transition_time_moves_only_when_the_status_changes() -> None:
     later = plan(
         Observed(
             sandbox=sandbox(first.status),
-            pod=bound_pod(),
+            pod=view(bound_pod()),
             agent=None,
             resolution=Resolution(),
             now=NOW + timedelta(minutes=5),
@@ -140,7 +140,7 @@ def test_the_transition_time_moves_only_when_the_status_changes() -> None:
     bound = plan(
         Observed(
             sandbox=sandbox(first.status),
-            pod=bound_pod(),
+            pod=view(bound_pod()),
             agent=NodeAgent("node-0", "https://x", False, NOW + timedelta(hours=1)),
             resolution=Resolution(),
             now=NOW + timedelta(minutes=5),
@@ -176,7 +176,6 @@ def test_missing_references_fail_with_their_reason_and_no_pod() -> None:
         problems=[Problem(Reason.SECRET_NOT_FOUND, "spec.env[0].valueFrom: Secret 'x' …")]
     )
     decided = decide(sandbox(), resolution=missing)
-    assert decided.requeue_after == RECHECK_SECONDS  # the Secret may be created any moment
     assert decided.create_pod is None
     assert decided.status["phase"] == "Failed"
     assert conditions(decided)[ConditionType.READY] == ("False", "SecretNotFound")

@@ -1,0 +1,177 @@
+"""Which Sandbox gets a pass, and when: the event-driven core of the operator.
+
+Kopf watches the Sandboxes and hands every version it sees to :meth:`Controller.observe`; the
+list-watches of :class:`~..clients.cluster.Cluster` follow sandbox Pods, node agent Leases and
+the Secrets and ConfigMaps Sandboxes name, and wake the Sandboxes they concern. Either way
+the Sandbox's key goes into one :class:`~.queue.WorkQueue`, and ``workers`` tasks take keys
+from it and run :func:`~.reconcile_once`. So a pass happens when something the Sandbox depends
+on changed, or at a deadline it really has (a retry after a conflict or an error, doubled
+while it keeps failing); a settled Sandbox costs nothing, however many there are.
+
+What is kept per Sandbox (all of it dropped when the Sandbox is deleted):
+
+- its last version as compact JSON bytes, without ``managedFields`` and Kopf's copy of the
+  spec (about 1 KiB; parsed again for each pass, which is cheaper than keeping the objects);
+- the digest of the desired state its node agent accepted (32 characters);
+- its key in the queue while it waits, and its retry deadline and failure count if any;
+- in the caches: its Pod's view, its place in the node index, its references.
+
+Passes start once every watch delivered its first list, so the first plan never mistakes
+"not listed yet" for "does not exist".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import structlog
+
+from kubesandbox_api import Sandbox
+from kubesandbox_kube import KubeError
+from kubesandbox_kube.watch import run_all
+from kubesandbox_operator.clients.events import EventPoster
+from kubesandbox_operator.control import EmitEvent, Runtime, SandboxKey, reconcile_once
+from kubesandbox_operator.control.queue import WorkQueue
+from kubesandbox_operator.reconcile.sandbox import Event
+
+log = structlog.get_logger(__name__)
+JsonDict = dict[str, Any]
+
+FINALIZER = "kubesandbox.dev/finalizer"
+KOPF_DIFFBASE = "kubesandbox.dev/last-handled-configuration"
+TRANSIENT_RETRY_SECONDS = 5.0
+PERMANENT_RETRY_SECONDS = 30.0
+DEFAULT_WORKERS = 32
+
+
+def key_of(body: JsonDict) -> SandboxKey:
+    metadata = body.get("metadata") or {}
+    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+
+
+def compact(body: JsonDict) -> bytes:
+    """The Sandbox as it is kept between passes: what a pass reads, as JSON."""
+    metadata = dict(body.get("metadata") or {})
+    metadata.pop("managedFields", None)
+    annotations = dict(metadata.get("annotations") or {})
+    if annotations.pop(KOPF_DIFFBASE, None) is not None:
+        metadata["annotations"] = annotations
+    return json.dumps({**body, "metadata": metadata}, separators=(",", ":")).encode()
+
+
+class Controller:
+    def __init__(
+        self, runtime: Runtime, events: EventPoster, *, workers: int = DEFAULT_WORKERS
+    ) -> None:
+        self.runtime = runtime
+        self.events = events
+        self.workers = workers
+        self.queue: WorkQueue[SandboxKey] = WorkQueue()
+        self.sandboxes: dict[SandboxKey, bytes] = {}
+        self.ready = asyncio.Event()
+        """Set once the caches are filled and passes may start."""
+        runtime.cluster.subscribe(self._wake, self._node_changed)
+
+    def observe(self, body: JsonDict) -> None:
+        """A version of a Sandbox (Kopf's watch): keep it, and give the Sandbox a pass."""
+        key = key_of(body)
+        self.sandboxes[key] = compact(body)
+        self.queue.add(key)
+
+    def forget(self, key: SandboxKey) -> None:
+        """The Sandbox is gone from the cluster: drop everything kept for it."""
+        self.sandboxes.pop(key, None)
+        self.queue.forget(key)
+        self.runtime.handed_over.pop(key, None)
+        self.runtime.cluster.forget(key)
+
+    async def hold(self, key: SandboxKey) -> None:
+        """The Sandbox is being deleted: no more passes, and none in flight on return."""
+        await self.queue.hold(key)
+
+    def sizes(self) -> dict[str, int]:
+        cluster = self.runtime.cluster
+        return {
+            "sandboxes": len(self.sandboxes),
+            "pods": len(cluster.pods.pods),
+            "nodes": len(cluster.pods.by_node),
+            "leases": len(cluster.leases.agents),
+            "references": len(cluster.references.values),
+            "handed_over": len(self.runtime.handed_over),
+            **self.queue.sizes(),
+        }
+
+    async def run(self) -> None:
+        """Runs the list-watches and the workers until cancelled."""
+        cluster = self.runtime.cluster
+        async with asyncio.TaskGroup() as group:
+            group.create_task(run_all(cluster.watches()), name="list-watches")
+            await cluster.synced()
+            log.info("controller.synced", **self.sizes())
+            self.ready.set()
+            for index in range(self.workers):
+                group.create_task(self._work(), name=f"reconcile worker {index}")
+
+    async def _work(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self._pass(key)
+            except Exception:  # a bug in one pass must not take a worker away
+                log.exception("sandbox.pass_crashed", namespace=key[0], sandbox=key[1])
+                self.queue.retry(key, PERMANENT_RETRY_SECONDS)
+            finally:
+                self.queue.done(key)
+
+    async def _pass(self, key: SandboxKey) -> None:
+        raw = self.sandboxes.get(key)
+        if raw is None:
+            return
+        sandbox = Sandbox.from_body(json.loads(raw))
+        metadata = sandbox.metadata
+        if metadata.get("deletionTimestamp") or FINALIZER not in (metadata.get("finalizers") or []):
+            # Deleting: the delete handler's. Not ours yet: Kopf adds the finalizer first, and
+            # that change brings the Sandbox back here.
+            return
+        with structlog.contextvars.bound_contextvars(namespace=key[0], sandbox=key[1]):
+            try:
+                delay = await reconcile_once(self.runtime, sandbox, self._emitter(sandbox))
+            except KubeError as error:
+                log.warning("sandbox.pass_failed", error=str(error))
+                self.events.post(
+                    sandbox, warning=True, reason="ReconcileFailed", message=str(error)
+                )
+                base = TRANSIENT_RETRY_SECONDS if error.transient else PERMANENT_RETRY_SECONDS
+                self.queue.retry(key, base)
+                return
+        if delay is None:
+            self.queue.succeeded(key)
+        else:
+            self.queue.retry(key, delay)
+
+    def _emitter(self, sandbox: Sandbox) -> EmitEvent:
+        def emit(event: Event) -> None:
+            self.events.post(
+                sandbox, warning=event.warning, reason=str(event.reason), message=event.message
+            )
+
+        return emit
+
+    def _wake(self, key: SandboxKey) -> None:
+        if key in self.sandboxes:
+            self.queue.add(key)
+
+    def _node_changed(self, node: str, keys: set[SandboxKey]) -> None:
+        """A node agent came, went or was replaced: what it was given is to be given again."""
+        for key in keys:
+            self.runtime.handed_over.pop(key, None)
+        log.info("node_agent.changed", node=node, sandboxes=len(keys))
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
