@@ -6,6 +6,8 @@ the kernel settings as they were, and the machine lock free for the next node.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,59 @@ def test_stop_leaves_no_process_chain_bridge_or_mount(tmp_path: Path) -> None:
             }
     finally:
         registry.stop()
+
+
+OWNER = """
+import sys, time
+from pathlib import Path
+from kubesandbox_devenv.controlplane import ControlPlane
+from kubesandbox_devenv.realnode import RealNode
+plane = ControlPlane(Path(sys.argv[1]), real_node=True)
+plane.start()
+RealNode(plane).start()
+plane.kubectl("run", "paused", "--image=registry.k8s.io/pause:3.10", "--image-pull-policy=Never")
+while plane.kubectl("get", "pod", "paused", "-o", "jsonpath={.status.phase}").stdout != "Running":
+    time.sleep(0.2)
+print("running", flush=True)
+time.sleep(600)
+"""
+
+
+def shims_of(state: Path) -> list[int]:
+    socket = str(state / "node" / "containerd.sock")
+    return [
+        pid for pid in processes_under(state) if socket in Path(f"/proc/{pid}/cmdline").read_text()
+    ]
+
+
+def test_a_node_whose_owner_was_killed_is_swept_by_the_next_one(tmp_path: Path) -> None:
+    """SIGKILL the test process of a node: its tied processes die with it, but containerd's
+    shims, the containers, chains and bridge stay. The next node takes the lock over and
+    sweeps them before it starts."""
+    old_state, new_state = tmp_path / "old", tmp_path / "new"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(old_state)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        assert owner.stdout.readline().strip() == "running"
+    finally:
+        owner.kill()
+        owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()
+    assert shims_of(old_state)
+    assert pod_processes()
+    holder = MachineLock().holder()
+    assert holder is not None
+    assert holder.state_dir == str(old_state)
+    with ControlPlane(new_state, real_node=True, binaries=ensure_binaries()) as plane:
+        with RealNode(plane, binaries=ensure_node_binaries()):
+            assert wait_all_gone(shims_of(old_state)) == []
+            assert pod_processes() == []
+            assert hostnet.mounts_below(old_state) == []
+        assert hostnet.our_chains() == {}
+    assert MachineLock().holder() is None
