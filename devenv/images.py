@@ -19,10 +19,10 @@ version key, see :func:`ensure_standins`):
   Rust toolchain of the same version (rustc, cargo, rust-std: rustup's minimal profile) at the
   official image's paths (``RUSTUP_HOME=/usr/local/rustup``, ``CARGO_HOME=/usr/local/cargo``).
 
-buildah keeps its storage under ``$KUBESANDBOX_CACHE/buildah/<driver>/``: the overlay driver
-when the kernel mounts overlayfs here (it does on ext4), else vfs. RUN steps use chroot
-isolation: no nested container runtime, and the host's network for Debian, PyPI and crates.io.
-A file lock serialises builds that share the storage.
+buildah keeps its storage under ``$KUBESANDBOX_CACHE/buildah/<driver>/`` (its run-time state on
+``/run``): the overlay driver when the kernel mounts overlayfs here (it does on ext4), else vfs.
+RUN steps use chroot isolation: no nested container runtime, and the host's network for Debian,
+PyPI and crates.io. A file lock serialises builds that share the storage.
 """
 
 from __future__ import annotations
@@ -214,6 +214,16 @@ def overlay_works(scratch: Path) -> bool:
         return True
 
 
+def runroot_for(root: Path) -> Path:
+    """Where the storage's run-time state goes: on tmpfs (``/run``) so a reboot clears it, as
+    containers/storage expects; one per storage root."""
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    run = Path("/run")
+    if os.access(run, os.W_OK):
+        return run / "kubesandbox-buildah" / tag
+    return root.parent / "run"
+
+
 class Buildah:
     """The ``buildah`` CLI on a storage of its own under ``$KUBESANDBOX_CACHE/buildah``."""
 
@@ -225,7 +235,7 @@ class Buildah:
             or ("overlay" if overlay_works(self.home) else "vfs")
         )
         self.root = self.home / self.driver / "storage"
-        self.runroot = self.home / self.driver / "run"
+        self.runroot = runroot_for(self.root)
 
     @property
     def global_flags(self) -> list[str]:
@@ -600,7 +610,8 @@ def _skopeo_manifest(ref: str) -> dict[str, object] | None:
         stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0:
-        if "manifest unknown" in result.stderr or "not found" in result.stderr.lower():
+        stderr = result.stderr.lower()
+        if any(words in stderr for words in ("manifest unknown", "name unknown", "not found")):
             return None
         raise ImageBuildError(f"skopeo inspect {ref} failed: {result.stderr.strip()[-400:]}")
     manifest: dict[str, object] = json.loads(result.stdout)
