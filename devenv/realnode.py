@@ -305,14 +305,20 @@ class RealNode:
         return NodeStartReport(time.monotonic() - began, timings, ready)
 
     def stop(self) -> None:
-        """Stop the node and remove what it left on the host (see the module docstring)."""
+        """Stop the node and remove what it left on the host (see the module docstring).
+
+        The host sweep runs only when no other environment's node holds the machine lock: a
+        ``down`` of an environment that never ran a node must not clean up another's."""
         self.kubelet.stop()
         self._remove_pods()
         self.kube_proxy.stop()
         if self.layout.kube_proxy_config.exists():
-            self._logged(self.kube_proxy, [str(self.binaries.kube_proxy), "--cleanup"])
+            kube_proxy = self._binaries or NodeBinaries.in_cache()
+            self._logged(self.kube_proxy, [str(kube_proxy.kube_proxy), "--cleanup"])
         self.containerd.stop()
-        sweep_host(self.layout)
+        holder = self.lock.holder()
+        if holder is None or holder.state_dir == str(self.state_dir) or not self.lock.alive(holder):
+            sweep_host(self.layout)
         self.lock.release(self.state_dir)
 
     def __enter__(self) -> RealNode:
@@ -362,7 +368,8 @@ class RealNode:
     def crictl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """crictl on our containerd (``crictl pods``, ``ps -a``, ``logs``...)."""
         address = self.containerd_address
-        argv = [str(self.binaries.crictl), "--runtime-endpoint", address]
+        crictl = (self._binaries or NodeBinaries.in_cache()).crictl  # stop never builds
+        argv = [str(crictl), "--runtime-endpoint", address]
         argv += ["--image-endpoint", address, "--timeout", "60s", *args]
         return _tool(argv, check=check)
 
@@ -553,17 +560,30 @@ def sweep_host(layout: NodeLayout) -> None:
     """Remove, idempotently, what a node with this layout leaves on the host once its processes
     are stopped (or were killed with their owner): see the module docstring."""
     socket_path = str(layout.containerd_socket)
-    _kill(_processes_matching(lambda argv: "-address" in argv and socket_path in argv))
-    _kill(_pod_cgroup_processes())
-    hostnet.remove_pod_cgroups()
-    hostnet.remove_chains()
-    hostnet.delete_link(CNI_BRIDGE)
-    hostnet.unmount_below(layout.root)
-    _remove_log_links(layout.pod_logs)
-    _remove_kubelet_fixed_paths()
-    if layout.sysctls.exists():
-        hostnet.restore_sysctls(json.loads(layout.sysctls.read_text()))
-        layout.sysctls.unlink()
+    failures = []
+    for step in (
+        lambda: _kill(_processes_matching(lambda argv: "-address" in argv and socket_path in argv)),
+        lambda: _kill(_pod_cgroup_processes()),
+        hostnet.remove_pod_cgroups,
+        hostnet.remove_chains,
+        lambda: hostnet.delete_link(CNI_BRIDGE),
+        lambda: hostnet.unmount_below(layout.root),
+        lambda: _remove_log_links(layout.pod_logs),
+        _remove_kubelet_fixed_paths,
+        lambda: _restore_sysctls(layout.sysctls),
+    ):
+        try:
+            step()
+        except (OSError, hostnet.HostCommandError, ValueError) as error:
+            failures.append(f"{type(error).__name__}: {error}")
+    if failures:
+        raise RealNodeError("cleaning up after the node failed:\n" + "\n".join(failures))
+
+
+def _restore_sysctls(record: Path) -> None:
+    if record.exists():
+        hostnet.restore_sysctls(json.loads(record.read_text()))
+        record.unlink()
 
 
 def _processes_matching(predicate: Callable[[list[str]], bool]) -> list[int]:

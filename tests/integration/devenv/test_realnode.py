@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from kubesandbox_devenv import hostnet
 from kubesandbox_devenv.binaries import KUBERNETES_VERSION, ensure_binaries, ensure_node_binaries
 from kubesandbox_devenv.controlplane import ControlPlane
 from kubesandbox_devenv.nodeconfig import NODE_AGENT_LABEL, POD_SUBNET
@@ -246,12 +247,16 @@ def test_kubectl_in_a_pod_reaches_the_apiserver_through_the_kubernetes_service(
 
 
 def test_a_second_real_node_on_the_machine_is_refused_naming_the_holder(
-    node_env: NodeEnv, tmp_path: Path
+    node_env: NodeEnv, web: client.V1Pod, tmp_path: Path
 ) -> None:
     other = RealNode(ControlPlane(tmp_path, real_node=True), binaries=node_env.node.binaries)
     with pytest.raises(RealNodeBusyError, match=re.escape(str(node_env.plane.layout.root))):
         other.start()
+    chains = hostnet.our_chains()
+    other.stop()  # `down` of an environment without a node: leaves the running one alone
     assert node_env.node.is_alive()
+    assert hostnet.our_chains() == chains
+    assert wait_pod(node_env.plane, SERVER_POD).status is not None
 
 
 def test_start_again_restarts_only_a_dead_kubelet(node_env: NodeEnv) -> None:
