@@ -102,6 +102,11 @@ class NodeStartReport:
     components: Mapping[str, float] = field(default_factory=dict)
     ready: float = 0.0
 
+    def summary(self) -> str:
+        """One line for ``up``: ``Ready in 5.1s (containerd 0.2s, kubelet 1.5s, ...)``."""
+        took = ", ".join(f"{name} {secs:.1f}s" for name, secs in self.components.items())
+        return f"{NODE_NAME} Ready in {self.total:.1f}s ({took or 'all were running'})"
+
 
 # --- the machine-wide lock --------------------------------------------------------------------
 
