@@ -34,6 +34,9 @@ NODE_TOOLS = {
     "ip -V": "iproute2",
     "sysctl --version": "procps",
     "zstd --version": "Zstandard",
+    # rootfs/lower.py reads from erofs layers in a private mount namespace
+    "unshare --version": "util-linux",
+    "mount --version": "util-linux",
 }
 
 
