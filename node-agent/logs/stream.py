@@ -14,8 +14,9 @@ The ``id`` must be a cursor it can decode (base64 of a tagged position, see
 The node agent serves this shape and the gateway passes it through unchanged.
 
 Query: ``sources`` (comma-separated; ``all``; default ``stdout,stderr,output``), ``follow``
-(``true``: keep the stream open and send new entries as they are written, until the client
-goes or the sandbox is removed), ``tail`` (start with the last N entries instead of the first
+(default ``true``, the only way the SDK reads this route, without the parameter: keep the
+stream open and send new entries as they are written, until the client goes or the sandbox
+is removed; ``false``: end after what is written now), ``tail`` (start with the last N entries instead of the first
 one kept). ``Last-Event-ID`` (or ``cursor``) resumes just after that entry.
 """
 
@@ -69,7 +70,7 @@ def parse_query(
     request: web.Request,
 ) -> tuple[frozenset[Source], bool, int | None, Position | None]:
     sources = parse_sources(request.query.get("sources"))
-    follow = request.query.get("follow", "false").lower()
+    follow = request.query.get("follow", "true").lower()
     if follow not in ("true", "false", "1", "0"):
         raise BadQuery("follow must be true or false")
     tail = request.query.get("tail")

@@ -46,7 +46,8 @@ async def read_until(ws: ClientWebSocketResponse, done: Any) -> bytes:
 
 
 async def read_log(api: Api, uid: str, query: str = "", **headers: str) -> tuple[int, str]:
-    url = f"/v1/sandboxes/{uid}/logs{query}"
+    """What is logged now (``follow=false``)."""
+    url = f"/v1/sandboxes/{uid}/logs?follow=false&{query.lstrip('?')}"
     async with api.client.get(url, headers={**HEADERS, **headers}) as response:
         return response.status, await response.text()
 
@@ -83,7 +84,7 @@ async def test_follow_streams_new_entries_and_a_cursor_resumes(api: Api) -> None
     assert [e["text"] for e in first] == ["one\n"]
 
     async def follow() -> list[dict[str, Any]]:
-        url = f"/v1/sandboxes/{uid}/logs?follow=true"
+        url = f"/v1/sandboxes/{uid}/logs"  # follows by default, as the SDK reads it
         headers = {**HEADERS, "Last-Event-ID": first[-1]["id"]}
         async with api.client.get(url, headers=headers) as response:
             assert response.headers["Content-Type"] == "text/event-stream"
