@@ -85,13 +85,15 @@ class Container:
         self.name = buildah("from", "--pull=never", ref, what=f"buildah from {ref}").strip()
         self.root = Path(buildah("mount", self.name, what="buildah mount").strip())
 
-    def run(self, command: str) -> subprocess.CompletedProcess[str]:
+    def run(self, command: str, *options: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.buildah.argv("run", "--isolation=chroot", self.name, "--", "sh", "-c", command),
+            self.buildah.argv(
+                "run", "--isolation=chroot", *options, self.name, "--", "sh", "-c", command
+            ),
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
-            timeout=300,
+            timeout=600,
         )
 
     def remove(self) -> None:
@@ -198,6 +200,8 @@ def test_node_agent_bakes_a_static_guest_agent(
     assert "Program Headers:" in headers
     assert "program interpreter" not in headers
     assert "NEEDED" not in headers
+    version = node_agent.run(f"{env['KUBESANDBOX_GUEST_AGENT']} --version")
+    assert version.stdout.startswith("kubesandbox-agent "), version
 
 
 def test_node_agent_builds_its_boot_image_from_the_baked_kernel_without_a_download(
@@ -221,6 +225,87 @@ def test_node_agent_builds_its_boot_image_from_the_baked_kernel_without_a_downlo
     modules = node_agent.root / "usr/lib/kubesandbox/kernel/lib/modules" / release
     assert (modules / "modules.order").is_file()
     assert (modules / "kernel/drivers/virtio/virtio_mmio.ko").is_file()
+
+
+# Linux capabilities by number (capability.h); the VM test grants the ones this process holds.
+CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+)  # fmt: skip
+
+BOOT_A_VM = """
+import asyncio, os, shutil, subprocess, tempfile
+from pathlib import Path
+from kubesandbox_node.bootimage import initramfs
+from kubesandbox_node.vm import Share, VMSpec, boot
+from kubesandbox_node.vm.bootconfig import BootConfig, ShareRoot
+from kubesandbox_node.vm.host import tsc_khz
+from kubesandbox_protocol import AgentClient
+
+async def main():
+    image = initramfs.build(Path(os.environ["KUBESANDBOX_GUEST_AGENT"]))
+    directory = Path(tempfile.mkdtemp(prefix="vm-", dir="/tmp"))
+    root = directory / "root"  # the guest's root: the image's /usr under a writable skeleton
+    for name in ("usr", "proc", "sys", "dev", "tmp", "run", "etc", "root"):
+        (root / name).mkdir(parents=True)
+    for name in ("bin", "sbin", "lib", "lib64"):
+        (root / name).symlink_to(f"usr/{name}")
+    subprocess.run(["mount", "--bind", "-o", "ro", "/usr", str(root / "usr")], check=True)
+    config = BootConfig(hostname="inimage", root=ShareRoot(tag="root"))
+    spec = VMSpec(
+        name="inimage", accel="tcg", kernel=image.kernel,
+        initrd=initramfs.write_initrd(image, config, directory / "initrd.cpio"),
+        state_dir=directory, memory_mib=512, tsc_khz=tsc_khz(),
+        shares=(Share("root", root, read_only=False),),
+    )
+    vm = await boot(spec, directory / "agent.sock", ready_timeout=300)
+    try:
+        async with await AgentClient.connect(directory / "agent.sock") as client:
+            result = await client.run("sh", ["-c", "uname -r; . /lib/os-release; echo $ID"])
+            print("GUEST", result.code, result.stdout.decode().split(), flush=True)
+    finally:
+        await vm.stop(grace=10)
+        subprocess.run(["umount", str(root / "usr")], check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+
+asyncio.run(main())
+"""
+
+
+def held_capabilities() -> list[str]:
+    bounding = next(
+        int(line.split()[1], 16)
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("CapBnd:")
+    )
+    return [f"CAP_{name}" for bit, name in enumerate(CAPABILITIES) if bounding >> bit & 1]
+
+
+@pytest.mark.vm
+def test_node_agent_image_boots_a_vm_with_its_own_qemu_kernel_virtiofsd_and_guest_agent(
+    node_agent: Container,
+) -> None:
+    """Everything a sandbox needs, from inside the image: the boot image built from the baked
+    kernel and guest agent, QEMU (TCG), virtiofsd serving the guest's root, a command run in
+    the guest through the agent protocol. The DaemonSet is privileged: the container gets the
+    capabilities this process holds, and a tmpfs on /run (virtiofsd's lock directory; buildah's
+    chroot isolation leaves the image's /run read-only)."""
+    script = node_agent.root / "tmp" / "boot_a_vm.py"
+    script.write_text(BOOT_A_VM)
+    try:
+        caps = [f"--cap-add={cap}" for cap in held_capabilities()]
+        result = node_agent.run(
+            "python /tmp/boot_a_vm.py", *caps, "--mount", "type=tmpfs,destination=/run"
+        )
+    finally:
+        script.unlink()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    release = node_agent.run("ls /usr/lib/kubesandbox/kernel/lib/modules").stdout.strip()
+    assert f"GUEST 0 ['{release}', 'debian']" in result.stdout, result.stdout[-3000:]
 
 
 def test_controller_runs_as_65532_and_its_entry_points_start(
