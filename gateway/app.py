@@ -12,9 +12,13 @@ Every request goes through the same three steps before it touches anything:
    credentials, and only the objects the reviewed request is about.
 
 The gateway keeps no state: each route is a few reads and writes of the ``Sandbox`` (and, on
-create, its companion Secret). :mod:`.translate` owns the shape of bodies; this module owns the
-HTTP contract (docs/gateway.md). Request bodies are hostile input: bounded (1 MiB), parsed
-strictly, and only ever logged through :func:`translate.redacted`.
+create, its companion Secret). Reads by name or id, and of node agent Leases, are served from
+watch-backed copies of the apiserver's objects when those have them (``sandboxes``,
+``leases``: no apiserver read per exec); writes always go to the apiserver. Clients whose
+tokens keep failing are limited (:mod:`.ratelimit`). :mod:`.translate` owns the shape of
+bodies; this module owns the HTTP contract (docs/gateway.md). Request bodies are hostile
+input: bounded (1 MiB), parsed strictly, and only ever logged through
+:func:`translate.redacted`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 One process, one apiserver client (the kubeconfig given, else ``$KUBECONFIG``, else the
 in-cluster service account), one aiohttp server on ``--listen``. The gateway's own account
-needs only: create TokenReviews and SubjectAccessReviews, read/write Sandboxes, create/patch/
-delete Secrets, read Leases in the node agents' namespace. Every tenant request is reviewed
+needs only: create TokenReviews and SubjectAccessReviews, read/write (and list/watch, for its
+cache) Sandboxes, create/patch/delete Secrets, get/list/watch Leases in the node agents'
+namespace. Every tenant request is reviewed
 against the tenant's own RBAC before the gateway uses that account (docs/gateway.md).
 """
 
