@@ -11,6 +11,7 @@ of a real node agent Pod does."""
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -37,6 +38,9 @@ NODE_AGENT = f"system:serviceaccount:{SYSTEM}:kubesandbox-node-agent"
 OPERATOR = f"system:serviceaccount:{SYSTEM}:kubesandbox-operator"
 SANDBOXES = "sandboxes.kubesandbox.dev"
 WAIT = ("--wait", "--timeout", "120s")
+NO_HOOK = ("--no-hooks",)
+"""The pre-delete hook's Job cannot run without a kubelet; test_uninstall_hook_script runs its
+script on this host instead, with the hook's ServiceAccount."""
 INSTALL_VALUES: JsonDict = {
     # No kubelet runs on the fake Nodes (labelled for node agents): Pods would be bound and
     # never start, nor go away when deleted.
@@ -66,7 +70,7 @@ def release(cluster_helm: Helm, control_plane: ControlPlane) -> Iterator[str]:
     other tests of the session may have applied the chart's RBAC with kubectl already."""
     cluster_helm.run("install", *install_args(INSTALL_VALUES), "--take-ownership", *WAIT)
     yield RELEASE
-    cluster_helm.run("uninstall", RELEASE, "--namespace", SYSTEM, check=False)
+    cluster_helm.run("uninstall", RELEASE, "--namespace", SYSTEM, *NO_HOOK, check=False)
 
 
 def manifest_objects(helm: Helm) -> list[JsonDict]:
@@ -327,9 +331,10 @@ def token(plane: ControlPlane, *bound: str) -> str:
     return created.stdout.strip()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def sandboxes(release: str, control_plane: ControlPlane) -> Iterator[tuple[str, dict[str, str]]]:
-    """A namespace with one Sandbox per node, status.nodeName set as the operator would."""
+    """A namespace with one Sandbox per node, status.nodeName set as the operator would; gone
+    before the next test (an operator started later would otherwise adopt them)."""
     namespace = f"vap-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("create", "namespace", namespace)
     uids = {}
@@ -351,7 +356,7 @@ def sandboxes(release: str, control_plane: ControlPlane) -> Iterator[tuple[str, 
             "--type=merge", "-p", json.dumps(status), "--field-manager=kubesandbox-operator",
         )  # fmt: skip
     yield namespace, uids
-    control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
+    control_plane.kubectl("delete", "namespace", namespace, "--timeout=120s")
 
 
 def refused(answer: tuple[int, JsonDict], *message: str) -> None:
@@ -516,12 +521,80 @@ def test_the_operator_works_with_only_its_chart_rbac(
         assert sign not in output, output[-4000:]
 
 
+def hook_script(helm: Helm, plane: ControlPlane) -> str:
+    """The hook's ServiceAccount and RBAC applied (Helm would create them before the Job), and
+    the Job's script returned."""
+    hook = documents(helm.template(SYSTEM, show_only=["templates/uninstall-hook.yaml"]).stdout)
+    jobs = [o for o in hook if o["kind"] == "Job"]
+    rbac = [o for o in hook if o["kind"] != "Job"]
+    plane.kubectl("apply", "-f", "-", input_text=json.dumps({"kind": "List", "apiVersion": "v1",
+                                                             "items": rbac}))  # fmt: skip
+    (job,) = jobs
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:2] == ["python3", "-c"]
+    return str(command[2])
+
+
+def run_hook(
+    plane: ControlPlane, script: str, tmp_path: Path, timeout: int
+) -> subprocess.CompletedProcess[str]:
+    token = plane.kubectl("create", "token", "kubesandbox-uninstall", "-n", SYSTEM).stdout
+    (tmp_path / "token").write_text(token.strip())
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "KUBESANDBOX_API": plane.server,
+        "KUBESANDBOX_TOKEN_FILE": str(tmp_path / "token"),
+        "KUBESANDBOX_CA_FILE": str(plane.ca),
+        "KUBESANDBOX_TIMEOUT": str(timeout),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True,
+        timeout=timeout + 60, check=False,
+    )  # fmt: skip
+
+
+def test_uninstall_hook_deletes_every_sandbox_and_waits(
+    cluster_helm: Helm, control_plane: ControlPlane, release: str, tmp_path: Path
+) -> None:
+    """The pre-delete hook's script, with the hook's own RBAC: every Sandbox is deleted and
+    awaited; one that cannot go (a finalizer nobody removes: no operator) fails the hook after
+    its timeout, naming it."""
+    script = hook_script(cluster_helm, control_plane)
+    namespace = f"hook-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    for name, finalizers in (("plain", []), ("stuck", ["kubesandbox.dev/test-finalizer"])):
+        sandbox = {
+            "apiVersion": "kubesandbox.dev/v1alpha1",
+            "kind": "Sandbox",
+            "metadata": {"name": name, "namespace": namespace, "finalizers": finalizers},
+            "spec": {"image": {"oci": "busybox:1.36"}},
+        }
+        control_plane.kubectl("create", "-f", "-", input_text=json.dumps(sandbox))
+
+    stuck = run_hook(control_plane, script, tmp_path, timeout=6)
+    assert stuck.returncode == 1, stuck.stdout + stuck.stderr
+    assert f"deleting Sandbox {namespace}/plain" in stuck.stdout
+    assert f"these Sandboxes are still there: {namespace}/stuck" in stuck.stderr
+    assert control_plane.kubectl("get", SANDBOXES, "plain", "-n", namespace,
+                                 check=False).returncode != 0  # fmt: skip
+
+    control_plane.kubectl(
+        "patch", SANDBOXES, "stuck", "-n", namespace, "--type=merge",
+        "-p", '{"metadata": {"finalizers": null}}',
+    )  # fmt: skip
+    done = run_hook(control_plane, script, tmp_path, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "every Sandbox is gone" in done.stdout
+    listed = json.loads(control_plane.kubectl("get", SANDBOXES, "-A", "-o", "json").stdout)
+    assert listed["items"] == []
+
+
 def test_uninstall_leaves_only_the_crd(
     cluster_helm: Helm, control_plane: ControlPlane, release: str
 ) -> None:
     """Runs last in this module (pytest keeps file order): the release goes, the CRD stays."""
     objects = manifest_objects(cluster_helm)
-    cluster_helm.run("uninstall", RELEASE, "--namespace", SYSTEM, "--wait")
+    cluster_helm.run("uninstall", RELEASE, "--namespace", SYSTEM, "--wait", *NO_HOOK)
     left = [f"{o['kind']}/{o['metadata']['name']}" for o in objects if live(control_plane, o)]
     assert left == []
     assert control_plane.kubectl("get", "crd", SANDBOXES).returncode == 0

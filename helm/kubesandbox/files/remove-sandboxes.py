@@ -1,0 +1,61 @@
+# Run by the chart's pre-delete hook (templates/uninstall-hook.yaml) with `python3 -c`: deletes
+# every Sandbox and waits until all are gone, while the operator and the node agents still run,
+# so that `helm uninstall` leaves no VM, network namespace or sandbox directory on any node.
+# Standard library only. In the Job it uses its Pod's ServiceAccount; KUBESANDBOX_API,
+# KUBESANDBOX_TOKEN_FILE and KUBESANDBOX_CA_FILE override that (the chart's tests run it so).
+import json
+import os
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+
+ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+env = os.environ.get
+api = env("KUBESANDBOX_API") or "https://{}:{}".format(
+    env("KUBERNETES_SERVICE_HOST"), env("KUBERNETES_SERVICE_PORT")
+)
+with open(env("KUBESANDBOX_TOKEN_FILE") or ACCOUNT + "/token") as file:
+    token = file.read().strip()
+context = ssl.create_default_context(cafile=env("KUBESANDBOX_CA_FILE") or ACCOUNT + "/ca.crt")
+timeout = float(env("KUBESANDBOX_TIMEOUT") or "300")
+group = "/apis/kubesandbox.dev/v1alpha1"
+
+
+def call(method, path):
+    request = urllib.request.Request(
+        api + path, method=method, headers={"Authorization": "Bearer " + token}
+    )
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=30) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as error:
+        with error:
+            if error.code == 404:
+                return None
+            raise SystemExit(f"{method} {path}: {error.code} {error.read().decode()[:300]}")
+
+
+deadline = time.monotonic() + timeout
+while True:
+    listed = call("GET", group + "/sandboxes")
+    if listed is None:
+        print("no Sandbox API (the CRD is gone): nothing to remove")
+        break
+    left = [item["metadata"] for item in listed["items"]]
+    if not left:
+        print("every Sandbox is gone")
+        break
+    for meta in left:
+        if not meta.get("deletionTimestamp"):
+            print(f"deleting Sandbox {meta['namespace']}/{meta['name']}", flush=True)
+            call("DELETE", f"{group}/namespaces/{meta['namespace']}/sandboxes/{meta['name']}")
+    if time.monotonic() > deadline:
+        names = ", ".join(f"{m['namespace']}/{m['name']}" for m in left)
+        sys.exit(
+            f"after {timeout:.0f} s these Sandboxes are still there: {names}. Is the operator "
+            "running? `helm uninstall --no-hooks` skips this wait (their VMs then keep "
+            "running until their node agent is back and removes them)"
+        )
+    time.sleep(2)
