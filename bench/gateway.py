@@ -82,8 +82,26 @@ async def timed(operation: Callable[[], Awaitable[bytes]]) -> float:
     return took
 
 
+def wait_for_rbac(running: services.RunningSystem, within: float = 60.0) -> None:
+    """Until the demo account may create sandboxes: the built-in ``edit`` role gets the
+    chart's rules through the clusterrole-aggregation controller, a moment after they are
+    applied (a create before that is 403, and the gateway caches the denial for 10 s)."""
+    deadline = time.monotonic() + within
+    while True:
+        answer = running.plane.kubectl(
+            "auth", "can-i", "create", "sandboxes.kubesandbox.dev", "-n", "default",
+            "--as=system:serviceaccount:default:demo", check=False,
+        )  # fmt: skip
+        if answer.stdout.strip() == "yes":
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit("the demo account still may not create sandboxes after 60 s")
+        time.sleep(0.5)
+
+
 async def measure(running: services.RunningSystem, execs: int, warmup: int) -> None:
     url = f"{running.gateway_url}/ns/default"
+    wait_for_rbac(running)
     with backend_scope(BackendKind.CLOUD, url=url, api_key=running.demo_token):
         began = time.perf_counter()
         sandbox = await Sandbox.create(NAME, image="busybox:1.36", memory=128)
