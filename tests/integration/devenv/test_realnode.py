@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import urllib.request
@@ -190,6 +191,8 @@ def test_logs_exec_port_forward_and_the_node_proxy_reach_the_kubelet(
     )  # fmt: skip
     try:
         assert forward.stdout is not None
+        ready, _, _ = select.select([forward.stdout], [], [], 60)
+        assert ready, "kubectl port-forward said nothing in 60 s"
         announced = forward.stdout.readline()  # Forwarding from 127.0.0.1:<port> -> 8080
         local = re.search(r"127\.0\.0\.1:(\d+)", announced)
         assert local, announced

@@ -6,6 +6,7 @@ the kernel settings as they were, and the machine lock free for the next node.""
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,8 @@ def test_a_node_whose_owner_was_killed_is_swept_by_the_next_one(tmp_path: Path) 
     )
     try:
         assert owner.stdout is not None
+        ready, _, _ = select.select([owner.stdout], [], [], 180)
+        assert ready, "the owner did not get a Pod Running in 180 s"
         assert owner.stdout.readline().strip() == "running"
     finally:
         owner.kill()
