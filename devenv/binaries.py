@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.35.4"
@@ -36,8 +36,18 @@ def cache_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "kubesandbox"
 
 
+class _BinarySet:
+    """A dataclass whose fields are all paths of binaries."""
+
+    def all(self) -> tuple[Path, ...]:
+        return tuple(getattr(self, item.name) for item in fields(self))  # type: ignore[arg-type]
+
+    def missing(self) -> list[Path]:
+        return [path for path in self.all() if not os.access(path, os.X_OK)]
+
+
 @dataclass(frozen=True)
-class Binaries:
+class Binaries(_BinarySet):
     """Absolute paths of every binary the control plane runs."""
 
     etcd: Path
@@ -58,21 +68,9 @@ class Binaries:
             kubectl=k8s / "kubectl",
         )
 
-    def all(self) -> tuple[Path, ...]:
-        return (
-            self.etcd,
-            self.kube_apiserver,
-            self.kube_controller_manager,
-            self.kube_scheduler,
-            self.kubectl,
-        )
-
-    def missing(self) -> list[Path]:
-        return [path for path in self.all() if not os.access(path, os.X_OK)]
-
 
 @dataclass(frozen=True)
-class NodeBinaries:
+class NodeBinaries(_BinarySet):
     """Absolute paths of the binaries of the real node we build (containerd, runc and the CNI
     plugins come from Debian's packages)."""
 
@@ -89,12 +87,6 @@ class NodeBinaries:
             kube_proxy=node / "kube-proxy",
             crictl=root / f"crictl-{CRICTL_VERSION}" / "crictl",
         )
-
-    def all(self) -> tuple[Path, ...]:
-        return (self.kubelet, self.kube_proxy, self.crictl)
-
-    def missing(self) -> list[Path]:
-        return [path for path in self.all() if not os.access(path, os.X_OK)]
 
 
 def _run_build(what: str, cache: Path | None, show_progress: bool) -> tuple[int, str]:
