@@ -83,12 +83,15 @@ affinity:
 {{- $agent := .Values.nodeAgent -}}
 {{- $config := dict
   "namespace" .Release.Namespace
+  "listen" (printf "0.0.0.0:%v" $agent.port)
+  "tls" $agent.tls
   "stateDir" $agent.stateDir
   "cacheDir" $agent.cacheDir
+  "cgroupRoot" "/host/sys/fs/cgroup"
+  "cgroupParent" $agent.cgroupParent
   "network" $agent.network
   "logLevel" .Values.logLevel
 -}}
-{{- if ne $agent.tls "none" }}{{ $_ := set $config "tls" $agent.tls }}{{ end -}}
 {{- if $agent.allowEmulation }}{{ $_ := set $config "allowEmulation" true }}{{ end -}}
 {{- with $agent.plainHttpRegistries }}{{ $_ := set $config "plainHttpRegistries" . }}{{ end -}}
 {{- with $agent.registryMirrors }}{{ $_ := set $config "registryMirrors" . }}{{ end -}}

@@ -3,6 +3,8 @@ values turn into (the node agent's privileges and configuration, images, optiona
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -87,12 +89,14 @@ def test_node_agent_daemonset(helm: Helm) -> None:
            if "valueFrom" in e}  # fmt: skip
     assert env == {"NODE_NAME": "spec.nodeName", "HOST_IP": "status.hostIP"}
     assert "--node-name=$(NODE_NAME)" in container["args"]
-    assert "--listen=$(HOST_IP):9443" in container["args"]
+    assert "--host-ip=$(HOST_IP)" in container["args"]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
     for path in ("/dev", "/var/lib/kubesandbox", "/var/cache/kubesandbox", "/run/netns",
-                 "/sys/fs/cgroup", "/lib/modules"):  # fmt: skip
+                 "/lib/modules"):  # fmt: skip
         assert host_paths[mounts[path]["name"]] == path
+    # the host's cgroup hierarchies beside the container's own (cgroupRoot)
+    assert host_paths[mounts["/host/sys/fs/cgroup"]["name"]] == "/sys/fs/cgroup"
     assert mounts["/run/netns"]["mountPropagation"] == "Bidirectional"
     assert mounts["/lib/modules"]["readOnly"] is True
     annotations = pod["metadata"]["annotations"]
@@ -105,11 +109,14 @@ def test_node_agent_daemonset(helm: Helm) -> None:
     )
     assert config == {
         "namespace": "kubesandbox-system",
+        "listen": "0.0.0.0:9443",
+        "tls": "auto",
         "stateDir": "/var/lib/kubesandbox",
         "cacheDir": "/var/cache/kubesandbox",
+        "cgroupRoot": "/host/sys/fs/cgroup",
+        "cgroupParent": "/kubesandbox",
         "network": "netns",
         "logLevel": "info",
-        "tls": "auto",
     }  # no allowEmulation unless a value says so
     # no Secret is needed for TLS (the certificate is made on the node, pinned via the Lease)
     assert not [v for v in spec["volumes"] if "secret" in v]
@@ -126,7 +133,7 @@ def test_node_agent_values(helm: Helm) -> None:
                 "stateDir": "/srv/ksb/state",
                 "tolerations": [{"operator": "Exists"}],
                 "extraConfig": {"readyTimeout": 300},
-                "tls": "none",
+                "tls": "off",
             }
         },
     )
@@ -137,7 +144,7 @@ def test_node_agent_values(helm: Helm) -> None:
     assert config["registryMirrors"] == {"docker.io": "127.0.0.1:5000"}
     assert config["stateDir"] == "/srv/ksb/state"
     assert config["readyTimeout"] == 300
-    assert "tls" not in config
+    assert config["tls"] == "off"
     spec = find(objects, "DaemonSet", "kubesandbox-node-agent")["spec"]["template"]["spec"]
     assert spec["tolerations"] == [{"operator": "Exists"}]
     state = next(v for v in spec["volumes"] if v["name"] == "state")
@@ -226,3 +233,68 @@ def test_crds_are_the_generated_ones(helm: Helm) -> None:
     objects = render(helm, None, "--include-crds")
     crd = find(objects, "CustomResourceDefinition", "sandboxes.kubesandbox.dev")
     assert crd == crdgen.crd()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        None,
+        {"nodeAgent": {"allowEmulation": True, "registryMirrors": {"docker.io": "r:5000"},
+                       "plainHttpRegistries": ["r:5000"], "allowedHostPaths": ["/srv"],
+                       "tls": "off", "network": "none", "extraConfig": {"readyTimeout": 300}}},
+    ],
+    ids=["defaults", "every-value"],
+)  # fmt: skip
+def test_the_node_agent_accepts_its_config_and_args(
+    helm: Helm, values: JsonDict | None, tmp_path: Path
+) -> None:
+    """The ConfigMap and the container's arguments, as the kubelet hands them over, parsed by
+    the node agent's own loader (it refuses unknown keys by name)."""
+    from kubesandbox_node.main import load_config
+
+    objects = render(helm, values)
+    config_file = tmp_path / "node-agent.yaml"
+    config_map = find(objects, "ConfigMap", "kubesandbox-node-agent")
+    config_file.write_text(config_map["data"]["node-agent.yaml"])
+    daemonset = find(objects, "DaemonSet", "kubesandbox-node-agent")
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    volume = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    expanded = [
+        arg.replace("$(NODE_NAME)", "node-7")
+        .replace("$(HOST_IP)", "10.1.2.3")
+        .replace(f"{volume['mountPath']}/node-agent.yaml", str(config_file))
+        for arg in container["args"]
+    ]
+    config = load_config(expanded)
+    assert config.node_name == "node-7"
+    assert config.namespace == "kubesandbox-system"
+    assert str(config.cgroup_root) == "/host/sys/fs/cgroup"
+    assert config.listen == "0.0.0.0:9443"
+    if values is not None:
+        assert config.allow_emulation is True
+        assert config.registry_mirrors == {"docker.io": "r:5000"}
+        assert config.ready_timeout == 300
+    else:
+        assert config.allow_emulation is False
+
+
+def test_the_gateway_and_operator_accept_their_args(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubesandbox_gateway.main import parse_args as gateway_args
+    from kubesandbox_operator.main import parse as operator_args
+
+    objects = render(helm, {"logLevel": "debug", "operator": {"allowHostPaths": True}})
+    gateway = find(objects, "Deployment", "kubesandbox-gateway")["spec"]["template"]["spec"]
+    args = gateway_args(gateway["containers"][0]["args"])
+    assert args.listen == ("0.0.0.0", 8080)  # noqa: S104 (the Pod's address, behind a Service)
+    assert args.agents_namespace == "kubesandbox-system"
+    assert args.log_level == "debug"
+    operator = find(objects, "Deployment", "kubesandbox-operator")["spec"]["template"]["spec"]
+    (container,) = operator["containers"]
+    for variable in container["env"]:
+        monkeypatch.setenv(variable["name"], variable["value"])
+    parsed = operator_args(container.get("args", []))
+    assert parsed.namespace == "kubesandbox-system"
+    assert parsed.log_level == "debug"
+    assert parsed.allow_host_paths is True
