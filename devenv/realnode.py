@@ -312,17 +312,21 @@ class RealNode:
     def stop(self) -> None:
         """Stop the node and remove what it left on the host (see the module docstring).
 
-        The host sweep runs only when no other environment's node holds the machine lock: a
-        ``down`` of an environment that never ran a node must not clean up another's."""
+        ``kube-proxy --cleanup`` and the host sweep run only when no other environment's node
+        holds the machine lock: the ``down`` of an environment whose node is long gone must not
+        clean up the node another one runs now."""
+        holder = self.lock.holder()
+        host_is_ours = (
+            holder is None or holder.state_dir == str(self.state_dir) or not self.lock.alive(holder)
+        )
         self.kubelet.stop()
         self._remove_pods()
         self.kube_proxy.stop()
-        if self.layout.kube_proxy_config.exists():
+        if host_is_ours and self.layout.kube_proxy_config.exists():
             kube_proxy = self._binaries or NodeBinaries.in_cache()
             self._logged(self.kube_proxy, [str(kube_proxy.kube_proxy), "--cleanup"])
         self.containerd.stop()
-        holder = self.lock.holder()
-        if holder is None or holder.state_dir == str(self.state_dir) or not self.lock.alive(holder):
+        if host_is_ours:
             sweep_host(self.layout)
         self.lock.release(self.state_dir)
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import urllib.request
@@ -256,7 +257,10 @@ def test_a_second_real_node_on_the_machine_is_refused_naming_the_holder(
     with pytest.raises(RealNodeBusyError, match=re.escape(str(node_env.plane.layout.root))):
         other.start()
     chains = hostnet.our_chains()
-    other.stop()  # `down` of an environment without a node: leaves the running one alone
+    # The `down` of an environment whose node ran once and is gone leaves this one alone.
+    other.layout.root.mkdir(parents=True)
+    shutil.copy(node_env.node.layout.kube_proxy_config, other.layout.kube_proxy_config)
+    other.stop()
     assert node_env.node.is_alive()
     assert hostnet.our_chains() == chains
     assert wait_pod(node_env.plane, SERVER_POD).status is not None
