@@ -16,8 +16,9 @@ The node agent serves this shape and the gateway passes it through unchanged.
 Query: ``sources`` (comma-separated; ``all``; default ``stdout,stderr,output``), ``follow``
 (default ``true``, the only way the SDK reads this route, without the parameter: keep the
 stream open and send new entries as they are written, until the client goes or the sandbox
-is removed; ``false``: end after what is written now), ``tail`` (start with the last N entries instead of the first
-one kept). ``Last-Event-ID`` (or ``cursor``) resumes just after that entry.
+is removed; ``false``: end after what is written now), ``tail`` (start with the last N
+entries instead of the first one kept). ``Last-Event-ID`` (or ``cursor``) resumes just after
+that entry.
 """
 
 from __future__ import annotations
