@@ -198,6 +198,14 @@ class ExecLog:
         last = numbers[-1]
         return Position(last, self._path(last).stat().st_size)
 
+    def clamp(self, position: Position) -> Position:
+        """``position``, or the end when it lies beyond it (a cursor of a log that was
+        removed and begun again, or one made up): reading resumes with what comes next."""
+        end = self.end()
+        if (position.segment, position.offset) > (end.segment, end.offset):
+            return end
+        return position
+
     def read(self, since: Position | None = None, *, limit: int = 1000) -> list[Entry]:
         """Up to ``limit`` complete entries after ``since`` (the start when ``None``)."""
         return list(_take(self._entries(since), limit))

@@ -109,7 +109,7 @@ async def serve(request: web.Request, log: ExecLog) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    position = since
+    position = None if since is None else await asyncio.to_thread(log.clamp, since)
     if tail is not None and since is None:
         entries = await asyncio.to_thread(log.tail, tail, sources) if tail else []
         await send(response, entries, sources)

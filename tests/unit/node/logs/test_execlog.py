@@ -93,3 +93,14 @@ async def test_followers_are_woken_by_appends_and_close(tmp_path: Path) -> None:
     assert closing.is_set()
     log.append(Source.STDOUT, b"after close")
     assert [e.data for e in log.read()] == [b"x"]
+
+
+def test_a_cursor_beyond_the_end_resumes_with_what_comes_next(tmp_path: Path) -> None:
+    log = ExecLog(tmp_path / "log")
+    log.append(Source.STDOUT, b"old\n")
+    beyond = log.clamp(Position(99, 5))
+    assert beyond == log.end()
+    log.append(Source.STDOUT, b"new\n")
+    assert [e.data for e in log.read(beyond)] == [b"new\n"]
+    inside = log.read()[0].after
+    assert log.clamp(inside) == inside
