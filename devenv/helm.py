@@ -2,9 +2,10 @@
 
 Helm is built from the Go module proxy by ``devenv/build-helm.sh`` (no release tarball is
 reachable from these machines) into ``$KUBESANDBOX_CACHE/bin/helm-<version>/helm``, once per
-version; ``make deps`` does it (``devenv/deps.d/35-helm.sh``), and :func:`ensure_helm` does it
-on first use. :class:`Helm` runs it against one kubeconfig with its own configuration, cache
-and data directories, so nothing of the user's ``~/.config/helm`` leaks into a test.
+version (pinned in :mod:`.binaries`: ``HELM_VERSION``, ``helm_binary``, ``ensure_helm``);
+``make deps`` does it (``devenv/deps.d/35-helm.sh``), and ``ensure_helm`` on first use.
+:class:`Helm` runs it against one kubeconfig with its own configuration, cache and data
+directories, so nothing of the user's ``~/.config/helm`` leaks into a test.
 
 Run as ``python -m kubesandbox_devenv.helm``: builds Helm when missing and prints its path.
 """
@@ -20,10 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubesandbox_devenv.binaries import REPO_ROOT, BinariesMissingError, cache_dir
+from kubesandbox_devenv.binaries import REPO_ROOT, cache_dir, ensure_helm
 
-HELM_VERSION = "v3.22.0"
-BUILD_SCRIPT = REPO_ROOT / "devenv" / "build-helm.sh"
 CHART_DIR = REPO_ROOT / "helm" / "kubesandbox"
 RELEASE = "kubesandbox"
 RBAC_TEMPLATES = (
@@ -34,32 +33,6 @@ RBAC_TEMPLATES = (
 """The users' roles and the gateway's identity: what the host-process environment applies
 (``services.apply_rbac``) without installing the rest of the chart."""
 TIMEOUT = 300.0
-
-
-def helm_binary(cache: Path | None = None) -> Path:
-    return (cache or cache_dir()) / "bin" / f"helm-{HELM_VERSION}" / "helm"
-
-
-def ensure_helm(cache: Path | None = None, *, show_progress: bool = False) -> Path:
-    """The cached helm, built first (about 2 minutes with a cold module cache) when missing."""
-    binary = helm_binary(cache)
-    if os.access(binary, os.X_OK):
-        return binary
-    env = dict(os.environ, GOTOOLCHAIN="local", HELM_VERSION=HELM_VERSION)
-    env["KUBESANDBOX_CACHE"] = str(cache or cache_dir())
-    result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=None if show_progress else subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0 or not os.access(binary, os.X_OK):
-        tail = "\n".join((result.stderr or "").splitlines()[-30:])
-        raise BinariesMissingError(f"{BUILD_SCRIPT} exited {result.returncode}\n{tail}")
-    return binary
 
 
 class HelmError(subprocess.CalledProcessError):

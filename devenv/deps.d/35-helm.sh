@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 # helm, built from the Go module proxy and cached by version (devenv/build-helm.sh; the version
-# is pinned in devenv/helm.py, which passes it to the script).
+# is pinned in devenv/binaries.py, which passes it to the script).
 set -euo pipefail
 .venv/bin/python -m kubesandbox_devenv.helm >/dev/null

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kubesandbox_devenv.binaries import REPO_ROOT
-from kubesandbox_devenv.helm import Helm, ensure_helm
+from kubesandbox_devenv.binaries import REPO_ROOT, ensure_helm
+from kubesandbox_devenv.helm import Helm
 
 SYSTEM = "kubesandbox-system"
 DEVENV_VALUES = REPO_ROOT / "devenv" / "values-devenv.yaml"
