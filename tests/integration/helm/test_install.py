@@ -153,6 +153,20 @@ def test_second_upgrade_with_the_same_values_changes_nothing(
     assert status["info"]["status"] == "deployed"
 
 
+def test_notes_say_how_to_reach_the_gateway_and_use_the_sdk(
+    release: str, cluster_helm: Helm
+) -> None:
+    notes = cluster_helm.run("get", "notes", RELEASE, "-n", SYSTEM).stdout
+    # INSTALL_VALUES' nodeSelector, merged by Helm with the default
+    labels = "kubesandbox.dev/helm-test=no-such-node kubesandbox.dev/node-agent=true"
+    assert f"kubectl label node <node> {labels}\n" in notes
+    assert "kubectl -n kubesandbox-system port-forward service/kubesandbox-gateway 8080:80" in notes
+    assert "http://kubesandbox-gateway.kubesandbox-system.svc:80" in notes
+    assert "export MSB_BACKEND=cloud" in notes
+    assert "export MSB_API_URL=<gateway URL>/ns/<namespace>" in notes
+    assert "export MSB_API_KEY=$TOKEN" in notes
+
+
 def can_i(plane: ControlPlane, who: str, verb: str, resource: str, namespace: str = "") -> bool:
     args = ["auth", "can-i", verb, f"--as={who}"]
     plural, _, subresource = resource.partition("/")  # kubectl reads TYPE/NAME otherwise
