@@ -38,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -618,6 +620,20 @@ def _skopeo_manifest(ref: str) -> dict[str, object] | None:
     return manifest
 
 
+def check_registry(registry: str) -> None:
+    """Fail before building when nothing answers the registry API at ``http://registry/v2/``."""
+    try:
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(f"http://{registry}/v2/", timeout=10):
+            return
+    except urllib.error.HTTPError as error:
+        if error.code == 401:  # it answers; credentials are buildah's business
+            return
+        raise ImageBuildError(f"registry {registry}: /v2/ answered {error.code}") from error
+    except OSError as error:
+        raise ImageBuildError(f"registry {registry} does not answer over HTTP: {error}") from error
+
+
 def pushed_size(manifest: dict[str, object]) -> int:
     config = manifest.get("config")
     config_size = int(config["size"]) if isinstance(config, dict) else 0
@@ -641,6 +657,7 @@ def build_images(
     """
     if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]+)?", registry):
         raise ImageBuildError(f"registry must be host:port, got {registry!r}")
+    check_registry(registry)
     started = time.monotonic()
     buildah = Buildah(cache)
 

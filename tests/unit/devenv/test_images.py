@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -132,3 +133,11 @@ def test_a_missing_rust_toolchain_is_named_with_what_was_found(
     monkeypatch.setenv("RUSTUP_HOME", str(tmp_path))
     with pytest.raises(images.ImageBuildError, match=r"rust:1\.95-bookworm .*found: none"):
         images.rust_toolchain("1.95")
+
+
+def test_a_registry_that_does_not_answer_is_refused_before_any_build() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(images.ImageBuildError, match=f"127.0.0.1:{port} does not answer"):
+        images.build_images(f"127.0.0.1:{port}")
