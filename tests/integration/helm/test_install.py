@@ -153,6 +153,21 @@ def test_second_upgrade_with_the_same_values_changes_nothing(
     assert status["info"]["status"] == "deployed"
 
 
+def test_the_policy_type_checks_without_warnings(release: str, control_plane: ControlPlane) -> None:
+    """The apiserver type-checks every CEL expression against the matched kinds (Sandbox from
+    its CRD schema, Lease, Event): a misspelt field would be a warning here."""
+
+    def checked() -> JsonDict | None:
+        policy = "validatingadmissionpolicy/kubesandbox-node-agent"
+        found = json.loads(control_plane.kubectl("get", policy, "-o", "json").stdout)
+        status: JsonDict = found.get("status", {})
+        generation = found["metadata"]["generation"]
+        return status if status.get("observedGeneration") == generation else None
+
+    status = eventually(checked, what="the policy's type check")
+    assert not status.get("typeChecking", {}).get("expressionWarnings"), status
+
+
 def test_notes_say_how_to_reach_the_gateway_and_use_the_sdk(
     release: str, cluster_helm: Helm
 ) -> None:

@@ -298,3 +298,22 @@ def test_the_gateway_and_operator_accept_their_args(
     assert parsed.namespace == "kubesandbox-system"
     assert parsed.log_level == "debug"
     assert parsed.allow_host_paths is True
+
+
+def test_the_devenv_values_make_a_config_the_node_agent_accepts(helm: Helm, tmp_path: Path) -> None:
+    from kubesandbox_node.main import load_config
+
+    objects = render(helm, None, "--values", str(DEVENV_VALUES))
+    config_file = tmp_path / "node-agent.yaml"
+    config_map = find(objects, "ConfigMap", "kubesandbox-node-agent")
+    config_file.write_text(config_map["data"]["node-agent.yaml"])
+    config = load_config(
+        ["--config", str(config_file), "--node-name", "n", "--host-ip", "10.0.0.1"]
+    )
+    assert config.allow_emulation is True
+    assert config.registry_mirrors == {"docker.io": "127.0.0.1:5000"}
+    assert config.plain_http_registries == ["127.0.0.1:5000"]
+    images = {o["spec"]["template"]["spec"]["containers"][0]["image"]
+              for o in objects if o["kind"] in ("Deployment", "DaemonSet")}  # fmt: skip
+    assert images == {"127.0.0.1:5000/kubesandbox/controller:dev",
+                      "127.0.0.1:5000/kubesandbox/node-agent:dev"}  # fmt: skip
