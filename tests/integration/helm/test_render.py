@@ -315,5 +315,6 @@ def test_the_devenv_values_make_a_config_the_node_agent_accepts(helm: Helm, tmp_
     assert config.plain_http_registries == ["127.0.0.1:5000"]
     images = {o["spec"]["template"]["spec"]["containers"][0]["image"]
               for o in objects if o["kind"] in ("Deployment", "DaemonSet")}  # fmt: skip
-    assert images == {"127.0.0.1:5000/kubesandbox/controller:dev",
-                      "127.0.0.1:5000/kubesandbox/node-agent:dev"}  # fmt: skip
+    # the names kubesandbox-devenv images pushes (docs/images.md)
+    assert images == {"127.0.0.1:5000/controller:dev-000000000000",
+                      "127.0.0.1:5000/node-agent:dev-000000000000"}  # fmt: skip
