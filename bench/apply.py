@@ -94,18 +94,28 @@ def node_agent_part(log: Path, uid: str) -> float:
     return (running - first).total_seconds()
 
 
-def write_requests(plane: ControlPlane) -> Counter[str]:
+def requests_by_verb(plane: ControlPlane) -> Counter[tuple[str, str]]:
+    """``apiserver_request_total`` summed by (verb, resource[/subresource]), all clients."""
     text = plane.kubectl("get", "--raw", "/metrics").stdout
-    counts: Counter[str] = Counter()
+    counts: Counter[tuple[str, str]] = Counter()
     pattern = re.compile(r"^apiserver_request_total\{(.*)\} (\S+)$")
     for line in text.splitlines():
         match = pattern.match(line)
         if not match:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if labels.get("verb") in WRITE_VERBS and labels.get("resource"):
-            subresource = f"/{labels['subresource']}" if labels.get("subresource") else ""
-            counts[labels["resource"] + subresource] += int(float(match.group(2)))
+        if not labels.get("resource"):
+            continue
+        sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+        counts[(labels.get("verb", "?"), labels["resource"] + sub)] += int(float(match.group(2)))
+    return counts
+
+
+def write_requests(plane: ControlPlane) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for (verb, resource), count in requests_by_verb(plane).items():
+        if verb in WRITE_VERBS:
+            counts[resource] += count
     return counts
 
 

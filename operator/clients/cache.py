@@ -72,11 +72,12 @@ class PodCache:
     def created(self, body: JsonDict) -> None:
         """A Pod this process just created: known at once, before its watch event arrives
         (a pass in between would otherwise try to create it again). Never over a newer
-        version, and never a Pod whose deletion the watch already reported."""
+        version, and never a Pod whose deletion the watch already reported. The Sandbox is
+        not woken: the pass that created the Pod planned with it."""
         pod = view(body)
         key = (pod.namespace, pod.name)
         if key not in self.pods and pod.uid not in self._gone_uids:
-            self._put(pod)
+            self._put(pod, wake=False)
 
     def remove(self, body: JsonDict) -> None:
         pod = self.pods.pop(_key(body), None)
@@ -91,7 +92,7 @@ class PodCache:
         for key in [k for k in self.pods if k not in keys]:
             self.remove({"metadata": {"namespace": key[0], "name": key[1]}})
 
-    def _put(self, pod: PodView) -> None:
+    def _put(self, pod: PodView, wake: bool = True) -> None:
         key = (pod.namespace, pod.name)
         old = self.pods.get(key)
         if old == pod:
@@ -101,7 +102,7 @@ class PodCache:
         self.pods[key] = pod
         if pod.sandbox and pod.node_name:
             self.by_node.setdefault(pod.node_name, set()).add((pod.namespace, pod.sandbox))
-        if pod.sandbox:
+        if pod.sandbox and wake:
             self.wake((pod.namespace, pod.sandbox))
 
     def _unindex(self, pod: PodView) -> None:

@@ -45,17 +45,24 @@ class Cluster:
         self.leases = LeaseCache(nodeagents.LEASE_PREFIX, parse_lease, self._node_changed)
         self.references = ReferenceCache(self._wake)
         self._wake_listeners: list[Wake] = []
+        self._written_listeners: list[Callable[[JsonDict], None]] = []
         self._node_listeners: list[Callable[[str, set[SandboxKey]], None]] = []
         self._watches: list[ListWatch] = []
 
     def subscribe(
-        self, wake: Wake, node_changed: Callable[[str, set[SandboxKey]], None] | None = None
+        self,
+        wake: Wake,
+        node_changed: Callable[[str, set[SandboxKey]], None] | None = None,
+        written: Callable[[JsonDict], None] | None = None,
     ) -> None:
         """``wake(key)`` when something a Sandbox depends on changed; ``node_changed(node,
-        keys)`` when the node agent of a node came, went, or was replaced."""
+        keys)`` when the node agent of a node came, went, or was replaced; ``written(body)``
+        with the Sandbox as a status write left it (before its watch event arrives)."""
         self._wake_listeners.append(wake)
         if node_changed is not None:
             self._node_listeners.append(node_changed)
+        if written is not None:
+            self._written_listeners.append(written)
 
     def watches(self) -> list[ListWatch]:
         """The list-watches that feed the caches (made once; run them with ``watch.run_all``)."""
@@ -90,10 +97,12 @@ class Cluster:
         created = await self.kube.create(PODS.in_namespace(pod["metadata"]["namespace"]), pod)
         self.pods.created(created)
 
-    async def delete_pod(self, pod: PodView) -> None:
+    async def delete_pod(self, pod: PodView, *, grace_seconds: int | None = 0) -> None:
+        """Deletes that incarnation of the Pod; at once by default (its node is lost),
+        ``grace_seconds=None`` lets the kubelet stop it as usual."""
         path = PODS.in_namespace(pod.namespace).named(pod.name)
         with contextlib.suppress(NotFound):
-            await self.kube.delete(path, uid=pod.uid, grace_seconds=0)
+            await self.kube.delete(path, uid=pod.uid, grace_seconds=grace_seconds)
 
     async def node_agent(self, node: str) -> NodeAgent | None:
         announced = self.leases.get(node)
@@ -126,7 +135,9 @@ class Cluster:
             metadata["resourceVersion"] = str(sandbox.metadata["resourceVersion"])
         body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "status": status}
         path = SANDBOXES.in_namespace(sandbox.namespace).named(sandbox.name, "status")
-        await self.kube.apply(path, body, field_manager=FIELD_MANAGER)
+        written = await self.kube.apply(path, body, field_manager=FIELD_MANAGER)
+        for listener in self._written_listeners:
+            listener(written)
 
 
 def parse_lease(node: str, lease: JsonDict) -> NodeAgent | None:

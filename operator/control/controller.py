@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import json
 from typing import Any
 
@@ -45,11 +47,18 @@ KOPF_DIFFBASE = "kubesandbox.dev/last-handled-configuration"
 TRANSIENT_RETRY_SECONDS = 5.0
 PERMANENT_RETRY_SECONDS = 30.0
 DEFAULT_WORKERS = 32
+SETTLED_LOG_SECONDS = 2.0
 
 
 def key_of(body: JsonDict) -> SandboxKey:
     metadata = body.get("metadata") or {}
     return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+
+
+def _version(body: JsonDict) -> int:
+    """The resourceVersion as a number (etcd's revision); 0 when it is not one."""
+    version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+    return int(version) if version.isdigit() else 0
 
 
 def compact(body: JsonDict) -> bytes:
@@ -73,7 +82,8 @@ class Controller:
         self.sandboxes: dict[SandboxKey, bytes] = {}
         self.ready = asyncio.Event()
         """Set once the caches are filled and passes may start."""
-        runtime.cluster.subscribe(self._wake, self._node_changed)
+        self._settled_log: asyncio.TimerHandle | None = None
+        runtime.cluster.subscribe(self._wake, self._node_changed, self._written)
 
     def observe(self, body: JsonDict) -> None:
         """A version of a Sandbox (Kopf's watch): keep it, and give the Sandbox a pass."""
@@ -81,12 +91,21 @@ class Controller:
         self.sandboxes[key] = compact(body)
         self.queue.add(key)
 
+    def _written(self, body: JsonDict) -> None:
+        """The Sandbox as the pass's own status write left it: kept at once, so that a pass
+        woken before the watch brings this version does not plan from the one before (its
+        write would be refused as stale). Never over a newer version already seen."""
+        key = key_of(body)
+        if key in self.sandboxes and _version(body) > _version(json.loads(self.sandboxes[key])):
+            self.sandboxes[key] = compact(body)
+
     def forget(self, key: SandboxKey) -> None:
         """The Sandbox is gone from the cluster: drop everything kept for it."""
         self.sandboxes.pop(key, None)
         self.queue.forget(key)
         self.runtime.handed_over.pop(key, None)
         self.runtime.cluster.forget(key)
+        self._log_when_settled()
 
     async def hold(self, key: SandboxKey) -> None:
         """The Sandbox is being deleted: no more passes, and none in flight on return."""
@@ -125,6 +144,7 @@ class Controller:
                 self.queue.retry(key, PERMANENT_RETRY_SECONDS)
             finally:
                 self.queue.done(key)
+                self._log_when_settled()
 
     async def _pass(self, key: SandboxKey) -> None:
         raw = self.sandboxes.get(key)
@@ -163,6 +183,22 @@ class Controller:
     def _wake(self, key: SandboxKey) -> None:
         if key in self.sandboxes:
             self.queue.add(key)
+        else:
+            self._log_when_settled()  # e.g. the Pod of a deleted Sandbox went
+
+    def _log_when_settled(self) -> None:
+        """After a burst of work, one log line with what is kept (``controller.settled``), once
+        nothing happened for a moment; nothing at all while idle."""
+        if self._settled_log is None and not self.queue.busy:
+            loop = asyncio.get_running_loop()
+            self._settled_log = loop.call_later(SETTLED_LOG_SECONDS, self._settled)
+
+    def _settled(self) -> None:
+        self._settled_log = None
+        if self.queue.busy:
+            return  # the last pass to finish logs it
+        log.info("controller.settled", **self.sizes())
+        give_back_memory()
 
     def _node_changed(self, node: str, keys: set[SandboxKey]) -> None:
         """A node agent came, went or was replaced: what it was given is to be given again."""
@@ -175,3 +211,14 @@ async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def give_back_memory() -> None:
+    """After a burst: collect, then ask glibc to return its free pages to the system.
+
+    Python frees the objects of a burst (thousands of watch events parsed at once), but glibc
+    keeps the pages for later, so resident memory stayed at its peak. ``malloc_trim(0)`` hands
+    them back; it runs once per burst (never while idle) and is a no-op without glibc."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -25,9 +25,11 @@ def _controller(memo: kopf.Memo) -> Controller:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def observed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+async def observed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Event handlers write nothing back (no diff-base or progress annotations), unlike
-    update handlers: a Sandbox's own status writes cost one pass that plans nothing."""
+    update handlers: a Sandbox's own status writes cost one pass that plans nothing. Async on
+    purpose: Kopf runs a plain function in a thread pool, and the controller's queue belongs
+    to the event loop (and threads cost memory arenas)."""
     controller = _controller(memo)
     raw = dict(body)
     if kwargs.get("type") == "DELETED":
