@@ -94,13 +94,18 @@ class Helm:
         return self.run(*args, *extra, check=check)
 
 
-def values_args(values: Mapping[str, Any] | None) -> list[str]:
-    """Values as ``--set-json`` arguments, one per top-level key (no file to clean up)."""
-    return [
-        arg
-        for key, value in (values or {}).items()
-        for arg in ("--set-json", f"{key}={json.dumps(value)}")
-    ]
+def values_args(values: Mapping[str, Any] | None, prefix: str = "") -> list[str]:
+    """Values as ``--set-json`` arguments, one per leaf (no file to clean up): a map given here
+    merges into the same map of a ``--values`` file instead of replacing it. Dots in keys
+    (``docker.io``, ``kubesandbox.dev/node-agent``) are escaped as ``--set`` paths want."""
+    args: list[str] = []
+    for key, value in (values or {}).items():
+        path = prefix + str(key).replace(".", "\\.")
+        if isinstance(value, Mapping) and value:
+            args += values_args(value, f"{path}.")
+        else:
+            args += ["--set-json", f"{path}={json.dumps(value)}"]
+    return args
 
 
 def rbac_manifests(namespace: str, cache: Path | None = None) -> str:

@@ -318,3 +318,17 @@ def test_the_devenv_values_make_a_config_the_node_agent_accepts(helm: Helm, tmp_
     # the names kubesandbox-devenv images pushes (docs/images.md)
     assert images == {"127.0.0.1:5000/controller:dev-000000000000",
                       "127.0.0.1:5000/node-agent:dev-000000000000"}  # fmt: skip
+
+
+def test_values_given_as_arguments_merge_into_a_values_file(helm: Helm) -> None:
+    """What make up does: the devenv file, then the run-time parts on the command line."""
+    values = {"image": {"tag": "dev-0123456789ab"},
+              "nodeAgent": {"registryMirrors": {"docker.io": "127.0.0.1:41000"}}}  # fmt: skip
+    objects = render(helm, values, "--values", str(DEVENV_VALUES))
+    config = yaml.safe_load(
+        find(objects, "ConfigMap", "kubesandbox-node-agent")["data"]["node-agent.yaml"]
+    )
+    assert config["allowEmulation"] is True  # from the file, kept
+    assert config["registryMirrors"] == {"docker.io": "127.0.0.1:41000"}  # a dotted key, set
+    operator = find(objects, "Deployment", "kubesandbox-operator")["spec"]["template"]["spec"]
+    assert operator["containers"][0]["image"] == "127.0.0.1:5000/controller:dev-0123456789ab"
