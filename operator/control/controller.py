@@ -47,7 +47,8 @@ KOPF_DIFFBASE = "kubesandbox.dev/last-handled-configuration"
 TRANSIENT_RETRY_SECONDS = 5.0
 PERMANENT_RETRY_SECONDS = 30.0
 DEFAULT_WORKERS = 32
-SETTLED_LOG_SECONDS = 2.0
+SETTLED_LOG_SECONDS = 3.0
+"""Quiet for this long (longer than Kopf's 1 s per-object worker idle time) = settled."""
 
 
 def key_of(body: JsonDict) -> SandboxKey:
