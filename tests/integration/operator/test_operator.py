@@ -333,7 +333,8 @@ def test_a_lost_node_crashes_its_sandboxes(
         scheduled = cluster.condition(crashed_sandbox, "Scheduled")
         assert scheduled is not None
         assert scheduled["reason"] == "NodeLost"
-        assert "NodeLost" in cluster.events(namespace, "stranded")
+        # Events are posted in the background, after the status write they announce.
+        eventually(lambda: "NodeLost" in cluster.events(namespace, "stranded"), what="NodeLost")
     finally:
         cluster.announce(node, node_agent.endpoint, datetime.now(UTC))
 
