@@ -37,6 +37,7 @@ pytestmark = pytest.mark.controlplane
 NODE_AGENT = f"system:serviceaccount:{SYSTEM}:kubesandbox-node-agent"
 OPERATOR = f"system:serviceaccount:{SYSTEM}:kubesandbox-operator"
 SANDBOXES = "sandboxes.kubesandbox.dev"
+POOLS = "sandboxpools.kubesandbox.dev"
 WAIT = ("--wait", "--timeout", "120s")
 NO_HOOK = ("--no-hooks",)
 """The pre-delete hook's Job cannot run without a kubelet; test_uninstall_hook_script runs its
@@ -197,9 +198,15 @@ def can_i(plane: ControlPlane, who: str, verb: str, resource: str, namespace: st
 
 def test_operator_rbac_is_least_privilege(release: str, control_plane: ControlPlane) -> None:
     allowed = [
-        *((v, SANDBOXES, "team") for v in ("get", "list", "watch", "update", "patch", "delete")),
+        *(
+            (v, SANDBOXES, "team")
+            for v in ("get", "list", "watch", "create", "update", "patch", "delete")
+        ),
         ("patch", f"{SANDBOXES}/status", "team"),
         ("update", f"{SANDBOXES}/finalizers", "team"),
+        *((v, POOLS, "team") for v in ("get", "list", "watch", "update", "patch")),
+        ("patch", f"{POOLS}/status", "team"),
+        ("update", f"{POOLS}/finalizers", "team"),
         *((v, "pods", "") for v in ("get", "list", "watch", "create", "delete")),
         *((v, kind, "") for v in ("get", "list", "watch") for kind in ("secrets", "configmaps")),
         ("create", "events", "team"),
@@ -208,7 +215,9 @@ def test_operator_rbac_is_least_privilege(release: str, control_plane: ControlPl
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", ""),
     ]
     denied = [
-        ("create", SANDBOXES, "team"),
+        ("create", POOLS, "team"),
+        ("delete", POOLS, "team"),
+        ("update", f"{POOLS}/scale", "team"),
         ("update", f"{SANDBOXES}/status", "team"),
         ("update", "pods", "team"),
         ("create", "secrets", "team"),
