@@ -39,6 +39,12 @@ class SandboxRecord(BaseModel):
     started_generation: int | None = None
     oom_kills_at_start: int = 0
     ending: str | None = Field(default=None, description="reason of a stop we asked for")
+    claimed_by: str | None = Field(
+        default=None,
+        description="uid of the Sandbox a pool VM was handed to; the VM keeps its own uid "
+        "(``desired.uid``) for everything on the node",
+    )
+    pool: str | None = None
 
 
 class RecordStore:
