@@ -74,11 +74,6 @@ class SandboxPoolSpec(ApiModel):
     """The members' Sandbox."""
 
 
-class PoolConditionType:
-    READY = "Ready"
-    """Every wanted member is Running (operator)."""
-
-
 class SandboxPoolStatus(ApiModel):
     """What the pool has."""
 

@@ -21,9 +21,15 @@ from datetime import UTC, datetime
 import structlog
 
 from kubesandbox_api import Sandbox
-from kubesandbox_kube import AlreadyExists, Conflict, KubeError
+from kubesandbox_api.conditions import Reason
+from kubesandbox_api.pool import CLAIMED_BY_LABEL
+from kubesandbox_kube import AlreadyExists, Conflict, KubeError, NotFound
+from kubesandbox_kube.paths import SANDBOXES
 from kubesandbox_operator.clients.cluster import Cluster
 from kubesandbox_operator.clients.nodeagent import NodeAgentError, NodeAgents, desired_state
+from kubesandbox_operator.clients.pools import PoolIndex
+from kubesandbox_operator.reconcile.pod import PodSettings, desired_pod
+from kubesandbox_operator.reconcile.pool import Choice, choose_member, wants_claim
 from kubesandbox_operator.reconcile.references import Resolution, resolve
 from kubesandbox_operator.reconcile.sandbox import Event, NodeAgent, Observed, plan
 
@@ -46,6 +52,7 @@ class Runtime:
     handed_over: dict[SandboxKey, str] = field(default_factory=dict)
     """Per Sandbox, a digest of the desired state its node agent last accepted: it is sent
     again only when it changed (or the node agent was replaced), not on every pass."""
+    pools: PoolIndex = field(default_factory=PoolIndex)
 
 
 def _handover_digest(agent: NodeAgent, sandbox: Sandbox, resolution: Resolution) -> str:
@@ -57,9 +64,12 @@ def _handover_digest(agent: NodeAgent, sandbox: Sandbox, resolution: Resolution)
 async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) -> float | None:
     cluster = runtime.cluster
     pod = await cluster.pod(sandbox)
+    resolution = resolve(sandbox.spec, await cluster.referenced(sandbox))
+    claimable = not resolution.problems and wants_claim(sandbox, pod is not None)
+    if claimable and await _claim(runtime, sandbox, resolution, emit):
+        pod = await cluster.pod(sandbox)
     node = pod.node_name if pod else None
     agent = await cluster.node_agent(node) if node else None
-    resolution = resolve(sandbox.spec, await cluster.referenced(sandbox))
     decided = plan(
         Observed(
             sandbox=sandbox,
@@ -98,6 +108,88 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
                 return AGENT_RETRY_SECONDS
             runtime.handed_over[key] = digest
     return None
+
+
+async def _claim(
+    runtime: Runtime, sandbox: Sandbox, resolution: Resolution, emit: EmitEvent
+) -> bool:
+    """Serves a never-placed Sandbox from a ready pool member, if one matches; ``True`` when
+    its sandbox Pod now exists (bound to the member's node).
+
+    1. The member is reserved here and labelled ``claimed-by`` (with its resourceVersion as
+       precondition: a second operator, or a stale read, loses with 409); from then on its
+       pool deletes it and boots a replacement.
+    2. The Sandbox's own Pod is created already bound to the member's node, so quota and the
+       node's capacity count it like any sandbox Pod.
+    3. The node agent hands the member's VM to the Sandbox (personalised by the guest agent);
+       it writes the Sandbox's status from then on, with ``pool``. Should this step fail, the
+       Sandbox boots cold on that node, as any Sandbox whose Pod is bound there.
+    4. The member object is deleted: its VM is no longer behind its uid, so its removal only
+       deletes its Pod.
+    """
+    now = datetime.now(UTC)
+    pools = runtime.pools
+
+    async def usable(node: str) -> bool:
+        agent = await runtime.cluster.node_agent(node)
+        return agent is not None and agent.alive(now)
+
+    live = {
+        node
+        for pool in pools.in_namespace(sandbox.namespace)
+        for member in pools.members_of(pool)
+        if member.status and (node := member.status.node_name) and await usable(node)
+    }
+    choice = choose_member(
+        sandbox, pools.in_namespace(sandbox.namespace), pools.members_of, pools.reserved,
+        lambda node: node in live,
+    )  # fmt: skip
+    if choice is None:
+        return False
+    member = choice.member
+    pools.reserved.add(member.uid)
+    try:
+        return await _take(runtime, sandbox, resolution, choice, emit)
+    except BaseException:
+        pools.reserved.discard(member.uid)
+        raise
+
+
+async def _take(
+    runtime: Runtime, sandbox: Sandbox, resolution: Resolution, choice: Choice, emit: EmitEvent
+) -> bool:
+    kube, member, pool = runtime.cluster.kube, choice.member, choice.pool
+    path = SANDBOXES.in_namespace(member.namespace).named(member.name)
+    label = {
+        "metadata": {
+            "resourceVersion": str(member.metadata.get("resourceVersion") or ""),
+            "labels": {CLAIMED_BY_LABEL: sandbox.uid},
+        }
+    }
+    try:
+        runtime.pools.member_seen(await kube.merge_patch(path, label))
+    except (Conflict, NotFound):
+        runtime.pools.reserved.discard(member.uid)
+        log.info("pool.claim_lost", pool=pool.name, member=member.name)
+        return False
+    pod = desired_pod(sandbox, PodSettings())
+    pod["spec"]["nodeName"] = choice.node
+    with contextlib.suppress(AlreadyExists):
+        await runtime.cluster.create_pod(pod)
+    agent = await runtime.cluster.node_agent(choice.node)
+    try:
+        if agent is None:
+            raise NodeAgentError(f"no node agent on {choice.node}")
+        await runtime.agents.claim(agent, member.uid, pool.name, sandbox, resolution)
+    except NodeAgentError as error:
+        log.warning("pool.claim_failed", pool=pool.name, member=member.name, error=str(error))
+    else:
+        log.info("pool.claimed", pool=pool.name, member=member.name, node=choice.node)
+        emit(Event(Reason.CLAIMED, f"served by a booted VM of SandboxPool {pool.name}"))
+    with contextlib.suppress(NotFound):
+        deleted = await kube.delete(path, uid=member.uid)
+        runtime.pools.member_seen(deleted, wake=False)
+    return True
 
 
 async def remove(runtime: Runtime, sandbox: Sandbox) -> bool:
