@@ -136,6 +136,7 @@ class Runtime:
             raise ClaimRefused("a pool VM serves Sandboxes of its own namespace only")
         await member.claim(claimant, pool)
         self.aliases[claimant.uid] = member.uid
+        self.store.link(claimant.uid, member.uid)
         return member
 
     async def remove(self, uid: str) -> None:
@@ -151,6 +152,7 @@ class Runtime:
             raise
         if self.aliases.get(uid) == key:
             del self.aliases[uid]
+            self.store.unlink(uid)
 
     async def close(self) -> None:
         await asyncio.gather(*(s.detach() for s in self.sandboxes.values()))

@@ -3,7 +3,9 @@ atomically on every transition, so that a restarted node agent picks up where it
 
 Layout under the state directory: ``sandboxes/<uid>/record.json`` next to the VM's own files
 (``vm/``: QMP and agent-port sockets, console and QEMU logs, the initrd) and the relay socket
-``agent.sock`` that node-local clients (and the SDK's ``AgentClient.connect``) use.
+``agent.sock`` that node-local clients (and the SDK's ``AgentClient.connect``) use. A pool VM
+claimed by another Sandbox stays in its own folder; ``sandboxes/<claimant uid>`` is a symbolic
+link to it, so node-local clients find every sandbox's relay socket by its uid.
 """
 
 from __future__ import annotations
@@ -68,9 +70,22 @@ class RecordStore:
                 os.unlink(tmp)
             raise
 
+    def link(self, alias: str, uid: str) -> None:
+        """``sandboxes/<alias>`` → ``sandboxes/<uid>`` (a claimed pool VM)."""
+        link = self.dir(alias)
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        link.symlink_to(uid)
+
+    def unlink(self, alias: str) -> None:
+        if self.dir(alias).is_symlink():
+            self.dir(alias).unlink()
+
     def load_all(self) -> dict[str, SandboxRecord]:
         found: dict[str, SandboxRecord] = {}
         for path in sorted(self.root.glob(f"*/{RECORD}")):
+            if path.parent.is_symlink():
+                continue  # a claimant's link to a pool VM's folder
             try:
                 found[path.parent.name] = SandboxRecord.model_validate_json(path.read_text())
             except (OSError, ValueError):
@@ -78,4 +93,7 @@ class RecordStore:
         return found
 
     def delete(self, uid: str) -> None:
+        if self.dir(uid).is_symlink():
+            self.dir(uid).unlink()
+            return
         shutil.rmtree(self.dir(uid), ignore_errors=True)

@@ -13,12 +13,12 @@ from kubesandbox_api import GROUP, VERSION
 from kubesandbox_api.pool import POOL_PLURAL, SandboxPool
 from kubesandbox_kube import KubeError
 from kubesandbox_operator.control.controller import key_of
-from kubesandbox_operator.handlers.sandbox import _controller
+from kubesandbox_operator.handlers.sandbox import controller_of
 
 
 @kopf.on.event(GROUP, VERSION, POOL_PLURAL)
 async def pool_observed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    pools = _controller(memo).runtime.pools
+    pools = controller_of(memo).runtime.pools
     if kwargs.get("type") == "DELETED":
         pools.pool_gone(key_of(dict(body)))
     else:
@@ -27,7 +27,7 @@ async def pool_observed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None
 
 @kopf.on.delete(GROUP, VERSION, POOL_PLURAL)
 async def pool_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    controller = _controller(memo)
+    controller = controller_of(memo)
     try:
         remaining = await controller.pools.drain(SandboxPool.from_body(dict(body)))
     except KubeError as error:

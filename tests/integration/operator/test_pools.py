@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from microsandbox import BackendKind, Sandbox, backend_scope
 
 from kubesandbox_devenv import services
 from kubesandbox_protocol import AgentClient
@@ -70,16 +72,6 @@ def sandbox(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def relay_socket(system: services.RunningSystem, uid: str) -> Path:
-    """The relay socket of the VM that serves the Sandbox ``uid`` (a claimed VM keeps the
-    directory of the member it was booted as)."""
-    for record in (system.node_agent.state / "sandboxes").glob("*/record.json"):
-        data = json.loads(record.read_text())
-        if uid in (data.get("claimed_by"), data["desired"]["uid"]):
-            return record.parent / "agent.sock"
-    raise AssertionError(f"no VM serves {uid}")
-
-
 async def run_in(socket: Path, script: str) -> str:
     async with await AgentClient.connect(socket) as client:
         result = await client.run("sh", ["-c", script])
@@ -100,7 +92,7 @@ def test_a_pool_serves_a_matching_sandbox_and_refills(system: services.RunningSy
     assert listed.split()[:5] == ["NAME", "DESIRED", "CURRENT", "READY", "IMAGE"], listed
     booted = {m["metadata"]["uid"] for m in members(system, "warm")}
     template_id = asyncio.run(
-        run_in(relay_socket(system, next(iter(booted))), "cat /etc/machine-id || true")
+        run_in(system.node_agent.relay_socket(next(iter(booted))), "cat /etc/machine-id || true")
     )
 
     claimant = sandbox(
@@ -114,12 +106,13 @@ def test_a_pool_serves_a_matching_sandbox_and_refills(system: services.RunningSy
     served = eventually(lambda: running(system, "claimant"), 60, "claimant Running")
     assert served["status"]["pool"] == "warm"
     uid = served["metadata"]["uid"]
-    socket = relay_socket(system, uid)
+    socket = system.node_agent.relay_socket(uid)  # a link to the member's folder
     inside = asyncio.run(
         run_in(socket, 'echo "$GREETING"; hostname; greet; cat /etc/machine-id || true')
     ).splitlines()
     assert inside[:3] == ["hello from a warm VM", "mine", "greeted"]
-    assert inside[3:] != template_id.splitlines()  # a fresh machine-id
+    assert re.fullmatch("[0-9a-f]{32}", inside[3]), inside  # a fresh machine-id
+    assert inside[3] not in template_id
     # the claimed member is gone (its VM serves the claimant), the pool boots a replacement
     eventually(
         lambda: len(booted & {m["metadata"]["uid"] for m in members(system, "warm")}) == 1,
@@ -147,3 +140,34 @@ def test_a_pool_serves_a_matching_sandbox_and_refills(system: services.RunningSy
     assert asyncio.run(run_in(socket, 'echo "$GREETING"')) == "hello from a warm VM\n"
     vms = services.qemu_processes(str(system.node_agent.state))
     assert len(vms) == 1, vms
+
+
+def pool(name: str, replicas: int, template: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubesandbox.dev/v1alpha1",
+        "kind": "SandboxPool",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"replicas": replicas, "template": {"spec": template}},
+    }
+
+
+async def test_an_unchanged_sdk_create_is_a_claim(system: services.RunningSystem) -> None:
+    """What the SDK's ``Sandbox.create(name, image=..., memory=...)`` becomes through the
+    gateway matches a pool of that image and size: the create is answered by a pool VM."""
+    apply(system, pool("sdk-warm", 1, TEMPLATE))
+    await asyncio.to_thread(
+        eventually, lambda: ready_replicas(system, "sdk-warm", 1), BOOT, "pool sdk-warm ready"
+    )
+    url = f"{system.gateway_url}/ns/default"
+    with backend_scope(BackendKind.CLOUD, url=url, api_key=system.demo_token):
+        sandbox = await Sandbox.create(
+            "sdk-claimant", image="busybox:1.36", memory=128, env={"FROM": "the sdk"}
+        )
+        greeting = await sandbox.shell("echo $FROM; hostname")
+        assert greeting.stdout_text == "the sdk\nsdk-claimant\n"
+        body = get(system, "sandbox", "sdk-claimant")
+        assert body is not None
+        assert body["status"]["pool"] == "sdk-warm"
+        await sandbox.stop()
+        await Sandbox.remove("sdk-claimant")
+    system.plane.kubectl("delete", "sbxpool", "sdk-warm", "--timeout=120s")

@@ -45,6 +45,8 @@ async def test_a_claim_hands_the_running_vm_to_the_claimant(env: Env) -> None:
     assert vm.desired.name == "mine"
     assert not vm.desired.pool_member
     assert vm.status().pool == "pool"
+    assert env.runtime.store.dir(claimant.uid).resolve() == vm.dir.resolve()
+    assert (env.runtime.store.dir(claimant.uid) / "agent.sock").exists()
     assert vm.phase == Phase.RUNNING
     assert len(env.vmm.handles) == 1  # nothing booted
     _, _, payload = next(r for r in handle(vm).guest.received if r[1] == MessageType.CLAIM)
@@ -79,6 +81,8 @@ async def test_puts_of_the_claimant_apply_to_the_claimed_vm(env: Env) -> None:
     await env.runtime.remove(claimant.uid)
     assert env.runtime.get(claimant.uid) is None
     assert vm.uid in env.preparer.removed
+    assert not env.runtime.store.dir(claimant.uid).exists()
+    assert not env.runtime.store.dir(claimant.uid).is_symlink()
 
 
 async def test_a_claim_survives_a_node_agent_restart(env: Env) -> None:
@@ -91,6 +95,7 @@ async def test_a_claim_survives_a_node_agent_restart(env: Env) -> None:
     adopted = restarted.get(claimant.uid)
     assert adopted is not None
     assert adopted.uid == vm.uid
+    assert list(restarted.sandboxes) == [vm.uid]  # the claimant's link is no second record
     assert restarted.get(vm.uid) is None
     env.runtime = restarted
 
