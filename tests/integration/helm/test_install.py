@@ -186,7 +186,7 @@ def test_notes_say_how_to_reach_the_gateway_and_use_the_sdk(
 def can_i(plane: ControlPlane, who: str, verb: str, resource: str, namespace: str = "") -> bool:
     args = ["auth", "can-i", verb, f"--as={who}"]
     plural, _, subresource = resource.partition("/")  # kubectl reads TYPE/NAME otherwise
-    if subresource and plural == SANDBOXES:
+    if subresource and plural in (SANDBOXES, POOLS):
         args += [plural, f"--subresource={subresource}"]
     else:
         args.append(resource)
