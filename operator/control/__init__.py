@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -36,6 +37,7 @@ from kubesandbox_operator.reconcile.sandbox import Event, NodeAgent, Observed, p
 log = structlog.get_logger(__name__)
 
 EmitEvent = Callable[[Event], None]
+JsonDict = dict[str, Any]
 CONFLICT_RETRY_SECONDS = 0.5
 AGENT_RETRY_SECONDS = 2.0
 """First retry after a node agent did not take the desired state (doubled while it fails)."""
@@ -66,8 +68,10 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
     pod = await cluster.pod(sandbox)
     resolution = resolve(sandbox.spec, await cluster.referenced(sandbox))
     claimable = not resolution.problems and wants_claim(sandbox, pod is not None)
-    if claimable and await _claim(runtime, sandbox, resolution, emit):
+    if claimable and (claimed := await _claim(runtime, sandbox, resolution, emit)) is not None:
         pod = await cluster.pod(sandbox)
+        if claimed:
+            sandbox = as_reported(sandbox, claimed)
     node = pod.node_name if pod else None
     agent = await cluster.node_agent(node) if node else None
     decided = plan(
@@ -110,11 +114,29 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
     return None
 
 
+def as_reported(sandbox: Sandbox, reported: JsonDict) -> Sandbox:
+    """The Sandbox with the node agent's status fields as its claim answer reported them, and
+    no ``resourceVersion``: the node agent writes the same fields meanwhile, so the pass after
+    a claim plans from them (``Running``: ``Ready`` at once) and writes its own fields without
+    a precondition (it writes no phase over the node agent's, which is all the precondition
+    protects)."""
+    body = sandbox.model_dump(mode="json", by_alias=True, exclude_none=True)
+    status = dict(body.get("status") or {})
+    mine = {c["type"]: c for c in status.get("conditions") or []}
+    theirs = {c["type"]: c for c in reported.get("conditions") or []}
+    status.update({k: v for k, v in reported.items() if k != "conditions"})
+    status["conditions"] = list({**mine, **theirs}.values())
+    metadata = {k: v for k, v in sandbox.metadata.items() if k != "resourceVersion"}
+    return Sandbox.from_body({**body, "metadata": metadata, "status": status})
+
+
 async def _claim(
     runtime: Runtime, sandbox: Sandbox, resolution: Resolution, emit: EmitEvent
-) -> bool:
-    """Serves a never-placed Sandbox from a ready pool member, if one matches; ``True`` when
-    its sandbox Pod now exists (bound to the member's node).
+) -> JsonDict | None:
+    """Serves a never-placed Sandbox from a ready pool member, if one matches. ``None``: no
+    claim (no member, or lost to another); otherwise the sandbox Pod now exists, bound to the
+    member's node, and the answer is the node agent's report of the claimed VM (empty when
+    the node agent did not take the claim: the Sandbox then boots cold there).
 
     1. The member is reserved here and labelled ``claimed-by`` (with its resourceVersion as
        precondition: a second operator, or a stale read, loses with 409); from then on its
@@ -145,7 +167,7 @@ async def _claim(
         lambda node: node in live,
     )  # fmt: skip
     if choice is None:
-        return False
+        return None
     member = choice.member
     pools.reserved.add(member.uid)
     try:
@@ -157,7 +179,7 @@ async def _claim(
 
 async def _take(
     runtime: Runtime, sandbox: Sandbox, resolution: Resolution, choice: Choice, emit: EmitEvent
-) -> bool:
+) -> JsonDict | None:
     kube, member, pool = runtime.cluster.kube, choice.member, choice.pool
     path = SANDBOXES.in_namespace(member.namespace).named(member.name)
     label = {
@@ -171,16 +193,17 @@ async def _take(
     except (Conflict, NotFound):
         runtime.pools.reserved.discard(member.uid)
         log.info("pool.claim_lost", pool=pool.name, member=member.name)
-        return False
+        return None
     pod = desired_pod(sandbox, PodSettings())
     pod["spec"]["nodeName"] = choice.node
     with contextlib.suppress(AlreadyExists):
         await runtime.cluster.create_pod(pod)
     agent = await runtime.cluster.node_agent(choice.node)
+    reported: JsonDict = {}
     try:
         if agent is None:
             raise NodeAgentError(f"no node agent on {choice.node}")
-        await runtime.agents.claim(agent, member.uid, pool.name, sandbox, resolution)
+        reported = await runtime.agents.claim(agent, member.uid, pool.name, sandbox, resolution)
     except NodeAgentError as error:
         log.warning("pool.claim_failed", pool=pool.name, member=member.name, error=str(error))
     else:
@@ -189,7 +212,7 @@ async def _take(
     with contextlib.suppress(NotFound):
         deleted = await kube.delete(path, uid=member.uid)
         runtime.pools.member_seen(deleted, wake=False)
-    return True
+    return reported
 
 
 async def remove(runtime: Runtime, sandbox: Sandbox) -> bool:

@@ -504,7 +504,9 @@ async def test_start_of_a_crashed_sandbox_waits_for_the_new_generation(
     sandbox["status"] = {"phase": "Crashed", "message": "old crash", "observedGeneration": 1}
     restarted = asyncio.create_task(asyncio.sleep(0.3))
     restarted.add_done_callback(
-        lambda _: sandbox.__setitem__("status", {"phase": "Running", "observedGeneration": 2})
+        lambda _: sandbox.__setitem__(
+            "status", {"phase": "Running", "nodeName": "node-1", "observedGeneration": 2}
+        )
     )
     response = await client.post(
         f"/v1/sandboxes/{uid}/start",

@@ -4,6 +4,7 @@ from typing import Any
 
 from kubesandbox_api import Sandbox, SandboxSpec
 from kubesandbox_api.pool import CLAIMED_BY_LABEL, POOL_LABEL, SandboxPool
+from kubesandbox_operator.control import as_reported
 from kubesandbox_operator.reconcile.pool import (
     choose_member,
     member_body,
@@ -204,3 +205,27 @@ def test_only_never_placed_sandboxes_that_are_not_members_may_claim() -> None:
     assert not wants_claim(claimant(), has_pod=True)
     assert not wants_claim(claimant({"phase": "Stopped", "nodeName": "node-0"}), has_pod=False)
     assert not wants_claim(member(), has_pod=False)
+
+
+def test_the_pass_after_a_claim_plans_from_the_node_agents_report() -> None:
+    pending = claimant(
+        {
+            "phase": "Pending",
+            "conditions": [{"type": "Scheduled", "status": "False", "reason": "PodPending"}],
+        }
+    )
+    pending = Sandbox.from_body(
+        {**pending.model_dump(by_alias=True), "metadata": {**pending.metadata,
+                                                           "resourceVersion": "41"}}
+    )  # fmt: skip
+    reported = {
+        "phase": "Running",
+        "pool": "warm",
+        "conditions": [{"type": "AgentConnected", "status": "True", "reason": "AgentReady"}],
+    }
+    seen = as_reported(pending, reported)
+    assert "resourceVersion" not in seen.metadata
+    assert seen.status is not None
+    assert (seen.status.phase, seen.status.pool) == ("Running", "warm")
+    assert {c.type for c in seen.status.conditions} == {"Scheduled", "AgentConnected"}
+    assert seen.spec == pending.spec
