@@ -272,7 +272,12 @@ class SandboxPreparer:
         vm_dir.mkdir(parents=True, exist_ok=True)
         return write_initrd(self.boot_image, config, vm_dir / "initrd.cpio")
 
-    def claim_env(self, desired: DesiredSandbox) -> list[str]:
+    async def claim_env(self, desired: DesiredSandbox) -> list[str]:
+        if desired.uid not in self._ready and desired.pinned_image is not None:
+            # A VM adopted after a restart: its pinned image is cached on this node, so this
+            # only reads the image's configuration back.
+            with contextlib.suppress(PrepareError):
+                await self.image(desired)
         ready = self._ready.get(desired.uid)
         defaults = ready.record.defaults if ready else None
         return self._env(desired, defaults.env if defaults else [])

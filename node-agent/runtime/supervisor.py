@@ -67,7 +67,7 @@ class Preparer(Protocol):
 
     async def image(self, desired: DesiredSandbox) -> ImageStatus | None: ...
     async def build(self, desired: DesiredSandbox, vm_dir: Path) -> VMSpec: ...
-    def claim_env(self, desired: DesiredSandbox) -> list[str]:
+    async def claim_env(self, desired: DesiredSandbox) -> list[str]:
         """The default environment of every exec, as :meth:`build` puts it in ``boot.json``."""
         ...
 
@@ -431,8 +431,12 @@ class Supervisor:
                 raise ClaimRefused(f"not a running, unclaimed pool VM (phase {self.phase.value})")
             if self.record.claimed_by is not None:
                 raise ClaimRefused(f"already claimed by {self.record.claimed_by}")
-            desired = claimant.model_copy(update={"uid": self.uid, "pool_member": False})
-            payload = claim_payload(desired, self.preparer.claim_env(desired))
+            # The VM's pin goes with it: a later start of the claimant reuses these layers.
+            pinned = self.record.image or claimant.pinned_image
+            desired = claimant.model_copy(
+                update={"uid": self.uid, "pool_member": False, "pinned_image": pinned}
+            )
+            payload = claim_payload(desired, await self.preparer.claim_env(desired))
             try:
                 async with await AgentClient.connect(self.relay_socket) as client:
                     answer = await asyncio.wait_for(

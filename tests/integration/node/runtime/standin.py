@@ -47,7 +47,7 @@ class StandinPreparer:
             tsc_khz=tsc_khz(),
         )
 
-    def claim_env(self, desired: DesiredSandbox) -> list[str]:
+    async def claim_env(self, desired: DesiredSandbox) -> list[str]:
         return [f"{v.name}={v.value}" for v in desired.spec.env if v.value is not None]
 
     async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None:

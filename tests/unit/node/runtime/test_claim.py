@@ -45,6 +45,7 @@ async def test_a_claim_hands_the_running_vm_to_the_claimant(env: Env) -> None:
     assert vm.desired.name == "mine"
     assert not vm.desired.pool_member
     assert vm.status().pool == "pool"
+    assert vm.desired.pinned_image == vm.record.image is not None  # its layers, kept
     assert env.runtime.store.dir(claimant.uid).resolve() == vm.dir.resolve()
     assert (env.runtime.store.dir(claimant.uid) / "agent.sock").exists()
     assert vm.phase == Phase.RUNNING
