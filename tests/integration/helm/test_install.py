@@ -608,11 +608,19 @@ def test_uninstall_hook_deletes_every_sandbox_and_waits(
             "spec": {"image": {"oci": "busybox:1.36"}},
         }
         control_plane.kubectl("create", "-f", "-", input_text=json.dumps(sandbox))
+    pool = {
+        "apiVersion": "kubesandbox.dev/v1alpha1",
+        "kind": "SandboxPool",
+        "metadata": {"name": "warm", "namespace": namespace},
+        "spec": {"template": {"spec": {"image": {"oci": "busybox:1.36"}}}},
+    }
+    control_plane.kubectl("create", "-f", "-", input_text=json.dumps(pool))
 
     stuck = run_hook(control_plane, script, tmp_path, timeout=6)
     assert stuck.returncode == 1, stuck.stdout + stuck.stderr
+    assert f"deleting SandboxPool {namespace}/warm" in stuck.stdout
     assert f"deleting Sandbox {namespace}/plain" in stuck.stdout
-    assert f"these Sandboxes are still there: {namespace}/stuck" in stuck.stderr
+    assert f"Sandboxes are still there: {namespace}/stuck" in stuck.stderr
     assert control_plane.kubectl("get", SANDBOXES, "plain", "-n", namespace,
                                  check=False).returncode != 0  # fmt: skip
 
@@ -625,6 +633,8 @@ def test_uninstall_hook_deletes_every_sandbox_and_waits(
     assert "every Sandbox is gone" in done.stdout
     listed = json.loads(control_plane.kubectl("get", SANDBOXES, "-A", "-o", "json").stdout)
     assert listed["items"] == []
+    pools = json.loads(control_plane.kubectl("get", POOLS, "-A", "-o", "json").stdout)
+    assert pools["items"] == []
 
 
 def test_uninstall_leaves_only_the_crd(
