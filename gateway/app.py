@@ -38,6 +38,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from kubesandbox_api.pool import POOL_LABEL
 from kubesandbox_gateway import translate
 from kubesandbox_gateway.errors import (
     GatewayError,
@@ -434,9 +435,10 @@ class Gateway:
             if len(cursor) > 4096:
                 raise invalid_request("cursor is too long")
             params["continue"] = cursor
-        selector = label_selector(request.query.get("labels"))
-        if selector:
-            params["labelSelector"] = selector
+        # A warm pool's unclaimed members are the pool's, not anybody's sandboxes (docs/pools.md).
+        params["labelSelector"] = ",".join(
+            term for term in (label_selector(request.query.get("labels")), f"!{POOL_LABEL}") if term
+        )
         try:
             page = await self.kube.request(
                 "GET", SANDBOXES.in_namespace(caller.namespace), params=params

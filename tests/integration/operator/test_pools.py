@@ -168,6 +168,9 @@ async def test_an_unchanged_sdk_create_is_a_claim(system: services.RunningSystem
         body = get(system, "sandbox", "sdk-claimant")
         assert body is not None
         assert body["status"]["pool"] == "sdk-warm"
+        listed = {handle.name for handle in (await Sandbox.list()).sandboxes}
+        assert "sdk-claimant" in listed
+        assert not {name for name in listed if name.startswith("sdk-warm-")}  # the pool's own
         await sandbox.stop()
         await Sandbox.remove("sdk-claimant")
     system.plane.kubectl("delete", "sbxpool", "sdk-warm", "--timeout=120s")

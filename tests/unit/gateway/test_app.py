@@ -724,3 +724,18 @@ async def test_start_and_stop_by_name(client: AppClient, kube: fakes.FakeKube) -
     assert (await error_of(missing, 404))["code"] == "sandbox_not_found"
     denied = await client.post("/v1/sandboxes/by-name/s1/stop", headers=bearer(NOBODY_TOKEN))
     await error_of(denied, 403)
+
+
+async def test_a_warm_pools_unclaimed_members_are_not_listed(
+    client: AppClient, kube: fakes.FakeKube
+) -> None:
+    running_sandbox(kube, "mine")
+    running_sandbox(kube, "warm-x1y2z")
+    member = kube.sandbox("team-a", "warm-x1y2z")
+    member["metadata"]["labels"] = {"kubesandbox.dev/pool": "warm", "team": "x"}
+    listed = await client.get("/v1/sandboxes", headers=bearer(SA_TOKEN))
+    assert [s["name"] for s in (await listed.json())["data"]] == ["mine"]
+    by_label = await client.get(
+        "/v1/sandboxes", params={"labels": '{"team": "x"}'}, headers=bearer(SA_TOKEN)
+    )
+    assert [s["name"] for s in (await by_label.json())["data"]] == ["mine"]
