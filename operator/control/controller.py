@@ -112,6 +112,11 @@ class Controller:
         self.runtime.cluster.forget(key)
         self._log_when_settled()
 
+    def forget_pool(self, key: tuple[str, str]) -> None:
+        """The SandboxPool is gone from the cluster (its members went before it)."""
+        self.runtime.pools.pool_gone(key)
+        self._log_when_settled()
+
     async def hold(self, key: SandboxKey) -> None:
         """The Sandbox is being deleted: no more passes, and none in flight on return."""
         await self.queue.hold(key)
@@ -125,6 +130,8 @@ class Controller:
             "leases": len(cluster.leases.agents),
             "references": len(cluster.references.values),
             "handed_over": len(self.runtime.handed_over),
+            "pools": len(self.runtime.pools.pools),
+            "pool_members": sum(len(m) for m in self.runtime.pools.members.values()),
             **self.queue.sizes(),
         }
 

@@ -18,11 +18,11 @@ from kubesandbox_operator.handlers.sandbox import controller_of
 
 @kopf.on.event(GROUP, VERSION, POOL_PLURAL)
 async def pool_observed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    pools = controller_of(memo).runtime.pools
+    controller = controller_of(memo)
     if kwargs.get("type") == "DELETED":
-        pools.pool_gone(key_of(dict(body)))
+        controller.forget_pool(key_of(dict(body)))
     else:
-        pools.pool_seen(dict(body))
+        controller.runtime.pools.pool_seen(dict(body))
 
 
 @kopf.on.delete(GROUP, VERSION, POOL_PLURAL)

@@ -19,6 +19,7 @@ from tests.integration.operator.test_operator import (
     node_agent,
     operator,
 )
+from tests.integration.operator.test_rounds import _settled
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("installed_crds")
@@ -112,6 +113,12 @@ def test_a_claim_reaches_the_members_node_agent_before_any_desired_state(
     drain(cluster, namespace, "warm")
     assert cluster.sandbox(namespace, "mine") is not None
     assert node_agent.deletes(uid) == []
+
+    def forgotten() -> bool:
+        kept = _settled(operator.log)
+        return kept is not None and kept["pools"] == kept["pool_members"] == 0
+
+    eventually(forgotten, 30, lambda: f"the pool forgotten: {_settled(operator.log)}")
 
 
 def test_a_refused_claim_boots_the_sandbox_on_that_node(
