@@ -2,8 +2,10 @@
 
 Pools come from Kopf's watch of ``sandboxpools``; members are the Sandboxes labelled
 ``kubesandbox.dev/pool``, taken from the Sandbox watch as it passes through the controller.
-Both are few (a pool's ``replicas``), so they are kept parsed. Any change to a pool or one of
-its members wakes that pool (``wake``). What this process itself created or deleted is
+Both are few (a pool's ``replicas``), so they are kept parsed. A change to a pool, or a change
+of a member that the pool's plan reads (readiness, deletion, the claimed-by label, its
+generation), wakes that pool (``wake``); a member's metrics write wakes nobody, so an idle pool
+costs no request. What this process itself created or deleted is
 recorded at once (:meth:`PoolIndex.member_seen` with ``wake=False``), so a pass woken before
 the watch reports it never creates a member twice. ``reserved`` holds the members a claim in
 flight has picked, so two claims never pick the same one.
@@ -16,7 +18,7 @@ from typing import Any
 
 from kubesandbox_api import Sandbox
 from kubesandbox_api.pool import SandboxPool
-from kubesandbox_operator.reconcile.pool import pool_of
+from kubesandbox_operator.reconcile.pool import claimed, deleting, pool_of, ready
 
 JsonDict = dict[str, Any]
 PoolKey = tuple[str, str]
@@ -64,7 +66,7 @@ class PoolIndex:
         if old is not None and _version(old) > _version(sandbox):
             return  # an older version than the one this process already knows
         known[sandbox.name] = sandbox
-        if wake:
+        if wake and (old is None or _planned_from(old) != _planned_from(sandbox)):
             self.wake(key)
 
     def member_gone(self, namespace: str, name: str) -> None:
@@ -75,6 +77,11 @@ class PoolIndex:
                     del self.members[key]
                 self.wake(key)
                 return
+
+
+def _planned_from(member: Sandbox) -> tuple[object, ...]:
+    """What :func:`~..reconcile.pool.plan_pool` reads of a member."""
+    return (member.uid, member.generation, ready(member), deleting(member), claimed(member))
 
 
 def _version(sandbox: Sandbox) -> int:

@@ -4,6 +4,7 @@ from typing import Any
 
 from kubesandbox_api import Sandbox, SandboxSpec
 from kubesandbox_api.pool import CLAIMED_BY_LABEL, POOL_LABEL, SandboxPool
+from kubesandbox_operator.clients.pools import PoolIndex
 from kubesandbox_operator.control import as_reported
 from kubesandbox_operator.reconcile.pool import (
     choose_member,
@@ -229,3 +230,26 @@ def test_the_pass_after_a_claim_plans_from_the_node_agents_report() -> None:
     assert (seen.status.phase, seen.status.pool) == ("Running", "warm")
     assert {c.type for c in seen.status.conditions} == {"Scheduled", "AgentConnected"}
     assert seen.spec == pending.spec
+
+
+def test_only_changes_the_pools_plan_reads_wake_it() -> None:
+    index = PoolIndex()
+    woken: list[tuple[str, str]] = []
+    index.wake = woken.append
+    booting = member()
+    body = booting.model_dump(mode="json", by_alias=True)
+    body["metadata"]["resourceVersion"] = "1"
+    index.member_seen(body)
+    assert woken == [("team", "warm")]
+    running = {**body, "status": RUNNING, "metadata": {**body["metadata"], "resourceVersion": "2"}}
+    index.member_seen(running)
+    assert len(woken) == 2
+    sampled = {**running, "status": {**RUNNING, "metrics": {"cpuPercent": 3.0}},
+               "metadata": {**body["metadata"], "resourceVersion": "3"}}  # fmt: skip
+    index.member_seen(sampled)
+    assert len(woken) == 2  # a metrics write changes nothing the pool plans from
+    index.member_seen({**body, "metadata": {**body["metadata"], "resourceVersion": "0"}})
+    assert index.members_of(pool())[0].status is not None  # an older version is not kept
+    index.member_gone("team", booting.name)
+    assert index.members == {}
+    assert len(woken) == 3
