@@ -25,12 +25,19 @@ from kubesandbox_api import Sandbox
 from kubesandbox_api.conditions import Reason
 from kubesandbox_api.pool import CLAIMED_BY_LABEL
 from kubesandbox_kube import AlreadyExists, Conflict, KubeError, NotFound
-from kubesandbox_kube.paths import SANDBOXES
+from kubesandbox_kube.paths import SANDBOXES, ResourcePath
 from kubesandbox_operator.clients.cluster import Cluster
 from kubesandbox_operator.clients.nodeagent import NodeAgentError, NodeAgents, desired_state
 from kubesandbox_operator.clients.pools import PoolIndex
 from kubesandbox_operator.reconcile.pod import PodSettings, desired_pod
-from kubesandbox_operator.reconcile.pool import Choice, choose_member, wants_claim
+from kubesandbox_operator.reconcile.pool import (
+    Choice,
+    choose_member,
+    claimed,
+    deleting,
+    ready,
+    wants_claim,
+)
 from kubesandbox_operator.reconcile.references import Resolution, resolve
 from kubesandbox_operator.reconcile.sandbox import Event, NodeAgent, Observed, plan
 
@@ -68,10 +75,10 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
     pod = await cluster.pod(sandbox)
     resolution = resolve(sandbox.spec, await cluster.referenced(sandbox))
     claimable = not resolution.problems and wants_claim(sandbox, pod is not None)
-    if claimable and (claimed := await _claim(runtime, sandbox, resolution, emit)) is not None:
+    if claimable and (report := await _claim(runtime, sandbox, resolution, emit)) is not None:
         pod = await cluster.pod(sandbox)
-        if claimed:
-            sandbox = as_reported(sandbox, claimed)
+        if report:
+            sandbox = as_reported(sandbox, report)
     node = pod.node_name if pod else None
     agent = await cluster.node_agent(node) if node else None
     decided = plan(
@@ -182,15 +189,7 @@ async def _take(
 ) -> JsonDict | None:
     kube, member, pool = runtime.cluster.kube, choice.member, choice.pool
     path = SANDBOXES.in_namespace(member.namespace).named(member.name)
-    label = {
-        "metadata": {
-            "resourceVersion": str(member.metadata.get("resourceVersion") or ""),
-            "labels": {CLAIMED_BY_LABEL: sandbox.uid},
-        }
-    }
-    try:
-        runtime.pools.member_seen(await kube.merge_patch(path, label))
-    except (Conflict, NotFound):
+    if not await _mark_claimed(runtime, path, member, sandbox):
         runtime.pools.reserved.discard(member.uid)
         log.info("pool.claim_lost", pool=pool.name, member=member.name)
         return None
@@ -213,6 +212,37 @@ async def _take(
         deleted = await kube.delete(path, uid=member.uid)
         runtime.pools.member_seen(deleted, wake=False)
     return reported
+
+
+async def _mark_claimed(
+    runtime: Runtime, path: ResourcePath, member: Sandbox, sandbox: Sandbox
+) -> bool:
+    """Labels the member ``claimed-by``, on the condition that it did not change since it was
+    read; a version newer than the cache's (a metrics write, say) is read once and, if the
+    member is still a ready, unclaimed one, labelled instead. ``False``: someone else was
+    first, or the member went."""
+    for attempt in range(2):
+        label = {
+            "metadata": {
+                "resourceVersion": str(member.metadata.get("resourceVersion") or ""),
+                "labels": {CLAIMED_BY_LABEL: sandbox.uid},
+            }
+        }
+        try:
+            runtime.pools.member_seen(await runtime.cluster.kube.merge_patch(path, label))
+            return True
+        except NotFound:
+            return False
+        except Conflict:
+            if attempt:
+                return False
+        try:
+            member = Sandbox.from_body(await runtime.cluster.kube.get(path))
+        except NotFound:
+            return False
+        if claimed(member) or deleting(member) or not ready(member):
+            return False
+    return False
 
 
 async def remove(runtime: Runtime, sandbox: Sandbox) -> bool:
