@@ -34,6 +34,7 @@ from kubesandbox_operator.clients.leader import LeaderElection
 from kubesandbox_operator.clients.nodeagent import NodeAgentAuth, NodeAgents
 from kubesandbox_operator.control import Runtime
 from kubesandbox_operator.control.controller import DEFAULT_WORKERS, Controller, stop
+from kubesandbox_operator.reconcile.pod import PodSettings
 
 log = structlog.get_logger(__name__)
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -62,6 +63,31 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=env("KUBESANDBOX_ALLOW_HOST_PATHS") == "true",
         help="allow disk/bind roots, bind volumes and host-path copies (cluster policy)",
     )
+    defaults = PodSettings()
+    pods = parser.add_argument_group("sandbox Pods")
+    pods.add_argument(
+        "--pause-image",
+        default=env("KUBESANDBOX_PAUSE_IMAGE", defaults.pause_image),
+        help="the one container of every sandbox Pod (default: %(default)s)",
+    )
+    pods.add_argument(
+        "--cpu-allocation-ratio",
+        type=_at_least_one,
+        default=float(env("KUBESANDBOX_CPU_ALLOCATION_RATIO", str(defaults.cpu_allocation_ratio))),
+        help="vCPUs per requested CPU: at 10 a 1-vCPU sandbox requests 100m (default: %(default)s)",
+    )
+    pods.add_argument(
+        "--cpu-overhead-millicores",
+        type=_not_negative,
+        default=int(env("KUBESANDBOX_CPU_OVERHEAD", str(defaults.cpu_overhead_millicores))),
+        help="added to every sandbox Pod's CPU request (default: %(default)s)",
+    )
+    pods.add_argument(
+        "--memory-overhead-mib",
+        type=_not_negative,
+        default=int(env("KUBESANDBOX_MEMORY_OVERHEAD", str(defaults.memory_overhead_mib))),
+        help="added to every sandbox Pod's memory request and limit (default: %(default)s)",
+    )
     parser.add_argument("--identity", default=f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     parser.add_argument(
         "--workers",
@@ -71,6 +97,29 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", default=env("KUBESANDBOX_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
+
+
+def _at_least_one(text: str) -> float:
+    value = float(text)
+    if not value >= 1:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
+def pod_settings(args: argparse.Namespace) -> PodSettings:
+    return PodSettings(
+        pause_image=args.pause_image,
+        cpu_allocation_ratio=args.cpu_allocation_ratio,
+        cpu_overhead_millicores=args.cpu_overhead_millicores,
+        memory_overhead_mib=args.memory_overhead_mib,
+    )
 
 
 @kopf.on.login()
@@ -108,6 +157,7 @@ async def run(args: argparse.Namespace) -> int:
                 NodeAgentAuth(args.node_agent_token_file, args.node_agent_ca_file), http
             ),
             allow_host_paths=args.allow_host_paths,
+            pod_settings=pod_settings(args),
         )
         controller = Controller(runtime, EventPoster(kube), workers=args.workers)
         controlling = asyncio.create_task(controller.run(), name="controller")
