@@ -44,7 +44,7 @@ class Runtime:
     cluster: Cluster
     agents: NodeAgents
     allow_host_paths: bool = False
-    pod_settings: PodSettings = PodSettings()
+    pod_settings: PodSettings = field(default_factory=PodSettings)
     """The sandbox Pod's image and how its requests are sized."""
     handed_over: dict[SandboxKey, str] = field(default_factory=dict)
     """Per Sandbox, a digest of the desired state its node agent last accepted: it is sent

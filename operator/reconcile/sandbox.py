@@ -69,7 +69,7 @@ class Observed:
     resolution: Resolution
     now: datetime
     allow_host_paths: bool = False
-    pod_settings: PodSettings = PodSettings()
+    pod_settings: PodSettings = field(default_factory=PodSettings)
 
 
 @dataclass(frozen=True)
