@@ -169,14 +169,18 @@ async def run(args: argparse.Namespace) -> int:
         try:
             await kopf.operator(standalone=True, clusterwide=True, memo=memo, stop_flag=lost)
         finally:
+            # Decided before the shutdown below: stopping the controller ends its task, which
+            # would look like a controller that died. Failed: the Lease was lost or the
+            # controller died; not failed: a signal (SIGTERM from the kubelet) stopped Kopf.
+            failed = lost.is_set()
             holding.cancel()
             if not controlling.done():
                 await stop(controlling)
             elif not controlling.cancelled() and controlling.exception() is not None:
                 log.error("controller.died", error=repr(controlling.exception()))
-            if not lost.is_set():
-                await election.release()
-        return 1 if lost.is_set() else 0
+            if not failed:
+                await election.release()  # a standby takes over now, not when it expires
+        return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
