@@ -27,6 +27,7 @@ import structlog
 
 from kubesandbox_common import logs
 from kubesandbox_kube import KubeClient
+from kubesandbox_kube import config as kube_config
 from kubesandbox_operator import handlers
 from kubesandbox_operator.clients.cluster import Cluster
 from kubesandbox_operator.clients.events import EventPoster
@@ -124,9 +125,28 @@ def pod_settings(args: argparse.Namespace) -> PodSettings:
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """Kopf uses the same identity as our client: the in-cluster account, else KUBECONFIG."""
-    in_cluster = kopf.login_with_service_account(**kwargs)
-    return in_cluster or kopf.login_with_kubeconfig(**kwargs)
+    """Kopf uses the same identity and address as our client (``kubesandbox_kube.config``):
+    ``$KUBECONFIG`` when set, else the Pod's service account at ``$KUBERNETES_SERVICE_HOST``."""
+    if os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return kopf.login_with_kubeconfig(**kwargs)
+    return in_cluster_connection(kube_config.SERVICE_ACCOUNT)
+
+
+def in_cluster_connection(account: Path) -> kopf.ConnectionInfo:
+    """The service account's connection, addressed as client-go addresses it: the kubernetes
+    Service's IP from the kubelet's environment. Kopf's own in-cluster login names
+    ``kubernetes.default.svc``, which resolves only where the cluster has DNS. The token is
+    read again when Kopf logs in again (it does on a 401: a rotated token)."""
+    host = os.environ["KUBERNETES_SERVICE_HOST"]
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    ca = account / "ca.crt"
+    namespace = account / "namespace"
+    return kopf.ConnectionInfo(
+        server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
+        ca_path=str(ca) if ca.is_file() else None,
+        token=(account / "token").read_text().strip(),
+        default_namespace=namespace.read_text().strip() if namespace.is_file() else None,
+    )
 
 
 @kopf.on.startup()
