@@ -113,6 +113,7 @@ def test_defaults_come_back_as_documented(sandboxes: Sandboxes) -> None:
         "stopMode": "Graceful",
         "stopGracePeriodSeconds": 30,
         "restartPolicy": "Never",
+        "ephemeral": False,
     }
 
 
