@@ -438,6 +438,9 @@ class DesiredState(StrEnum):
     """Shut down; the writable layer is kept, so starting again keeps the files."""
     PAUSED = "Paused"
     """vCPUs frozen; memory kept; resuming is instant."""
+    SUSPENDED = "Suspended"
+    """Memory and device state saved to a file on the node and the VM process ended (no CPU,
+    no RAM); Running restores it, processes and all."""
 
 
 class StopMode(StrEnum):
@@ -463,7 +466,7 @@ class Lifecycle(ApiModel):
     """Desired state and host-enforced policies (the guest cannot override them)."""
 
     state: DesiredState = DesiredState.RUNNING
-    """Desired state; change it to stop, start, pause or resume the sandbox."""
+    """Desired state; change it to stop, start, pause, suspend or resume the sandbox."""
     stop_mode: StopMode = StopMode.GRACEFUL
     """How a stop (desired state Stopped, or an expired policy) is carried out."""
     stop_grace_period_seconds: Annotated[int, Field(ge=0, le=3600)] = 30

@@ -34,6 +34,8 @@ _PHASE_STATUS = {
     "Draining": "stopping",
     "Stopping": "stopping",
     "Stopped": "stopped",
+    "Suspending": "stopping",
+    "Suspended": "stopped",
     "Crashed": "failed",
     "Failed": "failed",
 }
