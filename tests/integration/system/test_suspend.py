@@ -1,0 +1,111 @@
+"""``lifecycle.state: Suspended`` through the whole host-process system (apiserver, operator,
+node agent process, a real TCG VM): the status and Events say what happened, no QEMU runs
+while suspended, a node agent process restarted meanwhile keeps it suspended, Running
+restores the same boot, and deleting the Sandbox removes the state file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kubesandbox_devenv import services
+from kubesandbox_devenv.services import RunningSystem
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.vm, pytest.mark.slow]
+
+NAME = "sleeper"
+MANIFEST = {
+    "apiVersion": "kubesandbox.dev/v1alpha1",
+    "kind": "Sandbox",
+    "metadata": {"name": NAME, "namespace": "default"},
+    "spec": {"image": {"oci": "busybox:1.36"}, "memory": 128, "network": {"policy": "None"}},
+}
+
+
+@pytest.fixture(scope="module")
+def system() -> Iterator[RunningSystem]:
+    with services.running_system("ksb-susp-") as running:
+        yield running
+
+
+def sandbox(system: RunningSystem) -> dict[str, Any]:
+    got = system.plane.kubectl("get", "sandbox", NAME, "-o", "json")
+    body: dict[str, Any] = json.loads(got.stdout)
+    return body
+
+
+def wait_for(system: RunningSystem, phase: str, timeout: float = 240.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = sandbox(system).get("status") or {}
+        if status.get("phase") == phase:
+            return status
+        if time.monotonic() > deadline:
+            pytest.fail(f"{NAME} never reached {phase}: {json.dumps(status)}")
+        time.sleep(0.25)
+
+
+def set_state(system: RunningSystem, state: str) -> None:
+    patch = json.dumps({"spec": {"lifecycle": {"state": state}}})
+    system.plane.kubectl("patch", "sandbox", NAME, "--type=merge", "-p", patch)
+
+
+def sh(system: RunningSystem, uid: str, script: str) -> str:
+    code, out = asyncio.run(services.run_in_sandbox(system.node_agent.relay_socket(uid), script))
+    assert code == 0, out
+    return out
+
+
+def events(system: RunningSystem) -> list[str]:
+    got = system.plane.kubectl(
+        "get", "events", "--field-selector", f"involvedObject.name={NAME}", "-o", "json"
+    )
+    return [item["reason"] for item in json.loads(got.stdout)["items"]]
+
+
+def test_suspend_resume_and_delete_through_the_operator(system: RunningSystem) -> None:
+    system.plane.kubectl("apply", "-f", "-", input_text=json.dumps(MANIFEST))
+    wait_for(system, "Running")
+    uid = sandbox(system)["metadata"]["uid"]
+    sleeper = sh(system, uid, "setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!").strip()
+    boot_id = sh(system, uid, "cat /proc/sys/kernel/random/boot_id")
+    marker = system.node_agent.state
+    assert len(services.qemu_processes(str(marker))) == 1
+
+    set_state(system, "Suspended")
+    status = wait_for(system, "Suspended")
+    state_file = system.node_agent.state / "sandboxes" / uid / "suspended.state"
+    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    assert status["suspension"]["stateBytes"] == state_file.stat().st_size
+    assert status["suspension"]["reason"] == "SuspendedByUser"
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions["Suspended"] == ("True", "SuspendedByUser")
+    assert conditions["Ready"][0] == "False"
+    assert services.qemu_processes(str(marker)) == {}
+
+    system.node_agent.stop()
+    system.node_agent.start()
+    assert wait_for(system, "Suspended")["suspension"]["stateBytes"] > 0
+    assert services.qemu_processes(str(marker)) == {}
+
+    set_state(system, "Running")
+    status = wait_for(system, "Running")
+    assert "resumedAt" in status["suspension"]
+    assert not state_file.exists()
+    assert sh(system, uid, "cat /proc/sys/kernel/random/boot_id") == boot_id
+    assert sh(system, uid, f"cat /proc/{sleeper}/cmdline | tr '\\0' ' '").startswith("sleep")
+    deadline = time.monotonic() + 30
+    while not {"Suspended", "Resumed"} <= set(events(system)):
+        assert time.monotonic() < deadline, events(system)
+        time.sleep(0.5)
+
+    set_state(system, "Suspended")
+    wait_for(system, "Suspended")
+    system.plane.kubectl("delete", "sandbox", NAME, "--wait", "--timeout=120s")
+    assert not state_file.parent.exists()
