@@ -129,7 +129,10 @@ class Reason(StrEnum):
     MAX_DURATION_EXCEEDED = "MaxDurationExceeded"
     """``lifecycle.maxDurationSeconds`` expired; the sandbox drained to Stopped."""
     IDLE_TIMEOUT = "IdleTimeout"
-    """``lifecycle.idleTimeoutSeconds`` expired; the sandbox drained to Stopped."""
+    """``lifecycle.idleTimeoutSeconds`` expired; the sandbox drained to Stopped, or was
+    suspended (``idleAction: Suspend``)."""
+    WOKEN_BY_USE = "WokenByUse"
+    """An idle-suspended sandbox was restored for an agent connection (exec, shell, fs)."""
     GUEST_POWER_OFF = "GuestPowerOff"
     """The guest shut itself down."""
     VMM_EXITED = "VMMExited"

@@ -454,6 +454,16 @@ class StopMode(StrEnum):
     """Kill the VM at once."""
 
 
+class IdleAction(StrEnum):
+    """What ``idleTimeoutSeconds`` does to an idle sandbox."""
+
+    DRAIN = "Drain"
+    """Drain to Stopped (microsandbox's behaviour)."""
+    SUSPEND = "Suspend"
+    """Suspend (state saved on the node, no VM process); the next exec, shell or filesystem
+    call wakes it."""
+
+
 class RestartPolicy(StrEnum):
     """What happens when the sandbox ends on its own (crash, node loss, guest power-off)."""
 
@@ -474,7 +484,9 @@ class Lifecycle(ApiModel):
     max_duration_seconds: Annotated[int, Field(ge=1, le=31_536_000)] | None = None
     """Maximum lifetime of a run, in seconds; on expiry the sandbox drains to Stopped."""
     idle_timeout_seconds: Annotated[int, Field(ge=1, le=31_536_000)] | None = None
-    """Seconds without any agent activity after which the sandbox drains to Stopped."""
+    """Seconds without any agent activity after which ``idleAction`` happens."""
+    idle_action: IdleAction = IdleAction.DRAIN
+    """What the idle timeout does: Drain (to Stopped) or Suspend (woken by the next use)."""
     restart_policy: RestartPolicy = RestartPolicy.NEVER
     """Whether a sandbox that ended on its own is started again."""
     ephemeral: bool = False

@@ -37,6 +37,8 @@ class SavedVM(BaseModel):
     ready_frame: str
     """The guest's ``core.ready`` from before (the relay's last resort after a restore)."""
     was_paused: bool = False
+    reason: str = "SuspendedByUser"
+    """Why it sleeps: ``IdleTimeout`` (idleAction Suspend) is woken by the next use."""
 
 
 class SandboxRecord(BaseModel):

@@ -8,7 +8,8 @@ its ``SandboxRecord`` after every transition and calls ``on_change`` so that the
 can patch the Sandbox. Two background tasks per running VM: ``_monitor`` waits for QEMU to end
 and decides why (``crash``), ``_policies`` enforces ``maxDurationSeconds`` and
 ``idleTimeoutSeconds`` (idle = no relay traffic and no session in flight) by draining to
-Stopped with the reason.
+Stopped with the reason, or with ``idleAction: Suspend`` by suspending (the next agent
+connection wakes it: ``wake``).
 
 Stop is graceful by default: ``core.shutdown`` to the guest agent (it syncs and powers off),
 QMP ``quit`` when the grace period ran out, SIGKILL last. The writable layer stays, so a
@@ -39,7 +40,7 @@ from typing import Any, Protocol
 import structlog
 
 from kubesandbox_api.conditions import ConditionStatus, ConditionType, Phase, Reason
-from kubesandbox_api.spec import DesiredState, RestartPolicy, StopMode
+from kubesandbox_api.spec import DesiredState, IdleAction, RestartPolicy, StopMode
 from kubesandbox_api.status import Condition, ExitStatus, ImageStatus, SuspensionStatus
 from kubesandbox_node.runtime.crash import boot_failure, classify
 from kubesandbox_node.runtime.model import DesiredSandbox, NodeSandboxStatus
@@ -260,7 +261,8 @@ class Supervisor:
         if running and changed and desired.spec.network != previous.spec.network:
             self._spawn(self._update_live(previous))
         if want == DesiredState.SUSPENDED or self.record.saved is not None:
-            return self._apply_suspension(want, running)
+            moved = want != previous.spec.lifecycle.state
+            return self._apply_suspension(want, running, moved=moved)
         if want in (DesiredState.RUNNING, DesiredState.PAUSED):
             if not running and (self.record.runs == 0 or changed) and not self._busy():
                 return self.start(pause_after=want == DesiredState.PAUSED)
@@ -282,11 +284,17 @@ class Supervisor:
         return None
 
     def _apply_suspension(
-        self, want: DesiredState, running: bool, *, inside: bool = False
+        self, want: DesiredState, running: bool, *, inside: bool = False, moved: bool = False
     ) -> asyncio.Task[None] | None:
         """``lifecycle.state`` Suspended, or any state while the VM is saved on disk.
-        ``inside``: called from an operation that holds the lock (and queues behind it)."""
+        ``inside``: called from an operation that holds the lock (and queues behind it);
+        ``moved``: ``lifecycle.state`` changed (an idle-suspended sandbox whose state stays
+        Running sleeps until it is used, :meth:`wake`)."""
         busy = not inside and self._busy()
+        saved = self.record.saved
+        idle = saved is not None and saved.reason == Reason.IDLE_TIMEOUT
+        if idle and want == DesiredState.RUNNING and not moved:
+            return None
         if want == DesiredState.SUSPENDED:
             if running and self.phase in SUSPENDABLE_PHASES:
                 return self.suspend(Reason.SUSPENDED_BY_USER)
@@ -359,6 +367,24 @@ class Supervisor:
 
     def restore(self, *, pause_after: bool = False) -> asyncio.Task[None]:
         return self._spawn(self._restore(pause_after))
+
+    def sleeping(self) -> bool:
+        """Suspended (or on its way in or out) while it is wanted Running: an idle suspend,
+        which the next use undoes (:meth:`wake`)."""
+        return self.desired.spec.lifecycle.state == DesiredState.RUNNING and self.phase in (
+            Phase.SUSPENDING,
+            Phase.SUSPENDED,
+            Phase.RESUMING,
+        )
+
+    async def wake(self) -> bool:
+        """Restores a sleeping sandbox for someone who wants to use it (after a suspend still
+        in progress); True once it runs. The restore goes on if the caller gives up."""
+        if self.handle is not None:
+            return True
+        task = self._spawn(self._restore(False, woken=True))
+        await asyncio.shield(task)
+        return self.handle is not None
 
     async def wait(self) -> ExitStatus | None:
         """Until the current run ends (at once when nothing runs)."""
@@ -482,7 +508,7 @@ class Supervisor:
         is reaped as an orphan; before that, the VM runs on and is suspended again."""
         saved = self.record.saved
         if saved is not None and has_state(saved):
-            self._suspended(Reason.SUSPENDED_BY_USER, saved.size_bytes, None)
+            self._suspended(Reason(saved.reason), saved.size_bytes, None)
             return False
         self.record.saved = None
         vm = self.record.vm
@@ -591,7 +617,10 @@ class Supervisor:
                 return
             idle = lifecycle.idle_timeout_seconds
             if idle and self.phase == Phase.RUNNING and handle.relay.idle_seconds >= idle:
-                self.drain(Reason.IDLE_TIMEOUT, limit=grace)
+                if lifecycle.idle_action == IdleAction.SUSPEND:
+                    self.suspend(Reason.IDLE_TIMEOUT)
+                else:
+                    self.drain(Reason.IDLE_TIMEOUT, limit=grace)
                 return
 
     async def _wait_end(self, handle: VMHandle, within: float) -> bool:
@@ -699,6 +728,7 @@ class Supervisor:
             size_bytes=size,
             ready_frame=handle.record.ready_frame,
             was_paused=was_paused,
+            reason=reason.value,
         )
         self._save()
         self._suspending = True
@@ -727,12 +757,13 @@ class Supervisor:
         self._condition(ConditionType.SUSPENDED, True, reason, why)
         self._transition(Phase.SUSPENDED, why)
 
-    async def _restore(self, pause_after: bool) -> None:
+    async def _restore(self, pause_after: bool, *, woken: bool = False) -> None:
         saved = self.record.saved
         if self.handle is not None or saved is None or self.phase != Phase.SUSPENDED:
             return
         began = time.monotonic()
-        self._transition(Phase.RESUMING, "restoring the VM from its saved state")
+        why = "woken by use (an agent connection)" if woken else "lifecycle.state"
+        self._transition(Phase.RESUMING, f"restoring the VM from its saved state ({why})")
 
         def loaded(vm: VMRecord) -> None:
             # recorded before the state file goes, so that a restart finds this QEMU
@@ -763,14 +794,14 @@ class Supervisor:
             self._end(Phase.CRASHED, Reason.RESUME_FAILED, False, None, str(exc))
             return
         self.record.spec = saved.spec
-        self._resumed(handle, time.monotonic() - began)
+        self._resumed(handle, time.monotonic() - began, woken=woken)
         if pause_after or (
             saved.was_paused and self.desired.spec.lifecycle.state == DesiredState.PAUSED
         ):
             await self._pause()
         self._follow_desired()
 
-    def _resumed(self, handle: VMHandle, seconds: float | None) -> None:
+    def _resumed(self, handle: VMHandle, seconds: float | None, *, woken: bool = False) -> None:
         self._attach(handle)
         self.record.saved = None
         if self.record.suspension is not None:
@@ -783,10 +814,12 @@ class Supervisor:
             )
         self._condition(ConditionType.AGENT_CONNECTED, True, Reason.AGENT_READY)
         self._condition(ConditionType.PAUSED, False, Reason.RUNNING)
+        reason = Reason.WOKEN_BY_USE if woken else Reason.RESUMED
+        how = "woken by use: " if woken else ""
         self._condition(
-            ConditionType.SUSPENDED, False, Reason.RESUMED, "restored from its saved state"
+            ConditionType.SUSPENDED, False, reason, f"{how}restored from its saved state"
         )
-        self._transition(Phase.RUNNING, "resumed from its saved state")
+        self._transition(Phase.RUNNING, f"{how}resumed from its saved state")
 
     async def _discard(self, reason: Reason) -> None:
         """Stopped with stop mode Kill while suspended: the saved state is thrown away."""

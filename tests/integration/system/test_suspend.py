@@ -1,7 +1,9 @@
 """``lifecycle.state: Suspended`` through the whole host-process system (apiserver, operator,
 node agent process, a real TCG VM): the status and Events say what happened, no QEMU runs
 while suspended, a node agent process restarted meanwhile keeps it suspended, Running
-restores the same boot, and deleting the Sandbox removes the state file."""
+restores the same boot, and deleting the Sandbox removes the state file. Then
+``idleAction: Suspend``: an idle sandbox is suspended, and the unmodified microsandbox SDK's
+next shell or fs call through the gateway wakes it and succeeds."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from microsandbox import BackendKind, Sandbox, backend_scope
 
 from kubesandbox_devenv import services
 from kubesandbox_devenv.services import RunningSystem
@@ -34,20 +37,22 @@ def system() -> Iterator[RunningSystem]:
         yield running
 
 
-def sandbox(system: RunningSystem) -> dict[str, Any]:
-    got = system.plane.kubectl("get", "sandbox", NAME, "-o", "json")
+def sandbox(system: RunningSystem, name: str = NAME) -> dict[str, Any]:
+    got = system.plane.kubectl("get", "sandbox", name, "-o", "json")
     body: dict[str, Any] = json.loads(got.stdout)
     return body
 
 
-def wait_for(system: RunningSystem, phase: str, timeout: float = 240.0) -> dict[str, Any]:
+def wait_for(
+    system: RunningSystem, phase: str, timeout: float = 240.0, name: str = NAME
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        status = sandbox(system).get("status") or {}
+        status = sandbox(system, name).get("status") or {}
         if status.get("phase") == phase:
             return status
         if time.monotonic() > deadline:
-            pytest.fail(f"{NAME} never reached {phase}: {json.dumps(status)}")
+            pytest.fail(f"{name} never reached {phase}: {json.dumps(status)}")
         time.sleep(0.25)
 
 
@@ -62,9 +67,9 @@ def sh(system: RunningSystem, uid: str, script: str) -> str:
     return out
 
 
-def events(system: RunningSystem) -> list[str]:
+def events(system: RunningSystem, name: str = NAME) -> list[str]:
     got = system.plane.kubectl(
-        "get", "events", "--field-selector", f"involvedObject.name={NAME}", "-o", "json"
+        "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json"
     )
     return [item["reason"] for item in json.loads(got.stdout)["items"]]
 
@@ -109,3 +114,45 @@ def test_suspend_resume_and_delete_through_the_operator(system: RunningSystem) -
     wait_for(system, "Suspended")
     system.plane.kubectl("delete", "sandbox", NAME, "--wait", "--timeout=120s")
     assert not state_file.parent.exists()
+
+
+DOZER = "dozer"
+
+
+async def test_an_idle_sandbox_sleeps_and_the_sdk_wakes_it_by_using_it(
+    system: RunningSystem,
+) -> None:
+    manifest = json.loads(json.dumps(MANIFEST))
+    manifest["metadata"]["name"] = DOZER
+    manifest["spec"]["lifecycle"] = {"idleTimeoutSeconds": 2, "idleAction": "Suspend"}
+    system.plane.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
+    wait_for(system, "Running", name=DOZER)
+    marker = str(system.node_agent.state)
+    url = f"{system.gateway_url}/ns/default"
+    with backend_scope(BackendKind.CLOUD, url=url, api_key=system.demo_token):
+        handle = await Sandbox.get(DOZER)
+        box = await handle.connect()
+        started = await box.shell("setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!")
+        sleeper = started.stdout_text.strip()
+        await box.fs.write("/tmp/note.txt", b"written before the nap\n")
+
+        status = await asyncio.to_thread(wait_for, system, "Suspended", 60.0, DOZER)
+        assert status["suspension"]["reason"] == "IdleTimeout"
+        assert sandbox(system, DOZER)["spec"]["lifecycle"]["state"] == "Running"
+        assert services.qemu_processes(marker) == {}
+
+        # the next shell wakes it; the caller sees only the answer
+        alive = await box.shell(f"cat /proc/{sleeper}/cmdline | tr '\\0' ' '")
+        assert alive.stdout_text.startswith("sleep 100000")
+        status = sandbox(system, DOZER)["status"]
+        assert status["phase"] == "Running"
+        assert "resumedAt" in status["suspension"]
+        woken = next(c for c in status["conditions"] if c["type"] == "Suspended")
+        assert (woken["status"], woken["reason"]) == ("False", "WokenByUse")
+
+        # asleep again; a filesystem call wakes it too
+        await asyncio.to_thread(wait_for, system, "Suspended", 60.0, DOZER)
+        assert await box.fs.read_text("/tmp/note.txt") == "written before the nap\n"
+        assert sandbox(system, DOZER)["status"]["phase"] == "Running"
+    assert {"Suspended", "Resumed"} <= set(events(system, DOZER))
+    system.plane.kubectl("delete", "sandbox", DOZER, "--wait", "--timeout=120s")

@@ -187,3 +187,38 @@ async def test_created_suspended_is_stopped_with_nothing_saved(env: Env) -> None
     assert supervisor.phase == Phase.STOPPED
     assert "nothing was saved" in (supervisor.record.message or "")
     assert env.vmm.handles == []
+
+
+async def test_idle_suspend_sleeps_through_puts_of_the_same_state_until_woken(env: Env) -> None:
+    d = desired(lifecycle={"idleTimeoutSeconds": 1, "idleAction": "Suspend"})
+    supervisor = env.runtime.put(d)
+    await until(supervisor, Phase.RUNNING)
+    await until(supervisor, Phase.SUSPENDED, within=5)
+    suspension = supervisor.status().suspension
+    assert suspension is not None
+    assert suspension.reason == Reason.IDLE_TIMEOUT
+    assert condition(supervisor, "Suspended") == (ConditionStatus.TRUE, Reason.IDLE_TIMEOUT)
+    assert supervisor.sleeping()
+    env.runtime.put(again(d, 2, stopGracePeriodSeconds=5))  # still Running: keeps sleeping
+    assert supervisor.phase == Phase.SUSPENDED
+    assert await supervisor.wake()
+    assert supervisor.status().phase == Phase.RUNNING
+    assert condition(supervisor, "Suspended") == (ConditionStatus.FALSE, Reason.WOKEN_BY_USE)
+    assert "woken by use" in (supervisor.record.message or "")
+
+
+async def test_an_idle_suspended_sandbox_asked_paused_is_restored_paused(env: Env) -> None:
+    d = desired(lifecycle={"idleTimeoutSeconds": 1, "idleAction": "Suspend"})
+    supervisor = env.runtime.put(d)
+    await until(supervisor, Phase.RUNNING)
+    await until(supervisor, Phase.SUSPENDED, within=5)
+    env.runtime.put(again(d, 2, state="Paused"))
+    await until(supervisor, Phase.PAUSED)
+    assert not supervisor.sleeping()
+
+
+async def test_idle_drain_stays_the_default(env: Env) -> None:
+    supervisor = env.runtime.put(desired(lifecycle={"idleTimeoutSeconds": 1}))
+    await until(supervisor, Phase.RUNNING)
+    await until(supervisor, Phase.STOPPED, within=5)
+    assert supervisor.record.saved is None
