@@ -434,7 +434,7 @@ class QemuVMM:
             if resume:
                 await qmp.execute("cont")
                 await asyncio.sleep(RECONNECT_GAP)
-            relay, relay_task = await _relay_with_ready(
+            relay, relay_task, attempts = await _relay_with_ready(
                 Path(record.agent_socket), relay_socket, base64.b64decode(record.ready_frame)
             )
         except (TimeoutError, ConnectionError, OSError, QMPError) as exc:
@@ -445,7 +445,7 @@ class QemuVMM:
         handle = QemuHandle(record, relay, qmp)
         handle._tasks.append(relay_task)
         handle._watch()
-        log.info("vm.adopted", pid=record.pid)
+        log.info("vm.adopted", pid=record.pid, attempts=attempts)
         return handle
 
     async def restore(
@@ -476,7 +476,7 @@ class QemuVMM:
                 await qmp.execute("cont")
                 # the guest must see the old host's disconnect before our connect (both edges)
                 await asyncio.sleep(RECONNECT_GAP)
-                relay, relay_task = await _relay_with_ready(
+                relay, relay_task, attempts = await _relay_with_ready(
                     spec.agent_socket, relay_socket, base64.b64decode(ready_frame)
                 )
         except BaseException as exc:
@@ -500,14 +500,14 @@ class QemuVMM:
         handle = QemuHandle(record, relay, qmp, process=process)
         handle._tasks.append(relay_task)
         handle._watch()
-        log.info("vm.restored", pid=process.pid, load_seconds=round(loaded, 3),
+        log.info("vm.restored", pid=process.pid, load_seconds=round(loaded, 3), attempts=attempts,
                  seconds=round(time.time() - record.started_at, 3))  # fmt: skip
         return handle
 
 
 async def _relay_with_ready(
     agent_socket: Path, relay_socket: Path, recorded_ready: bytes
-) -> tuple[SandboxRelay, asyncio.Task[None]]:
+) -> tuple[SandboxRelay, asyncio.Task[None], int]:
     """A relay on a guest that booted long ago (re-adoption, restore): the guest sends
     ``core.ready`` when it sees a host connect; if it does not within a few seconds, close,
     let it see the disconnect, and connect again; the last resort is the recorded frame."""
@@ -520,12 +520,12 @@ async def _relay_with_ready(
         try:
             async with asyncio.timeout(ADOPT_READY_WAIT):
                 await relay.wait_ready()
-            return relay, relay_task
+            return relay, relay_task, attempt + 1
         except TimeoutError:
             if last:
                 # the guest never noticed us: serve its recorded ready frame
                 relay.assume_ready(recorded_ready)
-                return relay, relay_task
+                return relay, relay_task, attempt + 1
         except ConnectionError:
             if last:
                 await relay.close()
