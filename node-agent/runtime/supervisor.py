@@ -45,7 +45,7 @@ from kubesandbox_api.status import Condition, ExitStatus, ImageStatus, Suspensio
 from kubesandbox_node.runtime.crash import boot_failure, classify
 from kubesandbox_node.runtime.model import DesiredSandbox, NodeSandboxStatus
 from kubesandbox_node.runtime.records import STATE_FILE, RecordStore, SandboxRecord, SavedVM
-from kubesandbox_node.runtime.vmm import VMM, VMHandle, VMRecord
+from kubesandbox_node.runtime.vmm import VMM, Incoming, VMHandle, VMRecord
 from kubesandbox_node.vm.machine import BootError
 from kubesandbox_node.vm.qmp import QMPError
 from kubesandbox_node.vm.snapshot import SnapshotError, state_timeout
@@ -774,13 +774,9 @@ class Supervisor:
 
         try:
             async with self._boot_slot():
+                incoming = Incoming(saved.spec, Path(saved.state_file), saved.ready_frame, loaded)
                 handle = await self.vmm.restore(
-                    saved.spec,
-                    Path(saved.state_file),
-                    self.relay_socket,
-                    ready_timeout=self.timing.ready_timeout,
-                    ready_frame=saved.ready_frame,
-                    before_continue=loaded,
+                    incoming, self.relay_socket, ready_timeout=self.timing.ready_timeout
                 )
         except BootError as exc:
             self.record.vm = None

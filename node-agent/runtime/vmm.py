@@ -82,6 +82,17 @@ class VMRecord(BaseModel):
         )
 
 
+@dataclass(frozen=True)
+class Incoming:
+    """A saved VM to restore: the machine, its state file, the guest's ready frame from
+    before, and what to do once the state is in and before the vCPUs continue."""
+
+    spec: VMSpec
+    state_file: Path
+    ready_frame: str
+    before_continue: Callable[[VMRecord], None]
+
+
 @dataclass
 class ExitInfo:
     code: int | None
@@ -118,14 +129,7 @@ class VMM(Protocol):
         self, record: VMRecord, relay_socket: Path, *, resume: bool = False
     ) -> VMHandle | None: ...
     async def restore(
-        self,
-        spec: VMSpec,
-        state_file: Path,
-        relay_socket: Path,
-        *,
-        ready_timeout: float,
-        ready_frame: str,
-        before_continue: Callable[[VMRecord], None],
+        self, saved: Incoming, relay_socket: Path, *, ready_timeout: float
     ) -> VMHandle: ...
     async def reap_orphans(self, known: set[str]) -> int: ...
 
@@ -449,19 +453,13 @@ class QemuVMM:
         return handle
 
     async def restore(
-        self,
-        spec: VMSpec,
-        state_file: Path,
-        relay_socket: Path,
-        *,
-        ready_timeout: float,
-        ready_frame: str,
-        before_continue: Callable[[VMRecord], None],
+        self, saved: Incoming, relay_socket: Path, *, ready_timeout: float
     ) -> QemuHandle:
-        """QEMU with ``spec``'s exact command line plus ``-incoming defer``, fed the state in
-        ``state_file``; ``before_continue(record)`` runs once the state is loaded and before
+        """QEMU with the saved spec's exact command line plus ``-incoming defer``, fed the
+        state file; ``before_continue(record)`` runs once the state is loaded and before
         the vCPUs continue (from then on the state file is stale: the disks move on). The
         guest agent sees its host leave and come back and sends ``core.ready`` again."""
+        spec, ready_frame = saved.spec, saved.ready_frame
         process, group, daemons, record = await self._launch(spec, ("-incoming", "defer"))
         record.ready_frame = ready_frame
         exited = asyncio.ensure_future(process.wait())
@@ -471,8 +469,8 @@ class QemuVMM:
                 qmp = await until_connected(
                     lambda: QMPClient.connect(spec.qmp_socket), exited.done, "QMP"
                 )
-                loaded = await load_state(qmp, state_file, within=ready_timeout)
-                before_continue(record)
+                loaded = await load_state(qmp, saved.state_file, within=ready_timeout)
+                saved.before_continue(record)
                 await qmp.execute("cont")
                 # the guest must see the old host's disconnect before our connect (both edges)
                 await asyncio.sleep(RECONNECT_GAP)

@@ -7,7 +7,6 @@ import base64
 import contextlib
 import itertools
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from kubesandbox_api.status import ImageStatus, LayerPin
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.relay import SandboxRelay
 from kubesandbox_node.runtime.supervisor import PrepareError
-from kubesandbox_node.runtime.vmm import ExitInfo, VMRecord
+from kubesandbox_node.runtime.vmm import ExitInfo, Incoming, VMRecord
 from kubesandbox_node.vm.machine import BootError
 from kubesandbox_node.vm.snapshot import SnapshotError
 from kubesandbox_node.vm.spec import VMSpec
@@ -149,15 +148,9 @@ class FakeVMM:
         return await self._handle(record, relay_socket)
 
     async def restore(
-        self,
-        spec: VMSpec,
-        state_file: Path,
-        relay_socket: Path,
-        *,
-        ready_timeout: float,
-        ready_frame: str,
-        before_continue: Callable[[VMRecord], None],
+        self, saved: Incoming, relay_socket: Path, *, ready_timeout: float
     ) -> FakeHandle:
+        spec, state_file = saved.spec, saved.state_file
         self.specs.append(spec)
         if self.restore_error is not None:
             raise self.restore_error
@@ -165,10 +158,10 @@ class FakeVMM:
         pid = next(_pids)
         record = VMRecord(
             pid=pid, start_ticks=1, state_dir=str(spec.state_dir), qmp_socket="q",
-            agent_socket="a", console_log="c", ready_frame=ready_frame,
+            agent_socket="a", console_log="c", ready_frame=saved.ready_frame,
         )  # fmt: skip
         self.alive.add(pid)
-        before_continue(record)
+        saved.before_continue(record)
         handle = await self._handle(record, relay_socket)
         await handle.relay.wait_ready()
         return handle
