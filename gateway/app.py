@@ -529,6 +529,12 @@ class Gateway:
             translate.sandbox_object(await self.set_state(caller, sandbox, "Paused"))
         )
 
+    async def suspend(self, request: web.Request) -> web.Response:
+        caller, sandbox = await self.by_id(request, "update")
+        return web.json_response(
+            translate.sandbox_object(await self.set_state(caller, sandbox, "Suspended"))
+        )
+
     async def resume(self, request: web.Request) -> web.Response:
         caller, sandbox = await self.by_id(request, "update")
         return web.json_response(
@@ -900,6 +906,7 @@ def make_app(gateway: Gateway) -> web.Application:
         ("POST", "/v1/sandboxes/{id}/stop", gateway.stop),
         ("POST", "/v1/sandboxes/{id}/pause", gateway.pause),
         ("POST", "/v1/sandboxes/{id}/resume", gateway.resume),
+        ("POST", "/v1/sandboxes/{id}/suspend", gateway.suspend),
         ("POST", "/v1/sandboxes/{id}/kill", gateway.kill),
         ("POST", "/v1/sandboxes/{id}/drain", gateway.drain),
         ("GET", "/v1/sandboxes/{id}/metrics", gateway.metrics),

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +27,7 @@ from kubesandbox_devenv.services import RunningSystem
 pytestmark = [pytest.mark.controlplane, pytest.mark.vm, pytest.mark.slow]
 
 NAME = "sleeper"
+CLI = Path(sys.executable).parent / "kubectl-sandbox"
 MANIFEST = {
     "apiVersion": "kubesandbox.dev/v1alpha1",
     "kind": "Sandbox",
@@ -110,8 +115,21 @@ def test_suspend_resume_and_delete_through_the_operator(system: RunningSystem) -
         assert time.monotonic() < deadline, events(system)
         time.sleep(0.5)
 
-    set_state(system, "Suspended")
-    wait_for(system, "Suspended")
+    # kubectl sandbox suspend: through the gateway, waits until suspended
+    kubeconfig = services.write_kubeconfig(
+        system.plane, system.paths.state_dir / "cli.kubeconfig", system.demo_token, "default"
+    )
+    done = subprocess.run(
+        [str(CLI), "--kubeconfig", str(kubeconfig), "suspend", NAME],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k != "KUBESANDBOX_GATEWAY"},
+    )
+    assert (done.returncode, done.stdout) == (0, f"sandbox {NAME} suspended\n"), done.stderr
+    assert sandbox(system)["status"]["phase"] == "Suspended"
     system.plane.kubectl("delete", "sandbox", NAME, "--wait", "--timeout=120s")
     assert not state_file.parent.exists()
 
