@@ -24,6 +24,7 @@ from kubesandbox_api import Sandbox
 from kubesandbox_kube import AlreadyExists, Conflict, KubeError
 from kubesandbox_operator.clients.cluster import Cluster
 from kubesandbox_operator.clients.nodeagent import NodeAgentError, NodeAgents, desired_state
+from kubesandbox_operator.reconcile.pod import PodSettings
 from kubesandbox_operator.reconcile.references import Resolution, resolve
 from kubesandbox_operator.reconcile.sandbox import Event, NodeAgent, Observed, plan
 
@@ -43,6 +44,8 @@ class Runtime:
     cluster: Cluster
     agents: NodeAgents
     allow_host_paths: bool = False
+    pod_settings: PodSettings = field(default_factory=PodSettings)
+    """The sandbox Pod's image and how its requests are sized."""
     handed_over: dict[SandboxKey, str] = field(default_factory=dict)
     """Per Sandbox, a digest of the desired state its node agent last accepted: it is sent
     again only when it changed (or the node agent was replaced), not on every pass."""
@@ -68,6 +71,7 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
             resolution=resolution,
             now=datetime.now(UTC),
             allow_host_paths=runtime.allow_host_paths,
+            pod_settings=runtime.pod_settings,
         )
     )
     if decided.create_pod is not None:

@@ -72,6 +72,7 @@ class Observed:
     resolution: Resolution
     now: datetime
     allow_host_paths: bool = False
+    pod_settings: PodSettings = field(default_factory=PodSettings)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def plan(observed: Observed) -> Plan:
     if problems:
         step = _refuse(problems)
     elif pod is None:
-        step = _place(sandbox)
+        step = _place(sandbox, observed.pod_settings)
     elif (node := pod.bound_node) is None:
         step = _wait_for_scheduler(pod)
     elif observed.agent is None or not observed.agent.alive(observed.now):
@@ -151,14 +152,14 @@ def _refuse(problems: list[Problem]) -> _Step:
     return _Step(Plan(events=events), Phase.FAILED, [ready])
 
 
-def _place(sandbox: Sandbox) -> _Step:
+def _place(sandbox: Sandbox, settings: PodSettings) -> _Step:
     status = sandbox.status
     crashed = status is not None and status.phase == Phase.CRASHED
     if crashed and sandbox.spec.lifecycle.restart_policy is RestartPolicy.NEVER:
         return _Step(Plan(), None, [])  # crashed, and not to be restarted
     pending = "sandbox Pod created; waiting for kube-scheduler"
     return _Step(
-        Plan(create_pod=desired_pod(sandbox, PodSettings())),
+        Plan(create_pod=desired_pod(sandbox, settings)),
         Phase.PENDING,
         [
             Condition.false(ConditionType.SCHEDULED, Reason.POD_PENDING, pending),
