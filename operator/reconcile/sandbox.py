@@ -40,6 +40,9 @@ NODE_AGENT_PHASES = frozenset(
         Phase.DRAINING,
         Phase.STOPPING,
         Phase.STOPPED,
+        Phase.SUSPENDING,
+        Phase.SUSPENDED,
+        Phase.RESUMING,
     }
 )
 
@@ -270,6 +273,9 @@ def _not_ready_reason(phase: Phase | None) -> Reason:
         Phase.CRASHED: Reason.VMM_EXITED,
         Phase.PAUSED: Reason.PAUSED_BY_USER,
         Phase.STOPPED: Reason.STOPPED_BY_USER,
+        Phase.SUSPENDING: Reason.SUSPENDED_BY_USER,
+        Phase.SUSPENDED: Reason.SUSPENDED_BY_USER,
+        Phase.RESUMING: Reason.RESUMED,
         Phase.PULLING: Reason.PULLING,
         Phase.BOOTING: Reason.BOOTING,
     }.get(phase or Phase.PENDING, Reason.POD_BOUND)
