@@ -1,7 +1,8 @@
-"""``lifecycle.state: Suspended`` through the whole host-process system (apiserver, operator,
-node agent process, a real TCG VM): the status and Events say what happened, no QEMU runs
-while suspended, a node agent process restarted meanwhile keeps it suspended, Running
-restores the same boot, and deleting the Sandbox removes the state file. Then
+"""``lifecycle.state: Suspended`` on the Helm-installed system (``conftest.system``: the
+chart's operator, gateway and node agent Pods on a real kubelet node, a real TCG VM): the
+status and Events say what happened, no QEMU runs while suspended, a new node agent Pod
+meanwhile keeps it suspended, Running restores the same boot, and deleting the Sandbox removes
+the state file. Then
 ``idleAction: Suspend``: an idle sandbox is suspended, and the unmodified microsandbox SDK's
 next shell or fs call through the gateway wakes it and succeeds."""
 
@@ -14,7 +15,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,11 @@ import pytest
 from microsandbox import BackendKind, Sandbox, backend_scope
 
 from kubesandbox_devenv import services
-from kubesandbox_devenv.services import RunningSystem
+from kubesandbox_devenv.installed import SYSTEM_NAMESPACE
+from tests.e2e.conftest import System
+from tests.support.waiting import eventually
 
-pytestmark = [pytest.mark.controlplane, pytest.mark.vm, pytest.mark.slow]
+pytestmark = [pytest.mark.controlplane, pytest.mark.vm, pytest.mark.slow, pytest.mark.registry]
 
 NAME = "sleeper"
 CLI = Path(sys.executable).parent / "kubectl-sandbox"
@@ -36,20 +38,14 @@ MANIFEST = {
 }
 
 
-@pytest.fixture(scope="module")
-def system() -> Iterator[RunningSystem]:
-    with services.running_system("ksb-susp-") as running:
-        yield running
-
-
-def sandbox(system: RunningSystem, name: str = NAME) -> dict[str, Any]:
+def sandbox(system: System, name: str = NAME) -> dict[str, Any]:
     got = system.plane.kubectl("get", "sandbox", name, "-o", "json")
     body: dict[str, Any] = json.loads(got.stdout)
     return body
 
 
 def wait_for(
-    system: RunningSystem, phase: str, timeout: float = 240.0, name: str = NAME
+    system: System, phase: str, timeout: float = 240.0, name: str = NAME
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -61,36 +57,51 @@ def wait_for(
         time.sleep(0.25)
 
 
-def set_state(system: RunningSystem, state: str) -> None:
+def set_state(system: System, state: str) -> None:
     patch = json.dumps({"spec": {"lifecycle": {"state": state}}})
     system.plane.kubectl("patch", "sandbox", NAME, "--type=merge", "-p", patch)
 
 
-def sh(system: RunningSystem, uid: str, script: str) -> str:
-    code, out = asyncio.run(services.run_in_sandbox(system.node_agent.relay_socket(uid), script))
+def sh(system: System, uid: str, script: str) -> str:
+    code, out = asyncio.run(services.run_in_sandbox(system.installed.relay_socket(uid), script))
     assert code == 0, out
     return out
 
 
-def events(system: RunningSystem, name: str = NAME) -> list[str]:
+def events(system: System, name: str = NAME) -> list[str]:
     got = system.plane.kubectl(
         "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json"
     )
     return [item["reason"] for item in json.loads(got.stdout)["items"]]
 
 
-def test_suspend_resume_and_delete_through_the_operator(system: RunningSystem) -> None:
+def replace_node_agent_pod(system: System) -> None:
+    """Deletes the node agent's Pod and waits for its replacement to be Ready."""
+    old = system.installed.node_agent_pod()
+    assert old is not None
+    system.plane.kubectl(
+        "delete", "pod", old["metadata"]["name"], "-n", SYSTEM_NAMESPACE, "--wait"
+    )  # fmt: skip
+
+    def replaced() -> dict[str, Any] | None:
+        pod = system.installed.node_agent_pod()
+        return pod if pod and pod["metadata"]["uid"] != old["metadata"]["uid"] else None
+
+    eventually(replaced, 300, "a new node agent Pod, Ready")
+
+
+def test_suspend_resume_and_delete_through_the_operator(system: System) -> None:
     system.plane.kubectl("apply", "-f", "-", input_text=json.dumps(MANIFEST))
     wait_for(system, "Running")
     uid = sandbox(system)["metadata"]["uid"]
     sleeper = sh(system, uid, "setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!").strip()
     boot_id = sh(system, uid, "cat /proc/sys/kernel/random/boot_id")
-    marker = system.node_agent.state
+    marker = system.installed.dirs.state
     assert len(services.qemu_processes(str(marker))) == 1
 
     set_state(system, "Suspended")
     status = wait_for(system, "Suspended")
-    state_file = system.node_agent.state / "sandboxes" / uid / "suspended.state"
+    state_file = system.installed.dirs.state / "sandboxes" / uid / "suspended.state"
     assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
     assert status["suspension"]["stateBytes"] == state_file.stat().st_size
     assert status["suspension"]["reason"] == "SuspendedByUser"
@@ -99,8 +110,7 @@ def test_suspend_resume_and_delete_through_the_operator(system: RunningSystem) -
     assert conditions["Ready"][0] == "False"
     assert services.qemu_processes(str(marker)) == {}
 
-    system.node_agent.stop()
-    system.node_agent.start()
+    replace_node_agent_pod(system)
     assert wait_for(system, "Suspended")["suspension"]["stateBytes"] > 0
     assert services.qemu_processes(str(marker)) == {}
 
@@ -117,7 +127,7 @@ def test_suspend_resume_and_delete_through_the_operator(system: RunningSystem) -
 
     # kubectl sandbox suspend: through the gateway, waits until suspended
     kubeconfig = services.write_kubeconfig(
-        system.plane, system.paths.state_dir / "cli.kubeconfig", system.demo_token, "default"
+        system.plane, system.files / "cli.kubeconfig", system.demo_token, "default"
     )
     done = subprocess.run(
         [str(CLI), "--kubeconfig", str(kubeconfig), "suspend", NAME],
@@ -138,14 +148,14 @@ DOZER = "dozer"
 
 
 async def test_an_idle_sandbox_sleeps_and_the_sdk_wakes_it_by_using_it(
-    system: RunningSystem,
+    system: System,
 ) -> None:
     manifest = json.loads(json.dumps(MANIFEST))
     manifest["metadata"]["name"] = DOZER
     manifest["spec"]["lifecycle"] = {"idleTimeoutSeconds": 2, "idleAction": "Suspend"}
     system.plane.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
     wait_for(system, "Running", name=DOZER)
-    marker = str(system.node_agent.state)
+    marker = str(system.installed.dirs.state)
     url = f"{system.gateway_url}/ns/default"
     with backend_scope(BackendKind.CLOUD, url=url, api_key=system.demo_token):
         handle = await Sandbox.get(DOZER)
