@@ -1,9 +1,9 @@
 """Condition types, their reasons, and the phase, as documented enums.
 
 Whoever observes a fact writes its condition (KubeVirt's rule): the operator owns ``Scheduled``
-and ``Ready``; the node agent owns ``ImageReady``, ``AgentConnected``, ``Paused`` and
-``SoftwareEmulation``. Reasons are CamelCase constants so that tools can match on them;
-messages are for people.
+and ``Ready``; the node agent owns ``ImageReady``, ``AgentConnected``, ``Paused``,
+``Suspended`` and ``SoftwareEmulation``. Reasons are CamelCase constants so that tools can
+match on them; messages are for people.
 """
 
 from enum import StrEnum
@@ -26,6 +26,12 @@ class Phase(StrEnum):
     """vCPUs frozen."""
     DRAINING = "Draining"
     """New commands refused; waiting for running ones to finish."""
+    SUSPENDING = "Suspending"
+    """Saving the VM's memory and device state to the node's disk."""
+    SUSPENDED = "Suspended"
+    """The VM's state is saved on the node and no VM process runs (no CPU, no RAM)."""
+    RESUMING = "Resuming"
+    """Restoring the VM from its saved state; waiting for the guest agent."""
     STOPPING = "Stopping"
     """Shutting down."""
     STOPPED = "Stopped"
@@ -49,6 +55,8 @@ class ConditionType(StrEnum):
     """The sandbox is Running and accepts commands (operator, from the others)."""
     PAUSED = "Paused"
     """The vCPUs are frozen (node agent)."""
+    SUSPENDED = "Suspended"
+    """The VM's state is saved on the node and no VM process runs (node agent)."""
     SOFTWARE_EMULATION = "SoftwareEmulation"
     """The VM runs under TCG software emulation because KVM cannot run guests on the node
     (node agent; KubeVirt's ``useEmulation``)."""
@@ -108,12 +116,23 @@ class Reason(StrEnum):
     """Serving commands."""
     PAUSED_BY_USER = "PausedByUser"
     """``lifecycle.state`` is Paused."""
+    SUSPENDED_BY_USER = "SuspendedByUser"
+    """``lifecycle.state`` is Suspended."""
+    SUSPEND_FAILED = "SuspendFailed"
+    """The VM's state could not be saved (or this sandbox cannot be suspended); it runs on."""
+    RESUMED = "Resumed"
+    """The VM was restored from its saved state."""
+    RESUME_FAILED = "ResumeFailed"
+    """The VM could not be restored from its saved state."""
     STOPPED_BY_USER = "StoppedByUser"
     """``lifecycle.state`` is Stopped."""
     MAX_DURATION_EXCEEDED = "MaxDurationExceeded"
     """``lifecycle.maxDurationSeconds`` expired; the sandbox drained to Stopped."""
     IDLE_TIMEOUT = "IdleTimeout"
-    """``lifecycle.idleTimeoutSeconds`` expired; the sandbox drained to Stopped."""
+    """``lifecycle.idleTimeoutSeconds`` expired; the sandbox drained to Stopped, or was
+    suspended (``idleAction: Suspend``)."""
+    WOKEN_BY_USE = "WokenByUse"
+    """An idle-suspended sandbox was restored for an agent connection (exec, shell, fs)."""
     GUEST_POWER_OFF = "GuestPowerOff"
     """The guest shut itself down."""
     VMM_EXITED = "VMMExited"

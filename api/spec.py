@@ -438,6 +438,9 @@ class DesiredState(StrEnum):
     """Shut down; the writable layer is kept, so starting again keeps the files."""
     PAUSED = "Paused"
     """vCPUs frozen; memory kept; resuming is instant."""
+    SUSPENDED = "Suspended"
+    """Memory and device state saved to a file on the node and the VM process ended (no CPU,
+    no RAM); Running restores it, processes and all."""
 
 
 class StopMode(StrEnum):
@@ -449,6 +452,16 @@ class StopMode(StrEnum):
     """Refuse new commands, let running ones finish, then stop."""
     KILL = "Kill"
     """Kill the VM at once."""
+
+
+class IdleAction(StrEnum):
+    """What ``idleTimeoutSeconds`` does to an idle sandbox."""
+
+    DRAIN = "Drain"
+    """Drain to Stopped (microsandbox's behaviour)."""
+    SUSPEND = "Suspend"
+    """Suspend (state saved on the node, no VM process); the next exec, shell or filesystem
+    call wakes it."""
 
 
 class RestartPolicy(StrEnum):
@@ -463,7 +476,7 @@ class Lifecycle(ApiModel):
     """Desired state and host-enforced policies (the guest cannot override them)."""
 
     state: DesiredState = DesiredState.RUNNING
-    """Desired state; change it to stop, start, pause or resume the sandbox."""
+    """Desired state; change it to stop, start, pause, suspend or resume the sandbox."""
     stop_mode: StopMode = StopMode.GRACEFUL
     """How a stop (desired state Stopped, or an expired policy) is carried out."""
     stop_grace_period_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
@@ -471,7 +484,9 @@ class Lifecycle(ApiModel):
     max_duration_seconds: Annotated[int, Field(ge=1, le=31_536_000)] | None = None
     """Maximum lifetime of a run, in seconds; on expiry the sandbox drains to Stopped."""
     idle_timeout_seconds: Annotated[int, Field(ge=1, le=31_536_000)] | None = None
-    """Seconds without any agent activity after which the sandbox drains to Stopped."""
+    """Seconds without any agent activity after which ``idleAction`` happens."""
+    idle_action: IdleAction = IdleAction.DRAIN
+    """What the idle timeout does: Drain (to Stopped) or Suspend (woken by the next use)."""
     restart_policy: RestartPolicy = RestartPolicy.NEVER
     """Whether a sandbox that ended on its own is started again."""
     ephemeral: bool = False

@@ -89,6 +89,24 @@ class ExitStatus(ApiModel):
     """CamelCase reason (see Reason)."""
 
 
+class SuspensionStatus(ApiModel):
+    """The last suspension: why the sandbox slept, when, what its saved state weighs, and
+    when it woke (absent until it has)."""
+
+    reason: Annotated[str, Field(max_length=1024)] = ""
+    """CamelCase reason (see Reason), e.g. SuspendedByUser."""
+    suspended_at: datetime | None = None
+    """When the VM's state was saved and its process ended."""
+    state_bytes: Annotated[int, Field(ge=0)] | None = None
+    """Size of the saved state file on the node (0 once it has been restored and removed)."""
+    suspend_seconds: Annotated[float, Field(ge=0)] | None = None
+    """How long saving the state took (pause to QEMU gone)."""
+    resumed_at: datetime | None = None
+    """When the VM was restored from the state (absent while suspended)."""
+    resume_seconds: Annotated[float, Field(ge=0)] | None = None
+    """How long restoring took (QEMU started to the guest agent serving)."""
+
+
 class SandboxStatus(ApiModel):
     """Observed state of the sandbox."""
 
@@ -104,7 +122,7 @@ class SandboxStatus(ApiModel):
             },
         ),
     ] = []
-    """Current conditions (Scheduled, ImageReady, AgentConnected, Ready, Paused,
+    """Current conditions (Scheduled, ImageReady, AgentConnected, Ready, Paused, Suspended,
     SoftwareEmulation)."""
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The ``metadata.generation`` the status was last computed from."""
@@ -124,5 +142,7 @@ class SandboxStatus(ApiModel):
     """When the last run ended."""
     exit_status: ExitStatus | None = None
     """How the last run ended."""
+    suspension: SuspensionStatus | None = None
+    """The last suspension (lifecycle.state Suspended)."""
     message: Annotated[str, Field(max_length=32768)] | None = None
     """Human-readable summary of the current state."""

@@ -4,8 +4,8 @@
     .venv/bin/python bench/apply.py --runs 0 --count 100 --idle 0     # the 100-sandbox run
     .venv/bin/python bench/apply.py --runs 0 --count 1 --memory 96    # the smallest the API allows
 
-The whole system of ``make up`` (control plane, preloaded registry, node agent, operator) is
-started in a temporary directory, then:
+The host-process system (``services.running_system``: control plane, preloaded registry, node
+agent, operator) is started in a temporary directory, then:
 
 - **operator overhead**: for each of ``--runs`` sandboxes, ``kubectl apply`` → ``Ready=True``
   (what a user waits for) against the node agent's own part of it, from receiving the desired

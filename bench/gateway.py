@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/gateway.py [--execs 50] [--warmup 5]
 
-The whole system of ``make up`` (control plane, registry, node agent, operator, gateway) is
-started in a temporary directory and one sandbox is created through the gateway with the real
-microsandbox SDK (cloud backend, the demo ServiceAccount's token). Then, on that same sandbox,
-interleaved so that load on the shared machine hits every path alike, ``--execs`` times each:
+The host-process system (``services.running_system``: control plane, registry, node agent,
+operator, gateway) is started in a temporary directory and one sandbox is created through the
+gateway with the real microsandbox SDK (cloud backend, the demo ServiceAccount's token). Then,
+on that same sandbox, interleaved so that load on the shared machine hits every path alike,
+``--execs`` times each:
 
 - **gateway**: ``sandbox.exec("echo", ["hi"])`` with the SDK (cloud backend): one WebSocket to
   the gateway per exec, which authenticates (TokenReview, cached), authorizes

@@ -28,7 +28,7 @@ from kubesandbox_protocol.messages import MAX_FS_CHUNK, MessageType
 
 POLL_INTERVAL = 0.5
 DEFAULT_SHELL = "/bin/sh"
-WAIT_STATES = ("running", "stopped", "paused", "failed", "created", "deleted")
+WAIT_STATES = ("running", "stopped", "paused", "suspended", "failed", "created", "deleted")
 EXIT_NOT_FOUND = 127
 EXIT_CANNOT_EXECUTE = 126
 
@@ -65,6 +65,8 @@ def state_of(sandbox: Mapping[str, Any]) -> str:
     """The msb status, with ``paused`` told apart from ``stopped`` when the gateway says so
     (``status_reason: paused`` or a Sandbox ``phase``; the SDK's statuses have no paused)."""
     status = str(sandbox.get("status") or "unknown")
+    if status == "stopped" and sandbox.get("phase") == "Suspended":
+        return "suspended"
     if status == "stopped" and (
         sandbox.get("status_reason") == "paused" or sandbox.get("phase") == "Paused"
     ):
@@ -85,7 +87,7 @@ async def running_sandbox(gw: Gateway, name: str) -> JsonDict:
     sandbox = await gw.sandbox(name)
     state = state_of(sandbox)
     if state != "running":
-        hint = "resume" if state == "paused" else "start"
+        hint = "resume" if state in ("paused", "suspended") else "start"
         why = sandbox.get("last_failure_message")
         raise CliError(
             f"sandbox {name!r} is {state}, not running; `kubectl sandbox {hint} {name}` first"
@@ -552,6 +554,10 @@ async def cmd_pause(gw: Gateway, args: argparse.Namespace, io: Streams) -> int:
     return await _verb(gw, args, io, "pause", "paused")
 
 
+async def cmd_suspend(gw: Gateway, args: argparse.Namespace, io: Streams) -> int:
+    return await _verb(gw, args, io, "suspend", "suspended")
+
+
 async def cmd_resume(gw: Gateway, args: argparse.Namespace, io: Streams) -> int:
     return await _verb(gw, args, io, "resume", "running")
 
@@ -612,6 +618,7 @@ COMMANDS: dict[str, Command] = {
     "stop": cmd_stop,
     "pause": cmd_pause,
     "resume": cmd_resume,
+    "suspend": cmd_suspend,
     "kill": cmd_kill,
     "drain": cmd_drain,
     "wait": cmd_wait,

@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("start", "start a stopped sandbox and wait until it runs", True),
         ("stop", "stop a sandbox (its files stay) and wait until it has stopped", True),
         ("pause", "pause a running sandbox and wait until it is paused", True),
-        ("resume", "resume a paused sandbox and wait until it runs", True),
+        ("resume", "resume a paused or suspended sandbox and wait until it runs", True),
+        ("suspend", "save a sandbox's memory on its node, end its VM, and wait", True),
         ("kill", "kill a sandbox's VM at once", False),
         ("drain", "ask a sandbox to finish its work and stop", False),
     ):

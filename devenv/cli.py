@@ -2,10 +2,11 @@
 
 The environment is a list of components, each able to start (idempotently), say whether it is
 alive, and stop. ``up`` starts them in order and leaves them running detached (their pid files
-are in ``.kubesandbox/run/``); a second ``up`` reuses what runs and restarts what died. ``down``
-stops them in reverse order. After the control plane come the kubesandbox services
-(:mod:`.services`): the system namespace, the RBAC and the demo ServiceAccount, the registry,
-the node agent, the operator and the gateway.
+are in ``.kubesandbox/run/``); a second ``up`` reuses what runs, restarts what died and upgrades
+what changed. ``down`` stops them in reverse order. The order is the install a platform team
+does (:mod:`.installed`): the control plane, ``kubectl`` and ``helm``, the CRDs, the local
+registry, the Dockerfile's images built from this tree and pushed there, a real kubelet node,
+``helm upgrade --install`` of the chart, and the demo ServiceAccount.
 """
 
 from __future__ import annotations
@@ -21,10 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from kubesandbox_devenv import images, services, timing
-from kubesandbox_devenv.binaries import REPO_ROOT, Binaries, BinariesMissingError, ensure_binaries
+from kubesandbox_devenv import images, installed, services, timing
+from kubesandbox_devenv.binaries import (
+    REPO_ROOT,
+    Binaries,
+    BinariesMissingError,
+    NodeBinaries,
+    ensure_binaries,
+    ensure_helm,
+    ensure_node_binaries,
+    helm_binary,
+)
 from kubesandbox_devenv.controlplane import ControlPlane, KubectlError
+from kubesandbox_devenv.helm import Helm, HelmError
 from kubesandbox_devenv.probes import ComponentFailedError
+from kubesandbox_devenv.realnode import RealNode, RealNodeError
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".kubesandbox"
 DEFAULT_CRDS_DIR = REPO_ROOT / "crds"
@@ -34,7 +46,6 @@ DEFAULT_CRDS_DIR = REPO_ROOT / "crds"
 class Settings:
     state_dir: Path
     crds_dir: Path
-    nodes: int
     timeout: float
 
 
@@ -57,7 +68,7 @@ class ControlPlaneComponent:
     def __init__(self, settings: Settings) -> None:
         self.control_plane = ControlPlane(
             settings.state_dir,
-            nodes=settings.nodes,
+            real_node=True,
             detached=True,
             start_timeout=settings.timeout,
             binaries=Binaries.in_cache(),
@@ -79,33 +90,6 @@ class ControlPlaneComponent:
             f"  {name:<24} {'pid ' + str(pid) if pid else 'not running'}"
             for name, pid in self.control_plane.status().items()
         ]
-
-
-class KubectlComponent:
-    """``.kubesandbox/bin/kubectl``: a link to the cached kubectl of the control plane's version."""
-
-    name = "kubectl"
-
-    def __init__(self, settings: Settings, control_plane: ControlPlane) -> None:
-        self.link = settings.state_dir / "bin" / "kubectl"
-        self.control_plane = control_plane
-
-    def start(self) -> str:
-        target = self.control_plane.binaries.kubectl
-        self.link.parent.mkdir(parents=True, exist_ok=True)
-        if self.link.is_symlink() or self.link.exists():
-            self.link.unlink()
-        try:
-            self.link.symlink_to(target)
-        except OSError:
-            shutil.copy2(target, self.link)
-        return str(self.link)
-
-    def is_alive(self) -> bool:
-        return os.access(self.link, os.X_OK)
-
-    def stop(self) -> None:
-        """The link stays: it is harmless and ``up`` refreshes it."""
 
 
 class CrdsComponent:
@@ -136,76 +120,98 @@ class CrdsComponent:
         """CRDs live in etcd; they go when the control plane's data does."""
 
 
-def environment_components(settings: Settings) -> list[EnvironmentComponent]:
+@dataclass(frozen=True)
+class Environment:
+    """The components of ``make up``, in start order, and the ones ``up`` reports on."""
+
+    components: list[EnvironmentComponent]
+    control_plane: ControlPlaneComponent
+    release: installed.ReleaseComponent
+    access: services.AccessComponent
+    dirs: installed.NodeDirs
+
+
+def environment(settings: Settings) -> Environment:
     control_plane = ControlPlaneComponent(settings)
     plane = control_plane.control_plane
     paths = services.Paths(settings.state_dir)
+    bin_dir = settings.state_dir / "bin"
+    helm = Helm(helm_binary(), home=settings.state_dir / "helm", kubeconfig=plane.kubeconfig)
     registry = services.RegistryService(paths)
-    return [
+    node = RealNode(plane)
+    built = installed.ImagesComponent(registry)
+    dirs = installed.NodeDirs()
+    release = installed.ReleaseComponent(helm, plane, node, built, registry, dirs)
+    access = services.AccessComponent(paths, plane, apply_rbac=False)
+    components: list[EnvironmentComponent] = [
         control_plane,
-        KubectlComponent(settings, plane),
+        installed.LinkComponent("kubectl", bin_dir / "kubectl", plane.binaries.kubectl),
+        installed.LinkComponent("helm", bin_dir / "helm", helm.binary),
         CrdsComponent(settings, plane),
-        services.SystemNamespace(plane),
-        services.AccessComponent(paths, plane),
         registry,
-        services.NodeAgentService(paths, registry),
-        services.OperatorService(paths),
-        services.GatewayService(paths, plane),
+        built,
+        installed.RealNodeComponent(node, registry),
+        release,
+        access,
     ]
+    return Environment(components, control_plane, release, access, dirs)
 
 
 def up(settings: Settings) -> int:
-    if Binaries.in_cache().missing():
+    if Binaries.in_cache().missing() or NodeBinaries.in_cache().missing():
         print(
-            "kubesandbox-devenv: building the control-plane binaries once for this machine "
-            "(about 20 minutes on 2 cores)...",
+            "kubesandbox-devenv: building the control-plane and node binaries once for this "
+            "machine (about 30 minutes on 2 cores)...",
             flush=True,
         )
         ensure_binaries(show_progress=True)
-    components = environment_components(settings)
-    for component in components:
+        ensure_node_binaries(show_progress=True)
+    ensure_helm(show_progress=True)
+    env = environment(settings)
+    for component in env.components:
         print(f"kubesandbox-devenv: {component.name}: {component.start()}", flush=True)
-    control_plane = next(c for c in components if isinstance(c, ControlPlaneComponent))
-    node_agent = next(c for c in components if isinstance(c, services.NodeAgentService))
-    gateway = next(c for c in components if isinstance(c, services.GatewayService))
-    access = next(c for c in components if isinstance(c, services.AccessComponent))
     gateway_url = settings.state_dir / "gateway-url"
-    gateway_url.write_text(gateway.url + "\n")
+    gateway_url.write_text(env.release.gateway_url + "\n")
     print("kubesandbox-devenv: demo: applying examples/hello.yaml and waiting for Running...")
-    output = services.demo(control_plane.control_plane, node_agent)
+    output = services.demo(env.control_plane.control_plane, env.dirs.relay_socket)
     kubeconfig = settings.state_dir / "kubeconfig"
     bin_dir = settings.state_dir / "bin"
     namespace, account, role = services.DEMO_ACCOUNT
     print(
         "\nThe sandbox `hello` is Running. A command inside its VM printed:\n\n"
         + "".join(f"    {line}\n" for line in output.splitlines())
-        + "\nThe environment is up and stays up. To use it:\n"
+        + "\nkubesandbox is installed with Helm (release kubesandbox in kubesandbox-system) on "
+        "a node with a real kubelet; the operator, the gateway and the node agent are Pods.\n"
+        "The environment is up and stays up. To use it:\n"
         f"  export KUBECONFIG={kubeconfig}\n"
         f'  export PATH="{bin_dir}:$PATH"\n'
         "  kubectl get sbx                           # Phase, Node, Image, CPUs, Memory, Age\n"
         "  kubectl describe sbx hello                # conditions and events\n"
+        "  kubectl get pods -n kubesandbox-system    # the operator, gateway and node agent\n"
+        "  helm status kubesandbox -n kubesandbox-system\n"
         "  kubectl apply -f examples/scripts.yaml    # more examples in examples/\n"
         '  kubectl patch sbx hello --type merge -p \'{"spec":{"lifecycle":{"state":"Stopped"}}}\'\n'
-        f"\nThe gateway serves the microsandbox cloud API at {gateway.url}. Drive it with the\n"
-        f"unmodified microsandbox SDK as ServiceAccount {namespace}/{account} ({role} in "
+        f"\nThe gateway serves the microsandbox cloud API at {env.release.gateway_url}. Drive it "
+        f"with the\nunmodified microsandbox SDK as ServiceAccount {namespace}/{account} ({role} in "
         f"{namespace}):\n"
         f"  export MSB_BACKEND=cloud MSB_API_URL=$(cat {gateway_url})/ns/{namespace} "
-        f"MSB_API_KEY=$(cat {access.token_file})\n"
+        f"MSB_API_KEY=$(cat {env.access.token_file})\n"
         f"  {sys.executable} {REPO_ROOT / 'examples' / 'sdk' / 'hello_sdk.py'}\n"
-        f"The same identity for kubectl: KUBECONFIG={access.kubeconfig_file}\n"
+        f"The same identity for kubectl: KUBECONFIG={env.access.kubeconfig_file}\n"
         "Stop it with `make down`."
     )
     return 0
 
 
 def down(settings: Settings, *, purge: bool) -> int:
-    components = environment_components(settings)
-    control_plane = next(c for c in components if isinstance(c, ControlPlaneComponent))
-    services.remove_all_sandboxes(control_plane.control_plane)
-    for component in reversed(components):
+    env = environment(settings)
+    # The VMs are no Pods' processes: they go the normal way, while the operator and the node
+    # agent still run, before the node stops.
+    services.remove_all_sandboxes(env.control_plane.control_plane)
+    for component in reversed(env.components):
         component.stop()
         print(f"kubesandbox-devenv: {component.name}: stopped")
-    if killed := services.kill_leftover_vms(settings.state_dir):
+    if killed := services.kill_leftover_vms(env.dirs.state):
         print(f"kubesandbox-devenv: killed {killed} leftover VM(s)")
     if purge and settings.state_dir.exists():
         shutil.rmtree(settings.state_dir)
@@ -214,9 +220,8 @@ def down(settings: Settings, *, purge: bool) -> int:
 
 
 def status(settings: Settings) -> int:
-    components = environment_components(settings)
     healthy = True
-    for component in components:
+    for component in environment(settings).components:
         alive = component.is_alive()
         healthy = healthy and alive
         print(f"{component.name:<26} {'ok' if alive else 'DOWN'}")
@@ -249,7 +254,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     up_parser = commands.add_parser("up", help="start everything that is not running")
-    up_parser.add_argument("--nodes", type=int, default=1, help="Nodes to register")
     up_parser.add_argument("--timeout", type=float, default=120.0, help="start bound, seconds")
     down_parser = commands.add_parser("down", help="stop everything `up` started")
     down_parser.add_argument(
@@ -278,7 +282,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(
         state_dir=args.state_dir.resolve(),
         crds_dir=args.crds.resolve(),
-        nodes=getattr(args, "nodes", 1),
         timeout=getattr(args, "timeout", 120.0),
     )
     try:
@@ -300,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         KubectlError,
         services.ServiceError,
         images.ImageBuildError,
+        HelmError,
+        RealNodeError,
     ) as error:
         print(f"kubesandbox-devenv: {args.command} failed: {error}", file=sys.stderr)
         return 1

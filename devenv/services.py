@@ -1,18 +1,20 @@
-"""The kubesandbox services of the embedded environment: a preloaded OCI registry, a node agent,
-the operator, the gateway with its RBAC and a demo ServiceAccount, and the demo sandbox that
-``make up`` runs a command in.
+"""The pieces both systems share (the preloaded OCI registry, the demo ServiceAccount and its
+token, the demo, finding and removing VMs) and the host-process system built from them.
 
-Each is a component in the sense of :mod:`.cli` (start idempotently, say whether it is alive,
-stop), running detached with its pid and log files under ``.kubesandbox/`` so that a second
-``up`` reuses what runs and restarts what died. A restarted node agent re-adopts its VMs, so
-restarting it does not disturb running sandboxes.
+``make up`` and the end-to-end suite install the chart on a real node (:mod:`.installed`) and
+use the registry, the access component and the demo from here. :func:`running_system` runs the
+node agent, the operator and the gateway as host processes instead, against a control plane
+with a kubelet-less Node: no image build, no real node, so it starts in seconds and several can
+run at once (the benchmarks use it). Each piece is a component in the sense of :mod:`.cli`
+(start idempotently, say whether it is alive, stop), with its pid and log files under the state
+directory. A restarted node agent re-adopts its VMs.
 
-Security trade-offs of this single-machine environment, documented in docs/devenv.md: the node
-agent listens on loopback over plain HTTP, and accepts one static bearer token that the
-operator presents (a real cluster uses TLS and TokenReview); the registry is plain HTTP on
-loopback, which the node agent is configured to allow. The gateway runs with the admin
-kubeconfig (in a cluster: its own ServiceAccount with the chart's ``kubesandbox-gateway``
-ClusterRole) and serves plain HTTP on loopback; the demo ServiceAccount's token is long-lived.
+Security trade-offs of the host-process system, documented in docs/devenv.md: the node agent
+listens on loopback over plain HTTP, and accepts one static bearer token that the operator
+presents (the chart uses TLS and TokenReview); the registry is plain HTTP on loopback, which the
+node agent is configured to allow. The gateway runs with the admin kubeconfig (the chart: its
+own ServiceAccount with the ``kubesandbox-gateway`` ClusterRole) and serves plain HTTP on
+loopback; the demo ServiceAccount's token is long-lived.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -496,9 +498,14 @@ class AccessComponent:
 
     name = "access"
 
-    def __init__(self, paths: Paths, control_plane: ControlPlane) -> None:
+    def __init__(
+        self, paths: Paths, control_plane: ControlPlane, *, apply_rbac: bool = True
+    ) -> None:
         self.paths = paths
         self.control_plane = control_plane
+        self.apply_rbac = apply_rbac
+        """False when the chart is installed: the RBAC is the release's (Helm refuses to adopt
+        objects that someone else applied)."""
 
     @property
     def token_file(self) -> Path:
@@ -509,7 +516,8 @@ class AccessComponent:
         return self.paths.state_dir / "demo.kubeconfig"
 
     def start(self) -> str:
-        apply_rbac(self.control_plane)
+        if self.apply_rbac:
+            apply_rbac(self.control_plane)
         namespace, account, role = DEMO_ACCOUNT
         token = self.token_file.read_text().strip() if self.token_file.is_file() else ""
         expiry = token_expiry(token) if token else None
@@ -525,8 +533,9 @@ class AccessComponent:
             self.token_file.touch(mode=0o600)
             self.token_file.write_text(token + "\n")
         write_kubeconfig(self.control_plane, self.kubeconfig_file, token, namespace)
+        applied = "RBAC applied; " if self.apply_rbac else ""
         return (
-            f"RBAC applied; ServiceAccount {namespace}/{account} ({role}), "
+            f"{applied}ServiceAccount {namespace}/{account} ({role}), "
             f"token {'reused' if reused else 'issued'} in {self.token_file.name}"
         )
 
@@ -552,7 +561,7 @@ class AccessComponent:
 
 @dataclass(frozen=True)
 class RunningSystem:
-    """The whole system of ``make up``, as :func:`running_system` started it."""
+    """The host-process system, as :func:`running_system` started it."""
 
     plane: ControlPlane
     paths: Paths
@@ -574,9 +583,10 @@ _Service = RegistryService | NodeAgentService | OperatorService | GatewayService
 def running_system(
     prefix: str, *, node_shape: NodeShape | None = None, cleanup_timeout: float = 60.0
 ) -> Iterator[RunningSystem]:
-    """Everything ``make up`` runs, in a fresh temporary directory, tied to this process (tests
-    and benchmarks); on exit every sandbox is deleted, the processes stopped, the directory
-    removed. The directory is short on purpose (unix socket paths are limited to 108 bytes)."""
+    """The host-process system, in a fresh temporary directory, tied to this process
+    (benchmarks and tests that want no real node); on exit every sandbox is deleted, the
+    processes stopped, the directory removed. The directory is short on purpose (unix socket
+    paths are limited to 108 bytes)."""
     state = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     try:
         with ControlPlane(
@@ -666,8 +676,11 @@ async def run_in_sandbox(relay_socket: Path, command: str) -> tuple[int, str]:
     return result.code, (result.stdout + result.stderr).decode(errors="replace")
 
 
-def demo(control_plane: ControlPlane, node_agent: NodeAgentService, timeout: float = 300.0) -> str:
-    """Applies examples/hello.yaml, waits for Running, runs a command in it; returns its output."""
+def demo(
+    control_plane: ControlPlane, relay_socket: Callable[[str], Path], timeout: float = 300.0
+) -> str:
+    """Applies examples/hello.yaml, waits for Running, runs a command in it through the node
+    agent's relay (``relay_socket(uid)``); returns its output."""
     control_plane.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "hello.yaml"))
     deadline = time.monotonic() + timeout
     while True:
@@ -685,7 +698,7 @@ def demo(control_plane: ControlPlane, node_agent: NodeAgentService, timeout: flo
     uid = body["metadata"]["uid"]
     code, output = asyncio.run(
         run_in_sandbox(
-            node_agent.relay_socket(uid),
+            relay_socket(uid),
             'echo "Hello from $(hostname), a microVM: $(uname -sr), $(nproc) vCPU"; '
             "cat /proc/meminfo | head -1",
         )

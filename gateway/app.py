@@ -71,6 +71,7 @@ MAX_WAIT = 90.0
 WS_MAX_MESSAGE = 16 << 20
 """≥ 8 MiB: one agent frame (≤ 4 MiB + 9) always fits in one message, with room to spare."""
 AGENT_CONNECT_TIMEOUT = 10.0
+WAKE_CONNECT_TIMEOUT = 180.0
 NODE_AGENT_TIMEOUT = 30.0
 LIST_PAGE = 500
 LOG_QUERY = frozenset({"sources", "follow", "tail", "cursor"})
@@ -549,6 +550,12 @@ class Gateway:
             translate.sandbox_object(await self.set_state(caller, sandbox, "Paused"))
         )
 
+    async def suspend(self, request: web.Request) -> web.Response:
+        caller, sandbox = await self.by_id(request, "update")
+        return web.json_response(
+            translate.sandbox_object(await self.set_state(caller, sandbox, "Suspended"))
+        )
+
     async def resume(self, request: web.Request) -> web.Response:
         caller, sandbox = await self.by_id(request, "update")
         return web.json_response(
@@ -649,7 +656,8 @@ class Gateway:
         caller, sandbox = await self.by_id(request, "create", "exec")
         name = sandbox["metadata"]["name"]
         phase = (sandbox.get("status") or {}).get("phase")
-        if phase != RUNNING:
+        sleeping = translate.sleeping(sandbox)
+        if phase != RUNNING and not sleeping:
             raise GatewayError(
                 409,
                 "sandbox_not_running",
@@ -666,7 +674,8 @@ class Gateway:
                     autoping=True,
                     ssl=agent.pinned_ssl or True,
                 ),
-                AGENT_CONNECT_TIMEOUT,
+                # the node agent answers the upgrade once a sleeping sandbox is restored
+                WAKE_CONNECT_TIMEOUT if sleeping else AGENT_CONNECT_TIMEOUT,
             )
         except aiohttp.WSServerHandshakeError as error:
             raise node_agent_refusal(error.status, error.message, agent.node) from error
@@ -918,6 +927,7 @@ def make_app(gateway: Gateway) -> web.Application:
         ("POST", "/v1/sandboxes/{id}/stop", gateway.stop),
         ("POST", "/v1/sandboxes/{id}/pause", gateway.pause),
         ("POST", "/v1/sandboxes/{id}/resume", gateway.resume),
+        ("POST", "/v1/sandboxes/{id}/suspend", gateway.suspend),
         ("POST", "/v1/sandboxes/{id}/kill", gateway.kill),
         ("POST", "/v1/sandboxes/{id}/drain", gateway.drain),
         ("GET", "/v1/sandboxes/{id}/metrics", gateway.metrics),

@@ -34,6 +34,8 @@ _PHASE_STATUS = {
     "Draining": "stopping",
     "Stopping": "stopping",
     "Stopped": "stopped",
+    "Suspending": "stopping",
+    "Suspended": "stopped",
     "Crashed": "failed",
     "Failed": "failed",
 }
@@ -86,9 +88,22 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+_SLEEP_PHASES = frozenset({"Suspending", "Suspended", "Resuming"})
+
+
+def sleeping(sandbox: Mapping[str, Any]) -> bool:
+    """Suspended (or on its way in or out) while wanted Running: an idle suspend, which the
+    next exec, shell or fs call wakes (the node agent restores it on the agent connection)."""
+    phase = _mapping(sandbox.get("status")).get("phase")
+    state = _mapping(_mapping(sandbox.get("spec")).get("lifecycle")).get("state", "Running")
+    return phase in _SLEEP_PHASES and state == "Running"
+
+
 def _status(status: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
     """docs/gateway.md's table: the Sandbox phase → one of :data:`SDK_STATUSES`."""
     phase = status.get("phase")
+    if sleeping({"status": status, "spec": spec}):
+        return "running"  # to its users it is: the next call wakes it
     if isinstance(phase, str) and phase in _PHASE_STATUS:
         return _PHASE_STATUS[phase]
     # No phase yet, a starting phase, or one newer than this gateway: still on its way.

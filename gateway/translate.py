@@ -51,7 +51,7 @@ from kubesandbox_gateway.msb_input import (
     string,
     strings,
 )
-from kubesandbox_gateway.msb_object import sandbox_object
+from kubesandbox_gateway.msb_object import sandbox_object, sleeping
 from kubesandbox_gateway.msb_wire import (
     DEFAULT_INJECTION,
     DEFAULT_SUBSTITUTION,
@@ -68,6 +68,7 @@ __all__ = [
     "redacted",
     "sandbox_from_create",
     "sandbox_object",
+    "sleeping",
 ]
 
 JsonDict = dict[str, Any]

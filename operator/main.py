@@ -27,6 +27,7 @@ import structlog
 
 from kubesandbox_common import logs
 from kubesandbox_kube import KubeClient
+from kubesandbox_kube import config as kube_config
 from kubesandbox_operator import handlers
 from kubesandbox_operator.clients.cluster import Cluster
 from kubesandbox_operator.clients.events import EventPoster
@@ -34,6 +35,7 @@ from kubesandbox_operator.clients.leader import LeaderElection
 from kubesandbox_operator.clients.nodeagent import NodeAgentAuth, NodeAgents
 from kubesandbox_operator.control import Runtime
 from kubesandbox_operator.control.controller import DEFAULT_WORKERS, Controller, stop
+from kubesandbox_operator.reconcile.pod import PodSettings
 
 log = structlog.get_logger(__name__)
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -62,6 +64,31 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=env("KUBESANDBOX_ALLOW_HOST_PATHS") == "true",
         help="allow disk/bind roots, bind volumes and host-path copies (cluster policy)",
     )
+    defaults = PodSettings()
+    pods = parser.add_argument_group("sandbox Pods")
+    pods.add_argument(
+        "--pause-image",
+        default=env("KUBESANDBOX_PAUSE_IMAGE", defaults.pause_image),
+        help="the one container of every sandbox Pod (default: %(default)s)",
+    )
+    pods.add_argument(
+        "--cpu-allocation-ratio",
+        type=_at_least_one,
+        default=float(env("KUBESANDBOX_CPU_ALLOCATION_RATIO", str(defaults.cpu_allocation_ratio))),
+        help="vCPUs per requested CPU: at 10 a 1-vCPU sandbox requests 100m (default: %(default)s)",
+    )
+    pods.add_argument(
+        "--cpu-overhead-millicores",
+        type=_not_negative,
+        default=int(env("KUBESANDBOX_CPU_OVERHEAD", str(defaults.cpu_overhead_millicores))),
+        help="added to every sandbox Pod's CPU request (default: %(default)s)",
+    )
+    pods.add_argument(
+        "--memory-overhead-mib",
+        type=_not_negative,
+        default=int(env("KUBESANDBOX_MEMORY_OVERHEAD", str(defaults.memory_overhead_mib))),
+        help="added to every sandbox Pod's memory request and limit (default: %(default)s)",
+    )
     parser.add_argument("--identity", default=f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     parser.add_argument(
         "--workers",
@@ -73,11 +100,53 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _at_least_one(text: str) -> float:
+    value = float(text)
+    if not value >= 1:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
+def pod_settings(args: argparse.Namespace) -> PodSettings:
+    return PodSettings(
+        pause_image=args.pause_image,
+        cpu_allocation_ratio=args.cpu_allocation_ratio,
+        cpu_overhead_millicores=args.cpu_overhead_millicores,
+        memory_overhead_mib=args.memory_overhead_mib,
+    )
+
+
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """Kopf uses the same identity as our client: the in-cluster account, else KUBECONFIG."""
-    in_cluster = kopf.login_with_service_account(**kwargs)
-    return in_cluster or kopf.login_with_kubeconfig(**kwargs)
+    """Kopf uses the same identity and address as our client (``kubesandbox_kube.config``):
+    ``$KUBECONFIG`` when set, else the Pod's service account at ``$KUBERNETES_SERVICE_HOST``."""
+    if os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return kopf.login_with_kubeconfig(**kwargs)
+    return in_cluster_connection(kube_config.SERVICE_ACCOUNT)
+
+
+def in_cluster_connection(account: Path) -> kopf.ConnectionInfo:
+    """The service account's connection, addressed as client-go addresses it: the kubernetes
+    Service's IP from the kubelet's environment. Kopf's own in-cluster login names
+    ``kubernetes.default.svc``, which resolves only where the cluster has DNS. The token is
+    read again when Kopf logs in again (it does on a 401: a rotated token)."""
+    host = os.environ["KUBERNETES_SERVICE_HOST"]
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    ca = account / "ca.crt"
+    namespace = account / "namespace"
+    return kopf.ConnectionInfo(
+        server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
+        ca_path=str(ca) if ca.is_file() else None,
+        token=(account / "token").read_text().strip(),
+        default_namespace=namespace.read_text().strip() if namespace.is_file() else None,
+    )
 
 
 @kopf.on.startup()
@@ -108,6 +177,7 @@ async def run(args: argparse.Namespace) -> int:
                 NodeAgentAuth(args.node_agent_token_file, args.node_agent_ca_file), http
             ),
             allow_host_paths=args.allow_host_paths,
+            pod_settings=pod_settings(args),
         )
         controller = Controller(runtime, EventPoster(kube), workers=args.workers)
         controlling = asyncio.create_task(controller.run(), name="controller")
@@ -119,14 +189,18 @@ async def run(args: argparse.Namespace) -> int:
         try:
             await kopf.operator(standalone=True, clusterwide=True, memo=memo, stop_flag=lost)
         finally:
+            # Decided before the shutdown below: stopping the controller ends its task, which
+            # would look like a controller that died. Failed: the Lease was lost or the
+            # controller died; not failed: a signal (SIGTERM from the kubelet) stopped Kopf.
+            failed = lost.is_set()
             holding.cancel()
             if not controlling.done():
                 await stop(controlling)
             elif not controlling.cancelled() and controlling.exception() is not None:
                 log.error("controller.died", error=repr(controlling.exception()))
-            if not lost.is_set():
-                await election.release()
-        return 1 if lost.is_set() else 0
+            if not failed:
+                await election.release()  # a standby takes over now, not when it expires
+        return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

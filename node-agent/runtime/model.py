@@ -19,6 +19,7 @@ from kubesandbox_api.status import (
     ExitStatus,
     ImageStatus,
     SandboxMetrics,
+    SuspensionStatus,
 )
 
 
@@ -66,6 +67,7 @@ NODE_CONDITIONS = (
     ConditionType.IMAGE_READY,
     ConditionType.AGENT_CONNECTED,
     ConditionType.PAUSED,
+    ConditionType.SUSPENDED,
     ConditionType.SOFTWARE_EMULATION,
 )
 
@@ -80,6 +82,7 @@ class NodeSandboxStatus(_Model):
     started_at: datetime | None = None
     stopped_at: datetime | None = None
     exit_status: ExitStatus | None = None
+    suspension: SuspensionStatus | None = None
     message: str | None = None
     pool: str | None = None
     """The pool whose VM this was (claimed sandboxes only)."""

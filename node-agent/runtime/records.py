@@ -2,10 +2,11 @@
 atomically on every transition, so that a restarted node agent picks up where it was.
 
 Layout under the state directory: ``sandboxes/<uid>/record.json`` next to the VM's own files
-(``vm/``: QMP and agent-port sockets, console and QEMU logs, the initrd) and the relay socket
-``agent.sock`` that node-local clients (and the SDK's ``AgentClient.connect``) use. A pool VM
-claimed by another Sandbox stays in its own folder; ``sandboxes/<claimant uid>`` is a symbolic
-link to it, so node-local clients find every sandbox's relay socket by its uid.
+(``vm/``: QMP and agent-port sockets, console and QEMU logs, the initrd), the relay socket
+``agent.sock`` that node-local clients (and the SDK's ``AgentClient.connect``) use, and, while
+the sandbox is suspended, its saved VM state ``suspended.state`` (0600).
+A pool VM claimed by another Sandbox stays in its own folder; ``sandboxes/<claimant uid>`` is a
+symbolic link to it, so node-local clients find every sandbox's relay socket by its uid.
 """
 
 from __future__ import annotations
@@ -20,11 +21,26 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from kubesandbox_api.conditions import Phase
-from kubesandbox_api.status import Condition, ExitStatus, ImageStatus
+from kubesandbox_api.status import Condition, ExitStatus, ImageStatus, SuspensionStatus
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.vmm import VMRecord
+from kubesandbox_node.vm.spec import VMSpec
 
 RECORD = "record.json"
+STATE_FILE = "suspended.state"
+
+
+class SavedVM(BaseModel):
+    """A suspended VM: the machine to start again (the exact same devices) and its state."""
+
+    spec: VMSpec
+    state_file: str
+    size_bytes: int
+    ready_frame: str
+    """The guest's ``core.ready`` from before (the relay's last resort after a restore)."""
+    was_paused: bool = False
+    reason: str = "SuspendedByUser"
+    """Why it sleeps: ``IdleTimeout`` (idleAction Suspend) is woken by the next use."""
 
 
 class SandboxRecord(BaseModel):
@@ -41,6 +57,9 @@ class SandboxRecord(BaseModel):
     started_generation: int | None = None
     oom_kills_at_start: int = 0
     ending: str | None = Field(default=None, description="reason of a stop we asked for")
+    spec: VMSpec | None = Field(default=None, description="the machine of the current run")
+    saved: SavedVM | None = None
+    suspension: SuspensionStatus | None = None
     claimed_by: str | None = Field(
         default=None,
         description="uid of the Sandbox a pool VM was handed to; the VM keeps its own uid "

@@ -1,5 +1,6 @@
 """One sandbox's state machine: Scheduled → Pulling → Booting → Running ⇄ Paused,
-Running → Draining → Stopping → Stopped, and Crashed/Failed; start again from Stopped.
+Running → Draining → Stopping → Stopped, Running/Paused → Suspending → Suspended → Resuming →
+Running, and Crashed/Failed; start again from Stopped.
 
 Every operation runs under one lock, so verbs never interleave; long ones (start, stop,
 drain) run as tasks so the API answers at once and reports the phase. The supervisor persists
@@ -7,11 +8,21 @@ its ``SandboxRecord`` after every transition and calls ``on_change`` so that the
 can patch the Sandbox. Two background tasks per running VM: ``_monitor`` waits for QEMU to end
 and decides why (``crash``), ``_policies`` enforces ``maxDurationSeconds`` and
 ``idleTimeoutSeconds`` (idle = no relay traffic and no session in flight) by draining to
-Stopped with the reason.
+Stopped with the reason, or with ``idleAction: Suspend`` by suspending (the next agent
+connection wakes it: ``wake``).
 
 Stop is graceful by default: ``core.shutdown`` to the guest agent (it syncs and powers off),
 QMP ``quit`` when the grace period ran out, SIGKILL last. The writable layer stays, so a
-later start boots from what the sandbox wrote. Next: ``manager`` holds all supervisors.
+later start boots from what the sandbox wrote.
+
+Suspend saves the VM's memory and device state to ``suspended.state`` in the sandbox's
+directory (``VMHandle.save_state``) and quits QEMU; the record keeps the machine (``SavedVM``:
+the ``VMSpec`` of the run, so the restored QEMU gets the same command line whatever the spec
+says meanwhile). Resume starts that machine with the state (``VMM.restore``); the state file
+is deleted once the state is loaded and before the vCPUs continue, because from then on the
+disks move on and the file no longer matches them. Each step is recorded before the next,
+so a node agent restarted in the middle finishes or undoes it (``adopt``).
+Next: ``manager`` holds all supervisors.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,14 +40,16 @@ from typing import Any, Protocol
 import structlog
 
 from kubesandbox_api.conditions import ConditionStatus, ConditionType, Phase, Reason
-from kubesandbox_api.spec import DesiredState, RestartPolicy, StopMode
-from kubesandbox_api.status import Condition, ExitStatus, ImageStatus
+from kubesandbox_api.spec import DesiredState, IdleAction, RestartPolicy, StopMode
+from kubesandbox_api.status import Condition, ExitStatus, ImageStatus, SuspensionStatus
 from kubesandbox_node.runtime.claim import claim_payload
 from kubesandbox_node.runtime.crash import boot_failure, classify
 from kubesandbox_node.runtime.model import DesiredSandbox, NodeSandboxStatus
-from kubesandbox_node.runtime.records import RecordStore, SandboxRecord
-from kubesandbox_node.runtime.vmm import VMM, VMHandle
+from kubesandbox_node.runtime.records import STATE_FILE, RecordStore, SandboxRecord, SavedVM
+from kubesandbox_node.runtime.vmm import VMM, Incoming, VMHandle, VMRecord
 from kubesandbox_node.vm.machine import BootError
+from kubesandbox_node.vm.qmp import QMPError
+from kubesandbox_node.vm.snapshot import SnapshotError, state_timeout
 from kubesandbox_node.vm.spec import VMSpec
 from kubesandbox_protocol.client import AgentClient, AgentError
 from kubesandbox_protocol.messages import MessageType
@@ -44,6 +58,7 @@ log = structlog.get_logger(__name__)
 
 RUNNING_PHASES = frozenset({Phase.RUNNING, Phase.PAUSED, Phase.DRAINING, Phase.STOPPING})
 STARTING_PHASES = frozenset({Phase.PULLING, Phase.BOOTING})
+SUSPENDABLE_PHASES = frozenset({Phase.RUNNING, Phase.PAUSED})
 KILL_WAIT = 5.0
 
 
@@ -102,6 +117,23 @@ def boot_slots(limit: int | None, *, emulation: bool, cpus: int | None = None) -
 DEFAULT_TIMING = Timing()
 
 
+def suspend_refusal(spec: VMSpec | None) -> str | None:
+    """Why this machine cannot be suspended, or None."""
+    if spec is None:
+        return "the machine of this run is not recorded (started before suspend existed)"
+    if spec.shares:
+        return (
+            "host directories (bind roots, bind volumes) are virtio-fs devices, whose state "
+            "QEMU cannot save"
+        )
+    return None
+
+
+def has_state(saved: SavedVM | None) -> bool:
+    """Whether the saved state file is there (it is written whole or not at all)."""
+    return saved is not None and os.path.exists(saved.state_file)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -134,6 +166,8 @@ class Supervisor:
         self._watchers: list[asyncio.Task[None]] = []
         self._run_ended = asyncio.Event()
         self._run_ended.set()
+        self._suspending = False
+        """QEMU is being ended on purpose after its state was saved: not a crash."""
         self.log = log.bind(
             sandbox=record.desired.name, namespace=record.desired.namespace, uid=self.uid
         )
@@ -167,6 +201,10 @@ class Supervisor:
     def phase(self) -> Phase:
         return self.record.phase
 
+    @property
+    def state_file(self) -> Path:
+        return self.dir / STATE_FILE
+
     # --- status ----------------------------------------------------------------------------
 
     def status(self) -> NodeSandboxStatus:
@@ -178,6 +216,7 @@ class Supervisor:
             started_at=r.started_at,
             stopped_at=r.stopped_at,
             exit_status=r.exit_status,
+            suspension=r.suspension,
             message=r.message,
             pool=r.pool,
         )
@@ -243,6 +282,9 @@ class Supervisor:
         running = self.handle is not None
         if running and changed and desired.spec.network != previous.spec.network:
             self._spawn(self._update_live(previous))
+        if want == DesiredState.SUSPENDED or self.record.saved is not None:
+            moved = want != previous.spec.lifecycle.state
+            return self._apply_suspension(want, running, moved=moved)
         if want in (DesiredState.RUNNING, DesiredState.PAUSED):
             if not running and (self.record.runs == 0 or changed) and not self._busy():
                 return self.start(pause_after=want == DesiredState.PAUSED)
@@ -263,6 +305,49 @@ class Supervisor:
             self._save()
         return None
 
+    def _apply_suspension(
+        self, want: DesiredState, running: bool, *, inside: bool = False, moved: bool = False
+    ) -> asyncio.Task[None] | None:
+        """``lifecycle.state`` Suspended, or any state while the VM is saved on disk.
+        ``inside``: called from an operation that holds the lock (and queues behind it);
+        ``moved``: ``lifecycle.state`` changed (an idle-suspended sandbox whose state stays
+        Running sleeps until it is used, :meth:`wake`)."""
+        busy = not inside and self._busy()
+        saved = self.record.saved
+        idle = saved is not None and saved.reason == Reason.IDLE_TIMEOUT
+        if idle and want == DesiredState.RUNNING and not moved:
+            return None
+        if want == DesiredState.SUSPENDED:
+            if running and self.phase in SUSPENDABLE_PHASES:
+                return self.suspend(Reason.SUSPENDED_BY_USER)
+            if not running and self.record.runs == 0 and not busy:
+                self.record.phase = Phase.STOPPED
+                self.record.message = (
+                    "created with lifecycle.state Suspended: nothing ran, so nothing was saved"
+                )
+                self._save()
+            return None
+        if running or busy or self.phase != Phase.SUSPENDED:
+            return None  # a suspend or resume in progress looks again when it is done
+        if want == DesiredState.STOPPED:
+            if self.desired.spec.lifecycle.stop_mode == StopMode.KILL:
+                return self._spawn(self._discard(Reason.STOPPED_BY_USER))
+            self.restore()  # a graceful stop needs the guest: wake it, then stop it
+            return self.stop(reason=Reason.STOPPED_BY_USER)
+        return self.restore(pause_after=want == DesiredState.PAUSED)
+
+    def _follow_desired(self) -> None:
+        """After a suspend or a resume: the desired state may have moved meanwhile."""
+        if self.record.saved is not None or (
+            self.desired.spec.lifecycle.state == DesiredState.SUSPENDED
+            and self.phase in SUSPENDABLE_PHASES
+        ):
+            self._spawn(self._follow())
+
+    async def _follow(self) -> None:
+        want = self.desired.spec.lifecycle.state
+        self._apply_suspension(want, self.handle is not None, inside=True)
+
     async def _update_live(self, previous: DesiredSandbox) -> None:
         """What can change without a reboot (network policy and published ports)."""
         if self.handle is None:
@@ -276,6 +361,8 @@ class Supervisor:
         return self._lock.locked() or any(not t.done() for t in self._tasks)
 
     def start(self, *, pause_after: bool = False) -> asyncio.Task[None]:
+        if self.record.saved is not None:  # booting would make the saved state stale
+            return self.restore(pause_after=pause_after)
         return self._spawn(self._start(pause_after))
 
     def stop(
@@ -296,6 +383,30 @@ class Supervisor:
 
     def resume(self) -> asyncio.Task[None]:
         return self._spawn(self._resume())
+
+    def suspend(self, reason: Reason = Reason.SUSPENDED_BY_USER) -> asyncio.Task[None]:
+        return self._spawn(self._suspend(reason))
+
+    def restore(self, *, pause_after: bool = False) -> asyncio.Task[None]:
+        return self._spawn(self._restore(pause_after))
+
+    def sleeping(self) -> bool:
+        """Suspended (or on its way in or out) while it is wanted Running: an idle suspend,
+        which the next use undoes (:meth:`wake`)."""
+        return self.desired.spec.lifecycle.state == DesiredState.RUNNING and self.phase in (
+            Phase.SUSPENDING,
+            Phase.SUSPENDED,
+            Phase.RESUMING,
+        )
+
+    async def wake(self) -> bool:
+        """Restores a sleeping sandbox for someone who wants to use it (after a suspend still
+        in progress); True once it runs. The restore goes on if the caller gives up."""
+        if self.handle is not None:
+            return True
+        task = self._spawn(self._restore(False, woken=True))
+        await asyncio.shield(task)
+        return self.handle is not None
 
     async def wait(self) -> ExitStatus | None:
         """Until the current run ends (at once when nothing runs)."""
@@ -330,6 +441,7 @@ class Supervisor:
                 self._condition(ConditionType.IMAGE_READY, True, Reason.PULLED)
                 self._transition(Phase.BOOTING, "building the root filesystem")
                 spec = await self.preparer.build(desired, self.dir / "vm")
+                self.record.spec = spec
             except PrepareError as exc:
                 reason = exc.reason
                 if reason != Reason.ROOTFS_FAILED:
@@ -387,6 +499,10 @@ class Supervisor:
 
     async def adopt(self) -> bool:
         """Re-attaches to the VM of a previous node agent; False when there is none."""
+        if self.phase == Phase.SUSPENDING:
+            return await self._adopt_suspending()
+        if self.phase == Phase.RESUMING:
+            return await self._adopt_resuming()
         vm = self.record.vm
         if vm is None or self.phase not in RUNNING_PHASES:
             return False
@@ -408,9 +524,57 @@ class Supervisor:
             self._save()
         return True
 
+    async def _adopt_suspending(self) -> bool:
+        """A suspend the previous node agent did not finish: once the state file is complete
+        (recorded in ``saved``) the sandbox is suspended and its paused QEMU, if still there,
+        is reaped as an orphan; before that, the VM runs on and is suspended again."""
+        saved = self.record.saved
+        if saved is not None and has_state(saved):
+            self._suspended(Reason(saved.reason), saved.size_bytes, None)
+            return False
+        self.record.saved = None
+        vm = self.record.vm
+        handle = await self.vmm.adopt(vm, self.relay_socket, resume=True) if vm else None
+        if handle is None:
+            self.record.vm = None
+            self._end(Phase.CRASHED, Reason.VMM_EXITED, False, None,
+                      "the VM ended while being suspended, before its state was saved")  # fmt: skip
+            return False
+        self._attach(handle)
+        self._condition(ConditionType.SUSPENDED, False, Reason.SUSPEND_FAILED,
+                        "the node agent restarted while saving the state")  # fmt: skip
+        self._transition(Phase.RUNNING, "suspend interrupted by a node agent restart")
+        return True
+
+    async def _adopt_resuming(self) -> bool:
+        """A resume the previous node agent did not finish: its QEMU, once recorded, has the
+        whole state (the file may already be gone) and is continued; without one, the state
+        file (if still there) is the sandbox's state."""
+        saved = self.record.saved
+        vm = self.record.vm
+        handle = await self.vmm.adopt(vm, self.relay_socket, resume=True) if vm else None
+        if handle is not None:
+            if saved is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(saved.state_file)
+            self._resumed(handle, None)
+            return True
+        self.record.vm = None
+        if has_state(saved):
+            self._condition(ConditionType.AGENT_CONNECTED, False, Reason.SUSPENDED_BY_USER)
+            self._transition(Phase.SUSPENDED, "resume interrupted by a node agent restart")
+            return False
+        self.record.saved = None
+        self._end(Phase.CRASHED, Reason.RESUME_FAILED, False, None,
+                  "the VM ended while being restored, and its saved state is gone")  # fmt: skip
+        return False
+
     def resume_interrupted_start(self) -> asyncio.Task[None] | None:
         """A start the previous node agent did not finish (its VM, if any, was reaped as an
         orphan) is done again from the beginning; the writable layer is reused."""
+        if self.phase in (Phase.SUSPENDED, *SUSPENDABLE_PHASES):
+            self._follow_desired()  # a suspend or resume the restart interrupted, asked again
+            return None
         if self.phase not in STARTING_PHASES or self.handle is not None:
             return None
         self.log.info("sandbox.start_resumed", phase=self.phase.value)
@@ -476,6 +640,8 @@ class Supervisor:
         if group is not None:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(group.remove)
+        if self._suspending:
+            return
         if self.record.ending is not None:
             how = info.shutdown_reason or "killed"
             self._end(
@@ -516,7 +682,10 @@ class Supervisor:
                 return
             idle = lifecycle.idle_timeout_seconds
             if idle and self.phase == Phase.RUNNING and handle.relay.idle_seconds >= idle:
-                self.drain(Reason.IDLE_TIMEOUT, limit=grace)
+                if lifecycle.idle_action == IdleAction.SUSPEND:
+                    self.suspend(Reason.IDLE_TIMEOUT)
+                else:
+                    self.drain(Reason.IDLE_TIMEOUT, limit=grace)
                 return
 
     async def _wait_end(self, handle: VMHandle, within: float) -> bool:
@@ -590,6 +759,140 @@ class Supervisor:
         await handle.resume()
         self._condition(ConditionType.PAUSED, False, Reason.RUNNING)
         self._transition(Phase.RUNNING)
+
+    # --- suspend and resume ----------------------------------------------------------------
+
+    async def _suspend(self, reason: Reason) -> None:
+        handle = self.handle
+        if handle is None or self.phase not in SUSPENDABLE_PHASES:
+            return
+        spec = self.record.spec
+        refused = suspend_refusal(spec)
+        if refused is not None or spec is None:
+            self._condition(ConditionType.SUSPENDED, False, Reason.SUSPEND_FAILED, refused or "")
+            self._transition(self.phase, f"cannot suspend: {refused}")
+            return
+        was_paused = self.phase == Phase.PAUSED
+        began = time.monotonic()
+        self._transition(Phase.SUSPENDING, f"saving the VM's memory and device state ({reason})")
+        try:
+            size = await handle.save_state(self.state_file, within=state_timeout(spec.memory_mib))
+        except (SnapshotError, QMPError, OSError, ConnectionError) as exc:
+            self.log.warning("sandbox.suspend_failed", error=str(exc))
+            if not was_paused:
+                with contextlib.suppress(QMPError, OSError, ConnectionError):
+                    await handle.resume()
+            self._condition(ConditionType.SUSPENDED, False, Reason.SUSPEND_FAILED, str(exc))
+            self._transition(Phase.PAUSED if was_paused else Phase.RUNNING,
+                             f"suspend failed, the VM runs on: {exc}")  # fmt: skip
+            return
+        # the state is on disk: from here a restarted node agent resumes from it
+        self.record.saved = SavedVM(
+            spec=spec,
+            state_file=str(self.state_file),
+            size_bytes=size,
+            ready_frame=handle.record.ready_frame,
+            was_paused=was_paused,
+            reason=reason.value,
+        )
+        self._save()
+        self._suspending = True
+        try:
+            await handle.quit()
+            if not await self._wait_end(handle, KILL_WAIT):
+                await handle.kill()
+                await self._wait_end(handle, KILL_WAIT)
+        finally:
+            self._suspending = False
+        self._suspended(reason, size, time.monotonic() - began)
+        self._follow_desired()
+
+    def _suspended(self, reason: Reason, size: int, seconds: float | None) -> None:
+        self.handle = None
+        self.record.vm = None
+        self.record.suspension = SuspensionStatus(
+            reason=reason.value,
+            suspended_at=_now(),
+            state_bytes=size,
+            suspend_seconds=round(seconds, 3) if seconds is not None else None,
+        )
+        why = f"suspended ({reason.value}): {size} bytes of VM state saved on the node"
+        self._condition(ConditionType.AGENT_CONNECTED, False, reason, "suspended")
+        self._condition(ConditionType.PAUSED, False, reason)
+        self._condition(ConditionType.SUSPENDED, True, reason, why)
+        self._transition(Phase.SUSPENDED, why)
+
+    async def _restore(self, pause_after: bool, *, woken: bool = False) -> None:
+        saved = self.record.saved
+        if self.handle is not None or saved is None or self.phase != Phase.SUSPENDED:
+            return
+        began = time.monotonic()
+        why = "woken by use (an agent connection)" if woken else "lifecycle.state"
+        self._transition(Phase.RESUMING, f"restoring the VM from its saved state ({why})")
+
+        def loaded(vm: VMRecord) -> None:
+            # recorded before the state file goes, so that a restart finds this QEMU
+            self.record.vm = vm
+            self._save()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(saved.state_file)
+
+        try:
+            async with self._boot_slot():
+                incoming = Incoming(saved.spec, Path(saved.state_file), saved.ready_frame, loaded)
+                handle = await self.vmm.restore(
+                    incoming, self.relay_socket, ready_timeout=self.timing.ready_timeout
+                )
+        except BootError as exc:
+            self.record.vm = None
+            self.log.warning("sandbox.resume_failed", error=exc.reason)
+            if has_state(saved):  # never loaded: the state is still good
+                self._condition(ConditionType.AGENT_CONNECTED, False, Reason.RESUME_FAILED,
+                                exc.reason)  # fmt: skip
+                self._transition(Phase.SUSPENDED, f"resume failed, still suspended: {exc.reason}")
+                return
+            self.record.saved = None
+            self._end(Phase.CRASHED, Reason.RESUME_FAILED, False, None, str(exc))
+            return
+        self.record.spec = saved.spec
+        self._resumed(handle, time.monotonic() - began, woken=woken)
+        if pause_after or (
+            saved.was_paused and self.desired.spec.lifecycle.state == DesiredState.PAUSED
+        ):
+            await self._pause()
+        self._follow_desired()
+
+    def _resumed(self, handle: VMHandle, seconds: float | None, *, woken: bool = False) -> None:
+        self._attach(handle)
+        self.record.saved = None
+        if self.record.suspension is not None:
+            self.record.suspension = self.record.suspension.model_copy(
+                update={
+                    "resumed_at": _now(),
+                    "resume_seconds": round(seconds, 3) if seconds is not None else None,
+                    "state_bytes": 0,
+                }
+            )
+        self._condition(ConditionType.AGENT_CONNECTED, True, Reason.AGENT_READY)
+        self._condition(ConditionType.PAUSED, False, Reason.RUNNING)
+        reason = Reason.WOKEN_BY_USE if woken else Reason.RESUMED
+        how = "woken by use: " if woken else ""
+        self._condition(
+            ConditionType.SUSPENDED, False, reason, f"{how}restored from its saved state"
+        )
+        self._transition(Phase.RUNNING, f"{how}resumed from its saved state")
+
+    async def _discard(self, reason: Reason) -> None:
+        """Stopped with stop mode Kill while suspended: the saved state is thrown away."""
+        if self.record.saved is None or self.handle is not None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.record.saved.state_file)
+        self.record.saved = None
+        self._condition(ConditionType.SUSPENDED, False, reason, "the saved state was discarded")
+        self._end(
+            Phase.STOPPED, reason, True, None, "stopped while suspended: saved state discarded"
+        )
 
     # --- removal and shutdown --------------------------------------------------------------
 

@@ -6,7 +6,9 @@ it neither inherits our sockets nor dies with us: a node agent killed with SIGKI
 VMs running. Everything needed to find a VM again goes into a ``VMRecord`` (pid and its start
 time against pid reuse, sockets, cgroup, the guest's ``core.ready`` frame); ``QemuVMM.adopt``
 checks the process is still that QEMU, reconnects QMP and the agent port and gives the relay
-the recorded ready frame: nothing reboots.
+the recorded ready frame: nothing reboots. ``QemuVMM.restore`` starts QEMU with the same
+command line plus ``-incoming defer`` and loads a state ``QemuHandle.save_state`` wrote
+(``vm.snapshot``): the suspend/resume of docs/suspend.md.
 
 A process we started is our child and ``wait`` gives its exit status; an adopted one is not,
 so exits are watched with a pidfd for both, and the QMP ``SHUTDOWN`` event plus the console
@@ -33,7 +35,8 @@ from pydantic import BaseModel
 from kubesandbox_node.runtime.cgroups import Cgroup, CgroupManager, vmm_overhead_mib
 from kubesandbox_node.runtime.relay import SandboxRelay
 from kubesandbox_node.vm.machine import BootError, launch, tail, until_connected
-from kubesandbox_node.vm.qmp import QMPClient
+from kubesandbox_node.vm.qmp import QMPClient, QMPError
+from kubesandbox_node.vm.snapshot import SnapshotError, load_state, save_state
 from kubesandbox_node.vm.spec import VMSpec
 from kubesandbox_node.vm.virtiofs import ShareError, start_shares, stop_shares
 from kubesandbox_protocol.frame import FLAG_SHUTDOWN, Frame
@@ -41,6 +44,9 @@ from kubesandbox_protocol.messages import MessageType, decode_body, encode_body
 
 ADOPT_ATTEMPTS = 3
 ADOPT_READY_WAIT = 3.0
+RECONNECT_GAP = 0.2
+"""Between a host leaving the agent port and the next connect: the guest polls every 20 ms
+(docs/guest-agent.md) and must see both edges."""
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 SHARE_OVERHEAD_MIB = 16
@@ -76,6 +82,17 @@ class VMRecord(BaseModel):
         )
 
 
+@dataclass(frozen=True)
+class Incoming:
+    """A saved VM to restore: the machine, its state file, the guest's ready frame from
+    before, and what to do once the state is in and before the vCPUs continue."""
+
+    spec: VMSpec
+    state_file: Path
+    ready_frame: str
+    before_continue: Callable[[VMRecord], None]
+
+
 @dataclass
 class ExitInfo:
     code: int | None
@@ -98,6 +115,7 @@ class VMHandle(Protocol):
     async def wait_exit(self) -> ExitInfo: ...
     async def detach(self) -> None: ...
     async def query(self, command: str) -> Any: ...
+    async def save_state(self, path: Path, *, within: float) -> int: ...
     def console_tail(self, limit: int = 4000) -> str: ...
 
 
@@ -107,7 +125,12 @@ class VMM(Protocol):
     async def start(
         self, spec: VMSpec, relay_socket: Path, *, ready_timeout: float
     ) -> VMHandle: ...
-    async def adopt(self, record: VMRecord, relay_socket: Path) -> VMHandle | None: ...
+    async def adopt(
+        self, record: VMRecord, relay_socket: Path, *, resume: bool = False
+    ) -> VMHandle | None: ...
+    async def restore(
+        self, saved: Incoming, relay_socket: Path, *, ready_timeout: float
+    ) -> VMHandle: ...
     async def reap_orphans(self, known: set[str]) -> int: ...
 
 
@@ -176,6 +199,16 @@ class QemuHandle:
 
     async def query(self, command: str) -> Any:
         return await self.qmp.execute(command)
+
+    async def save_state(self, path: Path, *, within: float) -> int:
+        """Pauses the VM and saves its memory and device state to ``path`` (``snapshot``);
+        QEMU stays, paused, until the caller quits it (or continues it after a failure)."""
+        try:
+            size: int = await save_state(self.qmp, path, within=within)
+        except SnapshotError as exc:  # QEMU says why on its own output
+            said = tail(Path(self.record.state_dir) / "qemu.log", 600).strip()
+            raise SnapshotError(f"{exc} {said}".strip()) from exc
+        return size
 
     async def request_shutdown(self) -> None:
         """``core.shutdown``: the guest agent syncs, ends its processes and powers off."""
@@ -247,8 +280,19 @@ class QemuVMM:
     (``-runas``): the guest-facing process then holds no root privileges."""
 
     async def start(self, spec: VMSpec, relay_socket: Path, *, ready_timeout: float) -> QemuHandle:
+        process, group, daemons, record = await self._launch(spec)
+        return await self._boot(
+            spec, relay_socket, process, group, daemons, record, ready_timeout=ready_timeout
+        )
+
+    async def _launch(
+        self, spec: VMSpec, extra: tuple[str, ...] = ()
+    ) -> tuple[
+        asyncio.subprocess.Process, Cgroup | None, list[asyncio.subprocess.Process], VMRecord
+    ]:
+        """QEMU for ``spec`` (plus ``extra`` arguments) in its cgroup, jailed, with its shares."""
         group: Cgroup | None = None
-        argv = spec.argv()
+        argv = spec.argv() + list(extra)
         if self.run_as is not None:
             argv += ["-runas", self.run_as]
         if self.wrap is not None:
@@ -288,6 +332,20 @@ class QemuVMM:
             memory_limit_bytes=limit,
             started_at=started,
         )
+        return process, group, daemons, record
+
+    async def _boot(
+        self,
+        spec: VMSpec,
+        relay_socket: Path,
+        process: asyncio.subprocess.Process,
+        group: Cgroup | None,
+        daemons: list[asyncio.subprocess.Process],
+        record: VMRecord,
+        *,
+        ready_timeout: float,
+    ) -> QemuHandle:
+        started = record.started_at
         exited = asyncio.ensure_future(process.wait())
         alive: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         exited.add_done_callback(lambda _: _settle(alive))
@@ -364,7 +422,11 @@ class QemuVMM:
                 await asyncio.to_thread(group.remove)
         return len(orphans)
 
-    async def adopt(self, record: VMRecord, relay_socket: Path) -> QemuHandle | None:
+    async def adopt(
+        self, record: VMRecord, relay_socket: Path, *, resume: bool = False
+    ) -> QemuHandle | None:
+        """Re-attaches to a running QEMU; ``resume`` first continues its vCPUs (a restore the
+        previous node agent did not finish)."""
         if not is_our_qemu(record):
             return None
         alive: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -373,40 +435,104 @@ class QemuVMM:
                 qmp = await until_connected(
                     lambda: QMPClient.connect(Path(record.qmp_socket)), alive.done, "QMP"
                 )
-        except (TimeoutError, ConnectionError, OSError) as exc:
+            if resume:
+                await qmp.execute("cont")
+                await asyncio.sleep(RECONNECT_GAP)
+            relay, relay_task, attempts = await _relay_with_ready(
+                Path(record.agent_socket), relay_socket, base64.b64decode(record.ready_frame)
+            )
+        except (TimeoutError, ConnectionError, OSError, QMPError) as exc:
             log.warning("vm.adopt_failed", pid=record.pid, error=str(exc))
-            return None
-        for attempt in range(ADOPT_ATTEMPTS):
-            try:
-                reader, writer = await _open(Path(record.agent_socket))
-            except OSError as exc:
-                log.warning("vm.adopt_failed", pid=record.pid, error=str(exc))
+            if "qmp" in locals():
                 await qmp.close()
-                return None
-            relay = SandboxRelay(relay_socket, adopting=True)
-            await relay.start()
-            relay_task = asyncio.create_task(relay.serve_guest(reader, writer))
-            last = attempt == ADOPT_ATTEMPTS - 1
-            try:
-                async with asyncio.timeout(ADOPT_READY_WAIT):
-                    await relay.wait_ready()
-                break
-            except TimeoutError:
-                if last:
-                    # the guest never noticed us: serve its recorded ready frame
-                    relay.assume_ready(base64.b64decode(record.ready_frame))
-                    break
-            except ConnectionError:
-                pass
-            await relay.close()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await relay_task
-            await asyncio.sleep(0.2)  # let the guest see the disconnect edge (guest-agent.md)
+            return None
         handle = QemuHandle(record, relay, qmp)
         handle._tasks.append(relay_task)
         handle._watch()
-        log.info("vm.adopted", pid=record.pid, attempts=attempt + 1)
+        log.info("vm.adopted", pid=record.pid, attempts=attempts)
         return handle
+
+    async def restore(
+        self, saved: Incoming, relay_socket: Path, *, ready_timeout: float
+    ) -> QemuHandle:
+        """QEMU with the saved spec's exact command line plus ``-incoming defer``, fed the
+        state file; ``before_continue(record)`` runs once the state is loaded and before
+        the vCPUs continue (from then on the state file is stale: the disks move on). The
+        guest agent sees its host leave and come back and sends ``core.ready`` again."""
+        spec, ready_frame = saved.spec, saved.ready_frame
+        process, group, daemons, record = await self._launch(spec, ("-incoming", "defer"))
+        record.ready_frame = ready_frame
+        exited = asyncio.ensure_future(process.wait())
+        qmp: QMPClient | None = None
+        try:
+            async with asyncio.timeout(ready_timeout):
+                qmp = await until_connected(
+                    lambda: QMPClient.connect(spec.qmp_socket), exited.done, "QMP"
+                )
+                loaded = await load_state(qmp, saved.state_file, within=ready_timeout)
+                saved.before_continue(record)
+                await qmp.execute("cont")
+                # the guest must see the old host's disconnect before our connect (both edges)
+                await asyncio.sleep(RECONNECT_GAP)
+                relay, relay_task, attempts = await _relay_with_ready(
+                    spec.agent_socket, relay_socket, base64.b64decode(ready_frame)
+                )
+        except BaseException as exc:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            await process.wait()
+            await stop_shares(daemons)
+            if qmp is not None:
+                await qmp.close()
+            if group is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(group.remove)
+            if isinstance(exc, (TimeoutError, ConnectionError, OSError, QMPError, SnapshotError)):
+                why = str(exc) or f"not restored within {ready_timeout:.0f}s"
+                raise BootError(
+                    f"restore failed: {why}", tail(spec.console_log), tail(spec.qemu_log, 2000)
+                ) from exc
+            raise
+        exited.cancel()
+        handle = QemuHandle(record, relay, qmp, process=process)
+        handle._tasks.append(relay_task)
+        handle._watch()
+        log.info("vm.restored", pid=process.pid, load_seconds=round(loaded, 3), attempts=attempts,
+                 seconds=round(time.time() - record.started_at, 3))  # fmt: skip
+        return handle
+
+
+async def _relay_with_ready(
+    agent_socket: Path, relay_socket: Path, recorded_ready: bytes
+) -> tuple[SandboxRelay, asyncio.Task[None], int]:
+    """A relay on a guest that booted long ago (re-adoption, restore): the guest sends
+    ``core.ready`` when it sees a host connect; if it does not within a few seconds, close,
+    let it see the disconnect, and connect again; the last resort is the recorded frame."""
+    for attempt in range(ADOPT_ATTEMPTS):
+        reader, writer = await _open(agent_socket)
+        relay = SandboxRelay(relay_socket, adopting=True)
+        await relay.start()
+        relay_task = asyncio.create_task(relay.serve_guest(reader, writer))
+        last = attempt == ADOPT_ATTEMPTS - 1
+        try:
+            async with asyncio.timeout(ADOPT_READY_WAIT):
+                await relay.wait_ready()
+            return relay, relay_task, attempt + 1
+        except TimeoutError:
+            if last:
+                # the guest never noticed us: serve its recorded ready frame
+                relay.assume_ready(recorded_ready)
+                return relay, relay_task, attempt + 1
+        except ConnectionError:
+            if last:
+                await relay.close()
+                raise
+        await relay.close()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await relay_task
+        await asyncio.sleep(RECONNECT_GAP)  # let the guest see the disconnect edge
+    raise AssertionError("unreachable")
 
 
 def _settle(future: asyncio.Future[None]) -> None:

@@ -36,6 +36,8 @@ SERVICES = web.AppKey("services", Services)
 USER = web.RequestKey("user", User)
 DELETE_PATIENCE = 1.0
 WS_CHUNK = 1 << 16
+WAKE_MARGIN = 30.0
+"""Beyond the ready timeout, for a suspend in progress to finish before the wake."""
 VERBS = ("stop", "start", "kill", "drain", "pause", "resume")
 
 log = structlog.get_logger(__name__)
@@ -262,6 +264,11 @@ async def agent(request: web.Request) -> web.StreamResponse:
     supervisor = await _known(request, "create", "exec")
     if supervisor.desired.pool_member:
         raise web.HTTPConflict(text="an unclaimed pool VM serves nobody until it is claimed")
+    if supervisor.handle is None and supervisor.sleeping():
+        # idle-suspended: this connection is its next use (docs/suspend.md, "Idle suspend")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(supervisor.timing.ready_timeout + WAKE_MARGIN):
+                await supervisor.wake()
     if supervisor.handle is None:
         raise web.HTTPConflict(text=f"sandbox is {supervisor.phase.value}, not running")
     try:

@@ -1,5 +1,6 @@
 """Kubernetes Events for what a person watching ``kubectl describe sandbox`` wants to see:
-the sandbox started, stopped, crashed (with the reason) or cannot run (with the reason).
+the sandbox started, stopped, was suspended or resumed, crashed (with the reason) or cannot
+run (with the reason).
 
 Events are best effort: a failure to post one is logged, never retried and never blocks a
 transition. Only phase changes produce one, so a sandbox emits a handful in its life.
@@ -28,18 +29,25 @@ _EVENTS: dict[Phase, tuple[str, str]] = {
     Phase.RUNNING: ("Normal", "Started"),
     Phase.PAUSED: ("Normal", "Paused"),
     Phase.STOPPED: ("Normal", "Stopped"),
+    Phase.SUSPENDED: ("Normal", "Suspended"),
     Phase.CRASHED: ("Warning", "Crashed"),
     Phase.FAILED: ("Warning", "Failed"),
 }
 
 
 def event_for(
-    target: Target, status: NodeSandboxStatus, node: str, now: datetime
+    target: Target,
+    status: NodeSandboxStatus,
+    node: str,
+    now: datetime,
+    previous: Phase | None = None,
 ) -> dict[str, Any] | None:
     kind = _EVENTS.get(status.phase)
     if kind is None:
         return None
     type_, reason = kind
+    if status.phase == Phase.RUNNING and previous == Phase.RESUMING:
+        reason = "Resumed"
     if status.exit_status is not None and status.phase in (Phase.CRASHED, Phase.FAILED):
         reason = status.exit_status.reason or reason
     message = status.message or f"sandbox is {status.phase.value} on {node}"
@@ -76,10 +84,11 @@ class EventRecorder:
 
     def observe(self, target: Target, status: NodeSandboxStatus) -> None:
         """Posts an Event when the phase changed since the last observation."""
-        if self._phases.get(target.uid) == status.phase:
+        previous = self._phases.get(target.uid)
+        if previous == status.phase:
             return
         self._phases[target.uid] = status.phase
-        body = event_for(target, status, self.node, datetime.now(UTC))
+        body = event_for(target, status, self.node, datetime.now(UTC), previous)
         if body is None:
             return
         task = asyncio.create_task(self._post(target, body))

@@ -3,6 +3,8 @@
 Commands and their answers are matched on the ``id`` QMP echoes back, so events (``STOP``,
 ``SHUTDOWN`` ...) arriving in between are never mistaken for answers; they are queued for
 whoever wants them (``events``), with a bound so an unread queue cannot grow forever.
+``execute_with_fd`` hands QEMU an open file descriptor with the command (``SCM_RIGHTS``), which
+is how migration to and from a file reaches a QEMU that cannot open the node's paths itself.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +67,48 @@ class QMPClient:
             self._pending.clear()
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        _, future, line = self._request(command, arguments)
+        self._writer.write(line)
+        await self._writer.drain()
+        return self._answer(command, await future)
+
+    async def execute_with_fd(self, command: str, arguments: dict[str, Any], fd: int) -> Any:
+        """``command`` with ``fd`` attached (QEMU takes it with the command's bytes: ``getfd``,
+        ``add-fd``). The caller keeps its own copy of ``fd`` and closes it."""
+        await self._writer.drain()  # nothing of ours may still be queued before these bytes
+        id, future, line = self._request(command, arguments)
+        raw = self._writer.get_extra_info("socket")
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        try:
+            while True:
+                try:
+                    sent = socket.send_fds(sock, [line], [fd])
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.005)
+            if sent < len(line):
+                self._writer.write(line[sent:])
+                await self._writer.drain()
+        except BaseException:
+            self._pending.pop(id, None)
+            raise
+        finally:
+            sock.close()  # our duplicate only: the connection stays open
+        return self._answer(command, await future)
+
+    def _request(
+        self, command: str, arguments: dict[str, Any] | None
+    ) -> tuple[str, asyncio.Future[Any], bytes]:
         id = str(next(self._ids))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[id] = future
         request: dict[str, Any] = {"execute": command, "id": id}
         if arguments:
             request["arguments"] = arguments
-        self._writer.write(json.dumps(request).encode() + b"\n")
-        await self._writer.drain()
-        answer = await future
+        return id, future, json.dumps(request).encode() + b"\n"
+
+    @staticmethod
+    def _answer(command: str, answer: dict[str, Any]) -> Any:
         if "error" in answer:
             raise QMPError(command, answer["error"])
         return answer.get("return")

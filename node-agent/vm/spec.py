@@ -15,8 +15,10 @@ Choices, all on purpose:
   ``virtserialport`` named ``agent`` on a unix socket chardev (the relay connects to it).
   Both sockets are QEMU-side servers, so a restarted node agent can connect again.
 - Disks: ``virtio-blk-device`` with ``serial=`` (the guest finds them by serial, never by
-  probe order). Host directories: virtio-fs (``vhost-user-fs-device`` with a mount tag, served
-  by one ``virtiofsd`` per share, :mod:`.virtiofs`); vhost-user needs the guest RAM in shared
+  probe order); writable ones with ``auto-read-only=off`` so that saving the VM's state
+  (suspend) never reopens them by path.
+- Host directories: virtio-fs (``vhost-user-fs-device`` with a mount tag, served by one
+  ``virtiofsd`` per share, :mod:`.virtiofs`); vhost-user needs the guest RAM in shared
   memory, so a VM with shares gets a ``memory-backend-memfd,share=on``, and modern (non-legacy)
   virtio-mmio, which libvhost-user requires. (Not 9p: Debian's cloud kernel is built without
   it.)
@@ -138,7 +140,10 @@ class VMSpec:
             "-device", "virtserialport,chardev=agent,name=agent",
         ]  # fmt: skip
         for i, drive in enumerate(self.drives):
-            mode = "readonly=on" if drive.read_only else "discard=unmap"
+            # auto-read-only=off: QEMU keeps the writable fd when a migration inactivates the
+            # disk, instead of reopening the path read-only, which QEMU (by then -runas)
+            # may not open (suspend, vm.snapshot)
+            mode = "readonly=on" if drive.read_only else "discard=unmap,auto-read-only=off"
             argv += [
                 "-drive",
                 f"id=disk{i},file={_escape(drive.path)},format={drive.format},if=none,{mode}",

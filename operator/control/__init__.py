@@ -58,6 +58,8 @@ class Runtime:
     cluster: Cluster
     agents: NodeAgents
     allow_host_paths: bool = False
+    pod_settings: PodSettings = field(default_factory=PodSettings)
+    """The sandbox Pod's image and how its requests are sized."""
     handed_over: dict[SandboxKey, str] = field(default_factory=dict)
     """Per Sandbox, a digest of the desired state its node agent last accepted: it is sent
     again only when it changed (or the node agent was replaced), not on every pass."""
@@ -89,6 +91,7 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
             resolution=resolution,
             now=datetime.now(UTC),
             allow_host_paths=runtime.allow_host_paths,
+            pod_settings=runtime.pod_settings,
         )
     )
     if decided.create_pod is not None:
@@ -193,7 +196,7 @@ async def _take(
         runtime.pools.reserved.discard(member.uid)
         log.info("pool.claim_lost", pool=pool.name, member=member.name)
         return None
-    pod = desired_pod(sandbox, PodSettings())
+    pod = desired_pod(sandbox, runtime.pod_settings)
     pod["spec"]["nodeName"] = choice.node
     with contextlib.suppress(AlreadyExists):
         await runtime.cluster.create_pod(pod)

@@ -16,6 +16,7 @@ VM in this Pod's cgroup and network namespace is planned, not built. Where no ku
 """
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,9 @@ class PodSettings:
     """Cluster-wide knobs of the sandbox Pod (operator configuration)."""
 
     pause_image: str = "registry.k8s.io/pause:3.10"
+    cpu_allocation_ratio: float = 1.0
+    """vCPUs per requested CPU (KubeVirt's ``cpuAllocationRatio``): at 10, a 1-vCPU sandbox
+    requests 100m. 1 reserves a whole core per vCPU; more lets mostly idle sandboxes share."""
     cpu_overhead_millicores: int = 100
     """Added to the vCPUs: QEMU's own threads (I/O, the relay, QMP)."""
     memory_overhead_mib: int = 256
@@ -53,7 +57,8 @@ def pod_name(sandbox_name: str) -> str:
 def desired_pod(sandbox: Sandbox, settings: PodSettings) -> JsonDict:
     """The sandbox Pod for ``sandbox``: owned by it, sized for its VM, placed as it asks."""
     spec = sandbox.spec
-    cpu = f"{spec.cpus * 1000 + settings.cpu_overhead_millicores}m"
+    vcpus = math.ceil(spec.cpus * 1000 / settings.cpu_allocation_ratio)
+    cpu = f"{vcpus + settings.cpu_overhead_millicores}m"
     memory = f"{spec.memory_mib + settings.memory_overhead_mib}Mi"
     resources = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
     pod_spec: JsonDict = {

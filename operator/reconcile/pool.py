@@ -62,6 +62,14 @@ def ready(member: Sandbox) -> bool:
     )
 
 
+def _ended(member: Sandbox) -> bool:
+    """A member whose VM stopped or crashed: replaced. One that ``Failed`` (its template cannot
+    run: an image that does not resolve, say) is kept, so a broken template does not boot in a
+    loop; the pool stays not Ready and the member's status says why."""
+    status = member.status
+    return status is not None and status.phase in (Phase.STOPPED, Phase.CRASHED)
+
+
 def selector(pool: SandboxPool) -> str:
     return f"{POOL_LABEL}={pool.name}"
 
@@ -82,7 +90,9 @@ def plan_pool(
     current = [m for m in members if not deleting(m)]
     template = boot_fields(pool.spec.template.spec)
     done = [m for m in current if claimed(m) and m.uid not in in_flight]
-    stale = [m for m in current if not claimed(m) and boot_fields(m.spec) != template]
+    stale = [
+        m for m in current if not claimed(m) and (boot_fields(m.spec) != template or _ended(m))
+    ]
     fresh = [m for m in current if not claimed(m) and m not in stale]
     wanted = 0 if pool.deleting else pool.spec.replicas
     # Keep the ready ones, then the oldest: a surplus sheds what is least far along.
@@ -125,8 +135,13 @@ def _status(pool: SandboxPool, kept: list[Sandbox], wanted: int, now: datetime) 
 
 
 def member_body(pool: SandboxPool) -> JsonDict:
-    """A new member: the template, named after the pool, owned by it."""
+    """A new member: the template, named after the pool, owned by it. Its lifecycle is the
+    default one (Running, no time limits, not ephemeral): the template's lifecycle policies
+    are the claimant's business, applied at claim time; an unclaimed member must neither
+    drain, suspend nor delete itself while it waits."""
     template = pool.spec.template
+    spec = template.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    spec["lifecycle"] = {}
     return {
         "apiVersion": API_VERSION,
         "kind": "Sandbox",
@@ -145,7 +160,7 @@ def member_body(pool: SandboxPool) -> JsonDict:
                 }
             ],
         },
-        "spec": template.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "spec": spec,
     }
 
 

@@ -40,6 +40,9 @@ NODE_AGENT_PHASES = frozenset(
         Phase.DRAINING,
         Phase.STOPPING,
         Phase.STOPPED,
+        Phase.SUSPENDING,
+        Phase.SUSPENDED,
+        Phase.RESUMING,
     }
 )
 
@@ -69,6 +72,7 @@ class Observed:
     resolution: Resolution
     now: datetime
     allow_host_paths: bool = False
+    pod_settings: PodSettings = field(default_factory=PodSettings)
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ def plan(observed: Observed) -> Plan:
     if problems:
         step = _refuse(problems)
     elif pod is None:
-        step = _place(sandbox)
+        step = _place(sandbox, observed.pod_settings)
     elif (node := pod.bound_node) is None:
         step = _wait_for_scheduler(pod)
     elif observed.agent is None or not observed.agent.alive(observed.now):
@@ -148,14 +152,14 @@ def _refuse(problems: list[Problem]) -> _Step:
     return _Step(Plan(events=events), Phase.FAILED, [ready])
 
 
-def _place(sandbox: Sandbox) -> _Step:
+def _place(sandbox: Sandbox, settings: PodSettings) -> _Step:
     status = sandbox.status
     crashed = status is not None and status.phase == Phase.CRASHED
     if crashed and sandbox.spec.lifecycle.restart_policy is RestartPolicy.NEVER:
         return _Step(Plan(), None, [])  # crashed, and not to be restarted
     pending = "sandbox Pod created; waiting for kube-scheduler"
     return _Step(
-        Plan(create_pod=desired_pod(sandbox, PodSettings())),
+        Plan(create_pod=desired_pod(sandbox, settings)),
         Phase.PENDING,
         [
             Condition.false(ConditionType.SCHEDULED, Reason.POD_PENDING, pending),
@@ -269,6 +273,9 @@ def _not_ready_reason(phase: Phase | None) -> Reason:
         Phase.CRASHED: Reason.VMM_EXITED,
         Phase.PAUSED: Reason.PAUSED_BY_USER,
         Phase.STOPPED: Reason.STOPPED_BY_USER,
+        Phase.SUSPENDING: Reason.SUSPENDED_BY_USER,
+        Phase.SUSPENDED: Reason.SUSPENDED_BY_USER,
+        Phase.RESUMING: Reason.RESUMED,
         Phase.PULLING: Reason.PULLING,
         Phase.BOOTING: Reason.BOOTING,
     }.get(phase or Phase.PENDING, Reason.POD_BOUND)

@@ -1,6 +1,8 @@
-"""The whole system of ``make up``, in a temporary directory: a control plane with one node,
-the preloaded registry, a node agent, the operator and the gateway, all tied to the test
-process.
+"""The whole system as ``make up`` installs it, in a temporary directory and tied to the test
+process: a control plane, a real kubelet node, the preloaded registry, the Dockerfile's images
+built from this tree, and the Helm chart, whose operator, gateway and node agent run as Pods
+(``kubesandbox_devenv.installed``). One for the package: it ends before the other tests that
+need the machine's one real node.
 
 For tests of the gateway, the SDK and ``kubectl sandbox``: ``system.gateway_url`` (base URL,
 no ``/ns/`` suffix), ``system.demo_token`` (ServiceAccount ``default/demo``, bound to ``edit``
@@ -20,16 +22,14 @@ from typing import Any
 
 import pytest
 
-from kubesandbox_devenv import services
+from kubesandbox_devenv import installed, services
 from kubesandbox_devenv.controlplane import ControlPlane
-
-Service = services.RegistryService | services.NodeAgentService | services.OperatorService
 
 
 @dataclass
 class System:
     plane: ControlPlane
-    node_agent: services.NodeAgentService
+    installed: installed.InstalledSystem
     gateway_url: str = ""
     """The gateway's base URL; the SDK's ``MSB_API_URL`` is ``{gateway_url}/ns/{namespace}``."""
     demo_token: str = ""
@@ -80,23 +80,26 @@ class System:
     def run(self, name: str, command: str) -> tuple[int, str]:
         body = self.sandbox(name)
         assert body is not None
-        socket = self.node_agent.relay_socket(body["metadata"]["uid"])
-        return asyncio.run(services.run_in_sandbox(socket, command))
+        return asyncio.run(services.run_in_sandbox(self.relay_socket(body), command))
+
+    def relay_socket(self, sandbox: dict[str, Any]) -> Path:
+        """The node agent's relay socket of ``sandbox``'s VM (a hostPath of its Pod)."""
+        return self.installed.relay_socket(sandbox["metadata"]["uid"])
 
     def delete_and_wait(self, path: Path) -> None:
         self.plane.kubectl("delete", "-f", str(path), "--wait", "--timeout=120s")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def system() -> Iterator[System]:
-    with services.running_system("ksb-e2e-") as running:
+    with installed.installed_system("ksbe-") as running:
         files = running.paths.state_dir / "e2e"
         files.mkdir(mode=0o700)
         yield System(
             running.plane,
-            running.node_agent,
+            running,
             gateway_url=running.gateway_url,
             demo_token=running.demo_token,
-            registry=running.node_agent.registry.host,
+            registry=running.registry.host,
             files=files,
         )

@@ -1,10 +1,11 @@
-"""Many sandboxes at once, and the processes that run them killed at the worst moment.
+"""Many sandboxes at once, and the Pods that run kubesandbox killed at the worst moment.
 
-The whole system of ``make up`` (real control plane, registry, node agent, operator, QEMU
-VMs under TCG) in a module of its own. Every test counts what exists afterwards, precisely:
-Sandboxes and their phases, sandbox Pods and their owners, QEMU processes per Sandbox UID
-(``services.qemu_processes``, as ``make down`` finds them) and the node
-agent's per-sandbox files.
+The installed system of the package (``conftest.system``: the chart on a real kubelet node,
+QEMU VMs under TCG). A crash is a SIGKILL of a container's process (found through the CRI);
+the kubelet restarts it, as it would in any cluster. Every test counts what exists afterwards,
+precisely: Sandboxes and their phases, sandbox Pods (Running, one per Sandbox) and their
+owners, QEMU processes per Sandbox UID (``services.qemu_processes``, as ``make down`` finds
+them), the node agent's per-sandbox files and network namespaces.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,8 +27,8 @@ from kubernetes import client
 
 from kubesandbox_api import GROUP, PLURAL, VERSION
 from kubesandbox_devenv import services
-from kubesandbox_devenv.nodes import NodeShape
-from kubesandbox_devenv.processes import ManagedProcess
+from kubesandbox_devenv.installed import SYSTEM_NAMESPACE
+from tests.e2e.conftest import System
 from tests.support.waiting import eventually
 
 pytestmark = [
@@ -58,7 +60,7 @@ def _summary(bodies: dict[str, dict[str, Any]]) -> str:
 
 @dataclass
 class Chaos:
-    running: services.RunningSystem
+    system: System
     api: client.ApiClient
 
     @property
@@ -71,7 +73,7 @@ class Chaos:
 
     @property
     def agent_state(self) -> Path:
-        return self.running.node_agent.state
+        return self.system.installed.dirs.state
 
     # --- what exists -------------------------------------------------------------------------
 
@@ -125,7 +127,7 @@ class Chaos:
             for name in names
         ]
         manifest = {"apiVersion": "v1", "kind": "List", "items": items}
-        self.running.plane.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
+        self.system.plane.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
 
     def wait_running(self, names: list[str], timeout: float) -> dict[str, dict[str, Any]]:
         """Until every one of ``names`` is Running with Ready=True; fails at once on a crash."""
@@ -150,11 +152,11 @@ class Chaos:
         return eventually(check, timeout, lambda: f"not all Running+Ready: {_summary(last)}")
 
     def run(self, uid: str, command: str) -> tuple[int, str]:
-        socket = self.running.node_agent.relay_socket(uid)
+        socket = self.system.installed.relay_socket(uid)
         return asyncio.run(services.run_in_sandbox(socket, command))
 
     def delete(self, names: list[str]) -> None:
-        self.running.plane.kubectl(
+        self.system.plane.kubectl(
             "delete", "sandbox", *names, "-n", NAMESPACE, "--wait", "--timeout=600s"
         )
 
@@ -185,6 +187,13 @@ class Chaos:
         assert set(pods_per_sandbox.values()) == {1}, (
             f"sandbox Pods per sandbox should be 1, found {pods_per_sandbox}"
         )
+        # The kubelet really runs them (their pause container) while the VMs run.
+        not_running = {
+            pod["metadata"]["name"]: (pod.get("status") or {}).get("phase")
+            for pod in self.pods()
+            if (pod.get("status") or {}).get("phase") != "Running"
+        }
+        assert not not_running, f"sandbox Pods not Running: {not_running}"
 
     def assert_commands_run(self, bodies: dict[str, dict[str, Any]]) -> None:
         results = {
@@ -209,27 +218,58 @@ class Chaos:
         assert not vms, f"QEMU processes left after delete: {vms}"
         files = self.files_of(uids)
         assert not files, f"node agent files left after delete: {files}"
+        namespaces = [
+            name for name in netns_names()
+            if name.startswith("ksb-") and any(uid.startswith(name[4:]) for uid in uids)
+        ]  # fmt: skip
+        assert not namespaces, f"network namespaces left after delete: {namespaces}"
+
+    # --- kubesandbox's own Pods ------------------------------------------------------------------
+
+    def crash(self, component: str) -> int:
+        """SIGKILLs the main process of the Pod of ``component`` (``node-agent``, ``operator``)
+        as a crash or an OOM kill would; the kubelet starts the container again. Returns the
+        killed pid. The VMs are no processes of the node agent's container (they live in
+        cgroups of their own), so they are not in it."""
+        pid = container_pid(self.system, component)
+        os.kill(pid, signal.SIGKILL)
+        eventually(lambda: not Path(f"/proc/{pid}").exists(), 30, f"{component} {pid} alive")
+        return pid
+
+    def wait_restarted(self, component: str, killed: int) -> None:
+        def started_again() -> bool:
+            try:
+                return container_pid(self.system, component) != killed
+            except AssertionError:
+                return False
+
+        eventually(started_again, 180, f"the kubelet restarted {component}")
+
+
+def netns_names() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+
+
+def container_pid(system: System, component: str) -> int:
+    """The host pid of the running container of kubesandbox's ``component`` Pod (CRI)."""
+    listed = system.installed.node.crictl(
+        "ps", "--state", "Running", "--namespace", SYSTEM_NAMESPACE,
+        "--label", f"io.kubernetes.container.name={component}", "-q",
+    )  # fmt: skip
+    ids = listed.stdout.split()
+    assert len(ids) == 1, f"running {component} containers: {ids}"
+    inspected = json.loads(system.installed.node.crictl("inspect", ids[0]).stdout)
+    pid = inspected["info"]["pid"]
+    assert isinstance(pid, int), inspected["info"]
+    assert pid > 0, inspected["info"]
+    return pid
 
 
 @pytest.fixture(scope="module")
-def chaos() -> Iterator[Chaos]:
-    # Ten sandbox Pods request 11 CPUs and 3.75 GiB: the one node advertises enough for them.
-    shape = NodeShape(cpu="64", memory="64Gi")
-    with (
-        services.running_system("ksb-chaos-", node_shape=shape, cleanup_timeout=600) as running,
-        running.plane.api_client() as api,
-    ):
-        yield Chaos(running, api)
-
-
-def _sigkill(process: ManagedProcess) -> int:
-    """SIGKILLs the process group of ``process`` (what a crash or an OOM kill does) and waits
-    until it is gone; QEMU processes live in sessions of their own and are not in it."""
-    pid = process.pid()
-    assert pid is not None, f"{process.name} is not running"
-    os.killpg(pid, signal.SIGKILL)
-    eventually(lambda: not process.is_alive(), 30, lambda: f"{process.name} {pid} still alive")
-    return pid
+def chaos(system: System) -> Iterator[Chaos]:
+    with system.plane.api_client() as api:
+        yield Chaos(system, api)
 
 
 @pytest.mark.timeout(1800)
@@ -258,10 +298,10 @@ def test_node_agent_killed_during_boot_converges_to_one_vm(chaos: Chaos) -> None
             break
         assert time.monotonic() < deadline, f"never saw the sandbox Booting: phase {phase}"
         time.sleep(0.05)
-    _sigkill(chaos.running.node_agent.process)
+    killed = chaos.crash("node-agent")
     vms_at_kill = chaos.vms_per_uid([uid])[uid]
     assert vms_at_kill == 1, f"the VM died with the node agent: {chaos.vms()}"
-    chaos.running.node_agent.start()
+    chaos.wait_restarted("node-agent", killed)
 
     bodies = chaos.wait_running([name], CONVERGE_TIMEOUT)
     assert bodies[name]["metadata"]["uid"] == uid
@@ -284,13 +324,46 @@ def test_operator_killed_while_creating_ten_converges_without_duplicates(chaos: 
     while not chaos.pods():
         assert time.monotonic() < deadline, f"no Pod created: {_summary(chaos.sandboxes())}"
         time.sleep(0.05)
-    _sigkill(chaos.running.operator.process)
+    killed = chaos.crash("operator")
     pods_at_kill, at_kill = chaos.pod_names(), _summary(chaos.sandboxes())
     assert len(pods_at_kill) < COUNT or "Running" not in at_kill, f"too late: {at_kill}"
-    chaos.running.operator.start()
+    chaos.wait_restarted("operator", killed)
 
     bodies = chaos.wait_running(names, CONVERGE_TIMEOUT)
     assert len(bodies) == COUNT, f"killed with Pods {pods_at_kill}, {at_kill}"
     chaos.assert_one_vm_and_one_pod_each(bodies)
     chaos.assert_commands_run(bodies)
+    chaos.delete_and_assert_nothing_left(bodies)
+
+
+@pytest.mark.timeout(900)
+def test_the_node_agents_pod_deleted_loses_no_vm(chaos: Chaos) -> None:
+    """An upgrade or an eviction: the Pod goes (SIGTERM, then its containers are removed), a
+    new one comes, and the VM is the same QEMU process, not rebooted, and reachable."""
+    name = "outlives-agent"
+    chaos.apply([name], **CHEAPEST)
+    bodies = chaos.wait_running([name], CONVERGE_TIMEOUT)
+    uid = bodies[name]["metadata"]["uid"]
+    before = chaos.vms()
+    code, uptime = chaos.run(uid, "cat /proc/uptime; echo kept > /tmp/mark")
+    assert code == 0, uptime
+    old = chaos.system.installed.node_agent_pod()
+    assert old is not None
+
+    chaos.system.plane.kubectl(
+        "delete", "pod", old["metadata"]["name"], "-n", SYSTEM_NAMESPACE, "--wait"
+    )  # fmt: skip
+
+    def replaced() -> dict[str, Any] | None:
+        pod = chaos.system.installed.node_agent_pod()
+        return pod if pod and pod["metadata"]["uid"] != old["metadata"]["uid"] else None
+
+    eventually(replaced, 300, "a new node agent Pod, Ready")
+    assert chaos.vms() == before  # the same QEMU process (pid and command line)
+    bodies = chaos.wait_running([name], CONVERGE_TIMEOUT)
+    code, output = chaos.run(uid, "cat /proc/uptime /tmp/mark")
+    assert code == 0, output
+    assert float(output.split()[0]) > float(uptime.split()[0])  # uptime goes on: no reboot
+    assert output.splitlines()[-1] == "kept"
+    chaos.assert_one_vm_and_one_pod_each(bodies)
     chaos.delete_and_assert_nothing_left(bodies)

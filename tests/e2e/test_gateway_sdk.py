@@ -63,8 +63,7 @@ async def run_directly(system: System, command: str) -> tuple[int, str]:
     """Through the node agent's relay socket, past the gateway (to look, not to test it)."""
     body = system.sandbox(NAME)
     assert body is not None
-    socket = system.node_agent.relay_socket(body["metadata"]["uid"])
-    return await services.run_in_sandbox(socket, command)
+    return await services.run_in_sandbox(system.relay_socket(body), command)
 
 
 def wait_gone(system: System, name: str, timeout: float = 120.0) -> None:

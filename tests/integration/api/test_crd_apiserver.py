@@ -112,6 +112,7 @@ def test_defaults_come_back_as_documented(sandboxes: Sandboxes) -> None:
         "state": "Running",
         "stopMode": "Graceful",
         "stopGracePeriodSeconds": 30,
+        "idleAction": "Drain",
         "restartPolicy": "Never",
         "ephemeral": False,
     }

@@ -646,6 +646,7 @@ def test_uninstall_leaves_only_the_crd(
     left = [f"{o['kind']}/{o['metadata']['name']}" for o in objects if live(control_plane, o)]
     assert left == []
     assert control_plane.kubectl("get", "crd", SANDBOXES).returncode == 0
+    assert control_plane.kubectl("get", "crd", POOLS).returncode == 0
     # the release is gone for good: installing again works (the fixture's uninstall is a no-op)
     cluster_helm.run("install", *install_args(INSTALL_VALUES), *WAIT)
     assert cluster_helm.run("status", RELEASE, "-n", SYSTEM).returncode == 0

@@ -283,8 +283,17 @@ def test_the_gateway_and_operator_accept_their_args(
 ) -> None:
     from kubesandbox_gateway.main import parse_args as gateway_args
     from kubesandbox_operator.main import parse as operator_args
+    from kubesandbox_operator.main import pod_settings
+    from kubesandbox_operator.reconcile.pod import PodSettings
 
-    objects = render(helm, {"logLevel": "debug", "operator": {"allowHostPaths": True}})
+    sandbox_pods = {
+        "pauseImage": "mirror.example/pause:3.10",
+        "cpuAllocationRatio": 12.5,
+        "cpuOverheadMillicores": 25,
+        "memoryOverheadMiB": 1000000,  # a float in Helm: rendered as an integer all the same
+    }
+    values = {"logLevel": "debug", "operator": {"allowHostPaths": True}}
+    objects = render(helm, {**values, "sandboxPods": sandbox_pods})
     gateway = find(objects, "Deployment", "kubesandbox-gateway")["spec"]["template"]["spec"]
     args = gateway_args(gateway["containers"][0]["args"])
     assert args.listen == ("0.0.0.0", 8080)  # noqa: S104 (the Pod's address, behind a Service)
@@ -298,6 +307,7 @@ def test_the_gateway_and_operator_accept_their_args(
     assert parsed.namespace == "kubesandbox-system"
     assert parsed.log_level == "debug"
     assert parsed.allow_host_paths is True
+    assert pod_settings(parsed) == PodSettings("mirror.example/pause:3.10", 12.5, 25, 1000000)
 
 
 def test_the_devenv_values_make_a_config_the_node_agent_accepts(helm: Helm, tmp_path: Path) -> None:

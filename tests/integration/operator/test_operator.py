@@ -352,3 +352,20 @@ def test_sigkill_while_creating_ten_loses_nothing_and_duplicates_nothing(
         eventually(partial(_scheduled, cluster, namespace, name), 120, name)
     pods = cluster.pods(namespace)
     assert sorted(p["metadata"]["name"] for p in pods) == sorted(f"{n}-sandbox" for n in names)
+
+
+def test_sigterm_exits_zero_and_hands_the_lease_over(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    """What the kubelet does on a rolling update: SIGTERM. The operator stops cleanly (exit 0,
+    not a container in Error) and releases its Lease, so a standby takes over at once instead
+    of after the lease duration. Last in the module: it stops the module's operator."""
+    assert operator.process is not None
+    assert operator.process.poll() is None
+    # Leading and running (Kopf's signal handlers are in place once it watches).
+    eventually(lambda: "controller.synced" in operator.log.read_text(), 60, "controller.synced")
+    operator.process.terminate()
+    assert operator.process.wait(30) == 0, operator.log.read_text()[-3000:]
+    lease = cluster.coordination.read_namespaced_lease("kubesandbox-operator", SYSTEM)
+    assert lease.spec is not None
+    assert lease.spec.holder_identity is None

@@ -232,8 +232,10 @@ def _app(fake_ref: list[Fake], socket_path: Path) -> web.Application:
             sandbox.update(status="stopping", _next={"status": "stopped"})
         elif action == "pause":
             sandbox.update(status="stopped", status_reason="paused")
+        elif action == "suspend":
+            sandbox.update(status="stopped", status_reason=None, phase="Suspended")
         elif action == "resume":
-            sandbox.update(status="running", status_reason=None)
+            sandbox.update(status="running", status_reason=None, phase="Running")
         elif action in ("kill", "drain"):
             sandbox.setdefault("verbs", []).append(action)
         else:

@@ -291,6 +291,13 @@ async def test_pause_and_resume(fake: Fake) -> None:
     assert (await cli(fake, "resume", "box")).stdout == b"sandbox box running\n"
 
 
+async def test_suspend_and_resume(fake: Fake) -> None:
+    assert (await cli(fake, "suspend", "box")).stdout == b"sandbox box suspended\n"
+    out = await cli(fake, "exec", "box", "--", "echo")
+    assert "is suspended, not running; `kubectl sandbox resume box` first" in out.stderr
+    assert (await cli(fake, "resume", "box")).stdout == b"sandbox box running\n"
+
+
 async def test_kill_and_drain_are_forwarded(fake: Fake) -> None:
     assert (await cli(fake, "kill", "box")).code == 0
     assert (await cli(fake, "drain", "box")).code == 0

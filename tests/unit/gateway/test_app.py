@@ -539,11 +539,15 @@ async def test_pause_and_resume(client: AppClient, kube: fakes.FakeKube) -> None
         await client.post(f"/v1/sandboxes/{uid}/resume", headers=bearer(SA_TOKEN))
     ).status == 200
     assert kube.sandbox("team-a", "s1")["spec"]["lifecycle"]["state"] == "Running"
+    assert (
+        await client.post(f"/v1/sandboxes/{uid}/suspend", headers=bearer(SA_TOKEN))
+    ).status == 200
+    assert kube.sandbox("team-a", "s1")["spec"]["lifecycle"]["state"] == "Suspended"
 
 
 async def test_lifecycle_verbs_need_update(client: AppClient, kube: fakes.FakeKube) -> None:
     uid = running_sandbox(kube, "s1")["metadata"]["uid"]
-    for verb in ("start", "stop", "pause", "resume", "kill", "drain"):
+    for verb in ("start", "stop", "pause", "resume", "suspend", "kill", "drain"):
         response = await client.post(f"/v1/sandboxes/{uid}/{verb}", headers=bearer(NOBODY_TOKEN))
         error = await error_of(response, 403)
         assert "update sandboxes" in error["message"]

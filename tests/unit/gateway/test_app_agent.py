@@ -159,6 +159,28 @@ async def test_agent_of_a_sandbox_that_is_not_running_is_409(
     assert error.status == 409
 
 
+async def test_agent_of_an_idle_suspended_sandbox_goes_to_the_node_agent_which_wakes_it(
+    client: AppClient, kube: fakes.FakeKube, node_agent: fakes.FakeNodeAgent
+) -> None:
+    uid = running_sandbox(kube)["metadata"]["uid"]
+    kube.sandbox("team-a", "s1")["status"] = {"phase": "Suspended", "nodeName": "node-1"}
+    async with client.ws_connect(f"/v1/sandboxes/{uid}/agent", headers=bearer(SA_TOKEN)) as ws:
+        assert (await ws.receive(timeout=5)).data.endswith(b"ready")
+    assert node_agent.agent_sockets == 1
+
+
+async def test_agent_of_a_sandbox_suspended_on_purpose_is_409(
+    client: AppClient, kube: fakes.FakeKube, node_agent: fakes.FakeNodeAgent
+) -> None:
+    uid = running_sandbox(kube)["metadata"]["uid"]
+    sandbox = kube.sandbox("team-a", "s1")
+    sandbox["spec"]["lifecycle"] = {"state": "Suspended"}
+    sandbox["status"] = {"phase": "Suspended", "nodeName": "node-1"}
+    error = await handshake_error(client, f"/v1/sandboxes/{uid}/agent", SA_TOKEN)
+    assert error.status == 409
+    assert node_agent.agent_sockets == 0
+
+
 async def test_agent_of_an_unknown_sandbox_is_404(
     client: AppClient, node_agent: fakes.FakeNodeAgent
 ) -> None:

@@ -792,6 +792,11 @@ def test_identity_and_timestamps() -> None:
         ("Draining", None, "stopping", None),
         ("Stopping", None, "stopping", None),
         ("Stopped", "Stopped", "stopped", None),
+        ("Suspending", "Suspended", "stopping", None),
+        ("Suspended", "Suspended", "stopped", None),
+        ("Suspending", None, "running", None),  # idle suspend: the next call wakes it
+        ("Suspended", None, "running", None),
+        ("Resuming", None, "running", None),
         ("Crashed", None, "failed", None),
         ("Failed", None, "failed", None),
         ("SomeFuturePhase", None, "starting", None),

@@ -28,7 +28,7 @@ from kubesandbox_protocol.messages import decode_body, encode_body
 
 BODIES = Path(__file__).parent / "bodies"
 PHASES = [None, "Pending", "Scheduled", "Booting", "Running", "Paused", "Draining", "Stopped"]
-PHASES += ["Crashed", "Failed", "SomeFuturePhase"]
+PHASES += ["Suspending", "Suspended", "Resuming", "Crashed", "Failed", "SomeFuturePhase"]
 JsonDict = dict[str, Any]
 
 

@@ -119,6 +119,19 @@ def test_ready_follows_the_node_agents_report() -> None:
     assert conditions(decided)["Ready"] == ("True", "Running")
 
 
+def test_a_suspended_sandbox_stays_with_its_node_agent_and_is_not_ready() -> None:
+    for phase in ("Suspending", "Suspended", "Resuming"):
+        status = {"phase": phase, "nodeName": "node-0", "podName": "hello-sandbox"}
+        decided = decide(sandbox(status, lifecycle={"state": "Suspended"}), bound_pod(), agent())
+        assert "phase" not in decided.status  # the node agent's phase stands
+        assert decided.send_to_agent is not None  # so does its Pod: the state file is there
+        assert not decided.delete_pod
+        assert conditions(decided)["Ready"][0] == "False"
+    suspended = {"phase": "Suspended", "nodeName": "node-0", "podName": "hello-sandbox"}
+    decided = decide(sandbox(suspended), bound_pod(), agent())
+    assert conditions(decided)["Ready"] == ("False", "SuspendedByUser")
+
+
 def test_nothing_is_written_when_nothing_changed() -> None:
     first = decide(sandbox(), bound_pod(), agent())
     settled = sandbox(first.status)

@@ -40,3 +40,15 @@ def test_the_pod_is_owned_by_and_labelled_for_its_sandbox() -> None:
     assert reference["controller"] is True
     assert reference["blockOwnerDeletion"] is True
     assert pod["metadata"]["labels"]["kubesandbox.dev/sandbox-uid"] == "u-1"
+
+
+def test_the_allocation_ratio_shares_cores_between_vcpus() -> None:
+    settings = PodSettings(cpu_allocation_ratio=10, cpu_overhead_millicores=25)
+    resources = desired_pod(_sandbox(), settings)["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["cpu"] == "225m"  # 2 vCPUs / 10 + 25m
+    assert "cpu" not in resources["limits"]  # never throttled: the ratio is about scheduling
+
+
+def test_the_pause_image_is_the_settings_one() -> None:
+    pod = desired_pod(_sandbox(), PodSettings(pause_image="mirror.example/pause:3.10"))
+    assert pod["spec"]["containers"][0]["image"] == "mirror.example/pause:3.10"

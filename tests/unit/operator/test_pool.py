@@ -253,3 +253,19 @@ def test_only_changes_the_pools_plan_reads_wake_it() -> None:
     index.member_gone("team", booting.name)
     assert index.members == {}
     assert len(woken) == 3
+
+
+def test_members_wait_without_the_templates_lifecycle_policies() -> None:
+    timed = pool().model_dump(mode="json", by_alias=True)
+    timed["spec"]["template"]["spec"]["lifecycle"] = {"idleTimeoutSeconds": 5, "ephemeral": True}
+    body = member_body(SandboxPool.model_validate(timed))
+    assert body["spec"]["lifecycle"] == {}
+
+
+def test_members_that_stopped_or_crashed_are_replaced_but_failed_ones_are_kept() -> None:
+    stopped, crashed = member({"phase": "Stopped"}), member({"phase": "Crashed"})
+    failed = member({"phase": "Failed"})
+    plan = plan_pool(pool(3), [stopped, crashed, failed], NOW)
+    assert names(plan.delete) == names([stopped, crashed])
+    assert plan.create == 2
+    assert plan.status["readyReplicas"] == 0

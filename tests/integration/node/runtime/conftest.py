@@ -1,20 +1,33 @@
 """A loopback registry serving ``library/busybox:1.36`` (so ``busybox:1.36`` resolves through
-the ``docker.io`` mirror), the real guest agent, and a real ``SandboxPreparer`` around them."""
+the ``docker.io`` mirror), the real guest agent, and a real ``SandboxPreparer`` around them;
+``world``: a runtime with real QEMU on all of that, one per test module."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from kubesandbox_devenv.registry import Layout, Registry, build_image, busybox_entries, layer_tar
 from kubesandbox_node.bootimage import initramfs
 from kubesandbox_node.bootimage.initramfs import BootImage
+from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
+from kubesandbox_node.images.service import ImageService
+from kubesandbox_node.rootfs.assemble import SandboxRootfs
+from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
+from kubesandbox_node.runtime.cgroups import CgroupManager
+from kubesandbox_node.runtime.manager import Runtime
+from kubesandbox_node.runtime.prepare import SandboxPreparer
+from kubesandbox_node.runtime.supervisor import Timing
+from kubesandbox_node.runtime.vmm import QemuVMM
+from kubesandbox_node.vm.host import tsc_khz
+from kubesandbox_node.volumes.prepare import NamedVolumes
 from tests.support.vms import guest_agent_binary
 
 
@@ -49,3 +62,43 @@ def short_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix=f"ksb-{os.getpid() % 10000}-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+class World:
+    def __init__(self, images: Images, registry: RegistryClient) -> None:
+        self.state = Path(tempfile.mkdtemp(prefix="ksb-agentrt-"))
+        self.host = self.state / "host"
+        policy = HostPathPolicy.of([str(self.host)])
+        preparer = SandboxPreparer(
+            images=ImageService(self.state / "images", registry),
+            rootfs=SandboxRootfs(self.state / "rootfs", policy),
+            named=NamedVolumes(self.state / "volumes"),
+            policy=policy,
+            boot_image=images.boot_image,
+            tsc_khz=tsc_khz(),
+            mirrors=images.mirrors,
+        )
+        self.preparer = preparer
+        self.runtime = Runtime(
+            self.state,
+            vmm=QemuVMM(
+                cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}"), run_as="nobody"
+            ),
+            preparer=preparer,
+            emulation=True,
+            timing=Timing(ready_timeout=120, policy_tick=0.25),
+        )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(images: Images) -> AsyncIterator[World]:
+    registry = RegistryClient(RegistryConfig(plain_http=frozenset({images.registry.host})))
+    w = World(images, registry)
+    try:
+        yield w
+    finally:
+        for uid in list(w.runtime.sandboxes):
+            await w.runtime.remove(uid)
+        await registry.close()
+        CgroupManager(parent=f"kubesandbox-test-{os.getpid()}").remove_parents()
+        shutil.rmtree(w.state, ignore_errors=True)

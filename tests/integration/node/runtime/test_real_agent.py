@@ -8,12 +8,7 @@ a restart, and a guest kernel panic. Two more VMs show max duration and idle tim
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,64 +16,14 @@ import pytest_asyncio
 from microsandbox.agent import AgentClient as SdkClient
 
 from kubesandbox_api.conditions import Phase, Reason
-from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
-from kubesandbox_node.images.service import ImageService
-from kubesandbox_node.rootfs.assemble import SandboxRootfs
-from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
-from kubesandbox_node.runtime.cgroups import CgroupManager
-from kubesandbox_node.runtime.manager import Runtime
 from kubesandbox_node.runtime.model import DesiredSandbox
-from kubesandbox_node.runtime.prepare import SandboxPreparer
-from kubesandbox_node.runtime.supervisor import Supervisor, Timing
-from kubesandbox_node.runtime.vmm import QemuVMM
-from kubesandbox_node.vm.host import tsc_khz
-from kubesandbox_node.volumes.prepare import NamedVolumes
+from kubesandbox_node.runtime.supervisor import Supervisor
 from kubesandbox_protocol import AgentClient
 from kubesandbox_protocol.client import AgentError
-from tests.integration.node.runtime.conftest import Images
+from tests.integration.node.runtime.conftest import World
 from tests.support.sdk import sdk_exec
 
 pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="module")]
-
-
-class World:
-    def __init__(self, images: Images, registry: RegistryClient) -> None:
-        self.state = Path(tempfile.mkdtemp(prefix="ksb-agentrt-"))
-        self.host = self.state / "host"
-        policy = HostPathPolicy.of([str(self.host)])
-        preparer = SandboxPreparer(
-            images=ImageService(self.state / "images", registry),
-            rootfs=SandboxRootfs(self.state / "rootfs", policy),
-            named=NamedVolumes(self.state / "volumes"),
-            policy=policy,
-            boot_image=images.boot_image,
-            tsc_khz=tsc_khz(),
-            mirrors=images.mirrors,
-        )
-        self.preparer = preparer
-        self.runtime = Runtime(
-            self.state,
-            vmm=QemuVMM(
-                cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}"), run_as="nobody"
-            ),
-            preparer=preparer,
-            emulation=True,
-            timing=Timing(ready_timeout=120, policy_tick=0.25),
-        )
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(images: Images) -> AsyncIterator[World]:
-    registry = RegistryClient(RegistryConfig(plain_http=frozenset({images.registry.host})))
-    w = World(images, registry)
-    try:
-        yield w
-    finally:
-        for uid in list(w.runtime.sandboxes):
-            await w.runtime.remove(uid)
-        await registry.close()
-        CgroupManager(parent=f"kubesandbox-test-{os.getpid()}").remove_parents()
-        shutil.rmtree(w.state, ignore_errors=True)
 
 
 def desired(**spec: Any) -> DesiredSandbox:

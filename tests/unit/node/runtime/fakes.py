@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from kubesandbox_api.status import ImageStatus, LayerPin
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.relay import SandboxRelay
 from kubesandbox_node.runtime.supervisor import PrepareError
-from kubesandbox_node.runtime.vmm import ExitInfo, VMRecord
+from kubesandbox_node.runtime.vmm import ExitInfo, Incoming, VMRecord
 from kubesandbox_node.vm.machine import BootError
+from kubesandbox_node.vm.snapshot import SnapshotError
 from kubesandbox_node.vm.spec import VMSpec
 from tests.support.fakeguest import FakeGuest, guest_pair
 
@@ -55,6 +57,14 @@ class FakeHandle:
     async def query(self, command: str) -> Any:
         return {"status": "paused" if self.paused else "running"}
 
+    async def save_state(self, path: Path, *, within: float) -> int:
+        """Writes the fake guest's "memory" (its pid) to ``path``, as QEMU would, 0600."""
+        self.calls.append("save_state")
+        self.paused = True
+        if self.vmm.save_error is not None:
+            raise self.vmm.save_error
+        return _write_private(path, f"memory of vm {self.record.pid}\n".encode() * 64)
+
     async def request_shutdown(self) -> None:
         self.calls.append("shutdown")
         if self.obeys_shutdown:
@@ -92,6 +102,9 @@ class FakeHandle:
 class FakeVMM:
     accel: str = "tcg"
     boot_error: BootError | None = None
+    restore_error: BootError | None = None
+    save_error: SnapshotError | None = None
+    restored_from: list[bytes] = field(default_factory=list)
     obeys_shutdown: bool = True
     handles: list[FakeHandle] = field(default_factory=list)
     alive: set[int] = field(default_factory=set)
@@ -127,10 +140,31 @@ class FakeVMM:
     async def reap_orphans(self, known: set[str]) -> int:
         return 0
 
-    async def adopt(self, record: VMRecord, relay_socket: Path) -> FakeHandle | None:
+    async def adopt(
+        self, record: VMRecord, relay_socket: Path, *, resume: bool = False
+    ) -> FakeHandle | None:
         if record.pid not in self.alive:
             return None
         return await self._handle(record, relay_socket)
+
+    async def restore(
+        self, saved: Incoming, relay_socket: Path, *, ready_timeout: float
+    ) -> FakeHandle:
+        spec, state_file = saved.spec, saved.state_file
+        self.specs.append(spec)
+        if self.restore_error is not None:
+            raise self.restore_error
+        self.restored_from.append(_read(state_file))
+        pid = next(_pids)
+        record = VMRecord(
+            pid=pid, start_ticks=1, state_dir=str(spec.state_dir), qmp_socket="q",
+            agent_socket="a", console_log="c", ready_frame=saved.ready_frame,
+        )  # fmt: skip
+        self.alive.add(pid)
+        saved.before_continue(record)
+        handle = await self._handle(record, relay_socket)
+        await handle.relay.wait_ready()
+        return handle
 
     @property
     def last(self) -> FakeHandle:
@@ -165,6 +199,17 @@ class FakePreparer:
 
     async def remove(self, desired: DesiredSandbox) -> None:
         self.removed.append(desired.uid)
+
+
+def _write_private(path: Path, data: bytes) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    return len(data)
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
 
 
 def not_found() -> PrepareError:

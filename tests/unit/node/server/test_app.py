@@ -288,3 +288,33 @@ async def test_a_claim_is_authorized_in_the_claimants_namespace(api: Api) -> Non
     status, answer = await api.call("POST", f"/v1/sandboxes/{member}/claim", json={"pool": ""})
     assert status == 422
     assert answer["message"] == "invalid ClaimRequest"
+
+
+async def test_agent_websocket_wakes_an_idle_suspended_sandbox(api: Api) -> None:
+    uid = str(uuid.uuid4())
+    body = desired(uid, lifecycle={"idleTimeoutSeconds": 1, "idleAction": "Suspend"})
+    assert (await api.call("PUT", f"/v1/sandboxes/{uid}", json=body))[0] == 200
+    await api.until(uid, "Running")
+    asleep = await api.until(uid, "Suspended")
+    assert asleep["suspension"]["reason"] == "IdleTimeout"
+    headers = {"Authorization": f"Bearer {OPERATOR}"}
+    async with api.client.ws_connect(f"/v1/sandboxes/{uid}/agent", headers=headers) as ws:
+        data = await ws.receive_bytes(timeout=5)
+        assert len(data) >= 8
+    _, awake = await api.call("GET", f"/v1/sandboxes/{uid}")
+    assert awake["phase"] == "Running"
+    assert "resumedAt" in awake["suspension"]
+    woken = next(c for c in awake["conditions"] if c["type"] == "Suspended")
+    assert (woken["status"], woken["reason"]) == ("False", "WokenByUse")
+    assert len(api.vmm.restored_from) == 1
+
+
+async def test_agent_websocket_does_not_wake_a_sandbox_suspended_on_purpose(api: Api) -> None:
+    uid = await api.running()
+    body = desired(uid, lifecycle={"state": "Suspended"}) | {"generation": 2}
+    assert (await api.call("PUT", f"/v1/sandboxes/{uid}", json=body))[0] == 200
+    await api.until(uid, "Suspended")
+    headers = {"Authorization": f"Bearer {OPERATOR}"}
+    async with api.client.get(f"/v1/sandboxes/{uid}/agent", headers=headers) as response:
+        assert response.status == 409
+    assert api.vmm.restored_from == []

@@ -32,3 +32,18 @@ def test_running_is_normal_and_booting_says_nothing() -> None:
     assert event is not None
     assert (event["type"], event["reason"]) == ("Normal", "Started")
     assert event_for(TARGET, NodeSandboxStatus(phase=Phase.BOOTING), "node-1", NOW) is None
+
+
+def test_suspended_and_resumed_are_normal_events() -> None:
+    status = NodeSandboxStatus(phase=Phase.SUSPENDED, message="suspended: 1 bytes saved")
+    event = event_for(TARGET, status, "node-1", NOW, Phase.SUSPENDING)
+    assert event is not None
+    assert (event["type"], event["reason"], event["message"]) == (
+        "Normal", "Suspended", "suspended: 1 bytes saved",
+    )  # fmt: skip
+    resumed = event_for(TARGET, NodeSandboxStatus(phase=Phase.RUNNING), "node-1", NOW,
+                        Phase.RESUMING)  # fmt: skip
+    assert resumed is not None
+    assert resumed["reason"] == "Resumed"
+    for quiet in (Phase.SUSPENDING, Phase.RESUMING):
+        assert event_for(TARGET, NodeSandboxStatus(phase=quiet), "node-1", NOW) is None

@@ -42,7 +42,7 @@ def test_drives_carry_serials_and_writable_ones_are_not_read_only() -> None:
     joined = " ".join(argv)
     assert "virtio-blk-device,drive=disk0,serial=layer0" in joined
     assert "file=/l/0.erofs,format=raw,if=none,readonly=on" in joined
-    assert "file=/u,,x.ext4,format=raw,if=none,discard=unmap" in joined
+    assert "file=/u,,x.ext4,format=raw,if=none,discard=unmap,auto-read-only=off" in joined
 
 
 def test_shares_become_vhost_user_fs_devices_on_shared_memory() -> None:
