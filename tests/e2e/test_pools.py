@@ -1,14 +1,14 @@
-"""Warm pools on the host-process system with real VMs (docs/pools.md): a pool of two boots,
-a matching Sandbox applied with kubectl is served by one of its VMs with its own environment,
-hostname and a fresh machine-id, the pool refills, ``kubectl scale`` resizes it, a Sandbox that
-differs at boot boots cold, and deleting the pool removes its unclaimed members only."""
+"""Warm pools on the Helm-installed system (``conftest.system``) with real VMs (docs/pools.md): a
+pool of two boots, a matching Sandbox applied with kubectl is served by one of its VMs with its
+own environment, hostname and a fresh machine-id, the pool refills, ``kubectl scale`` resizes
+it, a Sandbox that differs at boot boots cold, and deleting the pool removes its unclaimed
+members only."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +17,25 @@ from microsandbox import BackendKind, Sandbox, backend_scope
 
 from kubesandbox_devenv import services
 from kubesandbox_protocol import AgentClient
+from tests.e2e.conftest import System
 from tests.support.waiting import eventually
 
-pytestmark = [pytest.mark.controlplane, pytest.mark.vm]
+pytestmark = [pytest.mark.controlplane, pytest.mark.vm, pytest.mark.slow, pytest.mark.registry]
 
 TEMPLATE: dict[str, Any] = {"image": {"oci": "busybox:1.36"}, "memory": 128}
 BOOT = 240.0
 
 
-@pytest.fixture(scope="module")
-def system() -> Iterator[services.RunningSystem]:
-    with services.running_system("ksb-pool-") as running:
-        yield running
-
-
-def apply(system: services.RunningSystem, body: dict[str, Any]) -> None:
+def apply(system: System, body: dict[str, Any]) -> None:
     system.plane.kubectl("apply", "-f", "-", input_text=json.dumps(body))
 
 
-def get(system: services.RunningSystem, kind: str, name: str) -> dict[str, Any] | None:
+def get(system: System, kind: str, name: str) -> dict[str, Any] | None:
     got = system.plane.kubectl("get", kind, name, "-o", "json", check=False)
     return json.loads(got.stdout) if got.returncode == 0 else None
 
 
-def members(system: services.RunningSystem, pool: str) -> list[dict[str, Any]]:
+def members(system: System, pool: str) -> list[dict[str, Any]]:
     listed = system.plane.kubectl(
         "get", "sandboxes", "-l", f"kubesandbox.dev/pool={pool}", "-o", "json"
     )
@@ -48,13 +43,13 @@ def members(system: services.RunningSystem, pool: str) -> list[dict[str, Any]]:
     return items
 
 
-def ready_replicas(system: services.RunningSystem, pool: str, wanted: int) -> bool:
+def ready_replicas(system: System, pool: str, wanted: int) -> bool:
     body = get(system, "sandboxpool", pool) or {}
     status = body.get("status") or {}
     return bool(status.get("readyReplicas") == wanted and status.get("replicas") == wanted)
 
 
-def running(system: services.RunningSystem, name: str) -> dict[str, Any] | None:
+def running(system: System, name: str) -> dict[str, Any] | None:
     body = get(system, "sandbox", name)
     if body is None:
         return None
@@ -79,7 +74,7 @@ async def run_in(socket: Path, script: str) -> str:
     return result.stdout.decode()
 
 
-def test_a_pool_serves_a_matching_sandbox_and_refills(system: services.RunningSystem) -> None:
+def test_a_pool_serves_a_matching_sandbox_and_refills(system: System) -> None:
     pool = {
         "apiVersion": "kubesandbox.dev/v1alpha1",
         "kind": "SandboxPool",
@@ -92,7 +87,7 @@ def test_a_pool_serves_a_matching_sandbox_and_refills(system: services.RunningSy
     assert listed.split()[:5] == ["NAME", "DESIRED", "CURRENT", "READY", "IMAGE"], listed
     booted = {m["metadata"]["uid"] for m in members(system, "warm")}
     template_id = asyncio.run(
-        run_in(system.node_agent.relay_socket(next(iter(booted))), "cat /etc/machine-id || true")
+        run_in(system.installed.relay_socket(next(iter(booted))), "cat /etc/machine-id || true")
     )
 
     claimant = sandbox(
@@ -106,7 +101,7 @@ def test_a_pool_serves_a_matching_sandbox_and_refills(system: services.RunningSy
     served = eventually(lambda: running(system, "claimant"), 60, "claimant Running")
     assert served["status"]["pool"] == "warm"
     uid = served["metadata"]["uid"]
-    socket = system.node_agent.relay_socket(uid)  # a link to the member's folder
+    socket = system.installed.relay_socket(uid)  # a link to the member's folder
     inside = asyncio.run(
         run_in(socket, 'echo "$GREETING"; hostname; greet; cat /etc/machine-id || true')
     ).splitlines()
@@ -138,7 +133,7 @@ def test_a_pool_serves_a_matching_sandbox_and_refills(system: services.RunningSy
     assert members(system, "warm") == []
     assert running(system, "claimant") is not None
     assert asyncio.run(run_in(socket, 'echo "$GREETING"')) == "hello from a warm VM\n"
-    vms = services.qemu_processes(str(system.node_agent.state))
+    vms = services.qemu_processes(str(system.installed.dirs.state))
     assert len(vms) == 1, vms
 
 
@@ -151,7 +146,7 @@ def pool(name: str, replicas: int, template: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def test_an_unchanged_sdk_create_is_a_claim(system: services.RunningSystem) -> None:
+async def test_an_unchanged_sdk_create_is_a_claim(system: System) -> None:
     """What the SDK's ``Sandbox.create(name, image=..., memory=...)`` becomes through the
     gateway matches a pool of that image and size: the create is answered by a pool VM."""
     apply(system, pool("sdk-warm", 1, TEMPLATE))
