@@ -9,8 +9,10 @@ can never connect to an address the rules have not seen yet.
 Pins are bounded by time and count: each lasts the record's TTL, at least ``MIN_PIN`` (a
 guest connects right after resolving) and at most ``MAX_PIN`` (answers are capped to it, so
 the guest does not cache an address longer than it stays pinned); at most ``MAX_NAMES``
-names are remembered (the oldest goes first). The name table outlives rule changes: a rule
-added to a running sandbox is filled at once from what the guest already resolved.
+names are remembered (the oldest goes first), and a rule's chain holds at most
+``MAX_ADDRESSES_PER_RULE`` addresses (those pinned longest). The name table outlives rule
+changes: a rule added to a running sandbox is filled at once from what the guest already
+resolved.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ MIN_PIN = 30
 MAX_PIN = 3600
 MAX_NAMES = 4096
 MAX_ADDRESSES_PER_NAME = 32
+MAX_ADDRESSES_PER_RULE = 1024
 UPSTREAM_TIMEOUT = 2.0
 MAX_TCP_CLIENTS = 64
 MAX_PENDING = 256
@@ -85,10 +88,14 @@ class PinTable:
         for index, rule in enumerate(rules):
             if rule.destination.cidr is not None:
                 continue
-            found: set[str] = set()
+            found: dict[str, float] = {}
             for name, addresses in self.names.items():
                 if matches(rule, name):
-                    found.update(addresses)
+                    for address, expiry in addresses.items():
+                        found[address] = max(found.get(address, 0.0), expiry)
+            if len(found) > MAX_ADDRESSES_PER_RULE:  # the ones pinned longest stay
+                kept = sorted(found, key=lambda a: found[a], reverse=True)
+                found = {a: found[a] for a in kept[:MAX_ADDRESSES_PER_RULE]}
             out[index] = sorted(found)
         return out
 

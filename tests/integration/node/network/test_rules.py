@@ -150,3 +150,16 @@ def test_a_guest_asking_another_dns_server_gets_our_resolver(attach: Attacher) -
     assert guest.lookup("203.0.113.99", "allowed.rules.test") == f"rcode=0 {ALLOWED}"
     assert reaches(guest, ALLOWED)
     assert not reaches(guest, DENIED)
+
+
+def test_a_domain_rule_with_protocol_and_port_before_a_cidr_deny(attach: Attacher) -> None:
+    rules = [
+        {"action": "Allow", "destination": {"domain": "allowed.rules.test"}, "protocol": "TCP",
+         "ports": [{"port": 8080}]},
+        deny(cidr="203.0.113.0/24"),
+    ]  # fmt: skip
+    guest = attach(sandbox("None", rules))
+    assert not reaches(guest, ALLOWED)
+    assert guest.lookup(GATEWAY, "allowed.rules.test") == f"rcode=0 {ALLOWED}"
+    assert reaches(guest, ALLOWED)
+    assert not reaches(guest, DENIED)

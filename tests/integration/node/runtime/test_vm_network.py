@@ -55,7 +55,7 @@ PUBLIC, PRIVATE, METADATA, DNS = (
     "192.168.252.54",
 )
 HOST_PORT = 19000 + os.getpid() % 1000
-DENIED, OTHER, ROGUE = "203.0.113.21", "198.51.100.21", "198.51.100.53"
+DENIED, OTHER, ROGUE = "203.0.113.21", "198.51.100.21", "198.51.100.54"
 ZONE = {"public.vm.test": [PUBLIC], "denied.vm.test": [DENIED], "other.vm.test": [OTHER]}
 LIES = {name: [DENIED] for name in ZONE}
 

@@ -188,6 +188,13 @@ def test_the_name_table_is_bounded() -> None:
     assert len(table.names) == 4096
     assert all(len(a) <= 32 for a in table.names.values())
     assert "n0.test" not in table.names
+    wide = PinTable()
+    for i in range(2000):
+        wide.add(f"n{i}.test", [(f"10.{i // 256}.{i % 256}.1", 60 + i)])
+    pinned = wide.pins([rule("Allow", domainSuffix="test")])[0]
+    assert len(pinned) == 1024
+    assert "10.7.207.1" in pinned  # the last one, pinned longest
+    assert "10.0.0.1" not in pinned
 
 
 async def test_expiry_rewrites_the_chain(upstream: tuple[str, int]) -> None:
