@@ -277,6 +277,12 @@ class NetnsNetwork:
         for other in self.state_dir.glob("*.json"):
             with contextlib.suppress(OSError, ValueError, KeyError):
                 used.add(int(json.loads(other.read_text())["index"]))
+        # a host link of that index belongs to someone else (another node agent's state
+        # directory on the same host, as parallel test runs have): taking it would cut theirs
+        with contextlib.suppress(OSError):
+            for link in os.listdir("/sys/class/net"):
+                if link.startswith("ksbh") and link[4:].isdigit():
+                    used.add(int(link[4:]))
         index = next(i for i in range(1, 16384) if i not in used)
         record.write_text(json.dumps({"index": index}))
         return index

@@ -53,9 +53,10 @@ def serve(address: str, port: int, ttl: int, zone: dict[str, list[str]]) -> None
             self.wfile.write(struct.pack("!H", len(answer)) + answer)
 
     socketserver.TCPServer.allow_reuse_address = True
+    udp = socketserver.ThreadingUDPServer((address, port), Udp)  # bound before TCP answers
     tcp = socketserver.ThreadingTCPServer((address, port), Tcp)
     threading.Thread(target=tcp.serve_forever, daemon=True).start()
-    socketserver.ThreadingUDPServer((address, port), Udp).serve_forever()
+    udp.serve_forever()
 
 
 if __name__ == "__main__":
