@@ -403,6 +403,14 @@ class NetnsNetwork:
                     args = line[3:].replace(f'"{marker}"', marker).split()
                     await run("iptables", "-t", table, "-D", *args, check=False)
 
+    def close(self) -> None:
+        """Stops every resolver (node agent shutdown): the namespaces and their rules stay
+        with the VMs, and the next node agent serves DNS again when it re-adopts them."""
+        for resolver in self._resolvers.values():
+            resolver.close()
+        self._resolvers.clear()
+        self._plans.clear()
+
     async def detach(self, uid: str) -> None:
         resolver = self._resolvers.pop(uid, None)
         if resolver is not None:
