@@ -10,7 +10,7 @@ docs/api.md.
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, WithJsonSchema, field_validator
+from pydantic import Field, ValidationInfo, WithJsonSchema, field_validator
 
 from kubesandbox_api._schema import (
     DNS_LABEL,
@@ -387,11 +387,118 @@ class PortMapping(ApiModel):
     """Port on the node; chosen by the node agent when omitted and reported in status."""
 
 
+class RuleAction(StrEnum):
+    """What a matching network rule does with the guest's connection."""
+
+    ALLOW = "Allow"
+    """Let it out (the policy's refusals are not consulted)."""
+    DENY = "Deny"
+    """Refuse it (REJECT, so the guest fails fast)."""
+
+
+class RuleProtocol(StrEnum):
+    """Transport protocol a network rule matches."""
+
+    TCP = "TCP"
+    UDP = "UDP"
+    ICMP = "ICMP"
+
+
+IPV4_CIDR = (
+    r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(/([0-9]|[12][0-9]|3[0-2]))?$"
+)
+DOMAIN_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DomainName = Annotated[str, Field(min_length=1, max_length=253, pattern=DOMAIN_NAME)]
+
+
+class RuleDestination(OneOf):
+    """Where a rule applies: exactly one of an IPv4 CIDR, a domain or a domain suffix."""
+
+    ONE_OF: ClassVar[tuple[str, ...]] = ("cidr", "domain", "domain_suffix")
+    WHAT: ClassVar[str] = "destination"
+
+    cidr: Annotated[str, Field(max_length=18, pattern=IPV4_CIDR)] | None = None
+    """IPv4 address or CIDR (``203.0.113.0/24``, ``198.51.100.7``); the guest network is
+    IPv4 only."""
+    domain: DomainName | None = None
+    """A DNS name (``api.example.com``, lower case): the addresses the sandbox's resolver
+    returned for exactly this name, for as long as their TTL lasts."""
+    domain_suffix: DomainName | None = None
+    """A DNS suffix (``example.com``): the name itself and every name under it, through the
+    addresses the sandbox's resolver returned for them."""
+
+
+class PortRange(ApiModel):
+    """A destination port, or a range of them (``port`` to ``endPort``)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": rules(
+            cel(
+                "!has(self.endPort) || self.endPort >= self.port",
+                "endPort must not be below port",
+                field_path=".endPort",
+            )
+        )
+    }
+
+    port: Annotated[int, Field(ge=1, le=65535)]
+    """Destination port (or first of the range)."""
+    end_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """Last port of the range (inclusive)."""
+
+    @field_validator("end_port")
+    @classmethod
+    def _ordered(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value < info.data.get("port", 0):
+            raise ValueError("endPort must not be below port")
+        return value
+
+
+class NetworkRule(ApiModel):
+    """One egress rule. Rules are evaluated in order, before the policy's default; the first
+    rule that matches a new connection decides it."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": rules(
+            cel(
+                "!has(self.ports) || size(self.ports) == 0 || "
+                "!has(self.protocol) || self.protocol != 'ICMP'",
+                "ports apply to TCP and UDP only, not to ICMP",
+                field_path=".ports",
+            )
+        )
+    }
+
+    action: RuleAction
+    """``Allow`` or ``Deny``."""
+    destination: RuleDestination
+    """Exactly one of ``cidr``, ``domain``, ``domainSuffix``."""
+    protocol: RuleProtocol | None = None
+    """``TCP``, ``UDP`` or ``ICMP``; every protocol when omitted (with ``ports``: TCP and
+    UDP)."""
+    ports: Annotated[list[PortRange], Field(max_length=16)] = []
+    """Destination ports; every port when empty."""
+
+    @field_validator("ports")
+    @classmethod
+    def _ports_need_a_port_protocol(
+        cls, value: list[PortRange], info: ValidationInfo
+    ) -> list[PortRange]:
+        if value and info.data.get("protocol") == RuleProtocol.ICMP:
+            raise ValueError("ports apply to TCP and UDP only, not to ICMP")
+        return value
+
+
 class Network(ApiModel):
-    """Network policy and published ports."""
+    """Network policy, egress rules and published ports."""
 
     policy: NetworkPolicy = NetworkPolicy.PUBLIC_ONLY
-    """What the guest may reach."""
+    """What the guest may reach when no rule matches."""
+    rules: Annotated[list[NetworkRule], Field(max_length=64)] = []
+    """Egress rules, evaluated in order before the policy's default (the first match decides).
+    With policy ``None`` and at least one rule the guest gets a network interface whose only
+    egress is what the rules allow. Changes apply to a running sandbox without a reboot."""
     ports: Annotated[
         list[PortMapping],
         Field(
@@ -684,7 +791,7 @@ class SandboxSpec(ApiModel):
     ] = []
     """Volumes (each mountPath at most once)."""
     network: Network = Field(default_factory=Network, json_schema_extra={"default": {}})
-    """Network policy and published ports."""
+    """Network policy, egress rules and published ports."""
     secrets: Annotated[
         list[SandboxSecret],
         Field(

@@ -32,7 +32,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,9 +225,11 @@ class NodeAgentService:
 
     name = "node-agent"
 
-    def __init__(self, paths: Paths, registry: RegistryService) -> None:
+    def __init__(self, paths: Paths, registry: RegistryService, *, dns: Sequence[str] = ()) -> None:
         self.paths = paths
         self.registry = registry
+        self.dns = list(dns)
+        """Upstream resolvers of the sandboxes' resolvers (empty: the machine's)."""
         self.process = ManagedProcess("node-agent", paths.logs, paths.run)
         self.port = paths.remembered_port("node-agent")
         self.node = node_names(1)[0]
@@ -266,6 +268,8 @@ class NodeAgentService:
             "cgroupParent": "kubesandbox-devenv-"
             + hashlib.sha256(str(self.paths.state_dir).encode()).hexdigest()[:8],
         }
+        if self.dns:
+            config["dns"] = self.dns
         config_file = self.paths.state_dir / "node-agent.yaml"
         config_file.parent.mkdir(parents=True, exist_ok=True)
         config_file.write_text(yaml.safe_dump(config))
@@ -581,12 +585,17 @@ _Service = RegistryService | NodeAgentService | OperatorService | GatewayService
 
 @contextmanager
 def running_system(
-    prefix: str, *, node_shape: NodeShape | None = None, cleanup_timeout: float = 60.0
+    prefix: str,
+    *,
+    node_shape: NodeShape | None = None,
+    cleanup_timeout: float = 60.0,
+    dns: Sequence[str] = (),
 ) -> Iterator[RunningSystem]:
     """The host-process system, in a fresh temporary directory, tied to this process
     (benchmarks and tests that want no real node); on exit every sandbox is deleted, the
     processes stopped, the directory removed. The directory is short on purpose (unix socket
-    paths are limited to 108 bytes)."""
+    paths are limited to 108 bytes). ``dns``: the node agent's upstream resolvers (a test
+    zone's server)."""
     state = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     try:
         with ControlPlane(
@@ -598,7 +607,7 @@ def running_system(
             access = AccessComponent(paths, plane)
             access.start()
             registry = RegistryService(paths)
-            node_agent = NodeAgentService(paths, registry)
+            node_agent = NodeAgentService(paths, registry, dns=dns)
             operator = OperatorService(paths)
             gateway = GatewayService(paths, plane)
             order: list[_Service] = [registry, node_agent, operator, gateway]

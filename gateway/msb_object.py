@@ -279,11 +279,46 @@ def _sdk_network(spec: Mapping[str, Any]) -> JsonDict:
         entries.append(
             {"env_var": env, "placeholder": default_placeholder(env), "allowed_hosts": allowed}
         )
+    sdk_policy = dict(POLICIES.get(policy if isinstance(policy, str) else "", PUBLIC_POLICY))
+    rules = [_sdk_rule(rule) for rule in _items(_mapping(spec.get("network")).get("rules"))]
+    if rules:
+        # the SDK's shape of the same thing: its DNS rule (the sandbox's resolver always
+        # answers), our rules in order, then the public profile's "allow public" if PublicOnly
+        dns, *public = PUBLIC_POLICY["rules"]
+        sdk_policy["rules"] = [dns, *rules, *(public if policy == "PublicOnly" else [])]
+        if policy == "None":
+            sdk_policy["default_ingress"] = "allow"
     return {
         "enabled": True,
         "strict": True,
-        "policy": POLICIES.get(policy if isinstance(policy, str) else "", PUBLIC_POLICY),
+        "policy": sdk_policy,
         "secrets": {"entries": entries, "violation_action": dict(DEFAULT_VIOLATION)},
+    }
+
+
+_SDK_DESTINATIONS = {"cidr": "cidr", "domain": "domain", "domainSuffix": "domain_suffix"}
+_SDK_PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "ICMP": "icmpv4"}
+
+
+def _sdk_rule(rule: Mapping[str, Any]) -> JsonDict:
+    destination = {
+        _SDK_DESTINATIONS[key]: value
+        for key, value in _mapping(rule.get("destination")).items()
+        if key in _SDK_DESTINATIONS
+    }
+    protocol = _SDK_PROTOCOLS.get(str(rule.get("protocol")))
+    ports = []
+    for port in _items(rule.get("ports")):
+        start = _opt_int(port.get("port"))
+        end = _opt_int(port.get("endPort"))
+        if start is not None:
+            ports.append({"start": start, "end": end if end is not None else start})
+    return {
+        "direction": "egress",
+        "destination": destination,
+        "protocols": [protocol] if protocol else [],
+        "ports": ports,
+        "action": "allow" if rule.get("action") == "Allow" else "deny",
     }
 
 

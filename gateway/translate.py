@@ -14,10 +14,10 @@ What each SDK option becomes, what is refused and why, and what the SDK accepts 
 observed against the real SDK; docs/msb-compat.md records it and the fixtures in
 tests/unit/gateway/bodies/ are the captured bodies. Two rules shape this module:
 
-* Nothing a tenant asked for is silently dropped. An option we cannot honour (a custom network
-  rule, a copy patch whose source is on the client's disk, an unknown key from a newer SDK) is
-  refused with the field's path and the reason; only values equal to what the SDK sends when
-  the option is not used are accepted without effect.
+* Nothing a tenant asked for is silently dropped. An option we cannot honour (a network rule
+  on a destination group, a copy patch whose source is on the client's disk, an unknown key
+  from a newer SDK) is refused with the field's path and the reason; only values equal to
+  what the SDK sends when the option is not used are accepted without effect.
 * The spec is built, then validated by :class:`~kubesandbox_api.SandboxSpec` (the same rules
   as the apiserver's schema). While building, every spec location remembers the body field it
   came from, so a model error on ``volumes[1].tmpfs.sizeMiB`` is reported as
@@ -685,14 +685,10 @@ def _file_bytes(value: object, where: str) -> str:
 
 # --- network and secrets ----------------------------------------------------------------------
 
-_DNS_RULES = {
-    ("egress", json.dumps({"group": "host"}), protocol, 53, 53, "allow")
-    for protocol in ("udp", "tcp")
-}
-_PUBLIC_RULES = _DNS_RULES | {
-    ("egress", json.dumps({"group": "public"}), None, None, None, "allow")
-}
-"""The expanded rules of the SDK's default public profile (``Network()``)."""
+_RULE_DESTINATION = frozenset({"cidr", "domain", "domain_suffix", "group"})
+_PROTOCOLS = {"tcp": "TCP", "udp": "UDP", "icmpv4": "ICMP"}
+MAX_SPEC_RULES = 64
+"""``spec.network.rules`` holds at most this many (after one rule per protocol)."""
 
 
 def _network(
@@ -704,76 +700,134 @@ def _network(
 ) -> None:
     network = opt_obj(value, "network", _NETWORK)
     enabled = boolean(network.get("enabled"), "network.enabled", default=True)
-    # ``strict`` makes hostname-based allow rules require an inspectable authority; we accept
-    # no hostname-based rules, so it has nothing to act on (0.6 sends false, 0.7 true).
+    # ``strict`` makes hostname-based rules require an inspectable authority (SNI or Host);
+    # our domain rules match the addresses the sandbox's resolver returned for the name, which
+    # is at least as strict, so either value is accepted (0.6 sends false, 0.7 true).
     boolean(network.get("strict"), "network.strict", default=True)
-    policy = _policy(network.get("policy")) if enabled else "None"
+    policy, rules = _policy(network.get("policy")) if enabled else ("None", [])
     if policy is not None:
         spec.data["network"] = {"policy": policy}
         spec.came_from(("network",), "network.policy" if enabled else "network.enabled")
+    if rules:
+        spec.data.setdefault("network", {})["rules"] = [rule for rule, _ in rules]
+        for k, (_, where) in enumerate(rules):
+            spec.came_from(("network", "rules", k), where)
     entries = _secret_entries(network.get("secrets"), secret_name, secrets, env_names, spec)
     if entries:
         spec.data["secrets"] = entries
 
 
-def _policy(value: object) -> str | None:
-    """A microsandbox policy → ``None``/``PublicOnly``/``All``, or refused."""
+def _policy(value: object) -> tuple[str | None, list[tuple[JsonDict, str]]]:
+    """A microsandbox policy → ``spec.network.policy`` and ``rules`` (each with the body
+    field it came from), or refused.
+
+    The SDK's DNS rule (UDP/TCP 53 to the host) is dropped: the sandbox's resolver always
+    answers. ``allow group public`` as the last rule of a deny-by-default policy (the public
+    profile) becomes ``PublicOnly``; otherwise ``default_egress`` allow/deny becomes ``All``/
+    ``None``. Both ``default_ingress`` values are honoured as they are: nothing reaches the
+    guest unasked (the SDK publishes no ports on this backend).
+    """
     if value is None:
-        return None
+        return None, []
     policy = obj(value, "network.policy", _POLICY)
-    egress = policy.get("default_egress")
-    ingress = policy.get("default_ingress")
-    rules = _expanded_rules(array(policy.get("rules"), "network.policy.rules", MAX_RULES))
-    if egress == "deny" and ingress == "deny" and not rules:
-        return "None"
-    if egress == "allow" and ingress == "allow" and not rules:
-        return "All"
-    if egress == "deny" and ingress == "allow" and rules == _PUBLIC_RULES:
-        return "PublicOnly"
-    raise InvalidConfig(
-        "network.policy",
-        "only Network.none(), the default public profile (Network() or "
-        "Network.from_profiles(NetworkProfile.PUBLIC)) and Network.allow_all() are supported; "
-        "custom rules, other profiles and deny lists are not (kubesandbox network policies "
-        "are None, PublicOnly and All)",
+    egress = _one_of(policy.get("default_egress"), "network.policy.default_egress", "allow", "deny")
+    _one_of(policy.get("default_ingress"), "network.policy.default_ingress", "allow", "deny")
+    items = array(policy.get("rules"), "network.policy.rules", MAX_RULES)
+    rules: list[tuple[JsonDict, str]] = []
+    public = False
+    for i, item in enumerate(items):
+        where = join("network.policy.rules", i)
+        rule = obj(item, where, _RULE)
+        if public:
+            raise InvalidConfig(
+                where,
+                "no rule may follow 'allow group public': it becomes the PublicOnly policy, "
+                "which is evaluated after every rule",
+            )
+        if rule.get("direction", "egress") != "egress":
+            raise InvalidConfig(
+                f"{where}.direction",
+                "only egress rules are supported: nothing reaches the guest unasked",
+            )
+        action = _one_of(rule.get("action"), f"{where}.action", "allow", "deny")
+        protocols = strings(rule.get("protocols"), f"{where}.protocols", 4, 16)
+        ports = array(rule.get("ports"), f"{where}.ports", 16)
+        destination = rule.get("destination")
+        if isinstance(destination, Mapping) and set(destination) == {"group"}:
+            group = destination.get("group")
+            if group == "host" and action == "allow" and _is_dns(protocols, ports):
+                continue  # DNS to the sandbox's resolver: always allowed
+            if group == "public" and action == "allow" and egress == "deny":
+                if protocols or ports:
+                    raise InvalidConfig(where, "'allow group public' takes no protocol or port")
+                public = True
+                continue
+            raise InvalidConfig(
+                f"{where}.destination.group",
+                "destination groups are not supported, except the public profile's 'allow "
+                "public' (PublicOnly) and its DNS rule; name the addresses with a cidr rule",
+            )
+        target = _rule_destination(destination, f"{where}.destination")
+        ranges = [_port_range(port, join(f"{where}.ports", j)) for j, port in enumerate(ports)]
+        for j, protocol in enumerate(protocols or [None]):
+            out: JsonDict = {"action": action.capitalize(), "destination": target}
+            if protocol is not None:
+                if protocol not in _PROTOCOLS:
+                    raise InvalidConfig(
+                        join(f"{where}.protocols", j),
+                        "must be tcp, udp or icmpv4 (the sandbox network is IPv4 only)",
+                    )
+                out["protocol"] = _PROTOCOLS[protocol]
+            if ranges:
+                out["ports"] = ranges
+            rules.append((out, where))
+    if len(rules) > MAX_SPEC_RULES:
+        raise InvalidConfig(
+            "network.policy.rules",
+            f"become {len(rules)} rules (one per protocol); at most {MAX_SPEC_RULES} allowed",
+        )
+    if public:
+        return "PublicOnly", rules
+    return ("All" if egress == "allow" else "None"), rules
+
+
+def _one_of(value: object, where: str, *choices: str) -> str:
+    if value not in choices:
+        raise InvalidConfig(where, f"must be one of {', '.join(choices)}")
+    assert isinstance(value, str)
+    return value
+
+
+def _is_dns(protocols: list[str], ports: list[Any]) -> bool:
+    return (
+        bool(protocols) and set(protocols) <= {"udp", "tcp"} and ports == [{"start": 53, "end": 53}]
     )
 
 
-def _expanded_rules(rules: list[Any]) -> set[tuple[Any, ...]]:
-    """Rules as comparable tuples, one per protocol and port range."""
-    out: set[tuple[Any, ...]] = set()
-    for i, rule in enumerate(rules):
-        where = join("network.policy.rules", i)
-        rule = obj(rule, where, _RULE)
-        protocols = array(rule.get("protocols"), f"{where}.protocols", 8) or [None]
-        ports = array(rule.get("ports"), f"{where}.ports", 64) or [None]
-        try:
-            destination = json.dumps(rule.get("destination"), sort_keys=True)
-        except (TypeError, ValueError, RecursionError):
-            raise InvalidConfig(f"{where}.destination", "is not a destination") from None
-        if len(destination) > 1024:
-            raise InvalidConfig(f"{where}.destination", "is too long")
-        for protocol in protocols:
-            for port in ports:
-                start = end = None
-                if isinstance(port, Mapping):
-                    start, end = port.get("start"), port.get("end")
-                elif port is not None:
-                    raise InvalidConfig(f"{where}.ports", "must be objects {start, end}")
-                try:
-                    out.add(
-                        (
-                            rule.get("direction"),
-                            destination,
-                            protocol,
-                            start,
-                            end,
-                            rule.get("action"),
-                        )
-                    )
-                except TypeError:  # an unhashable value (an object where a string belongs)
-                    raise InvalidConfig(where, "has values of the wrong type") from None
-    return out
+def _rule_destination(value: object, where: str) -> JsonDict:
+    """``"any"``, ``{cidr}``, ``{domain}``, ``{domain_suffix}`` → a rule destination."""
+    if value == "any" or value is None:
+        return {"cidr": "0.0.0.0/0"}
+    destination = obj(value, where, _RULE_DESTINATION)
+    if len(destination) != 1:
+        raise InvalidConfig(where, "must have exactly one of cidr, domain, domain_suffix")
+    ((kind, raw),) = destination.items()
+    text = string(raw, f"{where}.{kind}", 253)
+    if kind == "cidr":
+        if ":" in text:
+            raise InvalidConfig(
+                f"{where}.cidr", "IPv6 is not supported: the sandbox network is IPv4 only"
+            )
+        return {"cidr": text}
+    name = text.lower().strip(".")
+    return {"domain": name} if kind == "domain" else {"domainSuffix": name}
+
+
+def _port_range(value: object, where: str) -> JsonDict:
+    port = obj(value, where, frozenset({"start", "end"}))
+    start = integer(port.get("start"), f"{where}.start", 1, 65535)
+    end = integer(port.get("end", start), f"{where}.end", start, 65535)
+    return {"port": start} if end == start else {"port": start, "endPort": end}
 
 
 def _secret_entries(

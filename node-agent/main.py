@@ -115,6 +115,9 @@ class NodeAgentConfig(BaseModel):
     cgroup_root: Path = Path("/sys/fs/cgroup")
     """Where the host's cgroup hierarchies are mounted (``/host/sys/fs/cgroup`` in a Pod)."""
     network: Literal["none", "netns"] = "netns"
+    dns: list[ipaddress.IPv4Address] = []
+    """Resolvers the sandboxes' resolvers forward to (default: the node's, from
+    /etc/resolv.conf, loopback ones left out)."""
     ready_timeout: float = 120.0
     sample_interval: float = 5.0
     lease_interval: float = 10.0
@@ -270,7 +273,7 @@ def network_provider(config: NodeAgentConfig, state_dir: Path) -> NetworkProvide
         return NoNetwork()
     from kubesandbox_node.network.netns import NetnsNetwork
 
-    return NetnsNetwork(state_dir / "network")
+    return NetnsNetwork(state_dir / "network", dns=[str(a) for a in config.dns] or None)
 
 
 async def serve(config: NodeAgentConfig) -> None:

@@ -14,9 +14,15 @@ node's own rules:
 
 - ``All``: forward everything out.
 - ``PublicOnly``: refuse (REJECT, so clients fail fast) every non-public destination
-  (``ranges``), the node's own addresses and configured cluster ranges; DNS to ``10.0.2.1``
-  is DNAT'ed to the node's resolvers and allowed to exactly those, before the refusals.
-- ``None``: no NIC and no namespace at all.
+  (``ranges``), the node's own addresses and configured cluster ranges.
+- ``None``: no NIC and no namespace at all; with ``rules``, a NIC whose only egress is what
+  the rules allow.
+
+``spec.network.rules`` come first, in order: a CIDR rule is one line of the FORWARD chain, a
+domain rule jumps to a chain of its own (``KSB-R<i>``) that holds the addresses the sandbox's
+resolver pinned for its names (``resolver``). Every DNS query of the guest (port 53, any
+destination) is redirected to that resolver, which listens on ``10.0.2.1:53`` inside the
+namespace (its sockets are made there, ``_bind_in``) and forwards to the node's resolvers.
 
 Published ports: the node DNATs ``hostPort`` (PREROUTING, and OUTPUT for node-local clients
 connecting to a node address) to the sandbox link address, the namespace DNATs it on to the
@@ -30,16 +36,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import ipaddress
 import json
+import os
+import socket
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from kubesandbox_api.spec import NetworkPolicy
+from kubesandbox_api.spec import NetworkPolicy, NetworkRule, RuleAction
 from kubesandbox_node.network.ranges import blocked, host_addresses, resolvers
+from kubesandbox_node.network.resolver import Pins, Resolver
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.vm import bootconfig as bc
 
@@ -81,6 +93,7 @@ class Plan:
     policy: NetworkPolicy
     ports: tuple[tuple[str, int, int], ...]
     """(protocol, guest port, host port)."""
+    rules: tuple[NetworkRule, ...] = ()
 
     @property
     def netns(self) -> str:
@@ -101,23 +114,65 @@ class Plan:
         )
 
 
-def namespace_rules(plan: Plan, dns: list[str], refuse: list[str]) -> str:
+def chain_name(index: int) -> str:
+    """The chain holding the pinned addresses of domain rule ``index``."""
+    return f"KSB-R{index}"
+
+
+def _verdict(action: RuleAction) -> str:
+    if action == RuleAction.ALLOW:
+        return "-j ACCEPT"
+    return "-j REJECT --reject-with icmp-net-prohibited"
+
+
+def rule_lines(index: int, rule: NetworkRule) -> list[str]:
+    """FORWARD lines of one rule: its destination (a CIDR, or a jump to its chain of pinned
+    addresses), protocol and ports; without a protocol, ports match TCP and UDP."""
+    if rule.destination.cidr is not None:
+        cidr = ipaddress.IPv4Network(rule.destination.cidr, strict=False)
+        target = f"-d {cidr} {_verdict(rule.action)}"
+    else:
+        target = f"-j {chain_name(index)}"
+    protocols: list[str | None] = [rule.protocol.value.lower()] if rule.protocol else [None]
+    if rule.ports and rule.protocol is None:
+        protocols = ["tcp", "udp"]
+    lines = []
+    for protocol in protocols:
+        match = f"-A FORWARD -i {TAP} -o {NS_LINK}"
+        if protocol is not None:
+            match += f" -p {protocol}"
+        if not rule.ports:
+            lines.append(f"{match} {target}")
+        for port in rule.ports:
+            end = port.end_port if port.end_port is not None else port.port
+            span = str(port.port) if end == port.port else f"{port.port}:{end}"
+            lines.append(f"{match} --dport {span} {target}")
+    return lines
+
+
+def chain_lines(index: int, rule: NetworkRule, addresses: Sequence[str]) -> list[str]:
+    """The content of a domain rule's chain: one line per pinned address."""
+    return [f"-A {chain_name(index)} -d {a}/32 {_verdict(rule.action)}" for a in addresses]
+
+
+def namespace_rules(plan: Plan, refuse: list[str], pins: Pins | None = None) -> str:
+    """The namespace's whole ruleset (``iptables-restore`` input): DNS redirected to the
+    sandbox's resolver, published ports, the rules in order, then the policy's default."""
+    pins = pins or {}
     nat = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
            ":POSTROUTING ACCEPT [0:0]"]  # fmt: skip
-    filt = ["*filter", ":INPUT DROP [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]",
-            "-A INPUT -i lo -j ACCEPT",
-            "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-            "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]  # fmt: skip
-    if dns:
-        for proto in ("udp", "tcp"):
-            nat.append(
-                f"-A PREROUTING -i {TAP} -d {GATEWAY}/32 -p {proto} --dport 53 "
-                f"-j DNAT --to-destination {dns[0]}:53"
-            )
-            filt.append(
-                f"-A FORWARD -i {TAP} -o {NS_LINK} -d {dns[0]}/32 -p {proto} --dport 53 "
-                "-m conntrack --ctstate DNAT -j ACCEPT"
-            )
+    filt = ["*filter", ":INPUT DROP [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]"]
+    for index, rule in enumerate(plan.rules):
+        if rule.destination.cidr is None:
+            filt.append(f":{chain_name(index)} - [0:0]")
+    filt += ["-A INPUT -i lo -j ACCEPT",
+             "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+             "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]  # fmt: skip
+    for proto in ("udp", "tcp"):
+        nat.append(
+            f"-A PREROUTING -i {TAP} -p {proto} --dport 53 -j DNAT --to-destination {GATEWAY}:53"
+        )
+        filt.append(f"-A INPUT -i {TAP} -d {GATEWAY}/32 -p {proto} --dport 53 -j ACCEPT")
     for proto, port, _ in plan.ports:
         nat.append(
             f"-A PREROUTING -i {NS_LINK} -p {proto} --dport {port} "
@@ -127,14 +182,68 @@ def namespace_rules(plan: Plan, dns: list[str], refuse: list[str]) -> str:
             f"-A FORWARD -i {NS_LINK} -o {TAP} -d {GUEST_IP}/32 -p {proto} --dport {port} "
             "-m conntrack --ctstate DNAT -j ACCEPT"
         )
+    for index, rule in enumerate(plan.rules):
+        filt += rule_lines(index, rule)
+    for index, rule in enumerate(plan.rules):
+        if rule.destination.cidr is None:
+            filt += chain_lines(index, rule, pins.get(index, []))
     if plan.policy == NetworkPolicy.PUBLIC_ONLY:
         for cidr in refuse:
             filt.append(
                 f"-A FORWARD -i {TAP} -d {cidr} -j REJECT --reject-with icmp-net-prohibited"
             )
-    filt.append(f"-A FORWARD -i {TAP} -o {NS_LINK} -j ACCEPT")
+    if plan.policy == NetworkPolicy.NONE:
+        filt.append(f"-A FORWARD -i {TAP} -j REJECT --reject-with icmp-net-prohibited")
+    else:
+        filt.append(f"-A FORWARD -i {TAP} -o {NS_LINK} -j ACCEPT")
     nat.append(f"-A POSTROUTING -o {NS_LINK} -j MASQUERADE")
     return "\n".join([*nat, "COMMIT", *filt, "COMMIT", ""])
+
+
+def chain_update(rules: Sequence[NetworkRule], changed: Pins) -> str:
+    """``iptables-restore --noflush`` input rewriting only the chains of ``changed`` rules."""
+    lines = ["*filter"]
+    for index, addresses in sorted(changed.items()):
+        lines.append(f"-F {chain_name(index)}")
+        lines += chain_lines(index, rules[index], addresses)
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _bind_in(netns: str, address: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a listening TCP socket bound to ``address:port`` inside ``netns``: made by a
+    thread that enters the namespace (``setns`` applies to the calling thread only), so the
+    node agent serves them from its own loop while they live in the sandbox's namespace."""
+    result: list[tuple[socket.socket, socket.socket]] = []
+    failure: list[BaseException] = []
+
+    def enter() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if libc.setns(target, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns into {netns}")
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            udp.bind((address, port))
+            tcp.bind((address, port))
+            tcp.listen(64)
+            result.append((udp, tcp))
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            os.close(target)
+
+    # a thread of its own that ends afterwards: it never goes back to the node's namespace
+    thread = threading.Thread(target=enter, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if failure:
+        raise NetworkError(f"resolver sockets in {netns}: {failure[0]}")
+    return result[0]
 
 
 class NetnsNetwork:
@@ -152,6 +261,8 @@ class NetnsNetwork:
         self.dns = dns if dns is not None else resolvers()
         self.cluster_cidrs = cluster_cidrs or []
         self._lock = asyncio.Lock()
+        self._resolvers: dict[str, Resolver] = {}
+        self._plans: dict[str, Plan] = {}
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -166,6 +277,12 @@ class NetnsNetwork:
         for other in self.state_dir.glob("*.json"):
             with contextlib.suppress(OSError, ValueError, KeyError):
                 used.add(int(json.loads(other.read_text())["index"]))
+        # a host link of that index belongs to someone else (another node agent's state
+        # directory on the same host, as parallel test runs have): taking it would cut theirs
+        with contextlib.suppress(OSError):
+            for link in os.listdir("/sys/class/net"):
+                if link.startswith("ksbh") and link[4:].isdigit():
+                    used.add(int(link[4:]))
         index = next(i for i in range(1, 16384) if i not in used)
         record.write_text(json.dumps({"index": index}))
         return index
@@ -175,7 +292,9 @@ class NetnsNetwork:
         ports = tuple(
             (p.protocol.value.lower(), p.port, p.host_port or p.port) for p in network.ports
         )
-        return Plan(desired.uid, self._index(desired.uid), network.policy, ports)
+        return Plan(
+            desired.uid, self._index(desired.uid), network.policy, ports, tuple(network.rules)
+        )
 
     # --- NetworkProvider -------------------------------------------------------------------
 
@@ -185,7 +304,8 @@ class NetnsNetwork:
         return ["ip", "netns", "exec", f"ksb-{uid[:8]}", *argv]
 
     async def attach(self, desired: DesiredSandbox) -> tuple[bc.Network | None, list[str]]:
-        if desired.spec.network.policy == NetworkPolicy.NONE:
+        network = desired.spec.network
+        if network.policy == NetworkPolicy.NONE and not network.rules:
             await self.detach(desired.uid)
             return None, []
         async with self._lock:
@@ -196,7 +316,7 @@ class NetnsNetwork:
             interfaces=[
                 bc.Interface(mac=mac, addresses=[f"{GUEST_IP}/{GUEST_PREFIX}"], gateway=GATEWAY)
             ],
-            dns=[GATEWAY] if self.dns else [],
+            dns=[GATEWAY],
         )
         nic = [
             "-netdev", f"tap,id=net0,ifname={TAP},script=no,downscript=no",
@@ -227,11 +347,37 @@ class NetnsNetwork:
             await run(*nsexec, "ip", "tuntap", "add", "dev", TAP, "mode", "tap")
             await run(*nsexec, "ip", "addr", "add", f"{GATEWAY}/{GUEST_PREFIX}", "dev", TAP)
             await run(*nsexec, "ip", "link", "set", TAP, "up")
+        resolver = await self._resolver(plan)
+        self._plans[plan.uid] = plan
+        pins = resolver.set_rules(plan.rules)
         refuse = blocked([*host_addresses(), *self.cluster_cidrs])
-        rules = namespace_rules(plan, self.dns, refuse)
+        rules = namespace_rules(plan, refuse, pins)
         await run(*nsexec, "iptables-restore", input=rules.encode())
         await self._host_rules(plan, ns_ip, subnet)
         log.info("network.ready", netns=ns, policy=plan.policy.value, link=subnet)
+
+    async def _resolver(self, plan: Plan) -> Resolver:
+        resolver = self._resolvers.get(plan.uid)
+        if resolver is not None:
+            return resolver
+        uid = plan.uid
+
+        async def apply(rules: Sequence[NetworkRule], changed: Pins) -> bool:
+            async with self._lock:
+                current = self._plans.get(uid)
+                if current is None or current.rules != tuple(rules):
+                    return False
+                update = chain_update(current.rules, changed)
+                await run("ip", "netns", "exec", current.netns, "iptables-restore", "--noflush",
+                          input=update.encode())  # fmt: skip
+                return True
+
+        upstreams = [(address, 53) for address in self.dns]
+        resolver = Resolver(upstreams, plan.rules, apply, name=plan.netns)
+        udp, tcp = await asyncio.to_thread(_bind_in, plan.netns, GATEWAY, 53)
+        await resolver.serve(udp, tcp)
+        self._resolvers[uid] = resolver
+        return resolver
 
     async def _host_rules(self, plan: Plan, ns_ip: str, subnet: str) -> None:
         await run("sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -257,7 +403,19 @@ class NetnsNetwork:
                     args = line[3:].replace(f'"{marker}"', marker).split()
                     await run("iptables", "-t", table, "-D", *args, check=False)
 
+    def close(self) -> None:
+        """Stops every resolver (node agent shutdown): the namespaces and their rules stay
+        with the VMs, and the next node agent serves DNS again when it re-adopts them."""
+        for resolver in self._resolvers.values():
+            resolver.close()
+        self._resolvers.clear()
+        self._plans.clear()
+
     async def detach(self, uid: str) -> None:
+        resolver = self._resolvers.pop(uid, None)
+        if resolver is not None:
+            resolver.close()
+        self._plans.pop(uid, None)
         record = self._record(uid)
         if not record.exists():
             return

@@ -295,14 +295,17 @@ class SandboxPreparer:
         return [f"{k}={v}" for k, v in merged.items()]
 
     async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None:
-        """Network policy and published ports of a running sandbox; adding or removing the
-        NIC itself (policy ``None`` on either side) waits for the next start."""
-        none = NetworkPolicy.NONE
-        if none in (previous.spec.network.policy, desired.spec.network.policy):
+        """Network policy, rules and published ports of a running sandbox (also called with
+        ``previous == desired`` on re-adoption, to restart the sandbox's resolver); adding or
+        removing the NIC itself (policy ``None`` without rules on one side only) waits for the
+        next start."""
+        if _has_nic(previous) != _has_nic(desired):
             raise PrepareError(
-                Reason.POLICY_VIOLATION, "network policy None ⇄ other applies at the next start"
+                Reason.POLICY_VIOLATION,
+                "network policy None without rules ⇄ a network applies at the next start",
             )
-        await self.network.attach(desired)
+        if _has_nic(desired):
+            await self.network.attach(desired)
 
     async def remove(self, desired: DesiredSandbox) -> None:
         self._ready.pop(desired.uid, None)
@@ -310,6 +313,11 @@ class SandboxPreparer:
             self.rootfs.delete(desired.uid)
         await self.network.detach(desired.uid)
         self.images.release(desired.uid)
+
+
+def _has_nic(desired: DesiredSandbox) -> bool:
+    network = desired.spec.network
+    return network.policy != NetworkPolicy.NONE or bool(network.rules)
 
 
 def _log_level(level: LogLevel | None) -> bc.LogLevel:

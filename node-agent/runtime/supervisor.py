@@ -349,7 +349,7 @@ class Supervisor:
         self._apply_suspension(want, self.handle is not None, inside=True)
 
     async def _update_live(self, previous: DesiredSandbox) -> None:
-        """What can change without a reboot (network policy and published ports)."""
+        """What can change without a reboot (network policy, rules and published ports)."""
         if self.handle is None:
             return
         try:
@@ -518,6 +518,8 @@ class Supervisor:
                       "the VM ended while the node agent was away")  # fmt: skip
             return False
         self._attach(handle)
+        # the namespace's rules outlived us, the sandbox's resolver did not: start it again
+        self._spawn(self._update_live(self.record.desired))
         if self.phase in (Phase.DRAINING, Phase.STOPPING):
             self._spawn(self._stop(None, Reason(self.record.ending or Reason.STOPPED_BY_USER)))
         else:
@@ -856,6 +858,7 @@ class Supervisor:
             return
         self.record.spec = saved.spec
         self._resumed(handle, time.monotonic() - began, woken=woken)
+        await self._update_live(self.desired)  # rules changed meanwhile; a resolver to restart
         if pause_after or (
             saved.was_paused and self.desired.spec.lifecycle.state == DesiredState.PAUSED
         ):

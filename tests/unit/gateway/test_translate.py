@@ -165,6 +165,57 @@ def test_network_profiles_become_policies(fixture: str, policy: str) -> None:
     assert translate(body(fixture)).spec["network"] == {"policy": policy}
 
 
+def test_rules_and_deny_lists_become_spec_rules() -> None:
+    # Network(policy=NetworkPolicy(rules=[allow example.com tcp/443]), deny_domains=[...])
+    assert translate(body("network-rules")).spec["network"] == {
+        "policy": "None",
+        "rules": [
+            {"action": "Deny", "destination": {"domain": "bad.example"}},
+            {"action": "Allow", "destination": {"domain": "example.com"}, "protocol": "TCP",
+             "ports": [{"port": 443}]},
+        ],
+    }  # fmt: skip
+
+
+def test_rule_destinations_protocols_and_ports_as_the_sdk_sends_them() -> None:
+    # each destination shape as captured from the SDK 0.7.11 (Destination.cidr/ip/any/
+    # domain_suffix, Network(deny_domains=..., deny_domain_suffixes=...) with allow default)
+    rules = [
+        {"direction": "egress", "destination": {"cidr": "203.0.113.7/32"}, "protocols": [],
+         "ports": [], "action": "deny"},
+        {"direction": "egress", "destination": "any", "protocols": ["udp", "tcp"],
+         "ports": [{"start": 1000, "end": 2000}], "action": "allow"},
+        {"direction": "egress", "destination": {"domain_suffix": "Evil.Test"}, "protocols":
+         ["icmpv4"], "ports": [], "action": "deny"},
+    ]  # fmt: skip
+    policy = {"default_egress": "allow", "default_ingress": "allow", "rules": rules}
+    spec = translate(changed(body("minimal"), ("network", "policy"), policy)).spec
+    ports = [{"port": 1000, "endPort": 2000}]
+    assert spec["network"] == {
+        "policy": "All",
+        "rules": [
+            {"action": "Deny", "destination": {"cidr": "203.0.113.7/32"}},
+            {"action": "Allow", "destination": {"cidr": "0.0.0.0/0"}, "protocol": "UDP",
+             "ports": ports},
+            {"action": "Allow", "destination": {"cidr": "0.0.0.0/0"}, "protocol": "TCP",
+             "ports": ports},
+            {"action": "Deny", "destination": {"domainSuffix": "evil.test"}, "protocol": "ICMP"},
+        ],
+    }  # fmt: skip
+
+
+def test_rules_before_the_public_profile_keep_public_only() -> None:
+    b = body("network-default")
+    rules = b["network"]["policy"]["rules"]
+    deny = {"direction": "egress", "destination": {"domain": "x.test"}, "protocols": [],
+            "ports": [], "action": "deny"}  # fmt: skip
+    b = changed(b, ("network", "policy", "rules"), [rules[0], deny, rules[1]])
+    assert translate(b).spec["network"] == {
+        "policy": "PublicOnly",
+        "rules": [{"action": "Deny", "destination": {"domain": "x.test"}}],
+    }
+
+
 def test_no_network_option_keeps_the_default_policy() -> None:
     assert "network" not in translate(body("minimal")).spec
 
@@ -199,8 +250,7 @@ def test_network_enabled_false_means_no_network() -> None:
     [
         ("init-config", "init.args"),
         ("mount-tmpfs-flags", "mounts[0].options.noexec"),
-        ("network-private", "network.policy"),
-        ("network-rules", "network.policy"),
+        ("network-private", "network.policy.rules[3]"),  # a rule after the public profile
         ("patch-copy", "patches[0].type"),
         ("secret-options", "network.secrets.entries[0].placeholder"),
         ("secret-violation-block", "network.secrets.violation_action"),
@@ -495,9 +545,78 @@ REFUSALS: list[tuple[str, JsonDict, str]] = [
         "patches[0].type",
     ),
     (
-        "policy rules",
-        changed(body("network-default"), ("network", "policy", "rules"), []),
-        "network.policy",
+        "rule direction",
+        changed(body("network-rules"), ("network", "policy", "rules", 1, "direction"), "ingress"),
+        "network.policy.rules[1].direction",
+    ),
+    (
+        "rule group",
+        changed(
+            body("network-rules"),
+            ("network", "policy", "rules", 0, "destination"),
+            {"group": "metadata"},
+        ),
+        "network.policy.rules[0].destination.group",
+    ),
+    (
+        "rule ipv6",
+        changed(
+            body("network-rules"),
+            ("network", "policy", "rules", 0, "destination"),
+            {"cidr": "2001:db8::/32"},
+        ),
+        "network.policy.rules[0].destination.cidr",
+    ),
+    (
+        "rule bad cidr",
+        changed(
+            body("network-rules"),
+            ("network", "policy", "rules", 1, "destination"),
+            {"cidr": "203.0.113.0/40"},
+        ),
+        "network.policy.rules[1]",
+    ),
+    (
+        "rule bad domain",
+        changed(
+            body("network-rules"),
+            ("network", "policy", "rules", 0, "destination"),
+            {"domain": "a b"},
+        ),
+        "network.policy.rules[0]",
+    ),
+    (
+        "rule two destinations",
+        changed(
+            body("network-rules"),
+            ("network", "policy", "rules", 0, "destination"),
+            {"domain": "a.test", "cidr": "203.0.113.0/24"},
+        ),
+        "network.policy.rules[0].destination",
+    ),
+    (
+        "rule icmpv6",
+        changed(body("network-rules"), ("network", "policy", "rules", 1, "protocols"), ["icmpv6"]),
+        "network.policy.rules[1].protocols[0]",
+    ),
+    (
+        "rule port range",
+        changed(
+            body("network-rules"),
+            ("network", "policy", "rules", 1, "ports"),
+            [{"start": 443, "end": 80}],
+        ),
+        "network.policy.rules[1].ports[0].end",
+    ),
+    (
+        "rule action",
+        changed(body("network-rules"), ("network", "policy", "rules", 1, "action"), "log"),
+        "network.policy.rules[1].action",
+    ),
+    (
+        "default egress",
+        changed(body("network-rules"), ("network", "policy", "default_egress"), "maybe"),
+        "network.policy.default_egress",
     ),
     (
         "policy not object",
@@ -863,6 +982,16 @@ def test_network_policies_round_trip_to_the_sdks_own_shapes() -> None:
         assert spec["network"]["policy"] == b["network"]["policy"]
 
 
+@pytest.mark.parametrize("policy", ["None", "All", "PublicOnly"])
+def test_rules_round_trip_through_the_sdk_shape(policy: str) -> None:
+    b = body("network-rules")
+    t = translate(b)
+    t.spec["network"]["policy"] = policy
+    echoed = sandbox_object(stored(t))["spec"]["network"]
+    again = translate(changed(body("minimal"), ("network",), echoed)).spec["network"]
+    assert again == t.spec["network"]
+
+
 def test_object_spec_never_carries_secret_values() -> None:
     t = translate(body("full"))
     sandbox = stored(t, {"phase": "Running"})
@@ -996,7 +1125,12 @@ def test_deeply_nested_rule_destination_is_refused_by_field() -> None:
     for _ in range(100_000):
         deep = {"d": deep}
     b = changed(body("network-default"), ("network", "policy", "rules", 0, "destination"), deep)
-    assert refusal(b).field == "network.policy.rules[0].destination"
+    assert refusal(b).field == "network.policy.rules[0].destination.d"  # an unknown key
+    b = changed(body("network-rules"), ("network", "policy", "rules", 0, "destination"), deep)
+    assert refusal(b).field == "network.policy.rules[0].destination.d"
+    deep = {"domain": deep}
+    b = changed(body("network-rules"), ("network", "policy", "rules", 0, "destination"), deep)
+    assert refusal(b).field == "network.policy.rules[0].destination.domain"
 
 
 def test_a_translation_printed_into_a_log_shows_no_secret_value() -> None:

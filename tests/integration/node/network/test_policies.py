@@ -3,13 +3,13 @@
 Test hosts live in namespaces created here: a "public" server at 203.0.113.10 (TEST-NET-3,
 routed like any public address), a "private" one at 192.168.251.10, a fake metadata service
 at 169.254.169.254 and a DNS server on a private address (192.168.252.53, like a cluster
-resolver). The guest is a namespace too: its veth takes the place of QEMU's tap, with the
-guest's address and gateway, so traffic crosses exactly the rules a VM's would.
+resolver) that the sandbox's resolver forwards to. The guest is a namespace too: its veth
+takes the place of QEMU's tap, with the guest's address and gateway, so traffic crosses
+exactly the rules a VM's would.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -25,13 +25,18 @@ from kubesandbox_node.network.netns import GATEWAY, GUEST_IP, TAP, NetnsNetwork,
 from kubesandbox_node.runtime.model import DesiredSandbox
 from tests.integration.node.network.hosts import (
     CLIENT,
+    LOOKUP,
     SERVER,
     SUFFIX,
     Host,
+    LoopThread,
     remove_host,
     sh,
+    start_dns_host,
     start_host,
 )
+
+ZONE = {"public.test": ["203.0.113.10"]}
 
 
 @dataclass
@@ -39,6 +44,7 @@ class World:
     network: NetnsNetwork
     hosts: dict[str, Host]
     node_ip: str
+    loop: LoopThread
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +54,19 @@ def world() -> Iterator[World]:
         "public": ("203.0.113.10", "tcp", 8080),
         "private": ("192.168.251.10", "tcp", 8080),
         "metadata": ("169.254.169.254", "tcp", 8080),
-        "dns": ("192.168.252.53", "udp", 53),
     }
     hosts: dict[str, Host] = {}
+    loop = LoopThread()
     try:
         for index, (name, (address, kind, port)) in enumerate(specs.items()):
             hosts[name] = start_host(name, address, kind, port, index)
+        hosts["dns"] = start_dns_host("dns", "192.168.252.53", ZONE, len(specs))
         node_ip = sh("ip", "-4", "-o", "route", "get", "203.0.113.10").split("src ")[1].split()[0]
-        yield World(NetnsNetwork(state, dns=["192.168.252.53"]), hosts, node_ip)
+        yield World(NetnsNetwork(state, dns=["192.168.252.53"]), hosts, node_ip, loop)
     finally:
         for index, host in enumerate(hosts.values()):
             remove_host(host, index)
+        loop.close()
         shutil.rmtree(state, ignore_errors=True)
 
 
@@ -78,6 +86,10 @@ class Guest:
     def connect(self, kind: str, host: str, port: int) -> str:
         return sh("ip", "netns", "exec", self.ns, "python3", "-c", CLIENT, kind, host, str(port))
 
+    def lookup(self, server: str, name: str, transport: str = "udp") -> str:
+        return sh("ip", "netns", "exec", self.ns, "python3", "-c", LOOKUP, server, name,
+                  transport).strip()  # fmt: skip
+
 
 class Attacher:
     def __init__(self, world: World) -> None:
@@ -85,7 +97,7 @@ class Attacher:
         self.made: list[tuple[DesiredSandbox, str, subprocess.Popen[bytes] | None]] = []
 
     def __call__(self, desired: DesiredSandbox, serve: int | None = None) -> Guest:
-        config, nic = asyncio.run(self.world.network.attach(desired))
+        config, nic = self.world.loop.run(self.world.network.attach(desired))
         assert config is not None
         assert config.interfaces[0].addresses == [f"{GUEST_IP}/24"]
         assert f"ifname={TAP}" in " ".join(nic)
@@ -118,7 +130,7 @@ class Attacher:
             if server is not None:
                 server.kill()
                 server.wait()
-            asyncio.run(self.world.network.detach(desired.uid))
+            self.world.loop.run(self.world.network.detach(desired.uid))
             sh("ip", "netns", "del", guest, check=False)
 
 
@@ -134,7 +146,9 @@ def test_public_only_reaches_public_hosts_and_dns_but_nothing_private(
 ) -> None:
     guest = attach(sandbox("PublicOnly"))
     assert guest.connect("tcp", "203.0.113.10", 8080).strip() == "hello from 203.0.113.10"
-    assert guest.connect("udp", GATEWAY, 53).strip() == "dns:query"
+    # DNS through the sandbox's resolver, which forwards to the node's (private) resolver
+    assert guest.lookup(GATEWAY, "public.test") == "rcode=0 203.0.113.10"
+    assert guest.lookup(GATEWAY, "public.test", "tcp") == "rcode=0 203.0.113.10"
     for host in ("192.168.251.10", "169.254.169.254", "192.168.252.53", world.node_ip, GATEWAY):
         assert guest.connect("tcp", host, 8080).startswith("FAILED"), host
     assert guest.connect("tcp", "10.231.0.1", 22).startswith("FAILED")
@@ -161,12 +175,12 @@ def test_published_port_is_reachable_on_the_node(world: World, attach: Attacher)
 
 def test_none_has_no_nic_and_detach_leaves_nothing(world: World) -> None:
     desired = sandbox("None")
-    assert asyncio.run(world.network.attach(desired)) == (None, [])
+    assert world.loop.run(world.network.attach(desired)) == (None, [])
     public = sandbox("PublicOnly", [{"port": 8000, "hostPort": 18999}])
-    asyncio.run(world.network.attach(public))
+    world.loop.run(world.network.attach(public))
     plan = world.network.plan(public)
     assert plan.netns in sh("ip", "netns", "list")
-    asyncio.run(world.network.detach(public.uid))
+    world.loop.run(world.network.detach(public.uid))
     assert plan.netns not in sh("ip", "netns", "list")
     assert f"ksb:{public.uid}" not in sh("iptables-save")
     assert plan.host_if not in sh("ip", "-o", "link")
