@@ -135,6 +135,8 @@ def test_a_pool_serves_a_matching_sandbox_and_refills(system: System) -> None:
     assert asyncio.run(run_in(socket, 'echo "$GREETING"')) == "hello from a warm VM\n"
     vms = services.qemu_processes(str(system.installed.dirs.state))
     assert len(vms) == 1, vms
+    system.plane.kubectl("delete", "sandbox", "claimant", "--timeout=120s")  # the system is shared
+    assert services.qemu_processes(str(system.installed.dirs.state)) == {}
 
 
 def pool(name: str, replicas: int, template: dict[str, Any]) -> dict[str, Any]:

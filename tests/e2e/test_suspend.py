@@ -75,6 +75,12 @@ def events(system: System, name: str = NAME) -> list[str]:
     return [item["reason"] for item in json.loads(got.stdout)["items"]]
 
 
+def vms_of(system: System, uid: str) -> list[int]:
+    """QEMU processes of the Sandbox ``uid`` (the package's system is shared with other tests)."""
+    found = services.qemu_processes(str(system.installed.dirs.state))
+    return [pid for pid, cmdline in found.items() if uid in cmdline]
+
+
 def replace_node_agent_pod(system: System) -> None:
     """Deletes the node agent's Pod and waits for its replacement to be Ready."""
     old = system.installed.node_agent_pod()
@@ -96,8 +102,7 @@ def test_suspend_resume_and_delete_through_the_operator(system: System) -> None:
     uid = sandbox(system)["metadata"]["uid"]
     sleeper = sh(system, uid, "setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!").strip()
     boot_id = sh(system, uid, "cat /proc/sys/kernel/random/boot_id")
-    marker = system.installed.dirs.state
-    assert len(services.qemu_processes(str(marker))) == 1
+    assert len(vms_of(system, uid)) == 1
 
     set_state(system, "Suspended")
     status = wait_for(system, "Suspended")
@@ -108,11 +113,11 @@ def test_suspend_resume_and_delete_through_the_operator(system: System) -> None:
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conditions["Suspended"] == ("True", "SuspendedByUser")
     assert conditions["Ready"][0] == "False"
-    assert services.qemu_processes(str(marker)) == {}
+    assert vms_of(system, uid) == []
 
     replace_node_agent_pod(system)
     assert wait_for(system, "Suspended")["suspension"]["stateBytes"] > 0
-    assert services.qemu_processes(str(marker)) == {}
+    assert vms_of(system, uid) == []
 
     set_state(system, "Running")
     status = wait_for(system, "Running")
@@ -155,7 +160,7 @@ async def test_an_idle_sandbox_sleeps_and_the_sdk_wakes_it_by_using_it(
     manifest["spec"]["lifecycle"] = {"idleTimeoutSeconds": 2, "idleAction": "Suspend"}
     system.plane.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
     wait_for(system, "Running", name=DOZER)
-    marker = str(system.installed.dirs.state)
+    uid = sandbox(system, DOZER)["metadata"]["uid"]
     url = f"{system.gateway_url}/ns/default"
     with backend_scope(BackendKind.CLOUD, url=url, api_key=system.demo_token):
         handle = await Sandbox.get(DOZER)
@@ -167,7 +172,7 @@ async def test_an_idle_sandbox_sleeps_and_the_sdk_wakes_it_by_using_it(
         status = await asyncio.to_thread(wait_for, system, "Suspended", 60.0, DOZER)
         assert status["suspension"]["reason"] == "IdleTimeout"
         assert sandbox(system, DOZER)["spec"]["lifecycle"]["state"] == "Running"
-        assert services.qemu_processes(marker) == {}
+        assert vms_of(system, uid) == []
 
         # the next shell wakes it; the caller sees only the answer
         alive = await box.shell(f"cat /proc/{sleeper}/cmdline | tr '\\0' ' '")
