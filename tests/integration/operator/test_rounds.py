@@ -33,8 +33,10 @@ NOWHERE = {"kubesandbox.dev/test": "no-such-node"}
 RSS_GROWTH_MIB = 16.0
 
 
-def _settled(log: Path) -> dict[str, Any] | None:
-    lines = [line for line in log.read_text().splitlines() if '"controller.settled"' in line]
+def _settled(log: Path, events: tuple[str, ...] = ("controller.settled",)) -> dict[str, Any] | None:
+    """The last of the operator's lines that say what it keeps (``events``)."""
+    wanted = tuple(f'"{event}"' for event in events)
+    lines = [line for line in log.read_text().splitlines() if any(w in line for w in wanted)]
     return json.loads(lines[-1]) if lines else None
 
 
@@ -59,9 +61,23 @@ def test_rounds_of_sandboxes_leave_nothing_behind(
 ) -> None:
     assert operator.process is not None
     pid = operator.process.pid
+
     # The session's control plane is shared: Sandboxes other modules left (in their own
     # namespaces) are the operator's too. What it keeps must come back to this, not to zero.
-    before = eventually(lambda: _settled(operator.log), 60, "the operator's first settled line")
+    # Done with what it found: `controller.synced` says so when the cluster holds no Sandbox,
+    # else the first `controller.settled` after the work on them.
+    listed = cluster.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    assert isinstance(listed, dict)
+    existing = len(listed["items"])
+    events = ("controller.settled",) if existing else ("controller.synced", "controller.settled")
+
+    def quiet() -> dict[str, Any] | None:
+        line = _settled(operator.log, events)
+        if line is None or line["sandboxes"] != existing or line["queued"] or line["active"]:
+            return None
+        return line
+
+    before = eventually(quiet, 60, f"the operator done with the {existing} Sandboxes there")
     baseline = {k: before[k] for k in ("sandboxes", "pods", "nodes", "references", "handed_over")}
     rss: list[float] = []
     for round_ in range(ROUNDS):
