@@ -7,34 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from kubesandbox_api.conditions import Phase
-from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
-from kubesandbox_node.images.service import ImageService
 from kubesandbox_node.metrics.sampler import Sampler
-from kubesandbox_node.network.netns import NetnsNetwork
-from kubesandbox_node.rootfs.assemble import SandboxRootfs
-from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
-from kubesandbox_node.runtime.cgroups import CgroupManager
 from kubesandbox_node.runtime.manager import Runtime
 from kubesandbox_node.runtime.model import DesiredSandbox
-from kubesandbox_node.runtime.prepare import SandboxPreparer
-from kubesandbox_node.runtime.supervisor import Supervisor, Timing
-from kubesandbox_node.runtime.vmm import QemuVMM
-from kubesandbox_node.vm.host import tsc_khz
-from kubesandbox_node.volumes.prepare import NamedVolumes
+from kubesandbox_node.runtime.supervisor import Supervisor
 from kubesandbox_protocol import AgentClient
 from tests.integration.node.network.hosts import CLIENT, Host, remove_host, sh, start_host
-from tests.integration.node.runtime.conftest import Images
+from tests.integration.node.runtime.conftest import Images, networked_runtime
 
 pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="module")]
 PUBLIC, PRIVATE, METADATA, DNS = (
@@ -62,34 +49,8 @@ def hosts() -> Iterator[list[Host]]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def runtime(images: Images, hosts: list[Host]) -> AsyncIterator[Runtime]:
-    state = Path(tempfile.mkdtemp(prefix="ksb-vmnet-"))
-    registry = RegistryClient(RegistryConfig(plain_http=frozenset({images.registry.host})))
-    network = NetnsNetwork(state / "network", dns=[DNS])
-    policy = HostPathPolicy.of([])
-    preparer = SandboxPreparer(
-        images=ImageService(state / "images", registry),
-        rootfs=SandboxRootfs(state / "rootfs", policy),
-        named=NamedVolumes(state / "volumes"),
-        policy=policy,
-        boot_image=images.boot_image,
-        tsc_khz=tsc_khz(),
-        mirrors=images.mirrors,
-        network=network,
-    )
-    vmm = QemuVMM(
-        cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}"),
-        wrap=network.wrap_argv,
-        run_as="nobody",
-    )
-    rt = Runtime(state, vmm=vmm, preparer=preparer, emulation=True, timing=Timing())
-    try:
+    async with networked_runtime(images, prefix="ksb-vmnet-", dns=(DNS,)) as rt:
         yield rt
-    finally:
-        for uid in list(rt.sandboxes):
-            await rt.remove(uid)
-        await registry.close()
-        CgroupManager(parent=f"kubesandbox-test-{os.getpid()}").remove_parents()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

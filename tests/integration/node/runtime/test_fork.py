@@ -1,0 +1,120 @@
+"""Forking a real VM (TCG, real guest agent, real preparer and network namespaces): the fork
+starts from the source's live state (a background process, files in /tmp and in the writable
+layer), takes its own identity (hostname, machine-id, MAC, network namespace), the two diverge,
+the source keeps its QEMU, and the fork outlives the source."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from kubesandbox_api.conditions import ConditionType, Phase, Reason
+from kubesandbox_node.runtime.manager import Runtime
+from kubesandbox_node.runtime.model import DesiredSandbox
+from kubesandbox_node.runtime.supervisor import Supervisor, Timing
+from kubesandbox_node.runtime.vmm import process_start_ticks
+from tests.integration.node.runtime.conftest import Images, networked_runtime
+from tests.integration.node.runtime.test_real_agent import until
+from tests.integration.node.runtime.test_suspend import BACKGROUND, sh
+
+pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="module")]
+GROUP = f"kubesandbox-fork-test-{os.getpid()}"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def runtime(images: Images) -> AsyncIterator[Runtime]:
+    timing = Timing(ready_timeout=120, policy_tick=0.25)
+    async with networked_runtime(images, prefix="ksb-fork-", timing=timing) as rt:
+        yield rt
+
+
+def desired(name: str, image: dict[str, Any], **resolved: Any) -> DesiredSandbox:
+    return DesiredSandbox.model_validate(
+        {"namespace": "default", "name": name, "uid": str(uuid.uuid4()), "generation": 1,
+         "spec": {"image": image, "memory": 128}, "resolved": resolved}
+    )  # fmt: skip
+
+
+def netns(supervisor: Supervisor) -> str:
+    vm = supervisor.record.vm
+    assert vm is not None
+    return os.readlink(f"/proc/{vm.pid}/ns/net")
+
+
+IDENTITY = (
+    "cat /proc/sys/kernel/hostname; cat /etc/machine-id 2>/dev/null || echo none; "
+    "cat /sys/class/net/eth0/address"
+)
+
+
+async def test_a_fork_carries_the_live_state_takes_a_new_identity_and_diverges(
+    runtime: Runtime,
+) -> None:
+    source = runtime.put(desired("origin", {"oci": "busybox:1.36"}))
+    await until(source, Phase.RUNNING, Phase.CRASHED, Phase.FAILED)
+    assert source.phase == Phase.RUNNING, source.record.message
+    sleeper = (await sh(source, BACKGROUND)).strip()
+    await sh(source, "echo in-tmp > /tmp/marker; echo in-layer > /layer-marker && sync")
+    vm = source.record.vm
+    assert vm is not None
+    source_identity = (await sh(source, IDENTITY)).split()
+
+    fork_d = desired("copy", {"sandbox": {"name": "origin"}}, forkOf=source.uid)
+    fork = runtime.put(fork_d)
+    await until(fork, Phase.RUNNING, Phase.CRASHED, Phase.FAILED)
+    assert fork.phase == Phase.RUNNING, fork.record.message
+    connected = {c.type: c for c in fork.record.conditions}[ConditionType.AGENT_CONNECTED]
+    assert connected.reason == Reason.FORKED
+    assert fork.record.fork is not None
+    assert 0 < fork.record.fork.pause_seconds < 30
+    # the source ran on: the same QEMU, running
+    assert source.phase == Phase.RUNNING
+    assert process_start_ticks(vm.pid) == vm.start_ticks
+    assert source.record.vm is not None
+    assert source.record.vm.pid == vm.pid
+
+    # the fork has the source's processes and files
+    cmdline = await sh(fork, f"cat /proc/{sleeper}/cmdline | tr '\\0' ' '")
+    assert cmdline.startswith("sleep 100000")
+    assert await sh(fork, "cat /tmp/marker /layer-marker") == "in-tmp\nin-layer\n"
+
+    # ... under its own identity and network
+    hostname, machine_id, mac = (await sh(fork, IDENTITY)).split()
+    assert source_identity[0] == "origin"
+    assert hostname == "copy"
+    assert machine_id == fork.uid.replace("-", "") != source_identity[1]
+    assert mac != source_identity[2]
+    assert fork.record.vm is not None
+    assert fork.record.vm.pid != vm.pid
+    assert netns(fork) != netns(source)
+    assert (await sh(source, IDENTITY)).split() == source_identity
+
+    # the two diverge: neither sees the other's writes (writable layer and memory)
+    await sh(source, "echo source > /layer-marker; echo source > /tmp/marker; sync")
+    await sh(fork, "echo fork > /layer-marker; echo fork > /tmp/marker; touch /only-fork; sync")
+    assert await sh(source, "cat /layer-marker /tmp/marker") == "source\nsource\n"
+    assert await sh(fork, "cat /layer-marker /tmp/marker") == "fork\nfork\n"
+    assert await sh(source, "test -e /only-fork && echo yes || echo no") == "no\n"
+
+    # the fork outlives its source
+    await runtime.remove(source.uid)
+    assert process_start_ticks(vm.pid) != vm.start_ticks
+    assert await sh(fork, "echo after > /after; sync; cat /after /layer-marker") == "after\nfork\n"
+    assert fork.phase == Phase.RUNNING
+
+
+async def test_a_fork_of_a_sandbox_that_is_not_on_this_node_fails_with_the_field(
+    runtime: Runtime,
+) -> None:
+    fork = runtime.put(desired("lost", {"sandbox": {"name": "gone"}}, forkOf=str(uuid.uuid4())))
+    await until(fork, Phase.RUNNING, Phase.CRASHED, Phase.FAILED)
+    assert fork.phase == Phase.FAILED
+    assert fork.record.message is not None
+    assert "spec.image.sandbox.name: Sandbox 'gone' does not run on this node" in (
+        fork.record.message
+    )
