@@ -107,7 +107,11 @@ def namespace_rules(plan: Plan, dns: list[str], refuse: list[str]) -> str:
     filt = ["*filter", ":INPUT DROP [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]",
             "-A INPUT -i lo -j ACCEPT",
             "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-            "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]  # fmt: skip
+            "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            # a TCP segment of a connection this namespace never saw open: a fork's inherited
+            # connections (docs/fork.md); reset in the guest, never sent on from here
+            f"-A FORWARD -i {TAP} -p tcp ! --syn -m conntrack --ctstate NEW "
+            "-j REJECT --reject-with tcp-reset"]  # fmt: skip
     if dns:
         for proto in ("udp", "tcp"):
             nat.append(
