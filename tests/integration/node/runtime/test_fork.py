@@ -1,11 +1,14 @@
 """Forking a real VM (TCG, real guest agent, real preparer and network namespaces): the fork
 starts from the source's live state (a background process, files in /tmp and in the writable
 layer), takes its own identity (hostname, machine-id, MAC, network namespace), the two diverge,
-the source keeps its QEMU, and the fork outlives the source."""
+the source keeps its QEMU, and the fork outlives the source. A TCP connection the source had
+open is reset in the fork (its namespace never saw it open) and goes on in the source."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,8 +17,10 @@ import pytest
 import pytest_asyncio
 
 from kubesandbox_api.conditions import ConditionType, Phase, Reason
+from kubesandbox_node.network.netns import NetnsNetwork
 from kubesandbox_node.runtime.manager import Runtime
 from kubesandbox_node.runtime.model import DesiredSandbox
+from kubesandbox_node.runtime.prepare import SandboxPreparer
 from kubesandbox_node.runtime.supervisor import Supervisor, Timing
 from kubesandbox_node.runtime.vmm import process_start_ticks
 from tests.integration.node.runtime.conftest import Images, networked_runtime
@@ -33,10 +38,13 @@ async def runtime(images: Images) -> AsyncIterator[Runtime]:
         yield rt
 
 
-def desired(name: str, image: dict[str, Any], **resolved: Any) -> DesiredSandbox:
+def desired(
+    name: str, image: dict[str, Any], policy: str = "PublicOnly", **resolved: Any
+) -> DesiredSandbox:
     return DesiredSandbox.model_validate(
         {"namespace": "default", "name": name, "uid": str(uuid.uuid4()), "generation": 1,
-         "spec": {"image": image, "memory": 128}, "resolved": resolved}
+         "spec": {"image": image, "memory": 128, "network": {"policy": policy}},
+         "resolved": resolved}
     )  # fmt: skip
 
 
@@ -118,3 +126,54 @@ async def test_a_fork_of_a_sandbox_that_is_not_on_this_node_fails_with_the_field
     assert "spec.image.sandbox.name: Sandbox 'gone' does not run on this node" in (
         fork.record.message
     )
+
+
+async def test_the_sources_connections_are_reset_in_the_fork_not_sent_on(runtime: Runtime) -> None:
+    peers: list[str] = []
+    received = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer.get_extra_info("peername")[0])
+        while await reader.readline():
+            received.set()
+        writer.close()
+
+    source_d = desired("talker", {"oci": "busybox:1.36"}, policy="All")
+    assert isinstance(runtime.preparer, SandboxPreparer)
+    network = runtime.preparer.network
+    assert isinstance(network, NetnsNetwork)
+    source = runtime.put(source_d)
+    await until(source, Phase.RUNNING, Phase.CRASHED, Phase.FAILED)
+    assert source.phase == Phase.RUNNING, source.record.message
+    node_ip = network.plan(source_d).link(network.link_base)[0]  # the node's end of its link
+    server = await asyncio.start_server(serve, node_ip, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        talk = f"while true; do echo tick; sleep 0.2; done | nc {node_ip} {port}; echo $? >/tmp/nc"
+        await sh(source, f"setsid sh -c '{talk}' </dev/null >/dev/null 2>&1 &")
+        async with asyncio.timeout(30):
+            await received.wait()
+
+        fork_d = desired("listener", {"sandbox": {"name": "talker"}}, "All", forkOf=source.uid)
+        fork = runtime.put(fork_d)
+        await until(fork, Phase.RUNNING, Phase.CRASHED, Phase.FAILED)
+        assert fork.phase == Phase.RUNNING, fork.record.message
+        async with asyncio.timeout(30):  # the fork's copy of the connection fails at its next send
+            while "nc" not in await sh(fork, "ls /tmp"):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+        received.clear()
+        async with asyncio.timeout(10):  # the source's goes on
+            await received.wait()
+        assert await sh(source, "test -e /tmp/nc && echo ended || echo running") == "running\n"
+        assert peers == [network.plan(source_d).link(network.link_base)[1]]
+        rules = await asyncio.to_thread(
+            subprocess.run,
+            ["ip", "netns", "exec", network.plan(fork_d).netns,
+             "iptables", "-v", "-x", "-n", "-L", "FORWARD"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        reset = next(line for line in rules.stdout.splitlines() if "tcp-reset" in line)
+        assert int(reset.split()[0]) > 0, rules.stdout  # the fork's segments stopped there
+    finally:
+        server.close()
+        await server.wait_closed()
