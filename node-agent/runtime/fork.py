@@ -84,13 +84,13 @@ def fork_machine(
     nic_args: list[str],
 ) -> VMSpec:
     """The source's machine for the fork: same devices, the fork's files and network."""
+    missing = {d.serial for d in source.drives if not d.read_only} - disks.keys()
+    if missing:
+        raise ForkError(f"no copy of the writable disk(s) {sorted(missing)}")
     drives = tuple(
         dataclasses.replace(d, path=disks[d.serial]) if not d.read_only else d
         for d in source.drives
     )
-    missing = {d.serial for d in source.drives if not d.read_only} - disks.keys()
-    if missing:
-        raise ForkError(f"no copy of the writable disk(s) {sorted(missing)}")
     return dataclasses.replace(
         source,
         name=name,

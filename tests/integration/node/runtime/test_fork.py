@@ -21,11 +21,13 @@ from kubesandbox_node.network.netns import NetnsNetwork
 from kubesandbox_node.runtime.manager import Runtime
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.prepare import SandboxPreparer
-from kubesandbox_node.runtime.supervisor import Supervisor, Timing
+from kubesandbox_node.runtime.supervisor import Supervisor, Timing, has_state
 from kubesandbox_node.runtime.vmm import process_start_ticks
+from kubesandbox_node.vm import bootconfig
 from tests.integration.node.runtime.conftest import Images, networked_runtime
 from tests.integration.node.runtime.test_real_agent import until
-from tests.integration.node.runtime.test_suspend import BACKGROUND, sh
+from tests.integration.node.runtime.test_suspend import BACKGROUND, settle, sh
+from tests.unit.node.runtime.test_supervisor import again
 
 pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="module")]
 GROUP = f"kubesandbox-fork-test-{os.getpid()}"
@@ -177,3 +179,49 @@ async def test_the_sources_connections_are_reset_in_the_fork_not_sent_on(runtime
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_suspended_source_is_forked_from_its_saved_state_and_a_stopped_fork_comes_back(
+    runtime: Runtime,
+) -> None:
+    source_d = desired("sleepy", {"oci": "busybox:1.36"})
+    source = runtime.put(source_d)
+    await until(source, Phase.RUNNING, Phase.CRASHED, Phase.FAILED)
+    assert source.phase == Phase.RUNNING, source.record.message
+    sleeper = (await sh(source, BACKGROUND)).strip()
+    await sh(source, "echo kept > /layer-marker; sync")
+    runtime.put(again(source_d, 2, state="Suspended"))
+    await settle(source, Phase.SUSPENDED)
+    saved = source.record.saved
+    assert saved is not None
+
+    fork_d = desired("woken", {"sandbox": {"name": "sleepy"}}, forkOf=source.uid)
+    fork = runtime.put(fork_d)
+    await until(fork, Phase.RUNNING, Phase.CRASHED, Phase.FAILED)
+    assert fork.phase == Phase.RUNNING, fork.record.message
+    assert fork.record.fork is not None
+    assert fork.record.fork.pause_seconds == 0  # nothing ran to be paused
+    assert source.status().phase == Phase.SUSPENDED  # untouched: its state is still there
+    assert has_state(saved)
+    assert (await sh(fork, f"cat /proc/{sleeper}/cmdline")).startswith("sleep")
+    assert (await sh(fork, IDENTITY)).split()[:2] == ["woken", fork.uid.replace("-", "")]
+
+    # a stopped fork boots its own machine and takes its identity again
+    await sh(fork, "echo fork > /layer-marker; sync")
+    runtime.put(again(fork_d, 2, state="Stopped", stopMode="Kill"))
+    await until(fork, Phase.STOPPED, Phase.CRASHED, Phase.FAILED)
+    runtime.put(again(fork_d, 3, state="Running"))
+    await until(fork, Phase.RUNNING, Phase.CRASHED, Phase.FAILED)
+    assert fork.phase == Phase.RUNNING, fork.record.message
+    assert await sh(fork, "cat /layer-marker") == "fork\n"
+    hostname, machine_id, mac = (await sh(fork, IDENTITY)).split()
+    assert (hostname, machine_id) == ("woken", fork.uid.replace("-", ""))
+    assert fork.record.fork.network is not None
+    assert mac == bootconfig.Network.model_validate(fork.record.fork.network).interfaces[0].mac
+    assert "inet 10.0.2.15/24" in await sh(fork, "ip addr show eth0")
+    assert "default via 10.0.2.1" in await sh(fork, "ip route")
+
+    # the source resumes as itself
+    runtime.put(again(source_d, 3, state="Running"))
+    await settle(source, Phase.RUNNING)
+    assert await sh(source, "hostname; cat /layer-marker") == "sleepy\nkept\n"
