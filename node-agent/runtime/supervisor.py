@@ -474,15 +474,19 @@ class Supervisor:
             return
         await self._started(handle, pause_after)
 
-    async def _started(self, handle: VMHandle, pause_after: bool) -> None:
+    async def _started(
+        self, handle: VMHandle, pause_after: bool, *, forked: str | None = None
+    ) -> None:
+        """Running; ``forked``: what the fork was made from (the condition's and Event's)."""
         self._attach(handle)
         group = handle.record.cgroup()
         self.record.oom_kills_at_start = group.usage().oom_kills if group else 0
         self.record.started_at = _now()
         self.record.stopped_at = None
-        self._condition(ConditionType.AGENT_CONNECTED, True, Reason.AGENT_READY)
+        reason = Reason.FORKED if forked else Reason.AGENT_READY
+        self._condition(ConditionType.AGENT_CONNECTED, True, reason, forked or "")
         self._condition(ConditionType.PAUSED, False, Reason.RUNNING)
-        self._transition(Phase.RUNNING)
+        self._transition(Phase.RUNNING, forked)
         if pause_after:
             await self._pause()
 
@@ -943,13 +947,11 @@ class Supervisor:
             self.log.exception("sandbox.fork_failed")
             self._end(Phase.FAILED, Reason.FORK_FAILED, False, None, f"fork failed: {exc}")
             return
-        await self._started(handle, pause_after)
         fork = self.record.fork
         assert fork is not None
         why = (f"forked from Sandbox {fork.source} (the source paused {fork.pause_seconds:.3f}s; "
                f"{fork.state_bytes} bytes of state)")  # fmt: skip
-        self._condition(ConditionType.AGENT_CONNECTED, True, Reason.FORKED, why)
-        self._transition(self.phase, why)
+        await self._started(handle, pause_after, forked=why)
 
     async def _fork_from_source(self) -> VMHandle:
         desired = self.desired

@@ -116,6 +116,17 @@ def test_fork_through_the_operator(system: RunningSystem) -> None:
     sh(relay, fork_uid, "echo fork > /layer-marker; sync")
     assert sh(relay, source_uid, "cat /layer-marker") == "in-layer\n"
 
+    # the fork's Event says what it was made from
+    deadline = time.monotonic() + 30
+    while True:
+        listed = kubectl("get", "events", "--field-selector", "involvedObject.name=copy",
+                         "-o", "json").stdout  # fmt: skip
+        reasons = {e["reason"]: e["message"] for e in json.loads(listed)["items"]}
+        if "Forked" in reasons or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert reasons["Forked"].startswith("forked from Sandbox origin"), reasons
+
     # deleting the source leaves the fork running
     kubectl("delete", "sandbox", "origin", "--wait=true")
     assert source_qemu not in services.qemu_processes(marker)
