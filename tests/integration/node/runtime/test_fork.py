@@ -102,6 +102,14 @@ async def test_a_fork_carries_the_live_state_takes_a_new_identity_and_diverges(
     assert fork.record.vm is not None
     assert fork.record.vm.pid != vm.pid
     assert netns(fork) != netns(source)
+    console = await asyncio.to_thread(
+        (fork.dir / "vm" / "console.log").read_text, "utf-8", "replace"
+    )
+    assert "fork: now copy" in console  # the guest agent's account of core.forked
+    assert "fork: entropy" not in console  # no step of it failed
+    assert "RNDRESEEDCRNG" not in console
+    assert "fork: network" not in console
+    assert "fork: sethostname" not in console
     assert (await sh(source, IDENTITY)).split() == source_identity
 
     # the two diverge: neither sees the other's writes (writable layer and memory)
