@@ -967,6 +967,7 @@ class Supervisor:
         into = self.dir / "fork"
         into.mkdir(mode=0o700, parents=True, exist_ok=True)
         capture = await source.capture(into)
+        self.record.image = source.record.image  # the layers it reads are its source's image
         network, nic_args = await self.preparer.fork(desired, source_uid)
         vm_dir = self.dir / "vm"
         vm_dir.mkdir(parents=True, exist_ok=True)

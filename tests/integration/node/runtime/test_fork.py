@@ -82,6 +82,9 @@ async def test_a_fork_carries_the_live_state_takes_a_new_identity_and_diverges(
     assert connected.reason == Reason.FORKED
     assert fork.record.fork is not None
     assert 0 < fork.record.fork.pause_seconds < 30
+    image = fork.status().image
+    assert image is not None
+    assert image == source.status().image  # the fork reads its source's image layers
     # the source ran on: the same QEMU, running
     assert source.phase == Phase.RUNNING
     assert process_start_ticks(vm.pid) == vm.start_ticks
