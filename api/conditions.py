@@ -150,6 +150,13 @@ class Reason(StrEnum):
     """The VM was killed for exceeding its memory limit."""
     DELETING = "Deleting"
     """The Sandbox is being deleted."""
+    # Warm pools (operator)
+    CLAIMED = "Claimed"
+    """A SandboxPool's booted VM serves the Sandbox (Event on the Sandbox)."""
+    POOL_FILLED = "PoolFilled"
+    """Every wanted member of the SandboxPool is Running."""
+    POOL_FILLING = "PoolFilling"
+    """Members of the SandboxPool are still being created or booted."""
 
 
 class ConditionStatus(StrEnum):

@@ -17,7 +17,29 @@ SHORT_NAME = "sbx"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 
-class Sandbox(BaseModel):
+class Namespaced:
+    """What every namespaced object of this API answers about its ``metadata``."""
+
+    metadata: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace", "default"))
+
+    @property
+    def uid(self) -> str:
+        return str(self.metadata["uid"])
+
+    @property
+    def generation(self) -> int:
+        return int(self.metadata.get("generation", 0))
+
+
+class Sandbox(Namespaced, BaseModel):
     """A microVM booted from an OCI image, a disk image or a host directory, with scripts,
     rootfs patches, volumes, network policy, secrets and lifecycle control."""
 
@@ -41,19 +63,3 @@ class Sandbox(BaseModel):
                 "status": body.get("status") or None,
             }
         )
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata["name"])
-
-    @property
-    def namespace(self) -> str:
-        return str(self.metadata.get("namespace", "default"))
-
-    @property
-    def uid(self) -> str:
-        return str(self.metadata["uid"])
-
-    @property
-    def generation(self) -> int:
-        return int(self.metadata.get("generation", 0))

@@ -130,6 +130,8 @@ class SandboxStatus(ApiModel):
     """The node the sandbox runs on."""
     pod_name: Annotated[str, Field(max_length=253)] | None = None
     """The sandbox Pod that holds its place on the node."""
+    pool: Annotated[str, Field(max_length=253)] | None = None
+    """The SandboxPool whose booted VM serves this sandbox (unset: booted for it)."""
     image: ImageStatus | None = None
     """The resolved, pinned image."""
     metrics: SandboxMetrics | None = None

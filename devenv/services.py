@@ -620,10 +620,15 @@ def running_system(
 
 
 def remove_all_sandboxes(control_plane: ControlPlane, timeout: float = 120.0) -> None:
-    """Deletes every Sandbox while the operator and node agent still run, so VMs and their
-    files go the normal way before ``down`` stops the processes."""
+    """Deletes every SandboxPool (which drains its members) and every Sandbox while the
+    operator and node agent still run, so VMs and their files go the normal way before
+    ``down`` stops the processes."""
     if control_plane.status().get("kube-apiserver") is None:
         return
+    control_plane.kubectl(
+        "delete", "sandboxpools", "--all", "--all-namespaces", f"--timeout={int(timeout)}s",
+        check=False,
+    )  # fmt: skip
     control_plane.kubectl(
         "delete", "sandboxes", "--all", "--all-namespaces", f"--timeout={int(timeout)}s",
         check=False,

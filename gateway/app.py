@@ -38,6 +38,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from kubesandbox_api.pool import POOL_LABEL
 from kubesandbox_gateway import translate
 from kubesandbox_gateway.errors import (
     GatewayError,
@@ -104,6 +105,10 @@ class Caller:
     user: User
     token: str
     namespace: str
+
+
+CACHE_POLL = 0.05
+"""How often a request waiting for ``running`` looks at the watch-backed cache."""
 
 
 @dataclass
@@ -273,24 +278,39 @@ class Gateway:
 
         The SDK does not poll: it reads the status of the object we return. ``failed`` (with
         ``last_failure_message``) and ``starting`` both become clear SDK errors, so a failure
-        or a timeout is answered 200 with the sandbox as it is (docs/gateway.md).
+        or a timeout is answered 200 with the sandbox as it is (docs/gateway.md). With the
+        watch-backed cache, the object is looked at every ``CACHE_POLL`` seconds there (a
+        sandbox served by a warm pool is Running within a fraction of a second); the
+        apiserver is still asked every ``poll_interval``, in case the watch lags. Running
+        means usable: the phase (the node agent's) and the node (the operator's), since the
+        SDK's first exec needs both and a claimed VM can report Running first.
         """
         metadata = sandbox["metadata"]
         path = SANDBOXES.in_namespace(metadata["namespace"]).named(metadata["name"])
         generation = int(metadata.get("generation") or 0)
         deadline = time.monotonic() + min(seconds, self.max_wait)
+        cache = self.sandboxes
+        tick = min(CACHE_POLL, self.poll_interval) if cache is not None else self.poll_interval
+        asked = time.monotonic()
         while True:
             status = sandbox.get("status") or {}
             phase = status.get("phase")
-            if phase == RUNNING:
-                return sandbox
+            if phase == RUNNING and status.get("nodeName"):
+                return sandbox  # usable: an exec finds its node agent
             observed = status.get("observedGeneration")
             if phase in TERMINAL_FAILURES and (observed is None or int(observed) >= generation):
                 return sandbox
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return sandbox
-            await asyncio.sleep(min(self.poll_interval, remaining))
+            await asyncio.sleep(min(tick, remaining))
+            if cache is not None and cache.ready:
+                cached = cache.get(metadata["namespace"], metadata["name"])
+                if cached and (cached.get("metadata") or {}).get("uid") == metadata.get("uid"):
+                    sandbox = cached
+            if time.monotonic() - asked < self.poll_interval:
+                continue
+            asked = time.monotonic()
             try:
                 sandbox = await self.kube.get(path)
             except KubeError as error:
@@ -416,9 +436,10 @@ class Gateway:
             if len(cursor) > 4096:
                 raise invalid_request("cursor is too long")
             params["continue"] = cursor
-        selector = label_selector(request.query.get("labels"))
-        if selector:
-            params["labelSelector"] = selector
+        # A warm pool's unclaimed members are the pool's, not anybody's sandboxes (docs/pools.md).
+        params["labelSelector"] = ",".join(
+            term for term in (label_selector(request.query.get("labels")), f"!{POOL_LABEL}") if term
+        )
         try:
             page = await self.kube.request(
                 "GET", SANDBOXES.in_namespace(caller.namespace), params=params

@@ -48,6 +48,9 @@ class MessageType(StrEnum):
     FS_REQUEST = "core.fs.request"
     FS_RESPONSE = "core.fs.response"
     FS_DATA = "core.fs.data"
+    CLAIM = "kubesandbox.claim"
+    """kubesandbox's own: a pool VM handed to the Sandbox that claimed it (node agent only)."""
+    CLAIMED = "kubesandbox.claimed"
 
 
 class ErrorKind(StrEnum):

@@ -3,8 +3,10 @@
 ``control_plane`` is one real control plane (etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler, two registered Nodes) for the whole session, built from the cached binaries
 (building them first, right after collection and outside any test's timeout, when a selected
-test needs them: about 20 minutes, once per machine). Tests that use it are marked
-``controlplane`` automatically, so ``-m "not controlplane"`` deselects them.
+test needs them: about 20 minutes, once per machine). Likewise the Dockerfile's images, when a
+selected test installs the chart on the real node (about 3 minutes from an empty cache). Tests
+that use it are marked ``controlplane`` automatically, so ``-m "not controlplane"`` deselects
+them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,37 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if reporter is not None:
             reporter.write_line("building the control-plane binaries (devenv/build-binaries.sh)")
         ensure_binaries()
+    installs = any(item.nodeid.startswith(INSTALLS_THE_CHART) for item in session.items)
+    if installs and not session.config.option.collectonly:
+        _build_images(session)
+
+
+INSTALLS_THE_CHART = (
+    "tests/e2e/",
+    "tests/integration/helm/test_real_node.py",
+    "tests/integration/devenv/test_cli.py",
+)
+"""Tests that install the chart on the real node (``installed.installed_system`` or ``make
+up``), which builds the images of this tree first."""
+
+
+def _build_images(session: pytest.Session) -> None:
+    """The images of this tree into the build cache (base-image stand-ins included), pushed to
+    a throwaway registry; the tests' own builds then find them and only push."""
+    import tempfile
+
+    from kubesandbox_devenv.images import build_images
+    from kubesandbox_devenv.registry import Registry
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("building the images of this tree (cached by content)")
+    with tempfile.TemporaryDirectory(prefix="ksb-images-") as scratch:
+        registry = Registry(Path(scratch)).start()
+        try:
+            build_images(registry.host)
+        finally:
+            registry.stop()
 
 
 @pytest.fixture(scope="session")

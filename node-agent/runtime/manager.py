@@ -5,6 +5,11 @@ re-attaches to the VMs a previous node agent left running (``Supervisor.adopt``:
 QMP and agent port reconnected, the relay socket served again, nothing rebooted). Sandboxes
 whose VM vanished meanwhile are reported Crashed. ``put`` is idempotent per UID, so a retried
 request never makes a second VM. ``close()`` lets go of every VM without stopping it.
+
+Claims (warm pools, docs/pools.md): ``claim`` hands a pool member's running VM to another
+Sandbox. The VM keeps its key (the member's uid: directory, rootfs, cgroup, network) and the
+claimant's uid becomes an alias of it: every call for the claimant reaches that VM, and the
+member's own uid reaches nothing any more (its deletion removes nothing).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.records import RecordStore, SandboxRecord
 from kubesandbox_node.runtime.supervisor import (
     DEFAULT_TIMING,
+    ClaimRefused,
     Preparer,
     Supervisor,
     Timing,
@@ -49,6 +55,9 @@ class Runtime:
         slots = boot_slots(timing.concurrent_boots, emulation=emulation)
         self.booting = asyncio.Semaphore(slots) if slots else None
         self.sandboxes: dict[str, Supervisor] = {}
+        """By VM key (:attr:`Supervisor.uid`)."""
+        self.aliases: dict[str, str] = {}
+        """Claimant's uid → the key of the pool VM that serves it."""
         self.listeners: list[Listener] = []
 
     def _changed(self, supervisor: Supervisor) -> None:
@@ -76,6 +85,8 @@ class Runtime:
         for uid, record in records.items():
             supervisor = self._supervisor(record)
             self.sandboxes[uid] = supervisor
+            if record.claimed_by is not None:
+                self.aliases[record.claimed_by] = uid
             supervisors.append(supervisor)
         results = await asyncio.gather(*(s.adopt() for s in supervisors))
         for supervisor, ok in zip(supervisors, results, strict=True):
@@ -88,10 +99,18 @@ class Runtime:
         return adopted
 
     def get(self, uid: str) -> Supervisor | None:
-        return self.sandboxes.get(uid)
+        """The VM serving the Sandbox ``uid`` (a claimed pool VM's own uid serves nobody)."""
+        supervisor = self.sandboxes.get(self.aliases.get(uid, uid))
+        if supervisor is None or supervisor.sandbox_uid != uid:
+            return None
+        return supervisor
 
     def put(self, desired: DesiredSandbox) -> Supervisor:
-        supervisor = self.sandboxes.get(desired.uid)
+        supervisor = self.get(desired.uid)
+        if supervisor is not None:
+            desired = desired.model_copy(update={"uid": supervisor.uid})
+        elif desired.uid in self.sandboxes:
+            raise ClaimRefused(f"sandbox {desired.uid}'s VM was handed to another Sandbox")
         if supervisor is None:
             supervisor = self._supervisor(SandboxRecord(desired=desired))
             self.sandboxes[desired.uid] = supervisor
@@ -103,16 +122,38 @@ class Runtime:
             supervisor.apply(desired)
         return supervisor
 
+    async def claim(self, member_uid: str, claimant: DesiredSandbox, pool: str) -> Supervisor:
+        """Hands the running VM of pool member ``member_uid`` to ``claimant``; idempotent for
+        the same claimant. Raises ``ClaimRefused`` otherwise."""
+        done = self.get(claimant.uid)
+        if done is not None and done.uid == member_uid:
+            return done  # a retried claim
+        if done is not None or claimant.uid in self.sandboxes:
+            raise ClaimRefused(f"sandbox {claimant.uid} already has a VM on this node")
+        member = self.get(member_uid)
+        if member is None:
+            raise ClaimRefused(f"no unclaimed pool VM {member_uid} on this node")
+        if member.desired.namespace != claimant.namespace:
+            raise ClaimRefused("a pool VM serves Sandboxes of its own namespace only")
+        await member.claim(claimant, pool)
+        self.aliases[claimant.uid] = member.uid
+        self.store.link(claimant.uid, member.uid)
+        return member
+
     async def remove(self, uid: str) -> None:
-        supervisor = self.sandboxes.get(uid)
+        supervisor = self.get(uid)
         if supervisor is None:
             return
-        self.sandboxes.pop(uid, None)  # first: its last transitions are no one's business
+        key = supervisor.uid
+        self.sandboxes.pop(key, None)  # first: its last transitions are no one's business
         try:
             await supervisor.remove()
         except BaseException:
-            self.sandboxes.setdefault(uid, supervisor)
+            self.sandboxes.setdefault(key, supervisor)
             raise
+        if self.aliases.get(uid) == key:
+            del self.aliases[uid]
+            self.store.unlink(uid)
 
     async def close(self) -> None:
         await asyncio.gather(*(s.detach() for s in self.sandboxes.values()))

@@ -53,6 +53,16 @@ class DesiredSandbox(_Model):
     spec: SandboxSpec
     pinned_image: ImageStatus | None = None
     resolved: Resolved = Field(default_factory=Resolved)
+    pool_member: bool = False
+    """A SandboxPool's member: booted for whoever claims it, so nobody may use it before
+    (the agent WebSocket and relay clients through the API are refused)."""
+
+
+class ClaimRequest(_Model):
+    """``POST /v1/sandboxes/{member uid}/claim``: the member's VM now serves ``sandbox``."""
+
+    pool: str = Field(min_length=1, max_length=253)
+    sandbox: DesiredSandbox
 
 
 NODE_CONDITIONS = (
@@ -76,6 +86,8 @@ class NodeSandboxStatus(_Model):
     exit_status: ExitStatus | None = None
     suspension: SuspensionStatus | None = None
     message: str | None = None
+    pool: str | None = None
+    """The pool whose VM this was (claimed sandboxes only)."""
 
     def wire(self) -> dict[str, Any]:
         """camelCase JSON, absent fields left out (so server-side apply never claims them)."""
@@ -90,6 +102,7 @@ def condition_status(value: bool | None) -> ConditionStatus:
 
 
 __all__ = [
+    "ClaimRequest",
     "Condition",
     "ConditionStatus",
     "ConditionType",

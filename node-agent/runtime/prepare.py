@@ -41,6 +41,7 @@ from kubesandbox_node.rootfs.assemble import HostDirRoot, OverlayRoot, SandboxRo
 from kubesandbox_node.rootfs.disk import DiskRoot
 from kubesandbox_node.rootfs.errors import PatchError, RootfsError
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
+from kubesandbox_node.runtime.claim import hostname_of
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.supervisor import PrepareError
 from kubesandbox_node.vm import bootconfig as bc
@@ -239,7 +240,7 @@ class SandboxPreparer:
         network, nic_args = await self.network.attach(desired)
         defaults = ready.record.defaults if ready else None
         config = bc.BootConfig(
-            hostname=spec.hostname or desired.name[:63].strip("-.") or "sandbox",
+            hostname=hostname_of(desired),
             root=root,
             volumes=volumes,
             env=self._env(desired, defaults.env if defaults else []),
@@ -270,6 +271,16 @@ class SandboxPreparer:
     def _initrd(self, config: bc.BootConfig, vm_dir: Path) -> Path:
         vm_dir.mkdir(parents=True, exist_ok=True)
         return write_initrd(self.boot_image, config, vm_dir / "initrd.cpio")
+
+    async def claim_env(self, desired: DesiredSandbox) -> list[str]:
+        if desired.uid not in self._ready and desired.pinned_image is not None:
+            # A VM adopted after a restart: its pinned image is cached on this node, so this
+            # only reads the image's configuration back.
+            with contextlib.suppress(PrepareError):
+                await self.image(desired)
+        ready = self._ready.get(desired.uid)
+        defaults = ready.record.defaults if ready else None
+        return self._env(desired, defaults.env if defaults else [])
 
     def _env(self, desired: DesiredSandbox, image_env: list[str]) -> list[str]:
         merged: dict[str, str] = {}

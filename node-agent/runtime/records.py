@@ -5,6 +5,8 @@ Layout under the state directory: ``sandboxes/<uid>/record.json`` next to the VM
 (``vm/``: QMP and agent-port sockets, console and QEMU logs, the initrd), the relay socket
 ``agent.sock`` that node-local clients (and the SDK's ``AgentClient.connect``) use, and, while
 the sandbox is suspended, its saved VM state ``suspended.state`` (0600).
+A pool VM claimed by another Sandbox stays in its own folder; ``sandboxes/<claimant uid>`` is a
+symbolic link to it, so node-local clients find every sandbox's relay socket by its uid.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ class SandboxRecord(BaseModel):
     saved: SavedVM | None = None
     suspension: SuspensionStatus | None = None
     fork: ForkRecord | None = None
+    claimed_by: str | None = Field(
+        default=None,
+        description="uid of the Sandbox a pool VM was handed to; the VM keeps its own uid "
+        "(``desired.uid``) for everything on the node",
+    )
+    pool: str | None = None
 
 
 class RecordStore:
@@ -96,9 +104,22 @@ class RecordStore:
                 os.unlink(tmp)
             raise
 
+    def link(self, alias: str, uid: str) -> None:
+        """``sandboxes/<alias>`` → ``sandboxes/<uid>`` (a claimed pool VM)."""
+        link = self.dir(alias)
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        link.symlink_to(uid)
+
+    def unlink(self, alias: str) -> None:
+        if self.dir(alias).is_symlink():
+            self.dir(alias).unlink()
+
     def load_all(self) -> dict[str, SandboxRecord]:
         found: dict[str, SandboxRecord] = {}
         for path in sorted(self.root.glob(f"*/{RECORD}")):
+            if path.parent.is_symlink():
+                continue  # a claimant's link to a pool VM's folder
             try:
                 found[path.parent.name] = SandboxRecord.model_validate_json(path.read_text())
             except (OSError, ValueError):
@@ -106,4 +127,7 @@ class RecordStore:
         return found
 
     def delete(self, uid: str) -> None:
+        if self.dir(uid).is_symlink():
+            self.dir(uid).unlink()
+            return
         shutil.rmtree(self.dir(uid), ignore_errors=True)

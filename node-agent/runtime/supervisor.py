@@ -42,6 +42,7 @@ import structlog
 from kubesandbox_api.conditions import ConditionStatus, ConditionType, Phase, Reason
 from kubesandbox_api.spec import DesiredState, IdleAction, RestartPolicy, StopMode
 from kubesandbox_api.status import Condition, ExitStatus, ImageStatus, SuspensionStatus
+from kubesandbox_node.runtime.claim import claim_payload
 from kubesandbox_node.runtime.crash import boot_failure, classify
 from kubesandbox_node.runtime.fork import (
     Capture,
@@ -66,6 +67,7 @@ from kubesandbox_node.vm.machine import BootError
 from kubesandbox_node.vm.qmp import QMPError
 from kubesandbox_node.vm.snapshot import SnapshotError, state_timeout
 from kubesandbox_node.vm.spec import VMSpec
+from kubesandbox_protocol.client import AgentClient, AgentError
 from kubesandbox_protocol.frame import Frame
 from kubesandbox_protocol.messages import MessageType, encode_body
 
@@ -75,6 +77,13 @@ RUNNING_PHASES = frozenset({Phase.RUNNING, Phase.PAUSED, Phase.DRAINING, Phase.S
 STARTING_PHASES = frozenset({Phase.PULLING, Phase.BOOTING})
 SUSPENDABLE_PHASES = frozenset({Phase.RUNNING, Phase.PAUSED})
 KILL_WAIT = 5.0
+
+
+CLAIM_TIMEOUT = 10.0
+
+
+class ClaimRefused(Exception):
+    """The VM cannot be claimed (not a ready pool member, or its guest agent refused)."""
 
 
 class PrepareError(Exception):
@@ -90,6 +99,10 @@ class Preparer(Protocol):
 
     async def image(self, desired: DesiredSandbox) -> ImageStatus | None: ...
     async def build(self, desired: DesiredSandbox, vm_dir: Path) -> VMSpec: ...
+    async def claim_env(self, desired: DesiredSandbox) -> list[str]:
+        """The default environment of every exec, as :meth:`build` puts it in ``boot.json``."""
+        ...
+
     async def remove(self, desired: DesiredSandbox) -> None: ...
     async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None: ...
     async def fork(
@@ -188,7 +201,14 @@ class Supervisor:
 
     @property
     def uid(self) -> str:
+        """The VM's own key on this node (directory, rootfs, cgroup, network): the uid of the
+        Sandbox it was booted for, which a claim does not change."""
         return self.record.desired.uid
+
+    @property
+    def sandbox_uid(self) -> str:
+        """The Sandbox this VM serves: its own, or the one that claimed it from a pool."""
+        return self.record.claimed_by or self.uid
 
     @property
     def desired(self) -> DesiredSandbox:
@@ -223,6 +243,7 @@ class Supervisor:
             exit_status=r.exit_status,
             suspension=r.suspension,
             message=r.message,
+            pool=r.pool,
         )
 
     def _condition(
@@ -596,6 +617,49 @@ class Supervisor:
         self.record.runs = max(0, self.record.runs - 1)
         want = self.desired.spec.lifecycle.state
         return self.start(pause_after=want == DesiredState.PAUSED)
+
+    # --- claim (warm pools) -----------------------------------------------------------------
+
+    async def claim(self, claimant: DesiredSandbox, pool: str) -> None:
+        """This pool member's running VM becomes ``claimant``'s: the guest agent takes on its
+        env, hostname, scripts and a fresh identity (``kubesandbox.claim``), then the record
+        says whom it serves. The VM keeps its key (:attr:`uid`); lifecycle policies follow the
+        claimant's spec from now on, ``maxDurationSeconds`` counted from the claim."""
+        async with self._lock:
+            handle = self.handle
+            if handle is None or self.phase != Phase.RUNNING or not self.desired.pool_member:
+                raise ClaimRefused(f"not a running, unclaimed pool VM (phase {self.phase.value})")
+            if self.record.claimed_by is not None:
+                raise ClaimRefused(f"already claimed by {self.record.claimed_by}")
+            # The VM's pin goes with it: a later start of the claimant reuses these layers.
+            pinned = self.record.image or claimant.pinned_image
+            desired = claimant.model_copy(
+                update={"uid": self.uid, "pool_member": False, "pinned_image": pinned}
+            )
+            payload = claim_payload(desired, await self.preparer.claim_env(desired))
+            try:
+                async with await AgentClient.connect(self.relay_socket) as client:
+                    answer = await asyncio.wait_for(
+                        client.request(MessageType.CLAIM, payload), CLAIM_TIMEOUT
+                    )
+            except (AgentError, OSError, TimeoutError) as exc:
+                raise ClaimRefused(f"the guest agent did not answer the claim: {exc}") from exc
+            if answer.t != MessageType.CLAIMED:
+                raise ClaimRefused(f"the guest agent refused the claim: {answer.payload}")
+            self.record.claimed_by = claimant.uid
+            self.record.pool = pool
+            self.record.desired = desired
+            self.record.started_at = _now()
+            generation = desired.generation
+            self.record.conditions = [
+                c.model_copy(update={"observed_generation": generation})
+                for c in self.record.conditions
+            ]
+            self.log = log.bind(
+                sandbox=desired.name, namespace=desired.namespace, uid=claimant.uid, vm=self.uid
+            )
+            self.log.info("sandbox.claimed", pool=pool)
+            self._save()
 
     # --- the end of a run ------------------------------------------------------------------
 

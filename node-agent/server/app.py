@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import WSMsgType, web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from kubesandbox_api.conditions import Phase
 from kubesandbox_kube.auth import Access, ReviewUnavailable, User
 from kubesandbox_node.logs import stream
 from kubesandbox_node.metrics import prometheus
-from kubesandbox_node.runtime.model import DesiredSandbox
-from kubesandbox_node.runtime.supervisor import Supervisor
+from kubesandbox_node.runtime.model import ClaimRequest, DesiredSandbox
+from kubesandbox_node.runtime.supervisor import ClaimRefused, Supervisor
 from kubesandbox_node.server.services import Services
 
 SERVICES = web.AppKey("services", Services)
@@ -113,13 +114,24 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-async def put_sandbox(request: web.Request) -> web.Response:
-    uid = request.match_info["uid"]
+Model = TypeVar("Model", bound=BaseModel)
+
+
+async def _body(request: web.Request, model: type[Model]) -> Model:
+    """The JSON body as ``model``; 422 naming what is wrong."""
     try:
-        desired = DesiredSandbox.model_validate(await request.json())
+        return model.model_validate(await request.json())
     except ValueError as exc:
         detail = exc.errors() if isinstance(exc, ValidationError) else str(exc)
-        return _json({"message": "invalid DesiredSandbox", "details": detail}, 422)
+        raise web.HTTPUnprocessableEntity(
+            text=json.dumps({"message": f"invalid {model.__name__}", "details": detail}),
+            content_type="application/json",
+        ) from exc
+
+
+async def put_sandbox(request: web.Request) -> web.Response:
+    uid = request.match_info["uid"]
+    desired = await _body(request, DesiredSandbox)
     if desired.uid != uid:
         return _json({"message": f"body uid {desired.uid} does not match the path"}, 422)
     services = _services(request)
@@ -127,7 +139,26 @@ async def put_sandbox(request: web.Request) -> web.Response:
     await authorize(request, Access("update", desired.namespace, name=desired.name))
     if existing is not None and existing.desired.namespace != desired.namespace:
         return _json({"message": "a sandbox cannot change namespace"}, 409)
-    supervisor = services.runtime.put(desired)
+    try:
+        supervisor = services.runtime.put(desired)
+    except ClaimRefused as error:
+        return _json({"message": str(error)}, 409)
+    return _json(_status(supervisor, services))
+
+
+async def claim(request: web.Request) -> web.Response:
+    """A pool member's running VM now serves the claimant (docs/pools.md)."""
+    member_uid = request.match_info["uid"]
+    body = await _body(request, ClaimRequest)
+    claimant = body.sandbox
+    await authorize(request, Access("update", claimant.namespace, name=claimant.name))
+    member = await _known(request)
+    services = _services(request)
+    try:
+        supervisor = await services.runtime.claim(member_uid, claimant, body.pool)
+    except ClaimRefused as error:
+        return _json({"message": str(error)}, 409)
+    services.forget_target(member.uid)
     return _json(_status(supervisor, services))
 
 
@@ -146,6 +177,7 @@ async def delete_sandbox(request: web.Request) -> web.Response:
     await authorize(
         request, Access("update", supervisor.desired.namespace, name=supervisor.desired.name)
     )
+    key = supervisor.uid
     removals: dict[str, asyncio.Task[None]] = request.app[REMOVALS]
     task = removals.get(uid)
     if task is None:
@@ -154,7 +186,7 @@ async def delete_sandbox(request: web.Request) -> web.Response:
 
         def removed(_: asyncio.Task[None]) -> None:
             removals.pop(uid, None)
-            services.forget(uid)
+            services.forget(key, uid)
 
         task.add_done_callback(removed)
     done, _ = await asyncio.wait({task}, timeout=DELETE_PATIENCE)
@@ -221,13 +253,17 @@ async def node_metrics(request: web.Request) -> web.Response:
         metrics = services.sampler.latest.get(uid)
         if metrics is not None and supervisor.handle is not None:
             d = supervisor.desired
-            labelled.append(prometheus.Labelled(d.namespace, d.name, uid, metrics))
+            labelled.append(
+                prometheus.Labelled(d.namespace, d.name, supervisor.sandbox_uid, metrics)
+            )
     text = prometheus.render(labelled, phases)
     return web.Response(body=text.encode(), headers={"Content-Type": prometheus.CONTENT_TYPE})
 
 
 async def agent(request: web.Request) -> web.StreamResponse:
     supervisor = await _known(request, "create", "exec")
+    if supervisor.desired.pool_member:
+        raise web.HTTPConflict(text="an unclaimed pool VM serves nobody until it is claimed")
     if supervisor.handle is None and supervisor.sleeping():
         # idle-suspended: this connection is its next use (docs/suspend.md, "Idle suspend")
         with contextlib.suppress(TimeoutError):
@@ -301,5 +337,6 @@ def make_app(services: Services) -> web.Application:
     app.router.add_get("/v1/sandboxes/{uid}/metrics", sandbox_metrics)
     app.router.add_get("/v1/sandboxes/{uid}/agent", agent)
     app.router.add_get("/v1/sandboxes/{uid}/logs", logs)
+    app.router.add_post("/v1/sandboxes/{uid}/claim", claim)
     app.router.add_post("/v1/sandboxes/{uid}/{verb}", verb)
     return app

@@ -47,7 +47,7 @@ class Services:
             return  # being removed: the Sandbox is going away
         self._log(supervisor)
         desired = supervisor.desired
-        target = Target(desired.namespace, desired.name, desired.uid)
+        target = Target(desired.namespace, desired.name, supervisor.sandbox_uid)
         status = supervisor.status()
         if self.status is not None:
             self.status.notify(target, status)
@@ -62,13 +62,21 @@ class Services:
         if isinstance(relay, SandboxRelay) and relay.recorder is None:
             relay.recorder = self.logs.recorder(supervisor.uid, supervisor.dir)
 
-    def forget(self, uid: str) -> None:
+    def forget(self, uid: str, sandbox_uid: str | None = None) -> None:
+        """Drops what was kept for the VM ``uid`` and for the Sandbox it served (a claimed
+        pool VM: ``sandbox_uid``; the status writer and Events know it by that one)."""
         self.logs.forget(uid)
         self.sampler.forget(uid)
+        self.forget_target(uid)
+        if sandbox_uid is not None:
+            self.forget_target(sandbox_uid)
+
+    def forget_target(self, sandbox_uid: str) -> None:
+        """No more status writes or Events for that Sandbox (gone, or its VM handed on)."""
         if self.status is not None:
-            self.status.forget(uid)
+            self.status.forget(sandbox_uid)
         if self.events is not None:
-            self.events.forget(uid)
+            self.events.forget(sandbox_uid)
 
     async def sample_all(self) -> None:
         for uid, supervisor in list(self.runtime.sandboxes.items()):
@@ -82,7 +90,7 @@ class Services:
                 log.debug("metrics.sample_failed", uid=uid, error=str(exc))
                 continue
             if self.status is not None:
-                self.status.offer_metrics(uid, metrics)
+                self.status.offer_metrics(supervisor.sandbox_uid, metrics)
 
     async def _sampling(self) -> None:
         while True:

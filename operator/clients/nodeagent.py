@@ -16,6 +16,7 @@ import aiohttp
 
 from kubesandbox_api import Sandbox
 from kubesandbox_kube.nodeagents import pinned_context
+from kubesandbox_operator.reconcile.pool import pool_of
 from kubesandbox_operator.reconcile.references import Resolution
 from kubesandbox_operator.reconcile.sandbox import NodeAgent
 
@@ -49,6 +50,8 @@ def desired_state(sandbox: Sandbox, resolution: Resolution) -> JsonDict:
     }
     if sandbox.status and sandbox.status.image:
         body["pinnedImage"] = sandbox.status.image.model_dump(mode="json", exclude_none=True)
+    if pool_of(sandbox) is not None:
+        body["poolMember"] = True
     return body
 
 
@@ -61,6 +64,19 @@ class NodeAgents:
     async def put(self, agent: NodeAgent, sandbox: Sandbox, resolution: Resolution) -> JsonDict:
         url = f"{agent.endpoint}/v1/sandboxes/{sandbox.uid}"
         return await self._call("PUT", url, desired_state(sandbox, resolution), agent)
+
+    async def claim(
+        self,
+        agent: NodeAgent,
+        member_uid: str,
+        pool: str,
+        sandbox: Sandbox,
+        resolution: Resolution,
+    ) -> JsonDict:
+        """Hands the running VM of pool member ``member_uid`` to ``sandbox``."""
+        url = f"{agent.endpoint}/v1/sandboxes/{member_uid}/claim"
+        body = {"pool": pool, "sandbox": desired_state(sandbox, resolution)}
+        return await self._call("POST", url, body, agent)
 
     async def delete(self, agent: NodeAgent, uid: str) -> bool:
         """Asks for removal; ``True`` once the node agent reports everything gone."""

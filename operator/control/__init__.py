@@ -17,22 +17,36 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
 from kubesandbox_api import Sandbox
-from kubesandbox_kube import AlreadyExists, Conflict, KubeError
+from kubesandbox_api.conditions import Reason
+from kubesandbox_api.pool import CLAIMED_BY_LABEL
+from kubesandbox_kube import AlreadyExists, Conflict, KubeError, NotFound
+from kubesandbox_kube.paths import SANDBOXES, ResourcePath
 from kubesandbox_operator.clients.cluster import Cluster
 from kubesandbox_operator.clients.nodeagent import NodeAgentError, NodeAgents, desired_state
+from kubesandbox_operator.clients.pools import PoolIndex
 from kubesandbox_operator.reconcile.fork import RETRY_SECONDS as FORK_RETRY_SECONDS
 from kubesandbox_operator.reconcile.fork import ForkSource, check_source
-from kubesandbox_operator.reconcile.pod import PodSettings
+from kubesandbox_operator.reconcile.pod import PodSettings, desired_pod
+from kubesandbox_operator.reconcile.pool import (
+    Choice,
+    choose_member,
+    claimed,
+    deleting,
+    ready,
+    wants_claim,
+)
 from kubesandbox_operator.reconcile.references import Problem, Resolution, resolve
 from kubesandbox_operator.reconcile.sandbox import Event, NodeAgent, Observed, fork_started, plan
 
 log = structlog.get_logger(__name__)
 
 EmitEvent = Callable[[Event], None]
+JsonDict = dict[str, Any]
 CONFLICT_RETRY_SECONDS = 0.5
 AGENT_RETRY_SECONDS = 2.0
 """First retry after a node agent did not take the desired state (doubled while it fails)."""
@@ -51,6 +65,7 @@ class Runtime:
     handed_over: dict[SandboxKey, str] = field(default_factory=dict)
     """Per Sandbox, a digest of the desired state its node agent last accepted: it is sent
     again only when it changed (or the node agent was replaced), not on every pass."""
+    pools: PoolIndex = field(default_factory=PoolIndex)
 
 
 def _handover_digest(agent: NodeAgent, sandbox: Sandbox, resolution: Resolution) -> str:
@@ -62,9 +77,14 @@ def _handover_digest(agent: NodeAgent, sandbox: Sandbox, resolution: Resolution)
 async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) -> float | None:
     cluster = runtime.cluster
     pod = await cluster.pod(sandbox)
+    resolution = resolve(sandbox.spec, await cluster.referenced(sandbox))
+    claimable = not resolution.problems and wants_claim(sandbox, pod is not None)
+    if claimable and (report := await _claim(runtime, sandbox, resolution, emit)) is not None:
+        pod = await cluster.pod(sandbox)
+        if report:
+            sandbox = as_reported(sandbox, report)
     node = pod.node_name if pod else None
     agent = await cluster.node_agent(node) if node else None
-    resolution = resolve(sandbox.spec, await cluster.referenced(sandbox))
     source = sandbox.spec.image.sandbox
     checked: ForkSource | Problem | None = None
     if source is not None and not fork_started(sandbox):
@@ -113,6 +133,130 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
     if isinstance(checked, Problem):
         return FORK_RETRY_SECONDS  # the source's changes do not wake its forks
     return None
+
+
+def as_reported(sandbox: Sandbox, reported: JsonDict) -> Sandbox:
+    """The Sandbox with the node agent's status fields as its claim answer reported them, and
+    no ``resourceVersion``: the node agent writes the same fields meanwhile, so the pass after
+    a claim plans from them (``Running``: ``Ready`` at once) and writes its own fields without
+    a precondition (it writes no phase over the node agent's, which is all the precondition
+    protects)."""
+    body = sandbox.model_dump(mode="json", by_alias=True, exclude_none=True)
+    status = dict(body.get("status") or {})
+    mine = {c["type"]: c for c in status.get("conditions") or []}
+    theirs = {c["type"]: c for c in reported.get("conditions") or []}
+    status.update({k: v for k, v in reported.items() if k != "conditions"})
+    status["conditions"] = list({**mine, **theirs}.values())
+    metadata = {k: v for k, v in sandbox.metadata.items() if k != "resourceVersion"}
+    return Sandbox.from_body({**body, "metadata": metadata, "status": status})
+
+
+async def _claim(
+    runtime: Runtime, sandbox: Sandbox, resolution: Resolution, emit: EmitEvent
+) -> JsonDict | None:
+    """Serves a never-placed Sandbox from a ready pool member, if one matches. ``None``: no
+    claim (no member, or lost to another); otherwise the sandbox Pod now exists, bound to the
+    member's node, and the answer is the node agent's report of the claimed VM (empty when
+    the node agent did not take the claim: the Sandbox then boots cold there).
+
+    1. The member is reserved here and labelled ``claimed-by`` (with its resourceVersion as
+       precondition: a second operator, or a stale read, loses with 409); from then on its
+       pool deletes it and boots a replacement.
+    2. The Sandbox's own Pod is created already bound to the member's node, so quota and the
+       node's capacity count it like any sandbox Pod.
+    3. The node agent hands the member's VM to the Sandbox (personalised by the guest agent);
+       it writes the Sandbox's status from then on, with ``pool``. Should this step fail, the
+       Sandbox boots cold on that node, as any Sandbox whose Pod is bound there.
+    4. The member object is deleted: its VM is no longer behind its uid, so its removal only
+       deletes its Pod.
+    """
+    now = datetime.now(UTC)
+    pools = runtime.pools
+
+    async def usable(node: str) -> bool:
+        agent = await runtime.cluster.node_agent(node)
+        return agent is not None and agent.alive(now)
+
+    live = {
+        node
+        for pool in pools.in_namespace(sandbox.namespace)
+        for member in pools.members_of(pool)
+        if member.status and (node := member.status.node_name) and await usable(node)
+    }
+    choice = choose_member(
+        sandbox, pools.in_namespace(sandbox.namespace), pools.members_of, pools.reserved,
+        lambda node: node in live,
+    )  # fmt: skip
+    if choice is None:
+        return None
+    member = choice.member
+    pools.reserved.add(member.uid)
+    try:
+        return await _take(runtime, sandbox, resolution, choice, emit)
+    except BaseException:
+        pools.reserved.discard(member.uid)
+        raise
+
+
+async def _take(
+    runtime: Runtime, sandbox: Sandbox, resolution: Resolution, choice: Choice, emit: EmitEvent
+) -> JsonDict | None:
+    kube, member, pool = runtime.cluster.kube, choice.member, choice.pool
+    path = SANDBOXES.in_namespace(member.namespace).named(member.name)
+    if not await _mark_claimed(runtime, path, member, sandbox):
+        runtime.pools.reserved.discard(member.uid)
+        log.info("pool.claim_lost", pool=pool.name, member=member.name)
+        return None
+    pod = desired_pod(sandbox, runtime.pod_settings)
+    pod["spec"]["nodeName"] = choice.node
+    with contextlib.suppress(AlreadyExists):
+        await runtime.cluster.create_pod(pod)
+    agent = await runtime.cluster.node_agent(choice.node)
+    reported: JsonDict = {}
+    try:
+        if agent is None:
+            raise NodeAgentError(f"no node agent on {choice.node}")
+        reported = await runtime.agents.claim(agent, member.uid, pool.name, sandbox, resolution)
+    except NodeAgentError as error:
+        log.warning("pool.claim_failed", pool=pool.name, member=member.name, error=str(error))
+    else:
+        log.info("pool.claimed", pool=pool.name, member=member.name, node=choice.node)
+        emit(Event(Reason.CLAIMED, f"served by a booted VM of SandboxPool {pool.name}"))
+    with contextlib.suppress(NotFound):
+        deleted = await kube.delete(path, uid=member.uid)
+        runtime.pools.member_seen(deleted, wake=False)
+    return reported
+
+
+async def _mark_claimed(
+    runtime: Runtime, path: ResourcePath, member: Sandbox, sandbox: Sandbox
+) -> bool:
+    """Labels the member ``claimed-by``, on the condition that it did not change since it was
+    read; a version newer than the cache's (a metrics write, say) is read once and, if the
+    member is still a ready, unclaimed one, labelled instead. ``False``: someone else was
+    first, or the member went."""
+    for attempt in range(2):
+        label = {
+            "metadata": {
+                "resourceVersion": str(member.metadata.get("resourceVersion") or ""),
+                "labels": {CLAIMED_BY_LABEL: sandbox.uid},
+            }
+        }
+        try:
+            runtime.pools.member_seen(await runtime.cluster.kube.merge_patch(path, label))
+            return True
+        except NotFound:
+            return False
+        except Conflict:
+            if attempt:
+                return False
+        try:
+            member = Sandbox.from_body(await runtime.cluster.kube.get(path))
+        except NotFound:
+            return False
+        if claimed(member) or deleting(member) or not ready(member):
+            return False
+    return False
 
 
 async def remove(runtime: Runtime, sandbox: Sandbox) -> bool:

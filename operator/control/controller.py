@@ -36,6 +36,7 @@ from kubesandbox_kube import KubeError
 from kubesandbox_kube.watch import run_all
 from kubesandbox_operator.clients.events import EventPoster
 from kubesandbox_operator.control import EmitEvent, Runtime, SandboxKey, reconcile_once
+from kubesandbox_operator.control.pools import PoolController
 from kubesandbox_operator.control.queue import WorkQueue
 from kubesandbox_operator.reconcile.sandbox import Event
 
@@ -84,12 +85,14 @@ class Controller:
         self.ready = asyncio.Event()
         """Set once the caches are filled and passes may start."""
         self._settled_log: asyncio.TimerHandle | None = None
+        self.pools = PoolController(runtime.cluster.kube, runtime.pools)
         runtime.cluster.subscribe(self._wake, self._node_changed, self._written)
 
     def observe(self, body: JsonDict) -> None:
         """A version of a Sandbox (Kopf's watch): keep it, and give the Sandbox a pass."""
         key = key_of(body)
         self.sandboxes[key] = compact(body)
+        self.runtime.pools.member_seen(body)
         self.queue.add(key)
 
     def _written(self, body: JsonDict) -> None:
@@ -103,9 +106,15 @@ class Controller:
     def forget(self, key: SandboxKey) -> None:
         """The Sandbox is gone from the cluster: drop everything kept for it."""
         self.sandboxes.pop(key, None)
+        self.runtime.pools.member_gone(*key)
         self.queue.forget(key)
         self.runtime.handed_over.pop(key, None)
         self.runtime.cluster.forget(key)
+        self._log_when_settled()
+
+    def forget_pool(self, key: tuple[str, str]) -> None:
+        """The SandboxPool is gone from the cluster (its members went before it)."""
+        self.runtime.pools.pool_gone(key)
         self._log_when_settled()
 
     async def hold(self, key: SandboxKey) -> None:
@@ -121,6 +130,8 @@ class Controller:
             "leases": len(cluster.leases.agents),
             "references": len(cluster.references.values),
             "handed_over": len(self.runtime.handed_over),
+            "pools": len(self.runtime.pools.pools),
+            "pool_members": sum(len(m) for m in self.runtime.pools.members.values()),
             **self.queue.sizes(),
         }
 
@@ -134,6 +145,7 @@ class Controller:
             self.ready.set()
             for index in range(self.workers):
                 group.create_task(self._work(), name=f"reconcile worker {index}")
+            group.create_task(self.pools.run(), name="pools")
 
     async def _work(self) -> None:
         while True:

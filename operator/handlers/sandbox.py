@@ -18,7 +18,7 @@ from kubesandbox_operator import control
 from kubesandbox_operator.control.controller import Controller, key_of
 
 
-def _controller(memo: kopf.Memo) -> Controller:
+def controller_of(memo: kopf.Memo) -> Controller:
     controller = memo["controller"]
     assert isinstance(controller, Controller)
     return controller
@@ -30,7 +30,7 @@ async def observed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     update handlers: a Sandbox's own status writes cost one pass that plans nothing. Async on
     purpose: Kopf runs a plain function in a thread pool, and the controller's queue belongs
     to the event loop (and threads cost memory arenas)."""
-    controller = _controller(memo)
+    controller = controller_of(memo)
     raw = dict(body)
     if kwargs.get("type") == "DELETED":
         controller.forget(key_of(raw))
@@ -40,7 +40,7 @@ async def observed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def remove(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    controller = _controller(memo)
+    controller = controller_of(memo)
     raw = dict(body)
     await controller.ready.wait()  # the node agent's Lease must be known before deciding
     await controller.hold(key_of(raw))

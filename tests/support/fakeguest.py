@@ -75,6 +75,8 @@ class FakeGuest:
             for _ in range(count):
                 await self.send(frame.id, MessageType.EXEC_STDOUT, {"data": chunk})
             await self.send(frame.id, MessageType.EXEC_EXITED, {"code": 0}, FLAG_TERMINAL)
+        elif body.t == MessageType.CLAIM:
+            await self.send(frame.id, MessageType.CLAIMED, {}, FLAG_TERMINAL)
         elif body.t in (MessageType.RELAY_CLIENT_DISCONNECTED, MessageType.EXEC_STDIN):
             pass
         else:

@@ -5,6 +5,7 @@
 //! tokio runtime ([`server`]) fed by two blocking channel threads ([`transport`]).
 
 pub mod boot;
+pub mod claim;
 pub mod defaults;
 pub mod exec;
 pub mod fs;

@@ -95,7 +95,8 @@ pub struct Server {
     out: Out,
     state: Mutex<State>,
     handles: SharedHandles,
-    defaults: Defaults,
+    /// Replaced when a pool VM is claimed (`kubesandbox.claim`).
+    defaults: Mutex<Defaults>,
     fs_base: PathBuf,
     timings: Timings,
     activity: AtomicU64,
@@ -117,7 +118,7 @@ impl Server {
             out,
             state: Mutex::new(State::default()),
             handles: SharedHandles::default(),
-            defaults,
+            defaults: Mutex::new(defaults),
             fs_base,
             timings,
             activity: AtomicU64::new(0),
@@ -251,6 +252,12 @@ impl Server {
                     server.state().finish(id);
                 });
             }
+            HostMessage::Claim(claim) => match self.claim(&claim) {
+                Ok(()) => {
+                    self.out.send(id, FLAG_TERMINAL, types::CLAIMED, &Empty {}).await;
+                }
+                Err(e) => self.error(id, ErrorKind::InvalidPayload, e.to_string(), Some(env.t.clone())).await,
+            },
             other => self.forward(id, other, &env.t).await,
         }
         None
@@ -403,17 +410,36 @@ impl Server {
         }
     }
 
+    fn defaults(&self) -> Defaults {
+        self.defaults.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `kubesandbox.claim`: files and identity first; the environment only once they are in.
+    fn claim(&self, claim: &Claim) -> Result<(), crate::claim::ClaimError> {
+        crate::claim::apply(claim)?;
+        let mut defaults = self.defaults.lock().unwrap_or_else(|p| p.into_inner());
+        *defaults = Defaults::new(&claim.env, defaults.workdir.clone(), defaults.user.clone(), defaults.shell.clone());
+        log_info!(
+            "claimed: hostname {}, {} env entries, {} script(s)",
+            claim.hostname,
+            claim.env.len(),
+            claim.scripts.len()
+        );
+        Ok(())
+    }
+
     fn prepare(&self, req: &ExecRequest) -> Result<Prepared, SpawnError> {
-        let identity = self.identity(req.user.as_deref().or(self.defaults.user.as_deref()))?;
+        let defaults = self.defaults();
+        let identity = self.identity(req.user.as_deref().or(defaults.user.as_deref()))?;
         let home = identity.home.as_ref().map(|h| h.to_string_lossy().into_owned());
-        let env = self.defaults.exec_env(&req.env, home.as_deref(), identity.name.as_deref(), req.tty);
+        let env = defaults.exec_env(&req.env, home.as_deref(), identity.name.as_deref(), req.tty);
         let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("");
         let program = spawn::resolve_command(&req.cmd, path_var, std::path::Path::new("/"))?;
         let cwd = req
             .cwd
             .clone()
             .filter(|c| !c.is_empty())
-            .or_else(|| self.defaults.workdir.clone())
+            .or_else(|| defaults.workdir.clone())
             .or_else(|| home.clone().filter(|h| std::path::Path::new(h).is_dir()))
             .unwrap_or_else(|| "/".into());
         Prepared::new(&program, req, &env, &cwd, identity)

@@ -537,3 +537,28 @@ fn children_inherit_no_agent_descriptors() {
         assert!(!text.contains(bad), "{bad} leaked into the child:\n{text}");
     }
 }
+
+#[test]
+fn a_refused_claim_changes_nothing() {
+    // Only refusals here: an accepted claim sets the hostname, which on this host would be the
+    // test machine's (tests/integration/operator/test_pools.py claims real VMs).
+    let mut c = Client::start();
+    let claim = Claim {
+        env: vec!["CLAIMED=yes".into()],
+        hostname: "Not A Label".into(),
+        machine_id: "0123456789abcdef0123456789abcdef".into(),
+        entropy: vec![1],
+        scripts: vec![],
+    };
+    c.send(8, 0, types::CLAIM, &claim);
+    let m = c.recv();
+    assert_eq!((m.id, m.flags, m.env.t.as_str()), (8, FLAG_TERMINAL, types::ERROR));
+    let e: CoreError = m.p();
+    assert_eq!(e.kind, ErrorKind::InvalidPayload);
+    assert!(e.message.contains("hostname"), "{}", e.message);
+    c.send(9, FLAG_SESSION_START, types::EXEC_REQUEST, &request("sh", &["-c", "echo ${CLAIMED:-no}"]));
+    c.send(9, 0, types::EXEC_STDIN, &ExecStdin { data: vec![] });
+    let (out, _, end) = c.exec_output(9);
+    assert_eq!(exit_code(&end), 0);
+    assert_eq!(out, b"no\n");
+}

@@ -25,6 +25,7 @@ pub enum HostMessage {
     TcpData(TcpData),
     TcpEof,
     TcpClose,
+    Claim(Claim),
     /// A `core.error` from the host: logged, never answered (no error ping-pong).
     Error(CoreError),
 }
@@ -72,6 +73,7 @@ impl HostMessage {
             types::TCP_DATA => HostMessage::TcpData(env.payload()?),
             types::TCP_EOF => HostMessage::TcpEof,
             types::TCP_CLOSE => HostMessage::TcpClose,
+            types::CLAIM => HostMessage::Claim(env.payload()?),
             types::ERROR => HostMessage::Error(env.payload()?),
             other => return Err(IncomingError::UnsupportedType(other.to_string())),
         };

@@ -40,6 +40,9 @@ pub mod types {
     pub const TCP_CLOSE: &str = "core.tcp.close";
     pub const TCP_CLOSED: &str = "core.tcp.closed";
     pub const TCP_FAILED: &str = "core.tcp.failed";
+    /// kubesandbox's own: a pool VM handed to the Sandbox that claimed it (node agent only).
+    pub const CLAIM: &str = "kubesandbox.claim";
+    pub const CLAIMED: &str = "kubesandbox.claimed";
 }
 
 /// Largest `data` of one `core.fs.data` chunk.
@@ -99,6 +102,28 @@ pub struct ForkedInterface {
     pub addresses: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+}
+
+/// `kubesandbox.claim`: what a booted pool VM takes on when a Sandbox claims it, as if it had
+/// booted with it: the default environment of every exec (replaces the boot one), the
+/// hostname, the scripts under `/.msb/scripts` (replace the boot ones), and a fresh identity
+/// (machine-id, entropy mixed into the kernel's pool). Answered by `kubesandbox.claimed` (T).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub env: Vec<String>,
+    pub hostname: String,
+    pub machine_id: String,
+    #[serde(with = "serde_bytes")]
+    pub entropy: Vec<u8>,
+    pub scripts: Vec<Script>,
+}
+
+/// One script of a [`Claim`]: written to `/.msb/scripts/<name>` with mode 0755.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Script {
+    pub name: String,
+    #[serde(with = "serde_bytes")]
+    pub content: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

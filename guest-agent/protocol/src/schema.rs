@@ -213,6 +213,19 @@ fn samples() -> Vec<(&'static str, &'static str, u8, Value)> {
         (TCP_CLOSE, "H->G", 0, to_value(&Empty {})),
         (TCP_CLOSED, "G->H", FLAG_TERMINAL, to_value(&Empty {})),
         (TCP_FAILED, "G->H", FLAG_TERMINAL, to_value(&TcpFailed { error: "e".into() })),
+        (
+            CLAIM,
+            "H->G",
+            0,
+            to_value(&Claim {
+                env: vec!["K=V".into()],
+                hostname: "h".into(),
+                machine_id: "m".into(),
+                entropy: data(),
+                scripts: vec![Script { name: "n".into(), content: data() }],
+            }),
+        ),
+        (CLAIMED, "G->H", FLAG_TERMINAL, to_value(&Empty {})),
     ]
 }
 

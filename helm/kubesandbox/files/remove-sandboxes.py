@@ -1,5 +1,6 @@
 # Run by the chart's pre-delete hook (templates/uninstall-hook.yaml) with `python3 -c`: deletes
-# every Sandbox and waits until all are gone, while the operator and the node agents still run,
+# every SandboxPool (first: a pool would boot new members) and every Sandbox and waits until
+# all are gone, while the operator and the node agents still run,
 # so that `helm uninstall` leaves no VM, network namespace or sandbox directory on any node.
 # Standard library only. In the Job it uses its Pod's ServiceAccount; KUBESANDBOX_API,
 # KUBESANDBOX_TOKEN_FILE and KUBESANDBOX_CA_FILE override that (the chart's tests run it so).
@@ -40,25 +41,34 @@ def call(method, path):
             raise SystemExit(f"{method} {path}: {error.code} {detail}") from None
 
 
-deadline = time.monotonic() + timeout
-while True:
-    listed = call("GET", group + "/sandboxes")
+def remaining(plural, kind):
+    """What is left of ``plural``; deletes what is not being deleted yet."""
+    listed = call("GET", f"{group}/{plural}")
     if listed is None:
-        print("no Sandbox API (the CRD is gone): nothing to remove")
-        break
+        return None
     left = [item["metadata"] for item in listed["items"]]
-    if not left:
-        print("every Sandbox is gone")
-        break
     for meta in left:
         if not meta.get("deletionTimestamp"):
-            print(f"deleting Sandbox {meta['namespace']}/{meta['name']}", flush=True)
-            call("DELETE", f"{group}/namespaces/{meta['namespace']}/sandboxes/{meta['name']}")
+            print(f"deleting {kind} {meta['namespace']}/{meta['name']}", flush=True)
+            call("DELETE", f"{group}/namespaces/{meta['namespace']}/{plural}/{meta['name']}")
+    return left
+
+
+deadline = time.monotonic() + timeout
+while True:
+    pools = remaining("sandboxpools", "SandboxPool") or []
+    left = remaining("sandboxes", "Sandbox")
+    if left is None:
+        print("no Sandbox API (the CRD is gone): nothing to remove")
+        break
+    if not left and not pools:
+        print("every Sandbox is gone")
+        break
     if time.monotonic() > deadline:
-        names = ", ".join(f"{m['namespace']}/{m['name']}" for m in left)
+        names = ", ".join(f"{m['namespace']}/{m['name']}" for m in pools + left)
         sys.exit(
-            f"after {timeout:.0f} s these Sandboxes are still there: {names}. Is the operator "
-            "running? `helm uninstall --no-hooks` skips this wait (their VMs then keep "
-            "running until their node agent is back and removes them)"
+            f"after {timeout:.0f} s these SandboxPools and Sandboxes are still there: {names}. "
+            "Is the operator running? `helm uninstall --no-hooks` skips this wait (their VMs "
+            "then keep running until their node agent is back and removes them)"
         )
     time.sleep(2)

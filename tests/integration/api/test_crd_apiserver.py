@@ -212,3 +212,62 @@ def test_kubectl_explain_prints_the_model_documentation(control_plane: ControlPl
         assert f"{operation}\t" in explained or f"{operation} " in explained
     lifecycle = control_plane.kubectl("explain", "sandbox.spec.lifecycle.stopMode").stdout
     assert "Refuse new commands, let running ones finish, then stop." in lifecycle
+
+
+def _pool(name: str, replicas: int = 1, **template: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SandboxPool",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "template": {"spec": {"image": {"oci": "busybox:1.36"}, **template}},
+        },
+    }
+
+
+def _apply(control_plane: ControlPlane, namespace: str, body: dict[str, Any]) -> Any:
+    return control_plane.kubectl(
+        "apply", "-n", namespace, "-f", "-", input_text=json.dumps(body), check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "refusal"),
+    [
+        ({"cpus": 0}, "spec.template.spec.cpus"),
+        ({"volumes": [{"mountPath": "relative"}]}, "spec.template.spec.volumes[0].mountPath"),
+        ({"lifecycle": {"state": "Stopped"}}, "spec.template.spec.lifecycle.state"),
+    ],
+    ids=["cpus", "volume-path", "stopped"],
+)
+def test_a_pool_template_is_refused_as_a_sandbox_spec_would_be(
+    control_plane: ControlPlane, namespace: str, template: dict[str, Any], refusal: str
+) -> None:
+    result = _apply(control_plane, namespace, _pool("bad", **template))
+    assert result.returncode != 0
+    assert refusal in result.stderr, result.stderr
+
+
+def test_a_pool_template_may_change_what_a_sandbox_may_not(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    assert _apply(control_plane, namespace, _pool("changing", scripts={"a": "x"})).returncode == 0
+    changed = _apply(control_plane, namespace, _pool("changing", scripts={"a": "y"}))
+    assert changed.returncode == 0, changed.stderr
+
+
+def test_a_pool_scales_through_its_scale_subresource(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    assert _apply(control_plane, namespace, _pool("scaled", 2)).returncode == 0
+    control_plane.kubectl("scale", "-n", namespace, "sbxpool/scaled", "--replicas=5")
+    got = control_plane.kubectl("get", "-n", namespace, "sbxpool", "scaled", "-o", "json")
+    assert json.loads(got.stdout)["spec"]["replicas"] == 5
+    too_many = control_plane.kubectl(
+        "scale", "-n", namespace, "sbxpool/scaled", "--replicas=101", check=False
+    )
+    assert too_many.returncode != 0
+    table = control_plane.kubectl("get", "sbxpool", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "DESIRED", "CURRENT", "READY", "IMAGE", "AGE"]
+    assert table[1].split()[:3] == ["scaled", "5", "busybox:1.36"]

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.controlplane
 NODE_AGENT = f"system:serviceaccount:{SYSTEM}:kubesandbox-node-agent"
 OPERATOR = f"system:serviceaccount:{SYSTEM}:kubesandbox-operator"
 SANDBOXES = "sandboxes.kubesandbox.dev"
+POOLS = "sandboxpools.kubesandbox.dev"
 WAIT = ("--wait", "--timeout", "120s")
 NO_HOOK = ("--no-hooks",)
 """The pre-delete hook's Job cannot run without a kubelet; test_uninstall_hook_script runs its
@@ -185,7 +186,7 @@ def test_notes_say_how_to_reach_the_gateway_and_use_the_sdk(
 def can_i(plane: ControlPlane, who: str, verb: str, resource: str, namespace: str = "") -> bool:
     args = ["auth", "can-i", verb, f"--as={who}"]
     plural, _, subresource = resource.partition("/")  # kubectl reads TYPE/NAME otherwise
-    if subresource and plural == SANDBOXES:
+    if subresource and plural in (SANDBOXES, POOLS):
         args += [plural, f"--subresource={subresource}"]
     else:
         args.append(resource)
@@ -197,9 +198,15 @@ def can_i(plane: ControlPlane, who: str, verb: str, resource: str, namespace: st
 
 def test_operator_rbac_is_least_privilege(release: str, control_plane: ControlPlane) -> None:
     allowed = [
-        *((v, SANDBOXES, "team") for v in ("get", "list", "watch", "update", "patch", "delete")),
+        *(
+            (v, SANDBOXES, "team")
+            for v in ("get", "list", "watch", "create", "update", "patch", "delete")
+        ),
         ("patch", f"{SANDBOXES}/status", "team"),
         ("update", f"{SANDBOXES}/finalizers", "team"),
+        *((v, POOLS, "team") for v in ("get", "list", "watch", "update", "patch")),
+        ("patch", f"{POOLS}/status", "team"),
+        ("update", f"{POOLS}/finalizers", "team"),
         *((v, "pods", "") for v in ("get", "list", "watch", "create", "delete")),
         *((v, kind, "") for v in ("get", "list", "watch") for kind in ("secrets", "configmaps")),
         ("create", "events", "team"),
@@ -208,7 +215,9 @@ def test_operator_rbac_is_least_privilege(release: str, control_plane: ControlPl
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", ""),
     ]
     denied = [
-        ("create", SANDBOXES, "team"),
+        ("create", POOLS, "team"),
+        ("delete", POOLS, "team"),
+        ("update", f"{POOLS}/scale", "team"),
         ("update", f"{SANDBOXES}/status", "team"),
         ("update", "pods", "team"),
         ("create", "secrets", "team"),
@@ -599,11 +608,19 @@ def test_uninstall_hook_deletes_every_sandbox_and_waits(
             "spec": {"image": {"oci": "busybox:1.36"}},
         }
         control_plane.kubectl("create", "-f", "-", input_text=json.dumps(sandbox))
+    pool = {
+        "apiVersion": "kubesandbox.dev/v1alpha1",
+        "kind": "SandboxPool",
+        "metadata": {"name": "warm", "namespace": namespace},
+        "spec": {"template": {"spec": {"image": {"oci": "busybox:1.36"}}}},
+    }
+    control_plane.kubectl("create", "-f", "-", input_text=json.dumps(pool))
 
     stuck = run_hook(control_plane, script, tmp_path, timeout=6)
     assert stuck.returncode == 1, stuck.stdout + stuck.stderr
+    assert f"deleting SandboxPool {namespace}/warm" in stuck.stdout
     assert f"deleting Sandbox {namespace}/plain" in stuck.stdout
-    assert f"these Sandboxes are still there: {namespace}/stuck" in stuck.stderr
+    assert f"Sandboxes are still there: {namespace}/stuck" in stuck.stderr
     assert control_plane.kubectl("get", SANDBOXES, "plain", "-n", namespace,
                                  check=False).returncode != 0  # fmt: skip
 
@@ -616,6 +633,8 @@ def test_uninstall_hook_deletes_every_sandbox_and_waits(
     assert "every Sandbox is gone" in done.stdout
     listed = json.loads(control_plane.kubectl("get", SANDBOXES, "-A", "-o", "json").stdout)
     assert listed["items"] == []
+    pools = json.loads(control_plane.kubectl("get", POOLS, "-A", "-o", "json").stdout)
+    assert pools["items"] == []
 
 
 def test_uninstall_leaves_only_the_crd(
@@ -627,6 +646,7 @@ def test_uninstall_leaves_only_the_crd(
     left = [f"{o['kind']}/{o['metadata']['name']}" for o in objects if live(control_plane, o)]
     assert left == []
     assert control_plane.kubectl("get", "crd", SANDBOXES).returncode == 0
+    assert control_plane.kubectl("get", "crd", POOLS).returncode == 0
     # the release is gone for good: installing again works (the fixture's uninstall is a no-op)
     cluster_helm.run("install", *install_args(INSTALL_VALUES), *WAIT)
     assert cluster_helm.run("status", RELEASE, "-n", SYSTEM).returncode == 0

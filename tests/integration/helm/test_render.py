@@ -342,3 +342,43 @@ def test_values_given_as_arguments_merge_into_a_values_file(helm: Helm) -> None:
     assert config["registryMirrors"] == {"docker.io": "127.0.0.1:41000"}  # a dotted key, set
     operator = find(objects, "Deployment", "kubesandbox-operator")["spec"]["template"]["spec"]
     assert operator["containers"][0]["image"] == "127.0.0.1:5000/controller:dev-0123456789ab"
+
+
+def test_pool_crd_is_the_generated_one(helm: Helm) -> None:
+    from kubesandbox_api import crdgen
+
+    objects = render(helm, None, "--include-crds")
+    crd = find(objects, "CustomResourceDefinition", "sandboxpools.kubesandbox.dev")
+    assert crd == crdgen.pool_crd()
+
+
+def _grants(role: JsonDict) -> set[tuple[str, str]]:
+    return {
+        (resource, verb)
+        for rule in role["rules"]
+        if "kubesandbox.dev" in rule.get("apiGroups", [])
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_rbac_covers_sandbox_pools(helm: Helm) -> None:
+    objects = render(helm)
+    operator = _grants(find(objects, "ClusterRole", "kubesandbox-operator"))
+    assert {
+        ("sandboxpools", "watch"),
+        ("sandboxpools", "patch"),
+        ("sandboxpools/status", "patch"),
+        ("sandboxpools/finalizers", "update"),
+        ("sandboxes", "create"),
+        ("sandboxes", "delete"),
+    } <= operator
+    edit = _grants(find(objects, "ClusterRole", "kubesandbox-edit"))
+    assert {("sandboxpools", "create"), ("sandboxpools/scale", "update")} <= edit
+    view = _grants(find(objects, "ClusterRole", "kubesandbox-view"))
+    assert {("sandboxpools", "list"), ("sandboxpools/scale", "get")} <= view
+    assert not {verb for resource, verb in view if resource.startswith("sandboxpools")} - {
+        "get",
+        "list",
+        "watch",
+    }

@@ -1,7 +1,9 @@
 """A node agent that speaks the contract of docs/node-agent-api.md and does nothing else.
 
 It lets the operator's integration tests run without VMs: it records every request, answers
-PUT with the desired state's UID, and reports removal as in progress once before it is done.
+PUT with the desired state's UID, reports removal as in progress once before it is done, and
+answers a claim of a pool VM as the real one reports the claimed VM (or refuses it with 409
+while ``refuse_claims`` is set).
 The tests play the node agent's status writes themselves (server-side apply as
 ``kubesandbox-node-agent``).
 """
@@ -27,6 +29,7 @@ class FakeNodeAgent:
     token: str
     requests: list[Request] = field(default_factory=list)
     port: int = 0
+    refuse_claims: bool = False
     _deleting: set[str] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
@@ -37,6 +40,19 @@ class FakeNodeAgent:
 
     def puts(self, uid: str) -> list[Request]:
         return [r for r in self.requests if r.method == "PUT" and r.uid == uid]
+
+    def claims(self, member_uid: str) -> list[Request]:
+        return [r for r in self.requests if r.method == "CLAIM" and r.uid == member_uid]
+
+    async def _claim(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        uid = request.match_info["uid"]
+        self.requests.append(Request("CLAIM", uid, request.headers.get("Authorization", ""), body))
+        if self.refuse_claims:
+            return web.json_response({"message": "refused by the test"}, status=409)
+        connected = {"type": "AgentConnected", "status": "True", "reason": "AgentReady"}
+        return web.json_response({"phase": "Running", "pool": body["pool"],
+                                  "conditions": [connected]})  # fmt: skip
 
     def deletes(self, uid: str) -> list[Request]:
         return [r for r in self.requests if r.method == "DELETE" and r.uid == uid]
@@ -66,6 +82,7 @@ class FakeNodeAgent:
             app = web.Application()
             app.router.add_put("/v1/sandboxes/{uid}", self._put)
             app.router.add_delete("/v1/sandboxes/{uid}", self._delete)
+            app.router.add_post("/v1/sandboxes/{uid}/claim", self._claim)
             self._runner = web.AppRunner(app)
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", 0)

@@ -10,8 +10,8 @@ from tests.corpus import REPO_ROOT
 JsonDict = dict[str, Any]
 
 
-def _schema() -> JsonDict:
-    version = crdgen.crd()["spec"]["versions"][0]
+def _schema(definition: JsonDict | None = None) -> JsonDict:
+    version = (definition or crdgen.crd())["spec"]["versions"][0]
     schema: JsonDict = version["schema"]["openAPIV3Schema"]
     return schema
 
@@ -26,21 +26,33 @@ def _walk(node: JsonDict, path: str) -> Iterator[tuple[str, JsonDict]]:
         yield from _walk(node["additionalProperties"], f"{path}{{}}")
 
 
-def _spec_and_status() -> Iterator[tuple[str, JsonDict]]:
-    properties = _schema()["properties"]
+def _spec_and_status(definition: JsonDict | None = None) -> Iterator[tuple[str, JsonDict]]:
+    properties = _schema(definition)["properties"]
     yield from _walk(properties["spec"], "spec")
     yield from _walk(properties["status"], "status")
 
 
+BOTH = pytest.mark.parametrize(
+    "definition", [crdgen.crd(), crdgen.pool_crd()], ids=["sandbox", "pool"]
+)
+
+
 @pytest.mark.parametrize("path", crdgen.CRD_PATHS, ids=str)
 def test_committed_crd_is_what_the_models_generate(path: Path) -> None:
-    """Both copies: crds/ and the Helm chart's crds/."""
+    """Every copy of both CRDs: crds/ and the Helm chart's crds/."""
     committed = (REPO_ROOT / path).read_text()
-    assert committed == crdgen.render(), f"{path} is stale: run `make crds`"
+    assert committed == crdgen.expected()[path], f"{path} is stale: run `make crds`"
 
 
-def test_schema_is_structural() -> None:
-    for path, node in _spec_and_status():
+def test_every_crd_file_is_generated() -> None:
+    for directory in crdgen.CRD_DIRS:
+        on_disk = {p.name for p in (REPO_ROOT / directory).glob("*.yaml")}
+        assert on_disk == {p.name for p in crdgen.CRD_PATHS if p.parent == directory}
+
+
+@BOTH
+def test_schema_is_structural(definition: JsonDict) -> None:
+    for path, node in _spec_and_status(definition):
         assert "$ref" not in node, path
         assert "title" not in node, path
         assert node.get("additionalProperties") is not False, path
@@ -50,18 +62,20 @@ def test_schema_is_structural() -> None:
             assert "type" in node or node.get("x-kubernetes-int-or-string"), path
 
 
-def test_every_field_is_documented() -> None:
+@BOTH
+def test_every_field_is_documented(definition: JsonDict) -> None:
     undocumented = [
         path
-        for path, node in _spec_and_status()
+        for path, node in _spec_and_status(definition)
         if path.count(".") and not path.endswith(("[]", "{}")) and not node.get("description")
     ]
     assert undocumented == []
 
 
-def test_every_list_map_and_string_of_the_spec_is_bounded() -> None:
+@BOTH
+def test_every_list_map_and_string_of_the_spec_is_bounded(definition: JsonDict) -> None:
     unbounded = []
-    for path, node in _walk(_schema()["properties"]["spec"], "spec"):
+    for path, node in _walk(_schema(definition)["properties"]["spec"], "spec"):
         kind = node.get("type")
         if kind == "array" and "maxItems" not in node:
             unbounded.append(path)
@@ -96,6 +110,30 @@ def test_printer_columns() -> None:
     assert [c["name"] for c in columns] == ["Phase", "Node", "Image", "CPUs", "Memory", "Age"]
 
 
+def test_pool_crd_names_scale_and_columns() -> None:
+    spec = crdgen.pool_crd()["spec"]
+    assert spec["names"]["shortNames"] == ["sbxpool"]
+    assert spec["names"]["plural"] == "sandboxpools"
+    (version,) = spec["versions"]
+    assert version["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["Desired", "Current", "Ready", "Image", "Age"]
+
+
+def test_pool_template_is_the_sandbox_spec_without_transition_rules() -> None:
+    pool = _schema(crdgen.pool_crd())["properties"]["spec"]["properties"]
+    template = pool["template"]["properties"]["spec"]
+    sandbox = _schema()["properties"]["spec"]
+    assert template["properties"].keys() == sandbox["properties"].keys()
+    assert "oldSelf" in str(sandbox)
+    assert "oldSelf" not in str(template)
+    assert any("Running" in r["rule"] for r in template["x-kubernetes-validations"])
+
+
 def test_check_mode_reports_a_stale_file(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -109,3 +147,4 @@ def test_check_mode_reports_a_stale_file(
     assert crdgen.main(["--check"]) == 1
     assert str(crdgen.CHART_CRD_PATH) in capsys.readouterr().err
     assert crdgen.CRD_PATH.read_text() == crdgen.render()
+    assert crdgen.POOL_CRD_PATH.read_text() == crdgen.render(crdgen.pool_crd())

@@ -92,6 +92,9 @@ class FakeKube:
             if plural == path.plural and namespace == path.namespace
         ]
         for term in filter(None, params.get("labelSelector", "").split(",")):
+            if term.startswith("!"):  # the label does not exist
+                items = [i for i in items if term[1:] not in i["metadata"].get("labels", {})]
+                continue
             key, _, value = term.partition("=")
             items = [i for i in items if i["metadata"].get("labels", {}).get(key) == value]
         start = 0

@@ -504,7 +504,9 @@ async def test_start_of_a_crashed_sandbox_waits_for_the_new_generation(
     sandbox["status"] = {"phase": "Crashed", "message": "old crash", "observedGeneration": 1}
     restarted = asyncio.create_task(asyncio.sleep(0.3))
     restarted.add_done_callback(
-        lambda _: sandbox.__setitem__("status", {"phase": "Running", "observedGeneration": 2})
+        lambda _: sandbox.__setitem__(
+            "status", {"phase": "Running", "nodeName": "node-1", "observedGeneration": 2}
+        )
     )
     response = await client.post(
         f"/v1/sandboxes/{uid}/start",
@@ -726,3 +728,18 @@ async def test_start_and_stop_by_name(client: AppClient, kube: fakes.FakeKube) -
     assert (await error_of(missing, 404))["code"] == "sandbox_not_found"
     denied = await client.post("/v1/sandboxes/by-name/s1/stop", headers=bearer(NOBODY_TOKEN))
     await error_of(denied, 403)
+
+
+async def test_a_warm_pools_unclaimed_members_are_not_listed(
+    client: AppClient, kube: fakes.FakeKube
+) -> None:
+    running_sandbox(kube, "mine")
+    running_sandbox(kube, "warm-x1y2z")
+    member = kube.sandbox("team-a", "warm-x1y2z")
+    member["metadata"]["labels"] = {"kubesandbox.dev/pool": "warm", "team": "x"}
+    listed = await client.get("/v1/sandboxes", headers=bearer(SA_TOKEN))
+    assert [s["name"] for s in (await listed.json())["data"]] == ["mine"]
+    by_label = await client.get(
+        "/v1/sandboxes", params={"labels": '{"team": "x"}'}, headers=bearer(SA_TOKEN)
+    )
+    assert [s["name"] for s in (await by_label.json())["data"]] == ["mine"]

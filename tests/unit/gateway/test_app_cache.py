@@ -3,6 +3,9 @@ current), the apiserver only when the copy cannot answer; and the failed-token r
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -244,3 +247,49 @@ async def test_the_limit_applies_to_the_namespace_prefixed_routes_too(
         for n in range(4):
             answer = await client.get("/ns/team-a/v1/sandboxes", headers=bearer(f"x-{n}"))
         assert answer.status == 429
+
+
+async def test_waiting_for_running_watches_the_copy_not_the_apiserver(
+    kube: fakes.FakeKube, auth: fakes.FakeAuth, sandboxes: WatchedCopy
+) -> None:
+    """A sandbox served by a warm pool is Running within a fraction of a second: the wait sees
+    it in the watch's copy, without an apiserver GET per poll interval."""
+    gateway = Gateway(kube, auth, sandboxes=sandboxes, poll_interval=30)
+    running_sandbox(kube, "warm")
+    stored = kube.sandbox("team-a", "warm")
+    stored["status"] = {"phase": "Scheduled"}
+    created = json.loads(json.dumps(stored))
+
+    async def becomes_running() -> None:
+        await asyncio.sleep(0.2)
+        stored["status"] = {"phase": "Running", "nodeName": "node-1"}
+
+    began = time.monotonic()
+    flip = asyncio.create_task(becomes_running())
+    answer = await gateway.wait_running(created, 60)
+    await flip
+    assert answer["status"]["phase"] == "Running"
+    assert 0.2 <= time.monotonic() - began < 5
+    assert kube.calls == []
+
+
+async def test_running_without_a_node_is_not_usable_yet(
+    kube: fakes.FakeKube, auth: fakes.FakeAuth, sandboxes: WatchedCopy
+) -> None:
+    """A claimed VM reports Running before the operator wrote the node: the SDK's first exec
+    needs the node, so the wait goes on until it is there."""
+    gateway = Gateway(kube, auth, sandboxes=sandboxes, poll_interval=30)
+    running_sandbox(kube, "claimed")
+    stored = kube.sandbox("team-a", "claimed")
+    stored["status"] = {"phase": "Running"}
+    created = json.loads(json.dumps(stored))
+
+    async def placed() -> None:
+        await asyncio.sleep(0.2)
+        stored["status"] = {"phase": "Running", "nodeName": "node-1"}
+
+    flip = asyncio.create_task(placed())
+    answer = await gateway.wait_running(created, 60)
+    await flip
+    assert answer["status"]["nodeName"] == "node-1"
+    assert kube.calls == []

@@ -103,7 +103,7 @@ pub fn hosts_file(existing: &str, hostname: &str) -> String {
     out
 }
 
-fn set_hostname(name: &str) -> io::Result<()> {
+pub(crate) fn set_hostname(name: &str) -> io::Result<()> {
     // SAFETY: pointer and length describe `name`.
     crate::sys::cvt(unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) }).map(drop)
 }

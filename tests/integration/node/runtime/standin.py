@@ -49,6 +49,9 @@ class StandinPreparer:
             tsc_khz=tsc_khz(),
         )
 
+    async def claim_env(self, desired: DesiredSandbox) -> list[str]:
+        return [f"{v.name}={v.value}" for v in desired.spec.env if v.value is not None]
+
     async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None:
         self.updated.append(desired.generation)
 

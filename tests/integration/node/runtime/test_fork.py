@@ -144,12 +144,18 @@ async def test_a_fork_of_a_sandbox_that_is_not_on_this_node_fails_with_the_field
 async def test_the_sources_connections_are_reset_in_the_fork_not_sent_on(runtime: Runtime) -> None:
     peers: list[str] = []
     received = asyncio.Event()
+    handlers: list[asyncio.Task[Any]] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
         peers.append(writer.get_extra_info("peername")[0])
-        while await reader.readline():
-            received.set()
-        writer.close()
+        try:
+            while await reader.readline():
+                received.set()
+        finally:
+            writer.close()
 
     source_d = desired("talker", {"oci": "busybox:1.36"}, policy="All")
     assert isinstance(runtime.preparer, SandboxPreparer)
@@ -189,6 +195,9 @@ async def test_the_sources_connections_are_reset_in_the_fork_not_sent_on(runtime
         assert int(reset.split()[0]) > 0, rules.stdout  # the fork's segments stopped there
     finally:
         server.close()
+        for handler in handlers:
+            handler.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
 
 

@@ -193,6 +193,9 @@ class FakePreparer:
         self.built.append(desired.uid)
         return VMSpec(name=desired.uid[:8], kernel=Path("k"), initrd=Path("i"), state_dir=vm_dir)
 
+    async def claim_env(self, desired: DesiredSandbox) -> list[str]:
+        return [f"{v.name}={v.value}" for v in desired.spec.env if v.value is not None]
+
     async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None:
         self.updated.append(desired.generation)
 

@@ -258,6 +258,38 @@ async def test_prometheus_endpoint(api: Api) -> None:
     assert body["memoryBytes"] == 123
 
 
+async def test_a_pool_member_is_claimed_through_the_api_and_serves_nobody_before(api: Api) -> None:
+    member = str(uuid.uuid4())
+    body = {**desired(member), "name": "pool-x", "poolMember": True}
+    status, _ = await api.call("PUT", f"/v1/sandboxes/{member}", json=body)
+    assert status == 200
+    await api.until(member, "Running")
+    status, text = await api.call("GET", f"/v1/sandboxes/{member}/agent")
+    assert status == 409
+    assert "unclaimed pool VM" in text
+    claimant = str(uuid.uuid4())
+    claim = {"pool": "pool", "sandbox": desired(claimant)}
+    status, answer = await api.call("POST", f"/v1/sandboxes/{member}/claim", json=claim)
+    assert status == 200, answer
+    assert answer["pool"] == "pool"
+    assert answer["phase"] == "Running"
+    assert (await api.call("GET", f"/v1/sandboxes/{claimant}"))[0] == 200
+    assert (await api.call("GET", f"/v1/sandboxes/{member}"))[0] == 404
+    again = {"pool": "pool", "sandbox": desired(str(uuid.uuid4()))}
+    status, answer = await api.call("POST", f"/v1/sandboxes/{claimant}/claim", json=again)
+    assert status == 409, answer
+
+
+async def test_a_claim_is_authorized_in_the_claimants_namespace(api: Api) -> None:
+    member = await api.running()
+    claim = {"pool": "pool", "sandbox": desired(str(uuid.uuid4()))}
+    status, _ = await api.call("POST", f"/v1/sandboxes/{member}/claim", READER, json=claim)
+    assert status == 403
+    status, answer = await api.call("POST", f"/v1/sandboxes/{member}/claim", json={"pool": ""})
+    assert status == 422
+    assert answer["message"] == "invalid ClaimRequest"
+
+
 async def test_agent_websocket_wakes_an_idle_suspended_sandbox(api: Api) -> None:
     uid = str(uuid.uuid4())
     body = desired(uid, lifecycle={"idleTimeoutSeconds": 1, "idleAction": "Suspend"})

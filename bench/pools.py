@@ -1,0 +1,192 @@
+"""Warm-pool benchmark: a claim against a cold boot, measured in one run.
+
+    .venv/bin/python bench/pools.py [--runs 5] [--memory 128]
+
+The whole system of ``make up`` (control plane, registry, node agent, operator, gateway) is
+started in a temporary directory with a SandboxPool of one VM (``busybox:1.36``, 1 vCPU,
+``--memory`` MiB). Then, ``--runs`` times, interleaved so that load on the shared machine hits
+both alike, for the same spec (its own env and hostname, which a claim applies):
+
+- **kubectl, warm**: ``kubectl apply`` of a Sandbox that matches the pool, then ``kubectl wait
+  --for=condition=Ready`` (a watch): what a user waits for. The Sandbox must say
+  ``status.pool``. Then the time until the pool is back to one ready VM (**refill**: a
+  replacement member booted), and the Sandbox is deleted.
+- **kubectl, cold**: the pool scaled to 0 first (its member deleted), the same apply and wait:
+  a full boot. The pool is scaled back to 1 and refilled before the next run.
+- **SDK, warm / cold**: ``Sandbox.create(...)`` with the unchanged microsandbox SDK through the
+  gateway, then the first ``exec`` answering: what an SDK script waits for before its first
+  command; the same pool juggling.
+
+At most two VMs run at once (the pool's member and the sandbox measured). Prints each sample,
+the medians and the ratios warm / cold. Speed is measured, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from microsandbox import BackendKind, Sandbox, backend_scope
+
+from kubesandbox_devenv import services
+
+POOL = "bench-warm"
+BOOT_TIMEOUT = 300.0
+
+
+def template(memory: int) -> dict[str, Any]:
+    return {"image": {"oci": "busybox:1.36"}, "memory": memory}
+
+
+def kubectl(system: services.RunningSystem, *args: str, stdin: str | None = None) -> str:
+    return system.plane.kubectl(*args, input_text=stdin).stdout
+
+
+def pool_ready(system: services.RunningSystem, wanted: int) -> bool:
+    body = json.loads(kubectl(system, "get", "sandboxpool", POOL, "-o", "json"))
+    status = body.get("status") or {}
+    return bool(status.get("readyReplicas") == wanted and status.get("replicas") == wanted)
+
+
+def wait_pool(system: services.RunningSystem, wanted: int) -> float:
+    began = time.perf_counter()
+    while not pool_ready(system, wanted):
+        if time.perf_counter() - began > BOOT_TIMEOUT:
+            raise SystemExit(f"pool not at {wanted} ready within {BOOT_TIMEOUT:.0f} s")
+        time.sleep(0.1)
+    return time.perf_counter() - began
+
+
+def scale(system: services.RunningSystem, replicas: int) -> None:
+    kubectl(system, "scale", f"sandboxpool/{POOL}", f"--replicas={replicas}")
+    wait_pool(system, replicas)
+    if replicas == 0:  # the member's VM gone too, so that a cold boot shares the node with none
+        while json.loads(
+            kubectl(system, "get", "sandboxes", "-l", f"kubesandbox.dev/pool={POOL}", "-o", "json")
+        )["items"]:
+            time.sleep(0.1)
+
+
+def kubectl_apply(system: services.RunningSystem, name: str, memory: int) -> tuple[float, str]:
+    """apply → Ready; returns the seconds and ``status.pool`` (empty when booted cold)."""
+    body = {
+        "apiVersion": "kubesandbox.dev/v1alpha1",
+        "kind": "Sandbox",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            **template(memory),
+            "hostname": name,
+            "env": [{"name": "RUN", "value": name}],
+        },
+    }
+    began = time.perf_counter()
+    kubectl(system, "apply", "-f", "-", stdin=json.dumps(body))
+    kubectl(system, "wait", "--for=condition=Ready", f"sandbox/{name}", "--timeout=300s")
+    took = time.perf_counter() - began
+    status = json.loads(kubectl(system, "get", "sandbox", name, "-o", "json"))["status"]
+    return took, str(status.get("pool") or "")
+
+
+def delete(system: services.RunningSystem, name: str) -> None:
+    kubectl(system, "delete", "sandbox", name, "--timeout=300s")
+
+
+async def sdk_create(system: services.RunningSystem, name: str, memory: int) -> tuple[float, str]:
+    """``Sandbox.create`` → first exec answered, through the gateway; the sandbox is removed.
+    Returns the seconds and ``status.pool``."""
+    url = f"{system.gateway_url}/ns/default"
+    with backend_scope(BackendKind.CLOUD, url=url, api_key=system.demo_token):
+        began = time.perf_counter()
+        sandbox = await Sandbox.create(name, image="busybox:1.36", memory=memory, env={"RUN": name})
+        result = await sandbox.exec("true")
+        took = time.perf_counter() - began
+        assert result.exit_code == 0, result.stderr_text
+        served_by = pool_of(system, name)
+        await sandbox.stop()
+        await Sandbox.remove(name)
+    return took, served_by
+
+
+def pool_of(system: services.RunningSystem, name: str) -> str:
+    body = json.loads(kubectl(system, "get", "sandbox", name, "-o", "json"))
+    return str((body.get("status") or {}).get("pool") or "")
+
+
+def summary(label: str, warm: list[float], cold: list[float]) -> None:
+    w, c = statistics.median(warm), statistics.median(cold)
+    print(
+        f"{label:<28} warm median {w:6.2f} s   cold median {c:6.2f} s   warm / cold = {w / c:.2f}x"
+    )
+
+
+def measure(system: services.RunningSystem, runs: int, memory: int) -> None:
+    pool = {
+        "apiVersion": "kubesandbox.dev/v1alpha1",
+        "kind": "SandboxPool",
+        "metadata": {"name": POOL, "namespace": "default"},
+        "spec": {"replicas": 1, "template": {"spec": template(memory)}},
+    }
+    kubectl(system, "apply", "-f", "-", stdin=json.dumps(pool))
+    print(f"pool of 1 ready in {wait_pool(system, 1):.1f} s")
+    warm: list[float] = []
+    cold: list[float] = []
+    refill: list[float] = []
+    sdk_warm: list[float] = []
+    sdk_cold: list[float] = []
+    for run in range(runs):
+        took, served_by = kubectl_apply(system, f"warm-{run}", memory)
+        if served_by != POOL:
+            raise SystemExit(f"warm-{run} was not served by the pool (status.pool {served_by!r})")
+        refilled = wait_pool(system, 1)
+        warm.append(took)
+        refill.append(took + refilled)
+        delete(system, f"warm-{run}")
+
+        scale(system, 0)
+        took, served_by = kubectl_apply(system, f"cold-{run}", memory)
+        assert not served_by, served_by
+        cold.append(took)
+        delete(system, f"cold-{run}")
+        scale(system, 1)
+
+        took, served_by = asyncio.run(sdk_create(system, f"sdk-warm-{run}", memory))
+        if served_by != POOL:
+            raise SystemExit(f"sdk-warm-{run} was not served by the pool ({served_by!r})")
+        sdk_warm.append(took)
+        wait_pool(system, 1)
+        scale(system, 0)
+        took, served_by = asyncio.run(sdk_create(system, f"sdk-cold-{run}", memory))
+        assert not served_by, served_by
+        sdk_cold.append(took)
+        scale(system, 1)
+        print(
+            f"run {run + 1}: kubectl warm {warm[-1]:.2f} s (refilled {refill[-1]:.2f} s after "
+            f"the apply), cold {cold[-1]:.2f} s; SDK warm {sdk_warm[-1]:.2f} s, "
+            f"cold {sdk_cold[-1]:.2f} s"
+        )
+    print()
+    summary("kubectl apply -> Ready", warm, cold)
+    summary("SDK create -> first exec", sdk_warm, sdk_cold)
+    print(f"{'refill (apply -> pool ready)':<28} median {statistics.median(refill):6.2f} s")
+    kubectl(system, "delete", "sandboxpool", POOL, "--timeout=300s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--memory", type=int, default=128)
+    args = parser.parse_args()
+    began = time.perf_counter()
+    with services.running_system("ksb-bench-pool-") as running:
+        print(f"system up in {time.perf_counter() - began:.1f} s ({Path(running.paths.state_dir)})")
+        measure(running, args.runs, args.memory)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
