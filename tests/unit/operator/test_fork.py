@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from kubesandbox_api import Sandbox
 from kubesandbox_api.conditions import ConditionType, Phase, Reason
+from kubesandbox_api.pool import can_claim
 from kubesandbox_operator.reconcile.fork import ForkSource, check_source, pin_to_node
 from kubesandbox_operator.reconcile.references import Problem, Resolution
 from kubesandbox_operator.reconcile.sandbox import Observed, fork_started, plan
@@ -159,3 +160,8 @@ def test_the_node_agent_gets_the_sources_uid_until_the_fork_started() -> None:
     resolution = Resolution(fork_of="origin-0000-uid")
     assert resolution.payload()["forkOf"] == "origin-0000-uid"
     assert "forkOf" not in Resolution().payload()
+
+
+def test_a_fork_is_never_served_from_a_warm_pool() -> None:
+    assert can_claim(source().spec)
+    assert not can_claim(fork().spec)  # its state is its source's at the moment it is made
