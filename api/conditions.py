@@ -83,6 +83,13 @@ class Reason(StrEnum):
     """A referenced ConfigMap or ConfigMap key does not exist."""
     POLICY_VIOLATION = "PolicyViolation"
     """The spec asks for something the cluster policy forbids (for example a host path)."""
+    FORK_SOURCE_NOT_READY = "ForkSourceNotReady"
+    """``image.sandbox`` names a Sandbox that does not exist, is not Running, Paused or
+    Suspended, is on no node, or does not match the fork (cpus, memory, network)."""
+    FORKED = "Forked"
+    """The sandbox started from another sandbox's live state (node agent)."""
+    FORK_FAILED = "ForkFailed"
+    """The source's state could not be taken or the fork could not be started from it."""
     # Image (node agent)
     RESOLVING = "Resolving"
     """Resolving the reference to a manifest digest."""

@@ -73,7 +73,7 @@ class LocalObjectReference(ApiModel):
 class ImageSource(OneOf):
     """The root filesystem: exactly one of an OCI image, a disk image or a host directory."""
 
-    ONE_OF: ClassVar[tuple[str, ...]] = ("oci", "disk", "bind")
+    ONE_OF: ClassVar[tuple[str, ...]] = ("oci", "disk", "bind", "sandbox")
     WHAT: ClassVar[str] = "image"
 
     oci: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^\s]+$")] | None = None
@@ -84,6 +84,12 @@ class ImageSource(OneOf):
     """Boot from a disk image (qcow2, raw, vmdk). Patches are not supported with disk roots."""
     bind: BindRoot | None = None
     """Use a host directory as the root filesystem."""
+    sandbox: LocalObjectReference | None = None
+    """Fork another Sandbox of this namespace: start from its live state (memory and writable
+    layer, copied when the fork starts; the source runs on after a short pause). The source
+    must be Running, Paused or Suspended; the fork runs on its node, with its machine (cpus and
+    memory must be the same), under a new hostname, machine-id, MAC and network namespace
+    (docs/fork.md)."""
     pull_policy: PullPolicy = PullPolicy.IF_MISSING
     """When to contact the registry (OCI images only)."""
     pull_secrets: Annotated[list[LocalObjectReference], Field(max_length=16)] = []
@@ -678,8 +684,8 @@ def _unchanged(field: str) -> str:
 
 _IMAGE_IMMUTABLE = cel(
     " && ".join(_unchanged(source) for source in ImageSource._wire_names()),
-    "the root filesystem (image.oci, image.disk, image.bind) is immutable: the writable layer "
-    "belongs to it; create a new Sandbox instead",
+    "the root filesystem (image.oci, image.disk, image.bind, image.sandbox) is immutable: the "
+    "writable layer belongs to it; create a new Sandbox instead",
 )
 
 # --- the spec ---------------------------------------------------------------------------------
@@ -712,7 +718,8 @@ class SandboxSpec(ApiModel):
     }
 
     image: Annotated[ImageSource, Field(json_schema_extra=rules(_IMAGE_IMMUTABLE))]
-    """The root filesystem: exactly one of ``oci``, ``disk`` or ``bind``. Immutable."""
+    """The root filesystem: exactly one of ``oci``, ``disk``, ``bind`` or ``sandbox`` (a fork).
+    Immutable."""
     cpus: Annotated[int, Field(ge=1, le=64)] = 1
     """Number of virtual CPUs."""
     memory: Memory = 512

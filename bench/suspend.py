@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -35,30 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))  # appended, not prepended: the repo's operator/ must not shadow
 
 from kubesandbox_api.conditions import Phase  # noqa: E402
-from kubesandbox_devenv.registry import (  # noqa: E402
-    Layout,
-    Registry,
-    build_image,
-    busybox_entries,
-    layer_tar,
-)
-from kubesandbox_node.bootimage import initramfs  # noqa: E402
-from kubesandbox_node.images.registry import RegistryClient, RegistryConfig  # noqa: E402
-from kubesandbox_node.images.service import ImageService  # noqa: E402
-from kubesandbox_node.rootfs.assemble import SandboxRootfs  # noqa: E402
-from kubesandbox_node.rootfs.hostpaths import HostPathPolicy  # noqa: E402
-from kubesandbox_node.runtime.cgroups import CgroupManager  # noqa: E402
 from kubesandbox_node.runtime.manager import Runtime  # noqa: E402
 from kubesandbox_node.runtime.model import DesiredSandbox  # noqa: E402
-from kubesandbox_node.runtime.prepare import SandboxPreparer  # noqa: E402
-from kubesandbox_node.runtime.supervisor import Supervisor, Timing  # noqa: E402
-from kubesandbox_node.runtime.vmm import QemuVMM, process_start_ticks  # noqa: E402
-from kubesandbox_node.vm.host import tsc_khz  # noqa: E402
-from kubesandbox_node.volumes.prepare import NamedVolumes  # noqa: E402
-from kubesandbox_protocol import AgentClient  # noqa: E402
-from tests.support.vms import guest_agent_binary  # noqa: E402
-
-CGROUP_PARENT = f"kubesandbox-bench-{os.getpid()}"
+from kubesandbox_node.runtime.supervisor import Supervisor  # noqa: E402
+from kubesandbox_node.runtime.vmm import process_start_ticks  # noqa: E402
+from tests.support.runtimes import bench_runtime, run, until  # noqa: E402
 
 
 def desired(uid: str, memory: int, generation: int, state: str, stop_mode: str) -> DesiredSandbox:
@@ -68,21 +46,6 @@ def desired(uid: str, memory: int, generation: int, state: str, stop_mode: str) 
                   "network": {"policy": "None"},
                   "lifecycle": {"state": state, "stopMode": stop_mode}}}
     )  # fmt: skip
-
-
-async def until(supervisor: Supervisor, phase: Phase) -> None:
-    while supervisor.phase != phase:
-        if supervisor.phase in (Phase.CRASHED, Phase.FAILED):
-            raise RuntimeError(f"sandbox {supervisor.phase}: {supervisor.record.message}")
-        await asyncio.sleep(0.005)
-
-
-async def run(supervisor: Supervisor, script: str) -> str:
-    async with await AgentClient.connect(supervisor.relay_socket) as client:
-        result = await client.run("sh", ["-c", script])
-    if result.code != 0:
-        raise RuntimeError(result.stderr.decode(errors="replace"))
-    return result.stdout.decode()
 
 
 async def uptime(supervisor: Supervisor) -> float:
@@ -170,37 +133,9 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fill", type=int, default=0, help="MiB put in the guest's page cache")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="ksb-bench-suspend-"))
-    registry = Registry(work / "registry").start()
-    client = RegistryClient(RegistryConfig(plain_http=frozenset({registry.host})))
-    try:
-        layout = Layout(work / "layout")
-        layout.add_image("1.36", build_image([layer_tar(busybox_entries())]))
-        registry.push(layout, "1.36", "library/busybox")
-        policy = HostPathPolicy.of([])
-        preparer = SandboxPreparer(
-            images=ImageService(work / "images", client),
-            rootfs=SandboxRootfs(work / "rootfs", policy),
-            named=NamedVolumes(work / "volumes"),
-            policy=policy,
-            boot_image=initramfs.build(guest_agent_binary()),
-            tsc_khz=tsc_khz(),
-            mirrors={"docker.io": registry.host},
-        )
-        runtime = Runtime(
-            work / "state",
-            vmm=QemuVMM(cgroups=CgroupManager(parent=CGROUP_PARENT), run_as="nobody"),
-            preparer=preparer,
-            emulation=True,
-            timing=Timing(ready_timeout=180),
-        )
+    async with bench_runtime("ksb-bench-suspend-") as runtime:
         results = [await measure(runtime, m, args.rounds, args.fill) for m in args.memory]
         print(json.dumps(results, indent=2))
-    finally:
-        await client.close()
-        registry.stop()
-        CgroupManager(parent=CGROUP_PARENT).remove_parents()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def sandbox_object(sandbox: Mapping[str, Any]) -> JsonDict:
         "started_at": _timestamp(status.get("startedAt")),
         "stopped_at": _timestamp(status.get("stoppedAt")),
         "last_failure_message": failure,
-        "spec": _sdk_spec(name, metadata, spec),
+        "spec": _sdk_spec(name, metadata, spec, status),
         # kubesandbox's own field (the SDK ignores unknown fields): the Sandbox phase, which
         # tells apart what the SDK's statuses cannot (Paused shows as stopped)
         "phase": _text(status.get("phase")) or None,
@@ -158,13 +158,14 @@ def _sdk_spec(
     name: str,
     metadata: Mapping[str, Any],
     spec: Mapping[str, Any],
+    status: Mapping[str, Any],
 ) -> JsonDict:
     """The Sandbox spec in the create-body shape, so ``Sandbox.get(name).connect()`` finds
     env, workdir, user and shell. Never a secret value: env from ``valueFrom`` is omitted
     (an env item with a null value would make the SDK drop the whole spec, silently) and
     network secrets carry only their variable and hosts. Scripts and patches are left out:
     they can be megabytes, and every list response would repeat them."""
-    out: JsonDict = _sdk_source(_mapping(spec.get("image")))
+    out: JsonDict = _sdk_source(_mapping(spec.get("image")), _mapping(status.get("image")))
     out["name"] = name
     out["resources"] = _sdk_resources(spec)
     level = spec.get("logLevel")
@@ -206,10 +207,14 @@ def _sdk_spec(
     return out
 
 
-def _sdk_source(image: Mapping[str, Any]) -> JsonDict:
-    """The root filesystem in the SDK's shape (observed: ``oci``, ``bind``, ``disk_image``)."""
+def _sdk_source(image: Mapping[str, Any], pinned: Mapping[str, Any]) -> JsonDict:
+    """The root filesystem in the SDK's shape (observed: ``oci``, ``bind``, ``disk_image``).
+    A fork (``image.sandbox``, which the SDK has no word for) shows the OCI image its layers
+    are (``status.image``, inherited from its source), or an empty reference until known."""
     if isinstance(image.get("oci"), str):
         return {"source": "oci", "reference": image["oci"]}
+    if image.get("sandbox") is not None:
+        return {"source": "oci", "reference": _text(pinned.get("reference"))}
     bind = _mapping(image.get("bind"))
     if isinstance(bind.get("path"), str):
         return {"source": "bind", "path": bind["path"]}

@@ -29,6 +29,7 @@ class MessageType(StrEnum):
     READY = "core.ready"
     PING = "core.ping"
     PONG = "core.pong"
+    FORKED = "core.forked"
     TOUCH = "core.touch"
     TOUCHED = "core.touched"
     SHUTDOWN = "core.shutdown"

@@ -142,6 +142,12 @@ class ImageService:
             )
         return ReadyImage(record=record, layers=layers, pulled=pulled or fetched)
 
+    def share(self, source_uid: str, sandbox_uid: str) -> None:
+        """Pins ``source_uid``'s image for ``sandbox_uid`` too (a fork reads its layers)."""
+        record = self.pins.pinned(source_uid)
+        if record is not None and self.pins.pinned(sandbox_uid) is None:
+            self.pins.pin(sandbox_uid, record)
+
     def release(self, sandbox_uid: str) -> None:
         """The sandbox is gone: its layers may be collected from now on."""
         self.pins.unpin(sandbox_uid)

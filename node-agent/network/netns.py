@@ -167,7 +167,11 @@ def namespace_rules(plan: Plan, refuse: list[str], pins: Pins | None = None) -> 
             filt.append(f":{chain_name(index)} - [0:0]")
     filt += ["-A INPUT -i lo -j ACCEPT",
              "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-             "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]  # fmt: skip
+             "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+             # a TCP segment of a connection this namespace never saw open: a fork's inherited
+             # connections (docs/fork.md); reset in the guest, never sent on from here
+             f"-A FORWARD -i {TAP} -p tcp ! --syn -m conntrack --ctstate NEW "
+             "-j REJECT --reject-with tcp-reset"]  # fmt: skip
     for proto in ("udp", "tcp"):
         nat.append(
             f"-A PREROUTING -i {TAP} -p {proto} --dport 53 -j DNAT --to-destination {GATEWAY}:53"

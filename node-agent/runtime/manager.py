@@ -74,6 +74,7 @@ class Runtime:
             on_change=self._changed,
             timing=self.timing,
             booting=self.booting,
+            lookup=self.get,
         )
 
     async def recover(self) -> dict[str, bool]:

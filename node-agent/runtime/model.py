@@ -41,6 +41,8 @@ class Resolved(_Model):
     """Patch index → file name → base64 content, for ``copyDir``."""
     secrets: dict[str, str] = {}
     pull_auths: list[PullAuth] = []
+    fork_of: str | None = None
+    """A fork's source Sandbox uid (``spec.image.sandbox``), until the fork has started."""
 
 
 class DesiredSandbox(_Model):

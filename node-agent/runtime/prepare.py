@@ -307,6 +307,14 @@ class SandboxPreparer:
         if _has_nic(desired):
             await self.network.attach(desired)
 
+    async def fork(
+        self, desired: DesiredSandbox, source_uid: str
+    ) -> tuple[bc.Network | None, list[str]]:
+        """A fork's network (its own namespace and tap, a MAC of its own) and a pin on its
+        source's image layers, which its machine reads (the source may go first)."""
+        self.images.share(source_uid, desired.uid)
+        return await self.network.attach(desired)
+
     async def remove(self, desired: DesiredSandbox) -> None:
         self._ready.pop(desired.uid, None)
         with contextlib.suppress(RootfsError):

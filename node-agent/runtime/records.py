@@ -43,6 +43,20 @@ class SavedVM(BaseModel):
     """Why it sleeps: ``IdleTimeout`` (idleAction Suspend) is woken by the next use."""
 
 
+class ForkRecord(BaseModel):
+    """A fork's origin and identity (sent again to the guest after a later cold start)."""
+
+    source: str
+    """The source Sandbox's name."""
+    source_uid: str
+    source_mac: str | None = None
+    hostname: str
+    network: dict[str, object] | None = None
+    """The fork's guest network configuration (``bootconfig.Network``), JSON."""
+    pause_seconds: float = 0.0
+    state_bytes: int = 0
+
+
 class SandboxRecord(BaseModel):
     desired: DesiredSandbox
     phase: Phase = Phase.SCHEDULED
@@ -60,6 +74,7 @@ class SandboxRecord(BaseModel):
     spec: VMSpec | None = Field(default=None, description="the machine of the current run")
     saved: SavedVM | None = None
     suspension: SuspensionStatus | None = None
+    fork: ForkRecord | None = None
     claimed_by: str | None = Field(
         default=None,
         description="uid of the Sandbox a pool VM was handed to; the VM keeps its own uid "

@@ -44,15 +44,32 @@ from kubesandbox_api.spec import DesiredState, IdleAction, RestartPolicy, StopMo
 from kubesandbox_api.status import Condition, ExitStatus, ImageStatus, SuspensionStatus
 from kubesandbox_node.runtime.claim import claim_payload
 from kubesandbox_node.runtime.crash import boot_failure, classify
+from kubesandbox_node.runtime.fork import (
+    Capture,
+    ForkError,
+    copy_file,
+    fork_machine,
+    fork_refusal,
+    forked_message,
+    source_mac,
+)
 from kubesandbox_node.runtime.model import DesiredSandbox, NodeSandboxStatus
-from kubesandbox_node.runtime.records import STATE_FILE, RecordStore, SandboxRecord, SavedVM
+from kubesandbox_node.runtime.records import (
+    STATE_FILE,
+    ForkRecord,
+    RecordStore,
+    SandboxRecord,
+    SavedVM,
+)
 from kubesandbox_node.runtime.vmm import VMM, Incoming, VMHandle, VMRecord
+from kubesandbox_node.vm import bootconfig as bc
 from kubesandbox_node.vm.machine import BootError
 from kubesandbox_node.vm.qmp import QMPError
 from kubesandbox_node.vm.snapshot import SnapshotError, state_timeout
 from kubesandbox_node.vm.spec import VMSpec
 from kubesandbox_protocol.client import AgentClient, AgentError
-from kubesandbox_protocol.messages import MessageType
+from kubesandbox_protocol.frame import Frame
+from kubesandbox_protocol.messages import MessageType, encode_body
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +105,11 @@ class Preparer(Protocol):
 
     async def remove(self, desired: DesiredSandbox) -> None: ...
     async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None: ...
+    async def fork(
+        self, desired: DesiredSandbox, source_uid: str
+    ) -> tuple[bc.Network | None, list[str]]:
+        """A fork's own network (namespace, tap, MAC) and its share of the source's image."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -150,8 +172,11 @@ class Supervisor:
         on_change: Callable[[Supervisor], None] = lambda _: None,
         timing: Timing = DEFAULT_TIMING,
         booting: asyncio.Semaphore | None = None,
+        lookup: Callable[[str], Supervisor | None] = lambda _: None,
     ) -> None:
         self.record = record
+        self.lookup = lookup
+        """Another sandbox's supervisor on this node by uid (a fork's source)."""
         self.store = store
         self.vmm = vmm
         self.preparer = preparer
@@ -415,23 +440,27 @@ class Supervisor:
 
     # --- start -----------------------------------------------------------------------------
 
+    def _new_run(self) -> None:
+        self.record.runs += 1
+        self.record.started_generation = self.desired.generation
+        self.record.exit_status = None
+        self._run_ended.clear()
+        self._condition(
+            ConditionType.SOFTWARE_EMULATION,
+            self.emulation,
+            Reason.KVM_UNAVAILABLE if self.emulation else Reason.KVM,
+            "KVM cannot run guests on this node; the VM runs under TCG" if self.emulation else "",
+        )
+
     async def _start(self, pause_after: bool) -> None:
         if self.handle is not None:
             return
+        if self.desired.spec.image.sandbox is not None:
+            await self._start_fork(pause_after)
+            return
         desired = self.desired
-        self.record.runs += 1
-        self.record.started_generation = desired.generation
-        self.record.exit_status = None
-        self._run_ended.clear()
+        self._new_run()
         try:
-            self._condition(
-                ConditionType.SOFTWARE_EMULATION,
-                self.emulation,
-                Reason.KVM_UNAVAILABLE if self.emulation else Reason.KVM,
-                "KVM cannot run guests on this node; the VM runs under TCG"
-                if self.emulation
-                else "",
-            )
             self._transition(Phase.PULLING, "resolving the image")
             self._condition(ConditionType.IMAGE_READY, False, Reason.PULLING)
             try:
@@ -464,14 +493,21 @@ class Supervisor:
             self.log.exception("sandbox.start_failed")
             self._end(Phase.FAILED, Reason.VMM_EXITED, False, None, f"start failed: {exc}")
             return
+        await self._started(handle, pause_after)
+
+    async def _started(
+        self, handle: VMHandle, pause_after: bool, *, forked: str | None = None
+    ) -> None:
+        """Running; ``forked``: what the fork was made from (the condition's and Event's)."""
         self._attach(handle)
         group = handle.record.cgroup()
         self.record.oom_kills_at_start = group.usage().oom_kills if group else 0
         self.record.started_at = _now()
         self.record.stopped_at = None
-        self._condition(ConditionType.AGENT_CONNECTED, True, Reason.AGENT_READY)
+        reason = Reason.FORKED if forked else Reason.AGENT_READY
+        self._condition(ConditionType.AGENT_CONNECTED, True, reason, forked or "")
         self._condition(ConditionType.PAUSED, False, Reason.RUNNING)
-        self._transition(Phase.RUNNING)
+        self._transition(Phase.RUNNING, forked)
         if pause_after:
             await self._pause()
 
@@ -896,6 +932,162 @@ class Supervisor:
         self._end(
             Phase.STOPPED, reason, True, None, "stopped while suspended: saved state discarded"
         )
+
+    # --- fork --------------------------------------------------------------------------------
+
+    async def capture(self, into: Path) -> Capture:
+        """This sandbox's live state for a fork, in ``into`` (``runtime.fork``): a running VM
+        is paused for the save and the disk copies, then continues; a suspended one gives a
+        copy of its saved state."""
+        async with self._lock:
+            return await self._capture(into)
+
+    async def _capture(self, into: Path) -> Capture:
+        name = self.desired.name
+        saved = self.record.saved
+        state = into / "fork.state"
+        if self.phase == Phase.SUSPENDED and saved is not None and has_state(saved):
+            refused = fork_refusal(saved.spec)
+            if refused is not None:
+                raise ForkError(f"Sandbox {name!r} cannot be forked: {refused}")
+            began = time.monotonic()
+            disks = await self._copy_disks(saved.spec, into)
+            await copy_file(Path(saved.state_file), state)
+            return Capture(saved.spec, state, saved.ready_frame, disks, 0.0, saved.size_bytes,
+                           time.monotonic() - began)  # fmt: skip
+        spec, handle = self.record.spec, self.handle
+        if handle is None or self.phase not in SUSPENDABLE_PHASES:
+            raise ForkError(
+                f"Sandbox {name!r} is {self.phase}; it must be Running, Paused or Suspended"
+            )
+        refused = fork_refusal(spec)
+        if refused is not None or spec is None:
+            raise ForkError(f"Sandbox {name!r} cannot be forked: {refused}")
+        was_paused = self.phase == Phase.PAUSED
+        began = time.monotonic()
+        try:
+            size = await handle.save_state(state, within=state_timeout(spec.memory_mib))
+            saved_at = time.monotonic()
+            disks = await self._copy_disks(spec, into)
+        except (SnapshotError, QMPError, OSError, ConnectionError) as exc:
+            raise ForkError(f"taking the state of Sandbox {name!r} failed: {exc}") from exc
+        finally:
+            if not was_paused:
+                with contextlib.suppress(QMPError, OSError, ConnectionError):
+                    await handle.resume()
+            paused = time.monotonic() - began
+        self.log.info("sandbox.fork_taken", pause_seconds=round(paused, 3), state_bytes=size,
+                      copy_seconds=round(paused - (saved_at - began), 3))  # fmt: skip
+        return Capture(spec, state, handle.record.ready_frame, disks, paused, size,
+                       time.monotonic() - saved_at)  # fmt: skip
+
+    @staticmethod
+    async def _copy_disks(spec: VMSpec, into: Path) -> dict[str, Path]:
+        disks: dict[str, Path] = {}
+        for drive in spec.drives:
+            if not drive.read_only:
+                disks[drive.serial] = into / f"{drive.serial}.{drive.format}"
+                await copy_file(drive.path, disks[drive.serial])
+        return disks
+
+    async def _start_fork(self, pause_after: bool) -> None:
+        """The first start of a fork restores its source's state; a later one (after a stop)
+        boots the fork's own machine. Either way the guest is then told its new identity."""
+        self._new_run()
+        try:
+            if self.record.fork is None or self.record.spec is None:
+                handle = await self._fork_from_source()
+            else:
+                handle = await self._boot_fork_again(self.record.spec)
+            await self._reidentify(handle)
+        except ForkError as exc:
+            self._end(Phase.FAILED, Reason.FORK_FAILED, False, None, str(exc))
+            return
+        except BootError as exc:
+            reason, why = boot_failure(exc.reason, exc.console)
+            self._condition(ConditionType.AGENT_CONNECTED, False, reason, why)
+            self._end(
+                Phase.CRASHED, Reason.FORK_FAILED, False, None, f"{why}\n{exc.console[-1500:]}"
+            )
+            return
+        except Exception as exc:
+            self.log.exception("sandbox.fork_failed")
+            self._end(Phase.FAILED, Reason.FORK_FAILED, False, None, f"fork failed: {exc}")
+            return
+        fork = self.record.fork
+        assert fork is not None
+        why = (f"forked from Sandbox {fork.source} (the source paused {fork.pause_seconds:.3f}s; "
+               f"{fork.state_bytes} bytes of state)")  # fmt: skip
+        await self._started(handle, pause_after, forked=why)
+
+    async def _fork_from_source(self) -> VMHandle:
+        desired = self.desired
+        ref = desired.spec.image.sandbox
+        assert ref is not None
+        source_uid = desired.resolved.fork_of
+        source = self.lookup(source_uid) if source_uid else None
+        if source is None or source_uid is None:
+            raise ForkError(
+                f"spec.image.sandbox.name: Sandbox {ref.name!r} does not run on this node"
+            )
+        self._transition(Phase.BOOTING, f"forking Sandbox {ref.name}: taking its state")
+        into = self.dir / "fork"
+        into.mkdir(mode=0o700, parents=True, exist_ok=True)
+        capture = await source.capture(into)
+        self.record.image = source.record.image  # the layers it reads are its source's image
+        network, nic_args = await self.preparer.fork(desired, source_uid)
+        vm_dir = self.dir / "vm"
+        vm_dir.mkdir(parents=True, exist_ok=True)
+        initrd = vm_dir / "initrd.cpio"
+        await copy_file(capture.spec.initrd, initrd)
+        spec = fork_machine(capture.spec, name=self.uid, state_dir=vm_dir, initrd=initrd,
+                            disks=capture.disks, nic_args=nic_args)  # fmt: skip
+        self.record.fork = ForkRecord(
+            source=ref.name,
+            source_uid=source_uid,
+            source_mac=source_mac(capture.spec),
+            hostname=desired.spec.hostname or desired.name[:63].strip("-.") or "sandbox",
+            network=network.model_dump(mode="json", by_alias=True) if network else None,
+            pause_seconds=round(capture.pause_seconds, 3),
+            state_bytes=capture.state_bytes,
+        )
+        self.record.spec = spec
+        self._save()
+
+        def loaded(vm: VMRecord) -> None:
+            self.record.vm = vm
+            self._save()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(capture.state_file)
+
+        async with self._boot_slot():
+            self._transition(Phase.BOOTING, f"forking Sandbox {ref.name}: restoring its state")
+            incoming = Incoming(spec, capture.state_file, capture.ready_frame, loaded)
+            return await self.vmm.restore(
+                incoming, self.relay_socket, ready_timeout=self.timing.ready_timeout
+            )
+
+    async def _boot_fork_again(self, spec: VMSpec) -> VMHandle:
+        fork = self.record.fork
+        assert fork is not None
+        await self.preparer.fork(self.desired, fork.source_uid)  # the network again
+        async with self._boot_slot():
+            self._transition(Phase.BOOTING, "waiting for the guest agent")
+            return await self.vmm.start(
+                spec, self.relay_socket, ready_timeout=self.timing.ready_timeout
+            )
+
+    async def _reidentify(self, handle: VMHandle) -> None:
+        """``core.forked``: the guest takes the fork's identity before any command reaches it
+        (frames are handled in order)."""
+        fork = self.record.fork
+        assert fork is not None
+        network = bc.Network.model_validate(fork.network) if fork.network else None
+        payload = forked_message(
+            hostname=fork.hostname, uid=self.uid, old_mac=fork.source_mac, network=network
+        )
+        frame = Frame(0, 0, encode_body(MessageType.FORKED, payload)).encode()
+        await handle.relay.send_to_guest(frame)
 
     # --- removal and shutdown --------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Kubernetes Events for what a person watching ``kubectl describe sandbox`` wants to see:
-the sandbox started, stopped, was suspended or resumed, crashed (with the reason) or cannot
-run (with the reason).
+the sandbox started (or was forked), stopped, was suspended or resumed, crashed (with the
+reason) or cannot run (with the reason).
 
 Events are best effort: a failure to post one is logged, never retried and never blocks a
 transition. Only phase changes produce one, so a sandbox emits a handful in its life.
@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from kubesandbox_api.conditions import Phase
+from kubesandbox_api.conditions import Phase, Reason
 from kubesandbox_api.resource import API_VERSION, KIND
 from kubesandbox_kube import KubeClient, KubeError
 from kubesandbox_kube.paths import EVENTS
@@ -48,6 +48,9 @@ def event_for(
     type_, reason = kind
     if status.phase == Phase.RUNNING and previous == Phase.RESUMING:
         reason = "Resumed"
+    forked = any(c.reason == Reason.FORKED for c in status.conditions)
+    if status.phase == Phase.RUNNING and previous == Phase.BOOTING and forked:
+        reason = "Forked"
     if status.exit_status is not None and status.phase in (Phase.CRASHED, Phase.FAILED):
         reason = status.exit_status.reason or reason
     message = status.message or f"sandbox is {status.phase.value} on {node}"

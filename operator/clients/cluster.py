@@ -121,6 +121,15 @@ class Cluster:
             self.references.fill((kind, namespace, name), body)
         return self.references.lookup(key)
 
+    async def sandbox(self, namespace: str, name: str) -> Sandbox | None:
+        """Another Sandbox (a fork's source), read once per call: only forks that have not
+        started yet ask."""
+        try:
+            body: JsonDict = await self.kube.get(SANDBOXES.in_namespace(namespace).named(name))
+        except NotFound:
+            return None
+        return Sandbox.from_body(body)
+
     def forget(self, key: SandboxKey) -> None:
         """The Sandbox is gone: drop what was kept for it."""
         self.references.release(key)

@@ -29,6 +29,8 @@ from kubesandbox_kube.paths import SANDBOXES, ResourcePath
 from kubesandbox_operator.clients.cluster import Cluster
 from kubesandbox_operator.clients.nodeagent import NodeAgentError, NodeAgents, desired_state
 from kubesandbox_operator.clients.pools import PoolIndex
+from kubesandbox_operator.reconcile.fork import RETRY_SECONDS as FORK_RETRY_SECONDS
+from kubesandbox_operator.reconcile.fork import ForkSource, check_source
 from kubesandbox_operator.reconcile.pod import PodSettings, desired_pod
 from kubesandbox_operator.reconcile.pool import (
     Choice,
@@ -38,8 +40,8 @@ from kubesandbox_operator.reconcile.pool import (
     ready,
     wants_claim,
 )
-from kubesandbox_operator.reconcile.references import Resolution, resolve
-from kubesandbox_operator.reconcile.sandbox import Event, NodeAgent, Observed, plan
+from kubesandbox_operator.reconcile.references import Problem, Resolution, resolve
+from kubesandbox_operator.reconcile.sandbox import Event, NodeAgent, Observed, fork_started, plan
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +85,12 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
             sandbox = as_reported(sandbox, report)
     node = pod.node_name if pod else None
     agent = await cluster.node_agent(node) if node else None
+    source = sandbox.spec.image.sandbox
+    checked: ForkSource | Problem | None = None
+    if source is not None and not fork_started(sandbox):
+        checked = check_source(sandbox, await cluster.sandbox(sandbox.namespace, source.name))
+        if isinstance(checked, ForkSource):
+            resolution.fork_of = checked.uid
     decided = plan(
         Observed(
             sandbox=sandbox,
@@ -92,6 +100,7 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
             now=datetime.now(UTC),
             allow_host_paths=runtime.allow_host_paths,
             pod_settings=runtime.pod_settings,
+            fork=checked,
         )
     )
     if decided.create_pod is not None:
@@ -121,6 +130,8 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
                 log.warning("node_agent.unreachable", error=str(error))
                 return AGENT_RETRY_SECONDS
             runtime.handed_over[key] = digest
+    if isinstance(checked, Problem):
+        return FORK_RETRY_SECONDS  # the source's changes do not wake its forks
     return None
 
 

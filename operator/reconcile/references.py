@@ -38,15 +38,20 @@ class Resolution:
     secrets: dict[str, str] = field(default_factory=dict)
     pull_auths: list[JsonDict] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    fork_of: str | None = None
+    """A fork's source Sandbox (its uid on the same node), until the fork has started."""
 
     def payload(self) -> JsonDict:
-        return {
+        body: JsonDict = {
             "env": self.env,
             "files": self.files,
             "dirs": self.dirs,
             "secrets": self.secrets,
             "pullAuths": self.pull_auths,
         }
+        if self.fork_of is not None:
+            body["forkOf"] = self.fork_of
+        return body
 
 
 def referenced_objects(spec: SandboxSpec) -> set[ObjectRef]:

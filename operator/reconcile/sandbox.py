@@ -25,6 +25,7 @@ from kubesandbox_api.conditions import ConditionType, Phase, Reason
 from kubesandbox_api.spec import RestartPolicy
 from kubesandbox_operator.reconcile import conditions
 from kubesandbox_operator.reconcile.conditions import Condition
+from kubesandbox_operator.reconcile.fork import ForkSource, pin_to_node
 from kubesandbox_operator.reconcile.pod import PodSettings, desired_pod
 from kubesandbox_operator.reconcile.podview import PodView
 from kubesandbox_operator.reconcile.references import Problem, Resolution
@@ -45,6 +46,15 @@ NODE_AGENT_PHASES = frozenset(
         Phase.RESUMING,
     }
 )
+
+
+def fork_started(sandbox: Sandbox) -> bool:
+    """Whether the node agent has taken a fork over: it has its own copy of the source's state
+    from then on, and the source is no longer needed (``reconcile.fork``)."""
+    status = sandbox.status
+    if status is None:
+        return False
+    return status.started_at is not None or status.phase in NODE_AGENT_PHASES | {Phase.CRASHED}
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,9 @@ class Observed:
     now: datetime
     allow_host_paths: bool = False
     pod_settings: PodSettings = field(default_factory=PodSettings)
+    fork: ForkSource | Problem | None = None
+    """``spec.image.sandbox``'s source checked (``fork.check_source``) while the fork has not
+    started; ``None`` otherwise."""
 
 
 @dataclass(frozen=True)
@@ -120,10 +133,14 @@ def plan(observed: Observed) -> Plan:
             Problem(Reason.POLICY_VIOLATION, f"{use}: host paths are not allowed here")
             for use in host_path_uses(sandbox)
         ]
+    fork = observed.fork
+    if isinstance(fork, Problem):
+        problems.append(fork)
     if problems:
         step = _refuse(problems)
     elif pod is None:
-        step = _place(sandbox, observed.pod_settings)
+        node = fork.node if isinstance(fork, ForkSource) else None
+        step = _place(sandbox, observed.pod_settings, node)
     elif (node := pod.bound_node) is None:
         step = _wait_for_scheduler(pod)
     elif observed.agent is None or not observed.agent.alive(observed.now):
@@ -152,14 +169,18 @@ def _refuse(problems: list[Problem]) -> _Step:
     return _Step(Plan(events=events), Phase.FAILED, [ready])
 
 
-def _place(sandbox: Sandbox, settings: PodSettings) -> _Step:
+def _place(sandbox: Sandbox, settings: PodSettings, node: str | None) -> _Step:
+    """The sandbox Pod; ``node``: a fork's, pinned to its source's node."""
     status = sandbox.status
     crashed = status is not None and status.phase == Phase.CRASHED
     if crashed and sandbox.spec.lifecycle.restart_policy is RestartPolicy.NEVER:
         return _Step(Plan(), None, [])  # crashed, and not to be restarted
     pending = "sandbox Pod created; waiting for kube-scheduler"
+    pod = desired_pod(sandbox, settings)
+    if node is not None:
+        pod["spec"]["affinity"] = pin_to_node(pod["spec"].get("affinity"), node)
     return _Step(
-        Plan(create_pod=desired_pod(sandbox, settings)),
+        Plan(create_pod=pod),
         Phase.PENDING,
         [
             Condition.false(ConditionType.SCHEDULED, Reason.POD_PENDING, pending),
@@ -215,7 +236,12 @@ def _without_agent(sandbox: Sandbox, node: str, agent: NodeAgent | None) -> _Ste
     )
 
 
-_OPERATOR_REFUSALS = {Reason.SECRET_NOT_FOUND, Reason.CONFIG_MAP_NOT_FOUND, Reason.POLICY_VIOLATION}
+_OPERATOR_REFUSALS = {
+    Reason.SECRET_NOT_FOUND,
+    Reason.CONFIG_MAP_NOT_FOUND,
+    Reason.POLICY_VIOLATION,
+    Reason.FORK_SOURCE_NOT_READY,
+}
 
 
 def _node_agent_owns_phase(sandbox: Sandbox) -> bool:

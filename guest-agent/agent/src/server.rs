@@ -228,6 +228,10 @@ impl Server {
                 return Some(Ending::Shutdown);
             }
             HostMessage::ClockSync(c) => set_clock(c.unix_time_nanos),
+            HostMessage::Forked(f) => {
+                set_clock(f.unix_time_nanos);
+                crate::boot::reidentify(&f);
+            }
             HostMessage::ClientDisconnected(r) => self.client_gone(r.id_start, r.id_end_exclusive),
             HostMessage::Error(e) => log_warn!("host reported {:?} on id {id}: {}", e.kind, e.message),
             HostMessage::ExecRequest(req) => {

@@ -143,3 +143,29 @@ pub fn power_off(kill_all: bool) -> ! {
     // Not permitted (not in a VM, or not root): just leave.
     std::process::exit(0)
 }
+
+/// Mixes `seed` into the kernel's pool as entropy (`RNDADDENTROPY`, credited) and asks for a
+/// reseed of the CRNG (`RNDRESEEDCRNG`, Linux ≥ 4.17): a cloned guest's generator state is
+/// its source's until then.
+pub fn add_entropy(seed: &[u8]) -> io::Result<()> {
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    if seed.is_empty() {
+        return Ok(());
+    }
+    let file = std::fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info: Vec<u8> = Vec::with_capacity(8 + seed.len());
+    info.extend_from_slice(&((seed.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(seed.len() as i32).to_ne_bytes());
+    info.extend_from_slice(seed);
+    info.resize(8 + seed.len().div_ceil(4) * 4, 0);
+    use std::os::fd::AsRawFd;
+    // SAFETY: `info` is a rand_pool_info of `seed.len()` bytes, 4-byte padded.
+    cvt(unsafe { libc::ioctl(file.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) })?;
+    // SAFETY: no argument.
+    if unsafe { libc::ioctl(file.as_raw_fd(), RNDRESEEDCRNG as _) } == -1 {
+        crate::log_warn!("fork: RNDRESEEDCRNG: {}", io::Error::last_os_error());
+    }
+    Ok(())
+}

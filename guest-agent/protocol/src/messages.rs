@@ -18,6 +18,7 @@ pub mod types {
     pub const SHUTDOWN: &str = "core.shutdown";
     pub const ERROR: &str = "core.error";
     pub const CLOCK_SYNC: &str = "core.clock.sync";
+    pub const FORKED: &str = "core.forked";
     pub const RELAY_CLIENT_DISCONNECTED: &str = "core.relay.client.disconnected";
     pub const EXEC_REQUEST: &str = "core.exec.request";
     pub const EXEC_STARTED: &str = "core.exec.started";
@@ -73,6 +74,34 @@ pub struct Touched {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClockSync {
     pub unix_time_nanos: u64,
+}
+
+/// `core.forked`: this guest runs from a copy of another guest's live state; take the new
+/// identity: hostname, machine-id, entropy, clock, and the NIC's new MAC with its network
+/// configuration applied again (its neighbours and routes are those of the source's network).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forked {
+    pub hostname: String,
+    /// 32 lowercase hex digits, written to `/etc/machine-id`.
+    pub machine_id: String,
+    /// Fresh random bytes from the host, mixed into the guest's pool (the clone shares the
+    /// source's pool state).
+    #[serde(with = "serde_bytes")]
+    pub seed: Vec<u8>,
+    pub unix_time_nanos: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<ForkedInterface>,
+}
+
+/// A NIC of a forked guest: found by the source's MAC, given `mac`, its addresses and gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkedInterface {
+    pub old_mac: String,
+    pub mac: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// `kubesandbox.claim`: what a booted pool VM takes on when a Sandbox claims it, as if it had

@@ -125,6 +125,23 @@ fn samples() -> Vec<(&'static str, &'static str, u8, Value)> {
         (SHUTDOWN, "H->G", FLAG_SHUTDOWN, to_value(&Empty {})),
         (CLOCK_SYNC, "H->G", 0, to_value(&ClockSync { unix_time_nanos: 1 })),
         (
+            FORKED,
+            "H->G",
+            0,
+            to_value(&Forked {
+                hostname: "h".into(),
+                machine_id: "0".repeat(32),
+                seed: data(),
+                unix_time_nanos: 1,
+                interfaces: vec![ForkedInterface {
+                    old_mac: "52:54:00:00:00:01".into(),
+                    mac: "52:54:00:00:00:02".into(),
+                    addresses: vec!["10.0.2.15/24".into()],
+                    gateway: Some("10.0.2.1".into()),
+                }],
+            }),
+        ),
+        (
             ERROR,
             "both",
             FLAG_TERMINAL,

@@ -1138,3 +1138,15 @@ def test_a_translation_printed_into_a_log_shows_no_secret_value() -> None:
     assert "FAKE-SECRET-VALUE" not in repr(t)
     assert "FAKE-REGISTRY-PASSWORD" not in repr(t)
     assert "secret_data=<2 keys>" in repr(t)
+
+
+def test_a_fork_shows_its_sources_image_to_the_sdk() -> None:
+    fork = {
+        "metadata": {"name": "copy", "namespace": "team-a", "uid": "u",
+                     "creationTimestamp": "2026-11-22T14:00:00Z"},
+        "spec": {"image": {"sandbox": {"name": "origin"}}},
+        "status": {"phase": "Running", "image": {"reference": "python:3.12", "digest": "d"}},
+    }  # fmt: skip
+    answer = sandbox_object(fork)
+    assert_sdk_decodes(answer)
+    assert (answer["spec"]["source"], answer["spec"]["reference"]) == ("oci", "python:3.12")

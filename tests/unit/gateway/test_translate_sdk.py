@@ -45,13 +45,21 @@ def objects() -> list[JsonDict]:
             if phase in ("Crashed", "Failed"):
                 status["message"] = "guest panicked"
             out.append(sandbox(f"{t.name}-{len(out)}", t.spec, status, t.labels, t.annotations))
-    for image in ({"bind": {"path": "/srv/root"}}, {"disk": {"path": "/i.qcow2"}}):
+    fork = {"sandbox": {"name": "origin"}}
+    pinned: JsonDict = {"phase": "Running", "image": {"reference": "busybox:1.36"}}
+    roots: list[tuple[JsonDict, JsonDict]] = [
+        ({"bind": {"path": "/srv/root"}}, {"phase": "Running"}),
+        ({"disk": {"path": "/i.qcow2"}}, {"phase": "Running"}),
+        (fork, pinned),  # a fork shows its source's image
+        (fork, {"phase": "Pending"}),  # ... once known
+    ]
+    for image, observed in roots:
         env = [
             {"name": "E", "value": "1"},
             {"name": "S", "valueFrom": {"secretKeyRef": {"name": "x", "key": "y"}}},
         ]
         spec = {"image": image, "workdir": "/w", "user": "1000", "env": env}
-        out.append(sandbox(f"root-{len(out)}", spec, {"phase": "Running"}, {}, {}))
+        out.append(sandbox(f"root-{len(out)}", spec, observed, {}, {}))
     return [sandbox_object(item) for item in out]
 
 

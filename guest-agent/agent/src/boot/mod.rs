@@ -159,6 +159,49 @@ pub fn setup(start_ns: u64) -> Result<Booted, BootError> {
     Ok(Booted { defaults, init, init_time_ns: crate::sys::boottime_ns() - start_ns })
 }
 
+/// `/etc/hosts` with the `127.0.1.1` line naming `hostname` instead of the old name.
+pub fn rename_in_hosts(existing: &str, hostname: &str) -> String {
+    let kept: String =
+        existing.lines().filter(|l| !l.trim_start().starts_with("127.0.1.1")).map(|l| format!("{l}\n")).collect();
+    hosts_file(&kept, hostname)
+}
+
+/// `core.forked`: a new identity for a guest cloned from another's live state. Each step is
+/// logged and never fatal: the clone serves on with what could be done.
+pub fn reidentify(forked: &ksb_protocol::messages::Forked) {
+    if let Err(e) = set_hostname(&forked.hostname) {
+        log_warn!("fork: sethostname: {e}");
+    }
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    if let Err(e) = std::fs::write("/etc/hosts", rename_in_hosts(&hosts, &forked.hostname)) {
+        log_warn!("fork: cannot write /etc/hosts: {e}");
+    }
+    if Path::new("/etc/hostname").exists() {
+        let _ = std::fs::write("/etc/hostname", format!("{}\n", forked.hostname));
+    }
+    let id = &forked.machine_id;
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        for path in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
+            let p = Path::new(path);
+            let is_file = std::fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false);
+            if (is_file || path == "/etc/machine-id") && p.parent().is_some_and(Path::exists) {
+                if let Err(e) = std::fs::write(p, format!("{id}\n")) {
+                    log_warn!("fork: cannot write {path}: {e}");
+                }
+            }
+        }
+    }
+    if let Err(e) = crate::sys::add_entropy(&forked.seed) {
+        log_warn!("fork: entropy: {e}");
+    }
+    for iface in &forked.interfaces {
+        if let Err(e) = net::reconfigure(iface) {
+            log_warn!("fork: network {}: {e}", iface.mac);
+        }
+    }
+    log_info!("fork: now {} (machine-id {id}), {} interface(s) reconfigured", forked.hostname, forked.interfaces.len());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +215,14 @@ mod tests {
         let out = hosts_file(debian, "worker");
         assert_eq!(out.matches("localhost").count(), 1);
         assert!(out.ends_with("127.0.1.1\tworker\n"));
+    }
+
+    #[test]
+    fn a_fork_renames_itself_in_hosts() {
+        let before = "127.0.0.1\tlocalhost\n127.0.1.1\tsource\n::1 ip6\n";
+        let after = rename_in_hosts(before, "copy");
+        assert!(after.contains("127.0.1.1\tcopy\n") && !after.contains("source"));
+        assert!(after.contains("::1 ip6\n") && after.contains("127.0.0.1\tlocalhost"));
     }
 
     #[test]

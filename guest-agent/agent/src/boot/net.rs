@@ -103,6 +103,33 @@ impl Socket {
         self.ioctl(libc::SIOCSIFNETMASK, &mut req)
     }
 
+    fn set_flags(&self, name: &str, up: bool) -> io::Result<()> {
+        let mut req = ifreq(name);
+        self.ioctl(libc::SIOCGIFFLAGS, &mut req)?;
+        let bits = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        // SAFETY: the union member written by SIOCGIFFLAGS.
+        unsafe {
+            if up {
+                req.ifr_ifru.ifru_flags |= bits
+            } else {
+                req.ifr_ifru.ifru_flags &= !bits
+            }
+        };
+        self.ioctl(libc::SIOCSIFFLAGS, &mut req)
+    }
+
+    fn set_mac(&self, name: &str, mac: [u8; 6]) -> io::Result<()> {
+        let mut req = ifreq(name);
+        // SAFETY: sockaddr is plain old data; all-zero is valid.
+        let mut hw: libc::sockaddr = unsafe { std::mem::zeroed() };
+        hw.sa_family = libc::ARPHRD_ETHER;
+        for (dst, src) in hw.sa_data.iter_mut().zip(mac) {
+            *dst = src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_hwaddr = hw;
+        self.ioctl(libc::SIOCSIFHWADDR, &mut req)
+    }
+
     fn default_route(&self, gateway: Ipv4Addr) -> io::Result<()> {
         // SAFETY: rtentry is plain old data; all-zero is valid.
         let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
@@ -151,6 +178,33 @@ pub fn configure(network: &Network, root: &Path) -> io::Result<()> {
             log_warn!("network: cannot write {}: {e}", path.display());
         }
     }
+    Ok(())
+}
+
+/// A forked guest's NIC: down (which drops the neighbours and routes learnt on the source's
+/// network), the new MAC, its addresses, up, the default route again.
+pub fn reconfigure(iface: &ksb_protocol::messages::ForkedInterface) -> io::Result<()> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidInput, "bad MAC");
+    let mac = parse_mac(&iface.mac).ok_or_else(bad)?;
+    let name = interface_by_mac(&iface.old_mac)
+        .or_else(|| interface_by_mac(&iface.mac))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no interface with MAC {}", iface.old_mac)))?;
+    let sock = Socket::new()?;
+    sock.set_flags(&name, false)?;
+    sock.set_mac(&name, mac)?;
+    for a in &iface.addresses {
+        if let Some((addr, mask)) = parse_cidr(a) {
+            sock.set_addr(&name, addr, mask)?;
+        }
+    }
+    sock.set_flags(&name, true)?;
+    if let Some(gw) = iface.gateway.as_deref().and_then(|g| g.parse().ok()) {
+        match sock.default_route(gw) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+            _ => {}
+        }
+    }
+    log_info!("network: {name} is now {} {:?} via {:?}", iface.mac, iface.addresses, iface.gateway);
     Ok(())
 }
 

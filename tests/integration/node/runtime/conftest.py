@@ -4,6 +4,7 @@ the ``docker.io`` mirror), the real guest agent, and a real ``SandboxPreparer`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from kubesandbox_node.bootimage import initramfs
 from kubesandbox_node.bootimage.initramfs import BootImage
 from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
 from kubesandbox_node.images.service import ImageService
+from kubesandbox_node.network.netns import NetnsNetwork
 from kubesandbox_node.rootfs.assemble import SandboxRootfs
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
 from kubesandbox_node.runtime.cgroups import CgroupManager
@@ -102,3 +104,38 @@ async def world(images: Images) -> AsyncIterator[World]:
         await registry.close()
         CgroupManager(parent=f"kubesandbox-test-{os.getpid()}").remove_parents()
         shutil.rmtree(w.state, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def networked_runtime(
+    images: Images, *, prefix: str, dns: tuple[str, ...] = (), timing: Timing | None = None
+) -> AsyncIterator[Runtime]:
+    """A runtime with real QEMU, the real preparer and a network namespace per sandbox."""
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    registry = RegistryClient(RegistryConfig(plain_http=frozenset({images.registry.host})))
+    network = NetnsNetwork(state / "network", dns=list(dns))
+    policy = HostPathPolicy.of([])
+    preparer = SandboxPreparer(
+        images=ImageService(state / "images", registry),
+        rootfs=SandboxRootfs(state / "rootfs", policy),
+        named=NamedVolumes(state / "volumes"),
+        policy=policy,
+        boot_image=images.boot_image,
+        tsc_khz=tsc_khz(),
+        mirrors=images.mirrors,
+        network=network,
+    )
+    vmm = QemuVMM(
+        cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}"),
+        wrap=network.wrap_argv,
+        run_as="nobody",
+    )
+    rt = Runtime(state, vmm=vmm, preparer=preparer, emulation=True, timing=timing or Timing())
+    try:
+        yield rt
+    finally:
+        for uid in list(rt.sandboxes):
+            await rt.remove(uid)
+        await registry.close()
+        CgroupManager(parent=f"kubesandbox-test-{os.getpid()}").remove_parents()
+        shutil.rmtree(state, ignore_errors=True)

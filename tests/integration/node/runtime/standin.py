@@ -12,6 +12,7 @@ from kubesandbox_api.status import ImageStatus
 from kubesandbox_node.bootimage import initramfs, standin
 from kubesandbox_node.bootimage.initramfs import BootImage
 from kubesandbox_node.runtime.model import DesiredSandbox
+from kubesandbox_node.vm import bootconfig
 from kubesandbox_node.vm.bootconfig import BootConfig, OverlayRoot
 from kubesandbox_node.vm.host import tsc_khz
 from kubesandbox_node.vm.spec import VMSpec
@@ -27,6 +28,7 @@ class StandinPreparer:
     image_: BootImage = field(default_factory=standin_image)
     removed: list[str] = field(default_factory=list)
     updated: list[int] = field(default_factory=list)
+    forked: list[tuple[str, str]] = field(default_factory=list)
 
     async def image(self, desired: DesiredSandbox) -> ImageStatus | None:
         return None
@@ -52,6 +54,12 @@ class StandinPreparer:
 
     async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None:
         self.updated.append(desired.generation)
+
+    async def fork(
+        self, desired: DesiredSandbox, source_uid: str
+    ) -> tuple[bootconfig.Network | None, list[str]]:
+        self.forked.append((source_uid, desired.uid))
+        return None, []
 
     async def remove(self, desired: DesiredSandbox) -> None:
         self.removed.append(desired.uid)

@@ -105,9 +105,29 @@ def test_a_chain_update_rewrites_only_the_changed_chains() -> None:
     ]
 
 
+INHERITED = "-A FORWARD -i tap0 -p tcp ! --syn -m conntrack --ctstate NEW -j REJECT"
+
+
 def test_all_refuses_nothing() -> None:
     rules = namespace_rules(Plan(UID, 1, NetworkPolicy.ALL, ()), blocked())
-    assert "REJECT" not in rules
+    # the one REJECT: segments of TCP connections the namespace never saw open (a fork's)
+    assert [r for r in rules.splitlines() if "REJECT" in r] == [
+        f"{INHERITED} --reject-with tcp-reset"
+    ]
+
+
+@pytest.mark.parametrize("policy", [NetworkPolicy.ALL, NetworkPolicy.PUBLIC_ONLY])
+def test_connections_a_fork_inherits_are_reset_before_anything_is_accepted(
+    policy: NetworkPolicy,
+) -> None:
+    rules = namespace_rules(Plan(UID, 1, policy, (("tcp", 80, 80),)), blocked())
+    lines = rules.splitlines()
+    reset = next(i for i, r in enumerate(lines) if r.startswith(INHERITED))
+    established = lines.index("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT")
+    accepts = [
+        i for i, r in enumerate(lines) if r.startswith("-A FORWARD -i tap0") and "ACCEPT" in r
+    ]
+    assert established < reset < min(accepts)
 
 
 def test_link_addresses_are_a_slash_30_per_index() -> None:

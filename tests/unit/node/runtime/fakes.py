@@ -17,6 +17,7 @@ from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.relay import SandboxRelay
 from kubesandbox_node.runtime.supervisor import PrepareError
 from kubesandbox_node.runtime.vmm import ExitInfo, Incoming, VMRecord
+from kubesandbox_node.vm import bootconfig
 from kubesandbox_node.vm.machine import BootError
 from kubesandbox_node.vm.snapshot import SnapshotError
 from kubesandbox_node.vm.spec import VMSpec
@@ -178,6 +179,7 @@ class FakePreparer:
     built: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     updated: list[int] = field(default_factory=list)
+    forked: list[tuple[str, str]] = field(default_factory=list)
 
     async def image(self, desired: DesiredSandbox) -> ImageStatus | None:
         if self.image_error is not None:
@@ -196,6 +198,12 @@ class FakePreparer:
 
     async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None:
         self.updated.append(desired.generation)
+
+    async def fork(
+        self, desired: DesiredSandbox, source_uid: str
+    ) -> tuple[bootconfig.Network | None, list[str]]:
+        self.forked.append((source_uid, desired.uid))
+        return None, []
 
     async def remove(self, desired: DesiredSandbox) -> None:
         self.removed.append(desired.uid)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from kubesandbox_api.conditions import Phase, Reason
-from kubesandbox_api.status import ExitStatus
+from kubesandbox_api.conditions import ConditionStatus, ConditionType, Phase, Reason
+from kubesandbox_api.status import Condition, ExitStatus
 from kubesandbox_node.runtime.model import NodeSandboxStatus
 from kubesandbox_node.status.events import event_for
 from kubesandbox_node.status.writer import Target
@@ -47,3 +47,22 @@ def test_suspended_and_resumed_are_normal_events() -> None:
     assert resumed["reason"] == "Resumed"
     for quiet in (Phase.SUSPENDING, Phase.RESUMING):
         assert event_for(TARGET, NodeSandboxStatus(phase=quiet), "node-1", NOW) is None
+
+
+def test_a_forks_start_is_a_forked_event_with_its_origin() -> None:
+    why = "forked from Sandbox origin (the source paused 0.100s; 1 bytes of state)"
+    forked = NodeSandboxStatus(
+        phase=Phase.RUNNING,
+        message=why,
+        conditions=[
+            Condition(type=ConditionType.AGENT_CONNECTED, status=ConditionStatus.TRUE,
+                      reason=Reason.FORKED, message=why, last_transition_time=NOW)
+        ],
+    )  # fmt: skip
+    event = event_for(TARGET, forked, "node-1", NOW, Phase.BOOTING)
+    assert event is not None
+    assert (event["type"], event["reason"], event["message"]) == ("Normal", "Forked", why)
+    # a later resume of the fork is a resume
+    resumed = event_for(TARGET, forked, "node-1", NOW, Phase.RESUMING)
+    assert resumed is not None
+    assert resumed["reason"] == "Resumed"
