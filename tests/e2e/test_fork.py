@@ -1,27 +1,24 @@
-"""``spec.image.sandbox`` through the whole host-process system (apiserver, operator, node
-agent process, real TCG VMs): a fork of a missing source fails with a reason naming the field;
-a fork of a running source is placed on its node, carries its background process and files,
-has its own hostname and machine-id, diverges from it, the source keeps its QEMU process, and
-deleting the source leaves the fork running.
-
-Written against a small interface (``kubectl``, a relay-socket function) so that it can move
-to the Helm-installed system's tests."""
+"""``spec.image.sandbox`` on the Helm-installed system (``conftest.system``: the chart's operator
+and node agent Pods on the real kubelet node, real TCG VMs): a fork of a missing source fails
+with a reason naming the field; a fork of a running source is placed on its node, carries its
+background process and files, has its own hostname and machine-id, diverges from it, the source
+keeps its QEMU process, and deleting the source leaves the fork running."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kubesandbox_devenv import services
-from kubesandbox_devenv.services import RunningSystem
+from tests.e2e.conftest import System
 
-pytestmark = [pytest.mark.controlplane, pytest.mark.vm, pytest.mark.slow]
+pytestmark = [pytest.mark.controlplane, pytest.mark.vm, pytest.mark.slow, pytest.mark.registry]
 
 Kubectl = Callable[..., Any]
 
@@ -35,12 +32,6 @@ def manifest(name: str, image: dict[str, Any]) -> str:
             "spec": {"image": image, "memory": 128},
         }
     )
-
-
-@pytest.fixture(scope="module")
-def system() -> Iterator[RunningSystem]:
-    with services.running_system("ksb-fork-") as running:
-        yield running
 
 
 def get(kubectl: Kubectl, name: str) -> dict[str, Any]:
@@ -65,9 +56,13 @@ def sh(relay: Callable[[str], Path], uid: str, script: str) -> str:
     return out
 
 
-def test_fork_through_the_operator(system: RunningSystem) -> None:
-    kubectl, relay = system.plane.kubectl, system.node_agent.relay_socket
-    marker = str(system.node_agent.state)
+def test_fork_through_the_operator(system: System) -> None:
+    kubectl, relay = system.plane.kubectl, system.installed.relay_socket
+    marker = str(system.installed.dirs.state)
+    others = set(services.qemu_processes(marker))  # the package's system is shared
+
+    def ours() -> set[int]:
+        return set(services.qemu_processes(marker)) - others
 
     # a fork of a sandbox that does not exist: refused, naming the field
     kubectl("apply", "-f", "-", input_text=manifest("orphan", {"sandbox": {"name": "nope"}}))
@@ -84,7 +79,7 @@ def test_fork_through_the_operator(system: RunningSystem) -> None:
     source_uid = source["metadata"]["uid"]
     sleeper = sh(relay, source_uid, "setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!")
     sh(relay, source_uid, "echo in-layer > /layer-marker; echo in-tmp > /tmp/marker; sync")
-    (source_qemu,) = services.qemu_processes(marker)
+    (source_qemu,) = ours()
 
     kubectl("apply", "-f", "-", input_text=manifest("copy", {"sandbox": {"name": "origin"}}))
     fork = wait_for(kubectl, "copy", "Running")
@@ -101,7 +96,7 @@ def test_fork_through_the_operator(system: RunningSystem) -> None:
     assert terms[0]["matchFields"][0]["values"] == [source["status"]["nodeName"]]
 
     # the source ran on in the same QEMU process; the fork is a second one
-    qemus = services.qemu_processes(marker)
+    qemus = ours()
     assert source_qemu in qemus
     assert len(qemus) == 2
     assert sh(relay, source_uid, "hostname") == "origin\n"
@@ -129,6 +124,8 @@ def test_fork_through_the_operator(system: RunningSystem) -> None:
 
     # deleting the source leaves the fork running
     kubectl("delete", "sandbox", "origin", "--wait=true")
-    assert source_qemu not in services.qemu_processes(marker)
+    assert source_qemu not in ours()
     assert sh(relay, fork_uid, "cat /layer-marker; echo ok > /after; cat /after") == "fork\nok\n"
     assert get(kubectl, "copy")["status"]["phase"] == "Running"
+    kubectl("delete", "sandbox", "copy", "--wait=true")  # the package's system is shared
+    assert ours() == set()
