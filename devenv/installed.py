@@ -21,8 +21,6 @@ import json
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -88,14 +86,6 @@ def release_values(registry: str, tag: str, node: RealNode, dirs: NodeDirs) -> d
             "cacheDir": str(dirs.cache),
         },
     }
-
-
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (our node)
-            return bool(200 <= response.status < 300)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 class RealNodeComponent:
@@ -198,7 +188,7 @@ class ReleaseComponent:
 
     def wait_gateway(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        while not _http_ok(f"{self.gateway_url}/healthz"):
+        while not services.http_ok(f"{self.gateway_url}/healthz"):
             if time.monotonic() > deadline:
                 raise services.ServiceError(
                     f"the gateway does not answer at {self.gateway_url} (NodePort "
@@ -217,7 +207,7 @@ class ReleaseComponent:
         if self.plane.status().get("kube-apiserver") is None:
             return False
         deployed = self.helm.run("status", RELEASE, "-n", SYSTEM_NAMESPACE, check=False)
-        return deployed.returncode == 0 and _http_ok(f"{self.gateway_url}/healthz")
+        return deployed.returncode == 0 and services.http_ok(f"{self.gateway_url}/healthz")
 
     def stop(self) -> None:
         """The release stays installed (it lives in etcd): the next ``up`` finds it and

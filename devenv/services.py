@@ -117,7 +117,7 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("KUBESANDBOX_CACHE") or Path.home() / ".cache" / "kubesandbox")
 
 
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
+def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
             return bool(200 <= response.status < 300)
@@ -127,7 +127,7 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
 
 def _wait(check_alive: ManagedProcess, url: str, what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not _http_ok(url):
+    while not http_ok(url):
         if not check_alive.is_alive():
             raise ServiceError(f"{what} exited:\n{check_alive.log_tail()}")
         if time.monotonic() > deadline:
@@ -190,7 +190,7 @@ class RegistryService:
         layout: Layout | None = None
         for repository, tags in DEMO_IMAGES.items():
             for tag in tags:
-                if _http_ok(f"http://{self.host}/v2/{repository}/manifests/{tag}"):
+                if http_ok(f"http://{self.host}/v2/{repository}/manifests/{tag}"):
                     continue
                 if layout is None:
                     layout = Layout(self.dir / "layout")
@@ -214,7 +214,7 @@ class RegistryService:
         )
 
     def is_alive(self) -> bool:
-        return self.process.is_alive() and _http_ok(f"http://{self.host}/v2/")
+        return self.process.is_alive() and http_ok(f"http://{self.host}/v2/")
 
     def stop(self) -> None:
         self.process.stop()
@@ -285,7 +285,7 @@ class NodeAgentService:
         return self.state / "sandboxes" / uid / "agent.sock"
 
     def is_alive(self) -> bool:
-        return self.process.is_alive() and _http_ok(f"http://127.0.0.1:{self.port}/healthz")
+        return self.process.is_alive() and http_ok(f"http://127.0.0.1:{self.port}/healthz")
 
     def stop(self) -> None:
         self.process.stop()
@@ -401,7 +401,7 @@ class GatewayService:
         }
 
     def is_alive(self) -> bool:
-        return self.process.is_alive() and _http_ok(f"{self.url}/healthz")
+        return self.process.is_alive() and http_ok(f"{self.url}/healthz")
 
     def stop(self) -> None:
         self.process.stop()
@@ -642,6 +642,13 @@ def remove_all_sandboxes(control_plane: ControlPlane, timeout: float = 120.0) ->
         "delete", "sandboxes", "--all", "--all-namespaces", f"--timeout={int(timeout)}s",
         check=False,
     )  # fmt: skip
+
+
+def netns_names() -> list[str]:
+    """The named network namespaces on this host (``ip netns list``): where a sandbox's
+    ``ksb-<uid prefix>`` would be left behind."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
 
 
 def qemu_processes(marker: str) -> dict[int, str]:

@@ -24,6 +24,7 @@ import pytest
 
 from kubesandbox_devenv import installed, services
 from kubesandbox_devenv.controlplane import ControlPlane
+from tests.support.waiting import eventually
 
 
 @dataclass
@@ -85,6 +86,21 @@ class System:
     def relay_socket(self, sandbox: dict[str, Any]) -> Path:
         """The node agent's relay socket of ``sandbox``'s VM (a hostPath of its Pod)."""
         return self.installed.relay_socket(sandbox["metadata"]["uid"])
+
+    def replace_node_agent_pod(self) -> None:
+        """Deletes the node agent's Pod (an upgrade, an eviction) and waits until its
+        replacement is Ready."""
+        old = self.installed.node_agent_pod()
+        assert old is not None
+        self.plane.kubectl(
+            "delete", "pod", old["metadata"]["name"], "-n", installed.SYSTEM_NAMESPACE, "--wait"
+        )  # fmt: skip
+
+        def replaced() -> dict[str, Any] | None:
+            pod = self.installed.node_agent_pod()
+            return pod if pod and pod["metadata"]["uid"] != old["metadata"]["uid"] else None
+
+        eventually(replaced, 300, "a new node agent Pod, Ready")
 
     def delete_and_wait(self, path: Path) -> None:
         self.plane.kubectl("delete", "-f", str(path), "--wait", "--timeout=120s")

@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -219,7 +218,7 @@ class Chaos:
         files = self.files_of(uids)
         assert not files, f"node agent files left after delete: {files}"
         namespaces = [
-            name for name in netns_names()
+            name for name in services.netns_names()
             if name.startswith("ksb-") and any(uid.startswith(name[4:]) for uid in uids)
         ]  # fmt: skip
         assert not namespaces, f"network namespaces left after delete: {namespaces}"
@@ -244,11 +243,6 @@ class Chaos:
                 return False
 
         eventually(started_again, 180, f"the kubelet restarted {component}")
-
-
-def netns_names() -> list[str]:
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    return [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
 
 
 def container_pid(system: System, component: str) -> int:
@@ -347,18 +341,7 @@ def test_the_node_agents_pod_deleted_loses_no_vm(chaos: Chaos) -> None:
     before = chaos.vms()
     code, uptime = chaos.run(uid, "cat /proc/uptime; echo kept > /tmp/mark")
     assert code == 0, uptime
-    old = chaos.system.installed.node_agent_pod()
-    assert old is not None
-
-    chaos.system.plane.kubectl(
-        "delete", "pod", old["metadata"]["name"], "-n", SYSTEM_NAMESPACE, "--wait"
-    )  # fmt: skip
-
-    def replaced() -> dict[str, Any] | None:
-        pod = chaos.system.installed.node_agent_pod()
-        return pod if pod and pod["metadata"]["uid"] != old["metadata"]["uid"] else None
-
-    eventually(replaced, 300, "a new node agent Pod, Ready")
+    chaos.system.replace_node_agent_pod()
     assert chaos.vms() == before  # the same QEMU process (pid and command line)
     bodies = chaos.wait_running([name], CONVERGE_TIMEOUT)
     code, output = chaos.run(uid, "cat /proc/uptime /tmp/mark")

@@ -22,9 +22,7 @@ import pytest
 from microsandbox import BackendKind, Sandbox, backend_scope
 
 from kubesandbox_devenv import services
-from kubesandbox_devenv.installed import SYSTEM_NAMESPACE
 from tests.e2e.conftest import System
-from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.vm, pytest.mark.slow, pytest.mark.registry]
 
@@ -81,21 +79,6 @@ def vms_of(system: System, uid: str) -> list[int]:
     return [pid for pid, cmdline in found.items() if uid in cmdline]
 
 
-def replace_node_agent_pod(system: System) -> None:
-    """Deletes the node agent's Pod and waits for its replacement to be Ready."""
-    old = system.installed.node_agent_pod()
-    assert old is not None
-    system.plane.kubectl(
-        "delete", "pod", old["metadata"]["name"], "-n", SYSTEM_NAMESPACE, "--wait"
-    )  # fmt: skip
-
-    def replaced() -> dict[str, Any] | None:
-        pod = system.installed.node_agent_pod()
-        return pod if pod and pod["metadata"]["uid"] != old["metadata"]["uid"] else None
-
-    eventually(replaced, 300, "a new node agent Pod, Ready")
-
-
 def test_suspend_resume_and_delete_through_the_operator(system: System) -> None:
     system.plane.kubectl("apply", "-f", "-", input_text=json.dumps(MANIFEST))
     wait_for(system, "Running")
@@ -115,7 +98,7 @@ def test_suspend_resume_and_delete_through_the_operator(system: System) -> None:
     assert conditions["Ready"][0] == "False"
     assert vms_of(system, uid) == []
 
-    replace_node_agent_pod(system)
+    system.replace_node_agent_pod()
     assert wait_for(system, "Suspended")["suspension"]["stateBytes"] > 0
     assert vms_of(system, uid) == []
 

@@ -10,7 +10,6 @@ the same install; what the node agent's Pod deletion does to a VM is tested ther
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -47,11 +46,6 @@ def system_pods(installed: InstalledSystem) -> dict[str, str]:
     """Pod name → uid in the release's namespace."""
     listed = kubectl_json(installed, "get", "pods", "-n", SYSTEM_NAMESPACE)
     return {pod["metadata"]["name"]: pod["metadata"]["uid"] for pod in listed["items"]}
-
-
-def netns_names() -> list[str]:
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    return [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
 
 
 def test_every_component_runs_as_a_pod_and_the_node_agent_announces_https(
@@ -94,7 +88,7 @@ def test_uninstall_leaves_no_vm_netns_or_sandbox_directory(installed: InstalledS
     uid = sandbox["metadata"]["uid"]
     state = installed.dirs.state
     assert len(services.qemu_processes(str(state))) == 1
-    assert f"ksb-{uid[:8]}" in netns_names()
+    assert f"ksb-{uid[:8]}" in services.netns_names()
 
     installed.helm.run(
         "uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait", "--timeout", "4m"
@@ -102,7 +96,7 @@ def test_uninstall_leaves_no_vm_netns_or_sandbox_directory(installed: InstalledS
 
     assert kubectl_json(installed, "get", SANDBOXES, "-A")["items"] == []
     assert services.qemu_processes(str(state)) == {}
-    assert f"ksb-{uid[:8]}" not in netns_names()
+    assert f"ksb-{uid[:8]}" not in services.netns_names()
     assert list((state / "sandboxes").iterdir()) == []
     assert list((state / "rootfs").iterdir()) == []
     # what stays: the CRD, the TLS identity, the (empty) named volume folder, the image cache
