@@ -7,10 +7,17 @@ change is applied, is decided here too (``IMMUTABLE_RULES`` at the bottom) and d
 docs/api.md.
 """
 
+import ipaddress
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, ValidationInfo, WithJsonSchema, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 from kubesandbox_api._schema import (
     DNS_LABEL,
@@ -496,6 +503,18 @@ class NetworkRule(ApiModel):
         return value
 
 
+class ViolationAction(StrEnum):
+    """What the egress proxy does with a request carrying a placeholder where it may not go."""
+
+    BLOCK = "Block"
+    """Close the connection; nothing else."""
+    BLOCK_AND_LOG = "BlockAndLog"
+    """Close the connection, log it (without the value) and record a Warning Event
+    ``SecretViolation`` on the Sandbox."""
+    BLOCK_AND_TERMINATE = "BlockAndTerminate"
+    """As BlockAndLog, then stop the sandbox at once (Kill)."""
+
+
 class Network(ApiModel):
     """Network policy, egress rules and published ports."""
 
@@ -516,11 +535,92 @@ class Network(ApiModel):
         ),
     ] = []
     """Published ports (each port and protocol at most once)."""
+    secret_violation_action: ViolationAction = ViolationAction.BLOCK_AND_LOG
+    """What a secret violation does (a placeholder on its way to a host that may not have it),
+    for ``secrets`` entries that do not say (microsandbox's ``secret_violation_action``)."""
 
 
 # --- secrets ----------------------------------------------------------------------------------
 
-HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+HOST_NAME = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+IPV4_ADDRESS = (
+    r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+)
+HOST_PATTERN = rf"^((\*\.)?{HOST_NAME}|{IPV4_ADDRESS}|[0-9a-f]*:[0-9a-f:.]*)$"
+"""An allowed host: a lower-case DNS name, ``*.`` and a suffix, an IPv4 or an IPv6 literal
+(the IPv6 shape is loose here; :func:`_check_host` and the CEL ``isIP`` rule check it)."""
+
+
+def _check_host(value: str) -> str:
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv6 address") from None
+    return value
+
+
+HostPattern = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=HOST_PATTERN,
+        json_schema_extra=rules(
+            cel("!self.contains(':') || isIP(self)", "a host with ':' must be an IPv6 address")
+        ),
+    ),
+    AfterValidator(_check_host),
+]
+"""``api.example.com``, ``*.example.com`` (names under it, not the name itself), ``192.0.2.7``
+or ``2001:db8::7``."""
+
+PLACEHOLDER = r"^[A-Za-z0-9_$][A-Za-z0-9_$.{}-]*$"
+"""Placeholders are plain tokens (letters, digits, ``_ $ . { } -``): they survive shell
+quoting, HTTP headers, URLs and JSON unchanged, so the proxy finds them byte for byte."""
+
+
+Placeholder = Annotated[str, Field(min_length=6, max_length=128, pattern=PLACEHOLDER)]
+
+
+def default_placeholder(env: str) -> str:
+    """The placeholder of an entry that names none: microsandbox's default, ``$MSB_<env>``."""
+    return f"$MSB_{env}"
+
+
+class SecretSubstitution(ApiModel):
+    """Where in a request the proxy replaces the placeholder by the real value."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": rules(
+            cel(
+                "!has(self.headerFields) || size(self.headerFields) == 0 || self.headers",
+                "headerFields needs headers: true",
+                field_path=".headerFields",
+            )
+        )
+    }
+
+    headers: bool = True
+    """Request header values (Basic ``Authorization`` credentials are decoded, substituted and
+    encoded again)."""
+    header_fields: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]],
+        Field(max_length=16),
+    ] = []
+    """Only these headers (case-insensitive); every header when empty. Needs ``headers``."""
+    query: bool = False
+    """The request target's query string."""
+    body: bool = False
+    """The request body (at most 1 MiB; a larger body carrying the placeholder is refused)."""
+
+    @field_validator("header_fields")
+    @classmethod
+    def _fields_need_headers(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if value and not info.data.get("headers", True):
+            raise ValueError("headerFields needs headers: true")
+        return value
 
 
 class SandboxSecret(ApiModel):
@@ -532,11 +632,28 @@ class SandboxSecret(ApiModel):
     """Environment variable that holds the placeholder inside the guest."""
     secret_key_ref: KeyRef
     """The Secret key holding the real value."""
-    allow_hosts: Annotated[
-        list[Annotated[str, Field(max_length=253, pattern=HOST_PATTERN)]],
-        Field(min_length=1, max_length=32),
-    ]
-    """Hosts (``api.example.com`` or ``*.example.com``) to which the value may be sent."""
+    allow_hosts: Annotated[list[HostPattern], Field(min_length=1, max_length=32)]
+    """Hosts to which the value may be sent: ``api.example.com``, ``*.example.com`` (every
+    name under it) or an IP literal. The name must be the TLS SNI and the ``Host`` header
+    alike, and the connection must go to an address the sandbox's resolver returned for it."""
+    require_tls: bool = Field(True, alias="requireTLS")
+    """Substitute only in intercepted TLS (HTTPS) requests; false also allows plain HTTP to
+    ``allowHosts``."""
+    placeholder: Placeholder | None = None
+    """What the guest's environment holds instead of the value (default ``$MSB_<env>``,
+    microsandbox's). Placeholders must differ between entries."""
+    substitution: SecretSubstitution = Field(
+        default_factory=SecretSubstitution, json_schema_extra={"default": {}}
+    )
+    """Where the value is substituted (default: request headers only)."""
+    allow_placeholder_for: Annotated[list[HostPattern], Field(max_length=32)] = []
+    """Hosts that may receive the placeholder itself, unchanged (not a violation there)."""
+    violation_action: ViolationAction | None = None
+    """What a violation does; ``spec.network.secretViolationAction`` when omitted."""
+
+    @property
+    def effective_placeholder(self) -> str:
+        return self.placeholder or default_placeholder(self.env)
 
 
 # --- lifecycle --------------------------------------------------------------------------------
@@ -709,6 +826,13 @@ class SandboxSpec(ApiModel):
                 field_path=".patches",
             ),
             cel(
+                "!has(self.secrets) || self.secrets.all(a, !has(a.placeholder) || "
+                "self.secrets.exists_one(b, (has(b.placeholder) ? b.placeholder "
+                ": '$MSB_' + b.env) == a.placeholder))",
+                "every entry needs its own placeholder",
+                field_path=".secrets",
+            ),
+            cel(
                 _unchanged("scripts"),
                 "scripts are immutable: they are written into the writable layer when it is "
                 "created; create a new Sandbox instead",
@@ -831,6 +955,16 @@ class SandboxSpec(ApiModel):
     @classmethod
     def _memory_in_range(cls, value: int | str) -> int | str:
         to_mib(value)
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _placeholders_distinct(cls, value: list[SandboxSecret]) -> list[SandboxSecret]:
+        # the CEL rule's check (default placeholders differ as env names do: a list-map key)
+        effective = [secret.effective_placeholder for secret in value]
+        for secret in value:
+            if secret.placeholder is not None and effective.count(secret.placeholder) != 1:
+                raise ValueError("every entry needs its own placeholder")
         return value
 
     @property

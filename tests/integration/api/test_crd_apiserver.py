@@ -107,7 +107,7 @@ def test_defaults_come_back_as_documented(sandboxes: Sandboxes) -> None:
     assert spec["shell"] == "/bin/sh"
     assert spec["init"] == "none"
     assert spec["image"]["pullPolicy"] == "IfMissing"
-    assert spec["network"] == {"policy": "PublicOnly"}
+    assert spec["network"] == {"policy": "PublicOnly", "secretViolationAction": "BlockAndLog"}
     assert spec["lifecycle"] == {
         "state": "Running",
         "stopMode": "Graceful",

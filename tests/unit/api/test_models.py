@@ -10,7 +10,9 @@ from kubesandbox_api.spec import (
     Patch,
     PullPolicy,
     RestartPolicy,
+    SecretSubstitution,
     StopMode,
+    ViolationAction,
 )
 from tests.corpus import InvalidCase, example_sandboxes, invalid_cases
 
@@ -85,3 +87,26 @@ def test_wire_names_are_camel_case() -> None:
     )
     dumped = spec.model_dump(exclude_defaults=True)
     assert dumped["volumes"] == [{"mountPath": "/t", "tmpfs": {"sizeMiB": 8}}]
+
+
+def test_a_secret_entry_has_microsandbox_defaults() -> None:
+    spec = SandboxSpec.model_validate(
+        {
+            "image": {"oci": "x"},
+            "secrets": [
+                {
+                    "env": "API_KEY",
+                    "secretKeyRef": {"name": "s", "key": "k"},
+                    "allowHosts": ["api.example.com", "*.example.org", "192.0.2.7", "2001:db8::7"],
+                }
+            ],
+        }
+    )
+    secret = spec.secrets[0]
+    assert secret.effective_placeholder == "$MSB_API_KEY"
+    assert secret.require_tls is True
+    assert secret.substitution == SecretSubstitution(headers=True, query=False, body=False)
+    assert secret.allow_placeholder_for == []
+    assert secret.violation_action is None
+    assert spec.network.secret_violation_action is ViolationAction.BLOCK_AND_LOG
+    assert secret.model_dump()["requireTLS"] is True
