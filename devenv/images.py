@@ -526,22 +526,37 @@ def build_rust_standin(buildah: Buildah, toolchain: RustToolchain, work: Path) -
     )
 
 
+def _ensure_standin(buildah: Buildah, ref: str, key: str, toolchain: RustToolchain | None) -> bool:
+    """Build the stand-in ``ref`` unless its stamp records ``key``; True when it was built."""
+    if _standin_current(buildah, ref, key):
+        return False
+    (buildah.home / "work").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=buildah.home / "work") as tmp:
+        if toolchain is None:
+            build_debian_standin(buildah, Path(tmp))
+        else:
+            build_rust_standin(buildah, toolchain, Path(tmp))
+    _record_standin(buildah, ref, key)
+    return True
+
+
+def ensure_debian_standin(buildah: Buildah) -> str:
+    """The ``debian:bookworm-slim`` stand-in alone (test images build on it; call locked);
+    returns its version key."""
+    key = debian_key()
+    _ensure_standin(buildah, DEBIAN_IMAGE, key, None)
+    return key
+
+
 def ensure_standins(buildah: Buildah) -> Standins:
     """The two base-image stand-ins, rebuilt only when their version key changed (call locked)."""
     toolchain = rust_toolchain()
     keys = {DEBIAN_IMAGE: debian_key(), RUST_IMAGE: rust_key(toolchain)}
-    built: list[str] = []
-    for ref, key in keys.items():
-        if _standin_current(buildah, ref, key):
-            continue
-        (buildah.home / "work").mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=buildah.home / "work") as tmp:
-            if ref == DEBIAN_IMAGE:
-                build_debian_standin(buildah, Path(tmp))
-            else:
-                build_rust_standin(buildah, toolchain, Path(tmp))
-        _record_standin(buildah, ref, key)
-        built.append(ref)
+    built = [
+        ref
+        for ref, key in keys.items()
+        if _ensure_standin(buildah, ref, key, None if ref == DEBIAN_IMAGE else toolchain)
+    ]
     return Standins(keys[DEBIAN_IMAGE], keys[RUST_IMAGE], tuple(built))
 
 

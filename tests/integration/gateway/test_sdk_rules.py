@@ -31,7 +31,7 @@ from microsandbox import Protocol as IpProtocol
 
 from kubesandbox_devenv import services
 from kubesandbox_devenv.controlplane import ControlPlane
-from tests.integration.node.network.hosts import Host, remove_host, start_dns_host, start_host
+from tests.support.testnet import Host, remove_host, start_dns_host, start_host
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.registry, pytest.mark.controlplane]
 

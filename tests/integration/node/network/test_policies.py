@@ -23,7 +23,7 @@ import pytest
 
 from kubesandbox_node.network.netns import GATEWAY, GUEST_IP, TAP, NetnsNetwork, Plan
 from kubesandbox_node.runtime.model import DesiredSandbox
-from tests.integration.node.network.hosts import (
+from tests.support.testnet import (
     CLIENT,
     LOOKUP,
     SERVER,

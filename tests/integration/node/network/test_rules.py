@@ -20,7 +20,8 @@ import pytest
 
 from kubesandbox_node.network.netns import GATEWAY, NetnsNetwork
 from kubesandbox_node.runtime.model import DesiredSandbox
-from tests.integration.node.network.hosts import (
+from tests.integration.node.network.test_policies import Attacher, Guest, World
+from tests.support.testnet import (
     Host,
     LoopThread,
     remove_host,
@@ -28,7 +29,6 @@ from tests.integration.node.network.hosts import (
     start_dns_host,
     start_host,
 )
-from tests.integration.node.network.test_policies import Attacher, Guest, World
 
 ALLOWED, DENIED, OTHER, PRIVATE = "203.0.113.40", "203.0.113.41", "198.51.100.40", "192.168.251.40"
 RESOLVER, ROGUE = "192.168.252.56", "198.51.100.53"

@@ -4,10 +4,12 @@ the ``docker.io`` mirror), the real guest agent, and a real ``SandboxPreparer`` 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from kubesandbox_api.conditions import Phase
 from kubesandbox_devenv.registry import Layout, Registry, build_image, busybox_entries, layer_tar
 from kubesandbox_node.bootimage import initramfs
 from kubesandbox_node.bootimage.initramfs import BootImage
@@ -25,11 +28,13 @@ from kubesandbox_node.rootfs.assemble import SandboxRootfs
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
 from kubesandbox_node.runtime.cgroups import CgroupManager
 from kubesandbox_node.runtime.manager import Runtime
+from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.prepare import SandboxPreparer
-from kubesandbox_node.runtime.supervisor import Timing
+from kubesandbox_node.runtime.supervisor import Supervisor, Timing
 from kubesandbox_node.runtime.vmm import QemuVMM
 from kubesandbox_node.vm.host import tsc_khz
 from kubesandbox_node.volumes.prepare import NamedVolumes
+from tests.support.egress import guest_image
 from tests.support.vms import guest_agent_binary
 
 
@@ -56,6 +61,12 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
         yield Images(registry, initramfs.build(agent), agent)
     finally:
         registry.stop()
+
+
+@pytest.fixture(scope="session")
+def egress_guest_image(images: Images) -> str:
+    """The Debian guest image with curl and nc (tests/support/egress.py), in the registry."""
+    return guest_image(images.registry.host)
 
 
 @pytest.fixture
@@ -139,3 +150,17 @@ async def networked_runtime(
         await registry.close()
         CgroupManager(parent=f"kubesandbox-test-{os.getpid()}").remove_parents()
         shutil.rmtree(state, ignore_errors=True)
+
+
+async def booted(runtime: Runtime, name: str, spec: dict[str, object]) -> Supervisor:
+    """Put ``default/<name>`` (a fresh uid, generation 1) and wait until it runs."""
+    desired = DesiredSandbox.model_validate(
+        {"namespace": "default", "name": name, "uid": str(uuid.uuid4()), "generation": 1,
+         "spec": spec}
+    )  # fmt: skip
+    supervisor = runtime.put(desired)
+    async with asyncio.timeout(240):
+        while supervisor.phase not in (Phase.RUNNING, Phase.CRASHED, Phase.FAILED):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert supervisor.status().phase == Phase.RUNNING, supervisor.record.message
+    return supervisor

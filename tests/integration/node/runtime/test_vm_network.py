@@ -14,14 +14,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from kubesandbox_api.conditions import Phase
 from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
 from kubesandbox_node.images.service import ImageService
 from kubesandbox_node.metrics.sampler import Sampler
@@ -37,7 +35,9 @@ from kubesandbox_node.runtime.vmm import QemuVMM
 from kubesandbox_node.vm.host import tsc_khz
 from kubesandbox_node.volumes.prepare import NamedVolumes
 from kubesandbox_protocol import AgentClient
-from tests.integration.node.network.hosts import (
+from tests.integration.node.runtime.conftest import Images
+from tests.integration.node.runtime.conftest import booted as boot
+from tests.support.testnet import (
     CLIENT,
     Host,
     remove_host,
@@ -45,7 +45,6 @@ from tests.integration.node.network.hosts import (
     start_dns_host,
     start_host,
 )
-from tests.integration.node.runtime.conftest import Images
 
 pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="module")]
 PUBLIC, PRIVATE, METADATA, DNS = (
@@ -135,16 +134,8 @@ async def runtime(node: Node) -> Runtime:
 
 
 async def booted(runtime: Runtime, network: dict[str, object]) -> Supervisor:
-    desired = DesiredSandbox.model_validate(
-        {"namespace": "default", "name": "net", "uid": str(uuid.uuid4()), "generation": 1,
-         "spec": {"image": {"oci": "busybox:1.36"}, "memory": 256, "network": network}}
-    )  # fmt: skip
-    supervisor = runtime.put(desired)
-    async with asyncio.timeout(180):
-        while supervisor.phase not in (Phase.RUNNING, Phase.CRASHED, Phase.FAILED):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    assert supervisor.status().phase == Phase.RUNNING, supervisor.record.message
-    return supervisor
+    spec = {"image": {"oci": "busybox:1.36"}, "memory": 256, "network": network}
+    return await boot(runtime, "net", spec)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

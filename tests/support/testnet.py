@@ -1,6 +1,7 @@
 """Test hosts in network namespaces (never real external addresses) and a tiny TCP/UDP
 server and client to run in them, a DNS server for a test zone (tests/support/dnszone.py) and
-a DNS client; shared by the network and VM networking tests."""
+a DNS client; shared by the network, VM networking and egress tests (tests/support/egress.py
+runs HTTP(S) test hosts in namespaces made by :func:`host_namespace`)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ except OSError as e:
 """
 """Prints ``rcode=N a,b`` for an A query (answers laid out as tests/support/dnszone.py does)."""
 
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
@@ -105,16 +106,32 @@ class Host:
     process: subprocess.Popen[bytes]
 
 
-def start_host(name: str, address: str, kind: str, port: int, index: int) -> Host:
+def host_namespace(name: str, address: str, index: int) -> str:
+    """A namespace ``ksbt-<name>-<pid>`` holding ``address``, routed from the host over a veth
+    (``host_link(index)``); raises when the host already routes ``address`` (another test's)."""
     ns, host_if = f"ksbt-{name}-{SUFFIX}", host_link(index)
     sh("ip", "netns", "add", ns)
     sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
     sh("ip", "link", "set", host_if, "up")
-    sh("ip", "route", "add", f"{address}/32", "dev", host_if)
+    try:
+        sh("ip", "route", "add", f"{address}/32", "dev", host_if)
+    except RuntimeError:
+        remove_namespace(ns, index)
+        raise
     sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
     sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{address}/32", "dev", "eth0")
     sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
     sh("ip", "netns", "exec", ns, "ip", "route", "add", "default", "dev", "eth0")
+    return ns
+
+
+def remove_namespace(ns: str, index: int) -> None:
+    sh("ip", "link", "del", host_link(index), check=False)
+    sh("ip", "netns", "del", ns, check=False)
+
+
+def start_host(name: str, address: str, kind: str, port: int, index: int) -> Host:
+    ns = host_namespace(name, address, index)
     process = subprocess.Popen(
         ["ip", "netns", "exec", ns, "python3", "-c", SERVER, kind, address, str(port)],
         stdin=subprocess.DEVNULL,
@@ -126,24 +143,21 @@ def start_dns_host(
     name: str, address: str, zone: dict[str, list[str]], index: int, ttl: int = 300
 ) -> Host:
     """A DNS server answering ``zone`` (name → A addresses) on ``address:53``, UDP and TCP."""
-    host = start_host(name, address, "tcp", 1, index)
-    host.process.kill()
-    host.process.wait()
+    ns = host_namespace(name, address, index)
     argv = [sys.executable, "-m", "tests.support.dnszone", address, "53", str(ttl),
             json.dumps(zone)]  # fmt: skip
     process = subprocess.Popen(
-        ["ip", "netns", "exec", host.ns, *argv], stdin=subprocess.DEVNULL, cwd=ROOT
+        ["ip", "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL, cwd=ROOT
     )
     for _ in range(100):
-        probe = sh("ip", "netns", "exec", host.ns, "python3", "-c", LOOKUP, address, "x", "tcp")
+        probe = sh("ip", "netns", "exec", ns, "python3", "-c", LOOKUP, address, "x", "tcp")
         if not probe.startswith("FAILED"):
             break
         threading.Event().wait(0.05)
-    return Host(host.ns, address, process)
+    return Host(ns, address, process)
 
 
 def remove_host(host: Host, index: int) -> None:
     host.process.kill()
     host.process.wait()
-    sh("ip", "link", "del", host_link(index), check=False)
-    sh("ip", "netns", "del", host.ns, check=False)
+    remove_namespace(host.ns, index)
