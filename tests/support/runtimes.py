@@ -1,5 +1,6 @@
 """A real node runtime for benchmarks: QEMU, the real guest agent and preparer, busybox from a
-loopback registry, no network (``bench/suspend.py``, ``bench/fork.py``)."""
+loopback registry, no network (``bench/suspend.py``, ``bench/fork.py``) or a network namespace
+per sandbox (``bench/egress.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from kubesandbox_api.conditions import Phase
@@ -16,11 +18,12 @@ from kubesandbox_devenv.registry import Layout, Registry, build_image, busybox_e
 from kubesandbox_node.bootimage import initramfs
 from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
 from kubesandbox_node.images.service import ImageService
+from kubesandbox_node.network.netns import NetnsNetwork
 from kubesandbox_node.rootfs.assemble import SandboxRootfs
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
 from kubesandbox_node.runtime.cgroups import CgroupManager
 from kubesandbox_node.runtime.manager import Runtime
-from kubesandbox_node.runtime.prepare import SandboxPreparer
+from kubesandbox_node.runtime.prepare import NoNetwork, SandboxPreparer
 from kubesandbox_node.runtime.supervisor import Supervisor, Timing
 from kubesandbox_node.runtime.vmm import QemuVMM
 from kubesandbox_node.vm.host import tsc_khz
@@ -46,13 +49,29 @@ async def run(supervisor: Supervisor, script: str) -> str:
     return result.stdout.decode()
 
 
+@dataclass
+class BenchNode:
+    runtime: Runtime
+    registry: str
+    """The loopback registry's ``host:port`` (push more images to it)."""
+
+
 @contextlib.asynccontextmanager
-async def bench_runtime(prefix: str) -> AsyncIterator[Runtime]:
-    """A runtime with real QEMU and the real preparer over busybox from a loopback registry
-    (no network), in a temporary directory removed afterwards."""
+async def bench_node(
+    prefix: str, *, dns: list[str] | None = None, upstream_cas: list[str] | None = None
+) -> AsyncIterator[BenchNode]:
+    """A runtime with real QEMU and the real preparer over busybox from a loopback registry,
+    in a temporary directory removed afterwards; with ``dns`` a network namespace per sandbox
+    whose resolver forwards there (and an egress proxy trusting ``upstream_cas``)."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
     registry = Registry(work / "registry").start()
     client = RegistryClient(RegistryConfig(plain_http=frozenset({registry.host})))
+    network: NetnsNetwork | NoNetwork = (
+        NetnsNetwork(work / "network", dns=dns, upstream_cas=upstream_cas)
+        if dns is not None
+        else NoNetwork()
+    )
+    runtime: Runtime | None = None
     try:
         layout = Layout(work / "layout")
         layout.add_image("1.36", build_image([layer_tar(busybox_entries())]))
@@ -66,16 +85,33 @@ async def bench_runtime(prefix: str) -> AsyncIterator[Runtime]:
             boot_image=initramfs.build(guest_agent_binary()),
             tsc_khz=tsc_khz(),
             mirrors={"docker.io": registry.host},
+            network=network,
         )
-        yield Runtime(
+        vmm = QemuVMM(
+            cgroups=CgroupManager(parent=CGROUP_PARENT),
+            run_as="nobody",
+            wrap=network.wrap_argv,
+        )
+        runtime = Runtime(
             work / "state",
-            vmm=QemuVMM(cgroups=CgroupManager(parent=CGROUP_PARENT), run_as="nobody"),
+            vmm=vmm,
             preparer=preparer,
             emulation=True,
             timing=Timing(ready_timeout=180),
         )
+        yield BenchNode(runtime, registry.host)
     finally:
+        if isinstance(network, NetnsNetwork) and runtime is not None:
+            for uid in list(runtime.sandboxes):
+                await runtime.remove(uid)
         await client.close()
         registry.stop()
         CgroupManager(parent=CGROUP_PARENT).remove_parents()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def bench_runtime(prefix: str) -> AsyncIterator[Runtime]:
+    """The runtime of a :func:`bench_node` without network."""
+    async with bench_node(prefix) as node:
+        yield node.runtime
