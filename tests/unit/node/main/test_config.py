@@ -81,3 +81,11 @@ def test_tls_off_unquoted_in_yaml_means_off(tmp_path: Path) -> None:
     config.write_text("tls: sometimes\n")
     with pytest.raises(ValueError, match="tls"):
         load_config(["--config", str(config)])
+
+
+def test_egress_upstream_cas_from_the_file_and_the_flag(tmp_path: Path) -> None:
+    config = tmp_path / "node-agent.yaml"
+    config.write_text("egressUpstreamCAs: [/etc/ca/one.pem]\n")
+    assert load_config(["--config", str(config)]).egress_upstream_cas == [Path("/etc/ca/one.pem")]
+    flags = ["--egress-upstream-cas", "/a.pem", "--egress-upstream-cas", "/b.pem"]
+    assert load_config(flags).egress_upstream_cas == [Path("/a.pem"), Path("/b.pem")]
