@@ -83,6 +83,9 @@ class Reason(StrEnum):
     """A referenced ConfigMap or ConfigMap key does not exist."""
     POLICY_VIOLATION = "PolicyViolation"
     """The spec asks for something the cluster policy forbids (for example a host path)."""
+    SECRET_VIOLATION = "SecretViolation"
+    """The guest sent a secret's placeholder where it may not go; with ``violationAction:
+    BlockAndTerminate`` the sandbox was stopped for it."""
     FORK_SOURCE_NOT_READY = "ForkSourceNotReady"
     """``image.sandbox`` names a Sandbox that does not exist, is not Running, Paused or
     Suspended, is on no node, or does not match the fork (cpus, memory, network)."""

@@ -43,6 +43,7 @@ from kubesandbox_node.bootimage import initramfs, standin
 from kubesandbox_node.bootimage.initramfs import BootImage
 from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
 from kubesandbox_node.images.service import ImageService
+from kubesandbox_node.network.netns import NetnsNetwork
 from kubesandbox_node.rootfs.assemble import SandboxRootfs
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
 from kubesandbox_node.runtime.cgroups import CgroupManager
@@ -118,6 +119,9 @@ class NodeAgentConfig(BaseModel):
     dns: list[ipaddress.IPv4Address] = []
     """Resolvers the sandboxes' resolvers forward to (default: the node's, from
     /etc/resolv.conf, loopback ones left out)."""
+    egress_upstream_cas: list[Path] = []
+    """PEM bundles the egress proxy trusts besides the node's trust store when it verifies
+    the servers a sandbox with secrets connects to (docs/networking.md)."""
     ready_timeout: float = 120.0
     sample_interval: float = 5.0
     lease_interval: float = 10.0
@@ -185,7 +189,7 @@ def load_config(argv: Sequence[str] | None = None) -> NodeAgentConfig:
         flag = "--" + name.replace("_", "-")
         if info.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif name in ("allowed_host_paths", "plain_http_registries"):
+        elif name in ("allowed_host_paths", "plain_http_registries", "egress_upstream_cas"):
             parser.add_argument(flag, action="append", default=None)
         elif name == "registry_mirrors":
             parser.add_argument(flag, action="append", default=None, metavar="REGISTRY=MIRROR")
@@ -271,9 +275,11 @@ def _unspecified(address: str) -> bool:
 def network_provider(config: NodeAgentConfig, state_dir: Path) -> NetworkProvider:
     if config.network == "none":
         return NoNetwork()
-    from kubesandbox_node.network.netns import NetnsNetwork
-
-    return NetnsNetwork(state_dir / "network", dns=[str(a) for a in config.dns] or None)
+    return NetnsNetwork(
+        state_dir / "network",
+        dns=[str(a) for a in config.dns] or None,
+        upstream_cas=[str(path) for path in config.egress_upstream_cas],
+    )
 
 
 async def serve(config: NodeAgentConfig) -> None:
@@ -321,7 +327,7 @@ async def serve(config: NodeAgentConfig) -> None:
         if config.kubeconfig is not None or in_cluster():
             kube = await stack.enter_async_context(KubeClient.connect(config.kubeconfig))
         try:
-            await _serve_with(config, runtime, image, accel, kube)
+            await _serve_with(config, runtime, image, accel, kube, network)
         finally:
             await registry.close()
 
@@ -332,6 +338,7 @@ async def _serve_with(
     image: BootImage,
     accel: Literal["kvm", "tcg"],
     kube: KubeClient | None,
+    network: NetworkProvider,
 ) -> None:
     authenticator: Authenticator | None = KubeAuthenticator(kube) if kube is not None else None
     if config.static_token_file is not None:
@@ -376,6 +383,8 @@ async def _serve_with(
         events=EventRecorder(kube, config.node_name) if kube is not None else None,
         sample_interval=config.sample_interval,
     )
+    if isinstance(network, NetnsNetwork):
+        network.on_violation = services.secret_violation
     app = make_app(services)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()

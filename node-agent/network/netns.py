@@ -42,16 +42,22 @@ import ipaddress
 import json
 import os
 import socket
+import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
 from kubesandbox_api.spec import NetworkPolicy, NetworkRule, RuleAction
+from kubesandbox_node.egress.ca import SandboxCA, upstream_context
+from kubesandbox_node.egress.proxy import EgressProxy, Report
+from kubesandbox_node.egress.substitute import Entry, Violation
 from kubesandbox_node.network.ranges import blocked, host_addresses, resolvers
-from kubesandbox_node.network.resolver import Pins, Resolver
+from kubesandbox_node.network.resolver import Pins, PinTable, Resolver
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.vm import bootconfig as bc
 
@@ -61,6 +67,8 @@ GUEST_PREFIX = 24
 TAP = "tap0"
 NS_LINK = "eth0"
 LINK_BASE = "10.231.0.0/16"
+EGRESS_PORT = 15001
+"""Where the egress proxy listens inside the namespace (on the gateway address)."""
 log = structlog.get_logger(__name__)
 
 
@@ -94,6 +102,8 @@ class Plan:
     ports: tuple[tuple[str, int, int], ...]
     """(protocol, guest port, host port)."""
     rules: tuple[NetworkRule, ...] = ()
+    egress: bool = False
+    """The sandbox has secrets: its TCP goes through the egress proxy, UDP 443 is dropped."""
 
     @property
     def netns(self) -> str:
@@ -177,6 +187,10 @@ def namespace_rules(plan: Plan, refuse: list[str], pins: Pins | None = None) -> 
             f"-A PREROUTING -i {TAP} -p {proto} --dport 53 -j DNAT --to-destination {GATEWAY}:53"
         )
         filt.append(f"-A INPUT -i {TAP} -d {GATEWAY}/32 -p {proto} --dport 53 -j ACCEPT")
+    if plan.egress:
+        nat += egress_nat_lines()
+        filt += egress_filter_lines()
+    policy_start = len(filt)
     for proto, port, _ in plan.ports:
         nat.append(
             f"-A PREROUTING -i {NS_LINK} -p {proto} --dport {port} "
@@ -200,8 +214,38 @@ def namespace_rules(plan: Plan, refuse: list[str], pins: Pins | None = None) -> 
         filt.append(f"-A FORWARD -i {TAP} -j REJECT --reject-with icmp-net-prohibited")
     else:
         filt.append(f"-A FORWARD -i {TAP} -o {NS_LINK} -j ACCEPT")
+    if plan.egress:
+        filt += proxy_output_lines(filt[policy_start:])
     nat.append(f"-A POSTROUTING -o {NS_LINK} -j MASQUERADE")
     return "\n".join([*nat, "COMMIT", *filt, "COMMIT", ""])
+
+
+def egress_nat_lines() -> list[str]:
+    """The guest's TCP (DNS and the gateway itself aside) to the egress proxy."""
+    return [f"-A PREROUTING -i {TAP} -p tcp ! -d {GATEWAY}/32 -j REDIRECT --to-ports {EGRESS_PORT}"]
+
+
+def egress_filter_lines() -> list[str]:
+    """The proxy's port open to the guest, and QUIC dropped (clients fall back to TCP, which
+    the proxy sees)."""
+    return [
+        f"-I FORWARD 1 -i {TAP} -p udp --dport 443 -j DROP",
+        f"-A INPUT -i {TAP} -d {GATEWAY}/32 -p tcp --dport {EGRESS_PORT} -j ACCEPT",
+    ]
+
+
+def proxy_output_lines(policy: Sequence[str]) -> list[str]:
+    """The guest's policy and rules once more, for the proxy's own connections (they leave
+    the namespace from its OUTPUT, not through FORWARD): the same destinations are refused."""
+    out = ["-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]
+    for line in policy:
+        if not line.startswith("-A FORWARD -i "):
+            continue
+        for prefix in (f"-A FORWARD -i {TAP} -o {NS_LINK} ", f"-A FORWARD -i {TAP} "):
+            if line.startswith(prefix):
+                out.append(f"-A OUTPUT -o {NS_LINK} " + line[len(prefix) :])
+                break
+    return out
 
 
 def chain_update(rules: Sequence[NetworkRule], changed: Pins) -> str:
@@ -214,40 +258,115 @@ def chain_update(rules: Sequence[NetworkRule], changed: Pins) -> str:
 
 
 _CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
-def _bind_in(netns: str, address: str, port: int) -> tuple[socket.socket, socket.socket]:
-    """A UDP and a listening TCP socket bound to ``address:port`` inside ``netns``: made by a
-    thread that enters the namespace (``setns`` applies to the calling thread only), so the
-    node agent serves them from its own loop while they live in the sandbox's namespace."""
-    result: list[tuple[socket.socket, socket.socket]] = []
+def enter_netns(netns: str) -> None:
+    """Moves the calling thread into ``netns`` (``setns`` applies to one thread only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {netns}")
+    finally:
+        os.close(target)
+
+
+def _in_netns(netns: str, make: Callable[[], T]) -> T:
+    """``make()`` run by a thread inside ``netns``, which ends afterwards: it never goes back
+    to the node's namespace, and sockets made there stay in the sandbox's."""
+    result: list[T] = []
     failure: list[BaseException] = []
 
     def enter() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
         try:
-            if libc.setns(target, _CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns into {netns}")
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            udp.bind((address, port))
-            tcp.bind((address, port))
-            tcp.listen(64)
-            result.append((udp, tcp))
+            enter_netns(netns)
+            result.append(make())
         except BaseException as exc:
             failure.append(exc)
-        finally:
-            os.close(target)
 
-    # a thread of its own that ends afterwards: it never goes back to the node's namespace
     thread = threading.Thread(target=enter, name=f"netns-{netns}")
     thread.start()
     thread.join()
     if failure:
-        raise NetworkError(f"resolver sockets in {netns}: {failure[0]}")
+        raise NetworkError(f"sockets in {netns}: {failure[0]}")
     return result[0]
+
+
+def _listener(address: str, port: int) -> socket.socket:
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind((address, port))
+    tcp.listen(64)
+    return tcp
+
+
+def _bind_in(netns: str, address: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a listening TCP socket bound to ``address:port`` inside ``netns``, served by
+    the node agent from its own loop while they live in the sandbox's namespace."""
+
+    def make() -> tuple[socket.socket, socket.socket]:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((address, port))
+        return udp, _listener(address, port)
+
+    return _in_netns(netns, make)
+
+
+class NetnsConnector:
+    """TCP connections made from inside a sandbox's namespace (the egress proxy's upstream
+    side), by one thread that lives there."""
+
+    def __init__(self, netns: str) -> None:
+        self.pool = ThreadPoolExecutor(1, f"egress-{netns}", enter_netns, (netns,))
+
+    async def __call__(self, address: str, port: int) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        sock = await loop.run_in_executor(self.pool, socket.socket)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (address, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+ViolationSink = Callable[[str, Violation], None]
+"""(the VM's uid, what happened)."""
+
+
+@dataclass
+class Egress:
+    """A sandbox's egress proxy, its CA and the thread that connects from its namespace."""
+
+    proxy: EgressProxy
+    ca: SandboxCA
+    connector: NetnsConnector
+
+    @classmethod
+    def start(
+        cls, netns: str, *, upstream: ssl.SSLContext, pins: PinTable, report: Report
+    ) -> Egress:
+        ca = SandboxCA(netns)
+        connector = NetnsConnector(netns)
+        proxy = EgressProxy(
+            netns, ca=ca, upstream=upstream, pins=pins, connect=connector, report=report
+        )
+        return cls(proxy, ca, connector)
+
+    def configure(self, desired: DesiredSandbox) -> None:
+        default = desired.spec.network.secret_violation_action
+        entries = [Entry.of(secret, default) for secret in desired.spec.secrets]
+        values = {env: value.encode() for env, value in desired.resolved.secrets.items()}
+        self.proxy.configure(entries, values)
+
+    def close(self) -> None:
+        self.proxy.close()
+        self.connector.close()
 
 
 class NetnsNetwork:
@@ -258,8 +377,14 @@ class NetnsNetwork:
         link_base: str = LINK_BASE,
         dns: list[str] | None = None,
         cluster_cidrs: list[str] | None = None,
+        upstream_cas: list[str] | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.upstream = upstream_context(upstream_cas)
+        self.on_violation: ViolationSink = lambda uid, violation: None
+        """Set by whoever reports violations (Events, BlockAndTerminate): the node agent's
+        services."""
+        self._egress: dict[str, Egress] = {}
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.link_base = link_base
         self.dns = dns if dns is not None else resolvers()
@@ -297,7 +422,12 @@ class NetnsNetwork:
             (p.protocol.value.lower(), p.port, p.host_port or p.port) for p in network.ports
         )
         return Plan(
-            desired.uid, self._index(desired.uid), network.policy, ports, tuple(network.rules)
+            desired.uid,
+            self._index(desired.uid),
+            network.policy,
+            ports,
+            tuple(network.rules),
+            egress=bool(desired.spec.secrets),
         )
 
     # --- NetworkProvider -------------------------------------------------------------------
@@ -315,6 +445,7 @@ class NetnsNetwork:
         async with self._lock:
             plan = self.plan(desired)
             await self._setup(plan)
+            await self._egress_for(desired, plan)
         mac = mac_for(desired.uid)
         config = bc.Network(
             interfaces=[
@@ -383,6 +514,45 @@ class NetnsNetwork:
         self._resolvers[uid] = resolver
         return resolver
 
+    # --- the egress proxy ------------------------------------------------------------------
+
+    async def _egress_for(self, desired: DesiredSandbox, plan: Plan) -> None:
+        """The sandbox's egress proxy when it has secrets (made once per node agent run: a
+        restart makes a new CA, which the guest is given again), configured from ``desired``."""
+        current = self._egress.get(plan.uid)
+        if not plan.egress:
+            if current is not None:
+                current.close()
+                del self._egress[plan.uid]
+            return
+        if current is None:
+            resolver = self._resolvers[plan.uid]
+            listener = await asyncio.to_thread(
+                _in_netns, plan.netns, lambda: _listener(GATEWAY, EGRESS_PORT)
+            )
+            uid = plan.uid
+            current = Egress.start(
+                plan.netns,
+                upstream=self.upstream,
+                pins=resolver.table,
+                report=lambda violation: self.on_violation(uid, violation),
+            )
+            await current.proxy.serve(listener)
+            self._egress[uid] = current
+            log.info("egress.ready", netns=plan.netns, port=EGRESS_PORT)
+        current.configure(desired)
+
+    def update_secrets(self, desired: DesiredSandbox) -> None:
+        """New values from the operator (a rotated Secret): swapped into the running proxy."""
+        egress = self._egress.get(desired.uid)
+        if egress is not None:
+            egress.configure(desired)
+
+    def ca_certificate(self, uid: str) -> bytes | None:
+        """The PEM certificate of the sandbox's egress CA (``None``: no secrets, no proxy)."""
+        egress = self._egress.get(uid)
+        return egress.ca.pem if egress is not None else None
+
     async def _host_rules(self, plan: Plan, ns_ip: str, subnet: str) -> None:
         await run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         await self._drop_host_rules(plan.uid)
@@ -413,12 +583,18 @@ class NetnsNetwork:
         for resolver in self._resolvers.values():
             resolver.close()
         self._resolvers.clear()
+        for egress in self._egress.values():
+            egress.close()
+        self._egress.clear()
         self._plans.clear()
 
     async def detach(self, uid: str) -> None:
         resolver = self._resolvers.pop(uid, None)
         if resolver is not None:
             resolver.close()
+        egress = self._egress.pop(uid, None)
+        if egress is not None:
+            egress.close()
         self._plans.pop(uid, None)
         record = self._record(uid)
         if not record.exists():

@@ -82,6 +82,16 @@ class PinTable:
             else:
                 del self.names[name]
 
+    def pinned(self, name: str, address: str) -> bool:
+        """Whether ``address`` was returned for ``name`` and its pin is alive (the egress
+        proxy's check before a secret goes to that address)."""
+        return self.names.get(name, {}).get(address, 0.0) > self.clock()
+
+    def names_of(self, address: str) -> list[str]:
+        """The names whose live pins include ``address``."""
+        now = self.clock()
+        return [n for n, pins in self.names.items() if pins.get(address, 0.0) > now]
+
     def pins(self, rules: Sequence[NetworkRule]) -> Pins:
         """The address set of every domain rule (CIDR rules have none)."""
         out: Pins = {}

@@ -116,10 +116,13 @@ class Runtime:
             self.sandboxes[desired.uid] = supervisor
             supervisor.record.runs = 0
             supervisor.apply(desired)
-        elif desired.generation != supervisor.desired.generation or (
-            desired.spec.lifecycle.state != supervisor.desired.spec.lifecycle.state
-        ):
-            supervisor.apply(desired)
+        else:
+            if desired.resolved.secrets != supervisor.desired.resolved.secrets:
+                supervisor.rotate(desired)
+            if desired.generation != supervisor.desired.generation or (
+                desired.spec.lifecycle.state != supervisor.desired.spec.lifecycle.state
+            ):
+                supervisor.apply(desired)
         return supervisor
 
     async def claim(self, member_uid: str, claimant: DesiredSandbox, pool: str) -> Supervisor:

@@ -39,7 +39,9 @@ class Resolved(_Model):
     """Patch index → base64 content, for ``copyFile`` from Secrets and ConfigMaps."""
     dirs: dict[str, dict[str, str]] = {}
     """Patch index → file name → base64 content, for ``copyDir``."""
-    secrets: dict[str, str] = {}
+    secrets: dict[str, str] = Field(default={}, exclude=True)
+    """``spec.secrets`` env → real value. Memory only: left out of every dump (the sandbox's
+    record on disk among them); the operator sends them again after a node agent restart."""
     pull_auths: list[PullAuth] = []
     fork_of: str | None = None
     """A fork's source Sandbox uid (``spec.image.sandbox``), until the fork has started."""

@@ -47,6 +47,7 @@ from kubesandbox_node.runtime.supervisor import PrepareError
 from kubesandbox_node.vm import bootconfig as bc
 from kubesandbox_node.vm.spec import Accel, Drive, Share, VMSpec
 from kubesandbox_node.volumes.prepare import NamedVolumes, prepare_volumes
+from kubesandbox_protocol.client import AgentClient, AgentError
 
 _PATCH_INDEX = re.compile(r"patches\[(\d+)\]")
 VIRTIOFS_MODULES = frozenset({"fuse", "virtiofs"})
@@ -64,6 +65,14 @@ class NetworkProvider(Protocol):
 
     async def detach(self, uid: str) -> None: ...
 
+    def update_secrets(self, desired: DesiredSandbox) -> None:
+        """New secret values for the sandbox's egress proxy."""
+        ...
+
+    def ca_certificate(self, uid: str) -> bytes | None:
+        """The PEM certificate of the sandbox's egress CA, when it has an egress proxy."""
+        ...
+
 
 class NoNetwork:
     async def attach(self, desired: DesiredSandbox) -> tuple[bc.Network | None, list[str]]:
@@ -73,6 +82,12 @@ class NoNetwork:
         return argv
 
     async def detach(self, uid: str) -> None:
+        return None
+
+    def update_secrets(self, desired: DesiredSandbox) -> None:
+        return None
+
+    def ca_certificate(self, uid: str) -> bytes | None:
         return None
 
 
@@ -292,7 +307,18 @@ class SandboxPreparer:
                 merged[var.name] = var.value
             elif var.name in desired.resolved.env:
                 merged[var.name] = desired.resolved.env[var.name]
+        merged.update(egress_env(desired))
         return [f"{k}={v}" for k, v in merged.items()]
+
+    async def egress_trust(self, desired: DesiredSandbox, relay_socket: Path) -> None:
+        pem = self.network.ca_certificate(desired.uid)
+        if pem is None:
+            return
+        async with await AgentClient.connect(relay_socket) as client:
+            await install_trust(client, pem)
+
+    def rotate_secrets(self, desired: DesiredSandbox) -> None:
+        self.network.update_secrets(desired)
 
     async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None:
         """Network policy, rules and published ports of a running sandbox (also called with
@@ -321,6 +347,47 @@ class SandboxPreparer:
             self.rootfs.delete(desired.uid)
         await self.network.detach(desired.uid)
         self.images.release(desired.uid)
+
+
+EGRESS_DIR = "/.msb/egress"
+EGRESS_BUNDLE = f"{EGRESS_DIR}/ca-certificates.crt"
+"""The image's distribution bundle with the sandbox's egress CA appended."""
+EGRESS_CA = f"{EGRESS_DIR}/ca.crt"
+"""The egress CA alone (``NODE_EXTRA_CA_CERTS`` adds to Node's own list)."""
+DISTRIBUTION_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+TRUST_ENV = {
+    "SSL_CERT_FILE": EGRESS_BUNDLE,
+    "REQUESTS_CA_BUNDLE": EGRESS_BUNDLE,
+    "CURL_CA_BUNDLE": EGRESS_BUNDLE,
+    "NODE_EXTRA_CA_CERTS": EGRESS_CA,
+}
+
+
+def egress_env(desired: DesiredSandbox) -> dict[str, str]:
+    """What a sandbox with secrets has in its environment: each secret's placeholder (never
+    its value) and the trust-store variables pointing at the bundle with the egress CA."""
+    secrets = desired.spec.secrets
+    if not secrets:
+        return {}
+    return {**TRUST_ENV, **{s.env: s.effective_placeholder for s in secrets}}
+
+
+async def install_trust(client: AgentClient, pem: bytes) -> None:
+    """Writes the egress CA, and the first distribution bundle found with it appended, under
+    ``EGRESS_DIR`` in the guest (again after a node agent restart: the CA is new then)."""
+    bundle = b""
+    for path in DISTRIBUTION_BUNDLES:
+        with contextlib.suppress(AgentError):
+            bundle = await client.read_file(path)
+            break
+    if bundle and not bundle.endswith(b"\n"):
+        bundle += b"\n"
+    with contextlib.suppress(AgentError):
+        await client.mkdir("/.msb", mode=0o755)
+    with contextlib.suppress(AgentError):
+        await client.mkdir(EGRESS_DIR, mode=0o755)
+    await client.write_file(EGRESS_CA, pem, mode=0o644)
+    await client.write_file(EGRESS_BUNDLE, bundle + pem, mode=0o644)
 
 
 def _has_nic(desired: DesiredSandbox) -> bool:

@@ -111,6 +111,14 @@ class Preparer(Protocol):
         """A fork's own network (namespace, tap, MAC) and its share of the source's image."""
         ...
 
+    async def egress_trust(self, desired: DesiredSandbox, relay_socket: Path) -> None:
+        """The sandbox's egress CA certificate into the running guest's trust store."""
+        ...
+
+    def rotate_secrets(self, desired: DesiredSandbox) -> None:
+        """New secret values for the running egress proxy."""
+        ...
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -119,6 +127,9 @@ class Timing:
     concurrent_boots: int | None = None
     """VMs that may boot at once (until ``core.ready``); ``None``: :func:`boot_slots` decides,
     ``0``: no limit."""
+
+
+EGRESS_TRUST_TIMEOUT = 30.0
 
 
 def boot_slots(limit: int | None, *, emulation: bool, cpus: int | None = None) -> int:
@@ -382,6 +393,27 @@ class Supervisor:
         except PrepareError as exc:
             self.log.warning("sandbox.live_update_refused", error=str(exc))
 
+    async def _egress_trust(self) -> None:
+        """With secrets: the egress CA's certificate into the guest's trust store, after every
+        boot, restore or re-adoption (the CA lives in this node agent's memory only)."""
+        if self.handle is None or not self.desired.spec.secrets:
+            return
+        try:
+            async with asyncio.timeout(EGRESS_TRUST_TIMEOUT):
+                await self.preparer.egress_trust(self.desired, self.relay_socket)
+        except Exception as exc:
+            self.log.warning("sandbox.egress_trust_failed", error=str(exc)[:300])
+
+    def rotate(self, desired: DesiredSandbox) -> None:
+        """The operator sent other secret values (a rotated Secret, or the values again after
+        a node agent restart): kept in memory and given to the running egress proxy."""
+        self.record.desired = self.record.desired.model_copy(
+            update={"resolved": self.record.desired.resolved.model_copy(
+                update={"secrets": desired.resolved.secrets})}
+        )  # fmt: skip
+        self.preparer.rotate_secrets(self.record.desired)
+        self.log.info("sandbox.secrets_rotated", secrets=sorted(desired.resolved.secrets))
+
     def _busy(self) -> bool:
         return self._lock.locked() or any(not t.done() for t in self._tasks)
 
@@ -504,6 +536,7 @@ class Supervisor:
         self.record.oom_kills_at_start = group.usage().oom_kills if group else 0
         self.record.started_at = _now()
         self.record.stopped_at = None
+        await self._egress_trust()
         reason = Reason.FORKED if forked else Reason.AGENT_READY
         self._condition(ConditionType.AGENT_CONNECTED, True, reason, forked or "")
         self._condition(ConditionType.PAUSED, False, Reason.RUNNING)
@@ -554,8 +587,10 @@ class Supervisor:
                       "the VM ended while the node agent was away")  # fmt: skip
             return False
         self._attach(handle)
-        # the namespace's rules outlived us, the sandbox's resolver did not: start it again
+        # the namespace's rules outlived us, the sandbox's resolver did not: start it again;
+        # so did its egress proxy, whose new CA the guest is given
         self._spawn(self._update_live(self.record.desired))
+        self._spawn(self._egress_trust())
         if self.phase in (Phase.DRAINING, Phase.STOPPING):
             self._spawn(self._stop(None, Reason(self.record.ending or Reason.STOPPED_BY_USER)))
         else:
@@ -895,6 +930,7 @@ class Supervisor:
         self.record.spec = saved.spec
         self._resumed(handle, time.monotonic() - began, woken=woken)
         await self._update_live(self.desired)  # rules changed meanwhile; a resolver to restart
+        await self._egress_trust()  # a node agent restart meanwhile made a new egress CA
         if pause_after or (
             saved.was_paused and self.desired.spec.lifecycle.state == DesiredState.PAUSED
         ):

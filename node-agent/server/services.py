@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from kubesandbox_api.conditions import Reason
+from kubesandbox_api.spec import ViolationAction
 from kubesandbox_kube.auth import Authenticator
+from kubesandbox_node.egress.substitute import Violation
 from kubesandbox_node.logs import SandboxLogs
 from kubesandbox_node.metrics.sampler import Sampler
 from kubesandbox_node.runtime.manager import Runtime
@@ -53,6 +56,20 @@ class Services:
             self.status.notify(target, status)
         if self.events is not None:
             self.events.observe(target, status)
+
+    def secret_violation(self, uid: str, violation: Violation) -> None:
+        """The egress proxy of VM ``uid`` blocked a placeholder (already logged, without any
+        value): an Event on the Sandbox unless the action is a silent Block, and a kill for
+        BlockAndTerminate."""
+        supervisor = self.runtime.sandboxes.get(uid)
+        if supervisor is None or violation.action == ViolationAction.BLOCK:
+            return
+        desired = supervisor.desired
+        target = Target(desired.namespace, desired.name, supervisor.sandbox_uid)
+        if self.events is not None:
+            self.events.warn(target, Reason.SECRET_VIOLATION.value, violation.message)
+        if violation.action == ViolationAction.BLOCK_AND_TERMINATE:
+            supervisor.kill(Reason.SECRET_VIOLATION)
 
     def _log(self, supervisor: Supervisor) -> None:
         """The phase as a ``system`` line; a recorder on the relay of a VM that just came up."""

@@ -1,9 +1,11 @@
 """Kubernetes Events for what a person watching ``kubectl describe sandbox`` wants to see:
 the sandbox started (or was forked), stopped, was suspended or resumed, crashed (with the
-reason) or cannot run (with the reason).
+reason) or cannot run (with the reason), and secret violations (``SecretViolation``, from the
+egress proxy: which secret, where it was headed, never the value).
 
 Events are best effort: a failure to post one is logged, never retried and never blocks a
-transition. Only phase changes produce one, so a sandbox emits a handful in its life.
+transition. Phase changes produce one, so a sandbox emits a handful in its life; violations
+one each (Kubernetes' own Event aggregation takes over when a guest repeats itself).
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ def event_for(
     if status.exit_status is not None and status.phase in (Phase.CRASHED, Phase.FAILED):
         reason = status.exit_status.reason or reason
     message = status.message or f"sandbox is {status.phase.value} on {node}"
+    return event_body(target, type_, reason, message, node, now)
+
+
+def event_body(
+    target: Target, type_: str, reason: str, message: str, node: str, now: datetime
+) -> dict[str, Any]:
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1",
@@ -100,6 +108,13 @@ class EventRecorder:
 
     def forget(self, uid: str) -> None:
         self._phases.pop(uid, None)
+
+    def warn(self, target: Target, reason: str, message: str) -> None:
+        """A Warning Event that is not a phase change (a secret violation)."""
+        body = event_body(target, "Warning", reason, message, self.node, datetime.now(UTC))
+        task = asyncio.create_task(self._post(target, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _post(self, target: Target, body: dict[str, Any]) -> None:
         try:

@@ -27,15 +27,6 @@ def test_same_memory_in_other_units_matches() -> None:
         {"env": [{"name": "A", "value": "1"}]},
         {"scripts": {"hello": "echo hi"}},
         {"hostname": "mine"},
-        {
-            "secrets": [
-                {
-                    "env": "TOKEN",
-                    "secretKeyRef": {"name": "s", "key": "k"},
-                    "allowHosts": ["api.example.com"],
-                }
-            ]
-        },
         {"lifecycle": {"maxDurationSeconds": 60, "idleTimeoutSeconds": 30, "ephemeral": True}},
     ],
 )
@@ -63,6 +54,11 @@ def test_boot_time_fields_must_be_equal(boot_time: dict[str, Any]) -> None:
 
 def test_a_sandbox_created_stopped_is_not_served_from_a_pool() -> None:
     assert not matches(spec(), spec(lifecycle={"state": "Stopped"}))
+
+
+def test_a_sandbox_with_secrets_is_not_served_from_a_pool() -> None:
+    secret = {"env": "TOKEN", "secretKeyRef": {"name": "s", "key": "k"}, "allowHosts": ["a.b"]}
+    assert not matches(spec(), spec(secrets=[secret]))
 
 
 def test_boot_fields_leave_out_exactly_the_claim_time_fields() -> None:

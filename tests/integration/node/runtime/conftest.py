@@ -119,12 +119,18 @@ async def world(images: Images) -> AsyncIterator[World]:
 
 @contextlib.asynccontextmanager
 async def networked_runtime(
-    images: Images, *, prefix: str, dns: tuple[str, ...] = (), timing: Timing | None = None
+    images: Images,
+    *,
+    prefix: str,
+    dns: tuple[str, ...] = (),
+    timing: Timing | None = None,
+    upstream_cas: tuple[str, ...] = (),
 ) -> AsyncIterator[Runtime]:
-    """A runtime with real QEMU, the real preparer and a network namespace per sandbox."""
+    """A runtime with real QEMU, the real preparer and a network namespace per sandbox
+    (``upstream_cas``: what the egress proxy trusts besides the node's trust store)."""
     state = Path(tempfile.mkdtemp(prefix=prefix))
     registry = RegistryClient(RegistryConfig(plain_http=frozenset({images.registry.host})))
-    network = NetnsNetwork(state / "network", dns=list(dns))
+    network = NetnsNetwork(state / "network", dns=list(dns), upstream_cas=list(upstream_cas))
     policy = HostPathPolicy.of([])
     preparer = SandboxPreparer(
         images=ImageService(state / "images", registry),
@@ -152,11 +158,17 @@ async def networked_runtime(
         shutil.rmtree(state, ignore_errors=True)
 
 
-async def booted(runtime: Runtime, name: str, spec: dict[str, object]) -> Supervisor:
-    """Put ``default/<name>`` (a fresh uid, generation 1) and wait until it runs."""
+async def booted(
+    runtime: Runtime,
+    name: str,
+    spec: dict[str, object],
+    resolved: dict[str, object] | None = None,
+) -> Supervisor:
+    """Put ``default/<name>`` (a fresh uid, generation 1, what the operator would have
+    ``resolved``) and wait until it runs."""
     desired = DesiredSandbox.model_validate(
         {"namespace": "default", "name": name, "uid": str(uuid.uuid4()), "generation": 1,
-         "spec": spec}
+         "spec": spec, "resolved": resolved or {}}
     )  # fmt: skip
     supervisor = runtime.put(desired)
     async with asyncio.timeout(240):

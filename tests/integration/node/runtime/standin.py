@@ -29,6 +29,7 @@ class StandinPreparer:
     removed: list[str] = field(default_factory=list)
     updated: list[int] = field(default_factory=list)
     forked: list[tuple[str, str]] = field(default_factory=list)
+    rotated: list[dict[str, str]] = field(default_factory=list)
 
     async def image(self, desired: DesiredSandbox) -> ImageStatus | None:
         return None
@@ -63,3 +64,9 @@ class StandinPreparer:
 
     async def remove(self, desired: DesiredSandbox) -> None:
         self.removed.append(desired.uid)
+
+    async def egress_trust(self, desired: DesiredSandbox, relay_socket: Path) -> None:
+        return None
+
+    def rotate_secrets(self, desired: DesiredSandbox) -> None:
+        self.rotated.append(dict(desired.resolved.secrets))

@@ -180,6 +180,7 @@ class FakePreparer:
     removed: list[str] = field(default_factory=list)
     updated: list[int] = field(default_factory=list)
     forked: list[tuple[str, str]] = field(default_factory=list)
+    rotated: list[dict[str, str]] = field(default_factory=list)
 
     async def image(self, desired: DesiredSandbox) -> ImageStatus | None:
         if self.image_error is not None:
@@ -207,6 +208,12 @@ class FakePreparer:
 
     async def remove(self, desired: DesiredSandbox) -> None:
         self.removed.append(desired.uid)
+
+    async def egress_trust(self, desired: DesiredSandbox, relay_socket: Path) -> None:
+        return None
+
+    def rotate_secrets(self, desired: DesiredSandbox) -> None:
+        self.rotated.append(dict(desired.resolved.secrets))
 
 
 def _write_private(path: Path, data: bytes) -> int:
