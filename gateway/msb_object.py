@@ -22,6 +22,7 @@ from kubesandbox_gateway.msb_wire import (
     POLICIES,
     PUBLIC_POLICY,
     PULL_POLICIES,
+    VIOLATIONS,
     default_placeholder,
 )
 
@@ -268,22 +269,45 @@ def _sdk_mount(volume: Mapping[str, Any]) -> JsonDict | None:
     return None
 
 
+def _sdk_hosts(hosts: object) -> list[JsonDict]:
+    return [
+        {"type": "wildcard" if host.startswith("*.") else "exact", "value": host}
+        for host in (hosts if isinstance(hosts, list) else [])
+        if isinstance(host, str)
+    ]
+
+
+def _sdk_secret(item: Mapping[str, Any]) -> JsonDict | None:
+    """A ``spec.secrets`` entry in the SDK's create-body shape, without any value."""
+    env = item.get("env")
+    if not isinstance(env, str) or not isinstance(item.get("allowHosts"), list):
+        return None
+    placeholder = item.get("placeholder")
+    substitution = _mapping(item.get("substitution"))
+    sdk_substitution: JsonDict = {
+        "headers": substitution.get("headers") is not False,
+        "query": substitution.get("query") is True,
+        "body": substitution.get("body") is True,
+    }
+    listed = substitution.get("headerFields")
+    fields = [f for f in listed if isinstance(f, str)] if isinstance(listed, list) else []
+    if fields:
+        sdk_substitution["header_fields"] = fields
+    return {
+        "env_var": env,
+        "placeholder": placeholder if isinstance(placeholder, str) else default_placeholder(env),
+        "allowed_hosts": _sdk_hosts(item.get("allowHosts")),
+        "substitution": sdk_substitution,
+        "passthrough_hosts": _sdk_hosts(item.get("allowPlaceholderFor")),
+        "require_tls_identity": item.get("requireTLS") is not False,
+    }
+
+
 def _sdk_network(spec: Mapping[str, Any]) -> JsonDict:
     policy = _mapping(spec.get("network")).get("policy", "PublicOnly")
-    entries = []
-    for item in _items(spec.get("secrets")):
-        env = item.get("env")
-        hosts = item.get("allowHosts")
-        if not isinstance(env, str) or not isinstance(hosts, list):
-            continue
-        allowed = [
-            {"type": "wildcard" if host.startswith("*.") else "exact", "value": host}
-            for host in hosts
-            if isinstance(host, str)
-        ]
-        entries.append(
-            {"env_var": env, "placeholder": default_placeholder(env), "allowed_hosts": allowed}
-        )
+    entries = [e for e in map(_sdk_secret, _items(spec.get("secrets"))) if e is not None]
+    action = _mapping(spec.get("network")).get("secretViolationAction")
+    violation = next((k for k, v in VIOLATIONS.items() if v == action), None)
     sdk_policy = dict(POLICIES.get(policy if isinstance(policy, str) else "", PUBLIC_POLICY))
     rules = [_sdk_rule(rule) for rule in _items(_mapping(spec.get("network")).get("rules"))]
     if rules:
@@ -297,7 +321,10 @@ def _sdk_network(spec: Mapping[str, Any]) -> JsonDict:
         "enabled": True,
         "strict": True,
         "policy": sdk_policy,
-        "secrets": {"entries": entries, "violation_action": dict(DEFAULT_VIOLATION)},
+        "secrets": {
+            "entries": entries,
+            "violation_action": {"type": violation} if violation else dict(DEFAULT_VIOLATION),
+        },
     }
 
 

@@ -18,6 +18,14 @@ PULL_POLICIES = {"always": "Always", "if_missing": "IfMissing", "never": "Never"
 DEFAULT_VIOLATION: dict[str, Any] = {"type": "block_and_log"}
 """``network.secrets.violation_action`` (0.6: ``on_violation``) when the option is not used."""
 
+VIOLATIONS = {
+    "block": "Block",
+    "block_and_log": "BlockAndLog",
+    "block_and_terminate": "BlockAndTerminate",
+}
+"""SDK violation ``type`` (``Sandbox.create(secret_violation_action=...)``) →
+``spec.network.secretViolationAction`` and ``spec.secrets[].violationAction``."""
+
 DEFAULT_SUBSTITUTION: dict[str, Any] = {"headers": True, "query": False, "body": False}
 """What the 0.7 SDK sends for ``SecretSubstitution()``: the value goes into request headers."""
 

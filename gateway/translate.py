@@ -53,11 +53,9 @@ from kubesandbox_gateway.msb_input import (
 )
 from kubesandbox_gateway.msb_object import sandbox_object, sleeping
 from kubesandbox_gateway.msb_wire import (
-    DEFAULT_INJECTION,
-    DEFAULT_SUBSTITUTION,
-    DEFAULT_VIOLATION,
     LOG_LEVELS,
     PULL_POLICIES,
+    VIOLATIONS,
     default_placeholder,
 )
 
@@ -97,6 +95,7 @@ MAX_SCRIPT_BYTES = 256 * 1024
 MAX_SECRETS = 32
 MAX_ALLOWED_HOSTS = 32
 MAX_SECRET_VALUE = 64 * 1024
+MAX_PLACEHOLDER = 128
 MAX_SECRET_TOTAL = 512 * 1024
 """Companion Secret data in total (Kubernetes Secrets hold at most 1 MiB)."""
 MAX_REGISTRY_FIELD = 4096
@@ -165,6 +164,8 @@ _NETWORK = frozenset({"enabled", "strict", "policy", "secrets"})
 _POLICY = frozenset({"default_egress", "default_ingress", "rules"})
 _RULE = frozenset({"direction", "destination", "protocols", "ports", "action"})
 _SECRETS = frozenset({"entries", "violation_action", "on_violation"})
+_SUBSTITUTION = frozenset({"headers", "header_fields", "query", "body"})
+_INJECTION = frozenset({"headers", "basic_auth", "query_params", "body"})
 _SECRET_ENTRY = frozenset(
     {
         "env_var",
@@ -712,9 +713,16 @@ def _network(
         spec.data.setdefault("network", {})["rules"] = [rule for rule, _ in rules]
         for k, (_, where) in enumerate(rules):
             spec.came_from(("network", "rules", k), where)
-    entries = _secret_entries(network.get("secrets"), secret_name, secrets, env_names, spec)
+    block = opt_obj(network.get("secrets"), "network.secrets", _SECRETS)
+    action = _network_violation(block)
+    if action is not None:
+        where, value = action
+        spec.data.setdefault("network", {})["secretViolationAction"] = value
+        spec.came_from(("network", "secretViolationAction"), where)
+    entries = _secret_entries(block, secret_name, secrets, env_names, spec)
     if entries:
         spec.data["secrets"] = entries
+        spec.came_from(("secrets",), "network.secrets.entries")
 
 
 def _policy(value: object) -> tuple[str | None, list[tuple[JsonDict, str]]]:
@@ -830,22 +838,38 @@ def _port_range(value: object, where: str) -> JsonDict:
     return {"port": start} if end == start else {"port": start, "endPort": end}
 
 
+def _violation(value: object, where: str) -> str:
+    """``{"type": "block" | "block_and_log" | "block_and_terminate"}`` → the spec's action."""
+    kind = obj(value, where, frozenset({"type"})).get("type")
+    if not isinstance(kind, str) or kind not in VIOLATIONS:
+        raise InvalidConfig(f"{where}.type", f"must be one of {', '.join(VIOLATIONS)}")
+    return VIOLATIONS[kind]
+
+
+def _network_violation(block: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``network.secrets.violation_action`` (0.6: ``on_violation``) → the body field and
+    ``spec.network.secretViolationAction``; None when the SDK's default (BlockAndLog)."""
+    found: list[tuple[str, str]] = []
+    for key in ("violation_action", "on_violation"):
+        if block.get(key) is not None:
+            where = f"network.secrets.{key}"
+            found.append((where, _violation(block[key], where)))
+    if len(found) == 2 and found[0][1] != found[1][1]:
+        raise InvalidConfig(
+            "network.secrets.on_violation", "differs from violation_action; send one of them"
+        )
+    if not found or found[0][1] == VIOLATIONS["block_and_log"]:
+        return None
+    return found[0]
+
+
 def _secret_entries(
-    value: object,
+    block: Mapping[str, Any],
     secret_name: str,
     secrets: _Secrets,
     env_names: dict[str, str],
     spec: _Spec,
 ) -> list[JsonDict]:
-    block = opt_obj(value, "network.secrets", _SECRETS)
-    for key in ("violation_action", "on_violation"):
-        action = block.get(key)
-        if action is not None and action != DEFAULT_VIOLATION:
-            raise InvalidConfig(
-                f"network.secrets.{key}",
-                "only block_and_log is supported: a request carrying a secret to a host that "
-                "is not allowed is blocked and logged",
-            )
     out: list[JsonDict] = []
     seen: dict[str, str] = {}
     for i, item in enumerate(array(block.get("entries"), "network.secrets.entries", MAX_SECRETS)):
@@ -856,60 +880,115 @@ def _secret_entries(
             other = seen.get(env) or env_names[env]
             raise InvalidConfig(f"{where}.env_var", f"{env!r} is already set by {other}")
         seen[env] = f"{where}.env_var"
-        _secret_defaults(entry, env, where)
         value_text = string(entry.get("value"), f"{where}.value", MAX_SECRET_VALUE)
         hosts = _allowed_hosts(entry.get("allowed_hosts"), f"{where}.allowed_hosts")
         key = SECRET_KEY_PREFIX + env
         secrets.add(key, value_text, f"{where}.value")
         index = len(out)
-        spec.came_from(("secrets", index), where)
-        spec.came_from(("secrets", index, "env"), f"{where}.env_var")
-        spec.came_from(("secrets", index, "allowHosts"), f"{where}.allowed_hosts")
+        at: JsonPath = ("secrets", index)
+        spec.came_from(at, where)
+        spec.came_from((*at, "env"), f"{where}.env_var")
+        spec.came_from((*at, "allowHosts"), f"{where}.allowed_hosts")
         for h in range(len(hosts)):
-            spec.came_from(("secrets", index, "allowHosts", h), f"{where}.allowed_hosts[{h}]")
-        out.append(
-            {
-                "env": env,
-                "secretKeyRef": {"name": secret_name, "key": key},
-                "allowHosts": hosts,
-            }
-        )
+            spec.came_from((*at, "allowHosts", h), f"{where}.allowed_hosts[{h}]")
+        translated: JsonDict = {
+            "env": env,
+            "secretKeyRef": {"name": secret_name, "key": key},
+            "allowHosts": hosts,
+        }
+        translated.update(_secret_options(entry, env, value_text, where, at, spec))
+        out.append(translated)
     return out
 
 
-def _secret_defaults(entry: Mapping[str, Any], env: str, where: str) -> None:
-    """Secret options we support only at the SDK's defaults."""
-    placeholder = entry.get("placeholder")
-    if placeholder not in (None, default_placeholder(env)):
+def _secret_options(
+    entry: Mapping[str, Any], env: str, value: str, where: str, at: JsonPath, spec: _Spec
+) -> JsonDict:
+    """The entry's options → ``spec.secrets[]`` fields; only those that differ from the
+    defaults (which are the SDK's too) are written."""
+    out: JsonDict = {}
+    placeholder = opt_string(entry.get("placeholder"), f"{where}.placeholder", MAX_PLACEHOLDER)
+    effective = placeholder or default_placeholder(env)
+    if effective in value or value in effective:
+        # the guest's environment holds the placeholder: it must not reveal the value
         raise InvalidConfig(
-            f"{where}.placeholder", "custom placeholders are not supported; omit placeholder"
+            f"{where}.placeholder", "must not contain the secret value nor be part of it"
         )
-    if entry.get("substitution") not in (None, DEFAULT_SUBSTITUTION):
-        raise InvalidConfig(
-            f"{where}.substitution",
-            "only the default substitution (request headers) is supported",
-        )
-    if entry.get("injection") not in (None, DEFAULT_INJECTION):
-        raise InvalidConfig(
-            f"{where}.injection", "only the default injection (request headers) is supported"
-        )
-    if array(entry.get("passthrough_hosts"), f"{where}.passthrough_hosts", MAX_ALLOWED_HOSTS):
-        raise InvalidConfig(
-            f"{where}.passthrough_hosts",
-            "hosts that receive the unchanged placeholder are not supported",
-        )
-    if not boolean(
-        entry.get("require_tls_identity"), f"{where}.require_tls_identity", default=True
-    ):
-        raise InvalidConfig(
-            f"{where}.require_tls_identity",
-            "secrets are only ever sent to hosts whose TLS identity was verified",
-        )
-    if entry.get("violation_action") not in (None, DEFAULT_VIOLATION):
-        raise InvalidConfig(f"{where}.violation_action", "only block_and_log is supported")
+    if placeholder is not None and placeholder != default_placeholder(env):
+        out["placeholder"] = placeholder
+        spec.came_from((*at, "placeholder"), f"{where}.placeholder")
+    substitution = _substitution(entry, where, at, spec)
+    if substitution:
+        out["substitution"] = substitution
+    passthrough = entry.get("passthrough_hosts")
+    if passthrough is not None:
+        hosts = _allowed_hosts(passthrough, f"{where}.passthrough_hosts", required=False)
+        if hosts:
+            out["allowPlaceholderFor"] = hosts
+            spec.came_from((*at, "allowPlaceholderFor"), f"{where}.passthrough_hosts")
+            for h in range(len(hosts)):
+                spec.came_from((*at, "allowPlaceholderFor", h), f"{where}.passthrough_hosts[{h}]")
+    tls = f"{where}.require_tls_identity"
+    if not boolean(entry.get("require_tls_identity"), tls, default=True):
+        out["requireTLS"] = False
+        spec.came_from((*at, "requireTLS"), tls)
+    if entry.get("violation_action") is not None:
+        out["violationAction"] = _violation(entry["violation_action"], f"{where}.violation_action")
+        spec.came_from((*at, "violationAction"), f"{where}.violation_action")
+    return out
 
 
-def _allowed_hosts(value: object, where: str) -> list[str]:
+def _substitution(entry: Mapping[str, Any], where: str, at: JsonPath, spec: _Spec) -> JsonDict:
+    """0.7 ``substitution {headers, header_fields?, query, body}`` or 0.6 ``injection
+    {headers, basic_auth, query_params, body}`` → ``spec.secrets[].substitution`` (non-default
+    members only)."""
+    if entry.get("substitution") is not None and entry.get("injection") is not None:
+        raise InvalidConfig(f"{where}.injection", "send substitution or injection, not both")
+    fields: list[str] = []
+    if entry.get("injection") is not None:
+        base = f"{where}.injection"
+        given = obj(entry["injection"], base, _INJECTION)
+        headers = boolean(given.get("headers"), f"{base}.headers", default=True)
+        basic = boolean(given.get("basic_auth"), f"{base}.basic_auth", default=True)
+        if basic != headers:
+            raise InvalidConfig(
+                f"{base}.basic_auth",
+                "must equal headers: header substitution always includes the credentials of "
+                "Basic authorization (decoded, substituted, encoded again), and only with it",
+            )
+        query = boolean(given.get("query_params"), f"{base}.query_params", default=False)
+        body = boolean(given.get("body"), f"{base}.body", default=False)
+        names = {"headers": "headers", "query": "query_params", "body": "body"}
+    else:
+        base = f"{where}.substitution"
+        given = opt_obj(entry.get("substitution"), base, _SUBSTITUTION)
+        headers = boolean(given.get("headers"), f"{base}.headers", default=True)
+        fields = strings(given.get("header_fields"), f"{base}.header_fields", 16, 64)
+        query = boolean(given.get("query"), f"{base}.query", default=False)
+        body = boolean(given.get("body"), f"{base}.body", default=False)
+        names = {"headers": "headers", "headerFields": "header_fields", "query": "query",
+                 "body": "body"}  # fmt: skip
+    out: JsonDict = {}
+    if not headers:
+        out["headers"] = False
+    if fields:
+        out["headerFields"] = fields
+        for k in range(len(fields)):
+            spec.came_from((*at, "substitution", "headerFields", k), f"{base}.header_fields[{k}]")
+    if query:
+        out["query"] = True
+    if body:
+        out["body"] = True
+    if out:
+        spec.came_from((*at, "substitution"), base)
+        for member in out:
+            spec.came_from((*at, "substitution", member), f"{base}.{names[member]}")
+    return out
+
+
+def _allowed_hosts(value: object, where: str, *, required: bool = True) -> list[str]:
+    """``[{type: exact | wildcard, value}]`` → host patterns (a name, ``*.suffix``, or an IP
+    literal as ``exact``; the model checks IPv6 literals in full)."""
     hosts: list[str] = []
     for i, item in enumerate(array(value, where, MAX_ALLOWED_HOSTS)):
         at = join(where, i)
@@ -921,11 +1000,11 @@ def _allowed_hosts(value: object, where: str) -> list[str]:
         if (kind == "wildcard") != text.startswith("*.") or not _HOST.fullmatch(text):
             raise InvalidConfig(
                 f"{at}.value",
-                f"{shown(text)!r} is not a host name ('api.example.com') or, for wildcard, "
-                "'*.example.com' (lower case)",
+                f"{shown(text)!r} is not a host name ('api.example.com'), an IP address or, "
+                "for wildcard, '*.example.com' (lower case)",
             )
         hosts.append(text)
-    if not hosts:
+    if required and not hosts:
         raise InvalidConfig(where, "at least one allowed host is required")
     return hosts
 

@@ -1,5 +1,5 @@
 """A real node runtime for benchmarks: QEMU, the real guest agent and preparer, busybox from a
-loopback registry, no network (``bench/suspend.py``, ``bench/fork.py``) or a network namespace
+loopback registry; no network (``bench/suspend.py``, ``bench/fork.py``) or a network namespace
 per sandbox (``bench/egress.py``)."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from kubesandbox_api.conditions import Phase
@@ -49,29 +48,37 @@ async def run(supervisor: Supervisor, script: str) -> str:
     return result.stdout.decode()
 
 
-@dataclass
-class BenchNode:
-    runtime: Runtime
-    registry: str
-    """The loopback registry's ``host:port`` (push more images to it)."""
+@contextlib.asynccontextmanager
+async def bench_runtime(prefix: str) -> AsyncIterator[Runtime]:
+    """A runtime with real QEMU and the real preparer over busybox from a loopback registry
+    (no network), in a temporary directory removed afterwards."""
+    async with _bench_runtime(prefix, None) as (runtime, _):
+        yield runtime
 
 
 @contextlib.asynccontextmanager
-async def bench_node(
-    prefix: str, *, dns: list[str] | None = None, upstream_cas: list[str] | None = None
-) -> AsyncIterator[BenchNode]:
-    """A runtime with real QEMU and the real preparer over busybox from a loopback registry,
-    in a temporary directory removed afterwards; with ``dns`` a network namespace per sandbox
-    whose resolver forwards there (and an egress proxy trusting ``upstream_cas``)."""
+async def networked_bench_runtime(
+    prefix: str, *, dns: Sequence[str] = (), upstream_cas: Sequence[str] = ()
+) -> AsyncIterator[tuple[Runtime, str]]:
+    """:func:`bench_runtime` with a network namespace per sandbox (``dns``: the node's
+    upstream resolvers; ``upstream_cas``: what the egress proxy trusts besides the node's
+    store), and the registry's ``host:port`` to push more images to (plain HTTP)."""
+    async with _bench_runtime(prefix, (list(dns), list(upstream_cas))) as pair:
+        yield pair
+
+
+@contextlib.asynccontextmanager
+async def _bench_runtime(
+    prefix: str, network_options: tuple[list[str], list[str]] | None
+) -> AsyncIterator[tuple[Runtime, str]]:
     work = Path(tempfile.mkdtemp(prefix=prefix))
     registry = Registry(work / "registry").start()
     client = RegistryClient(RegistryConfig(plain_http=frozenset({registry.host})))
-    network: NetnsNetwork | NoNetwork = (
-        NetnsNetwork(work / "network", dns=dns, upstream_cas=upstream_cas)
-        if dns is not None
-        else NoNetwork()
-    )
-    runtime: Runtime | None = None
+    network: NetnsNetwork | None = None
+    if network_options is not None:
+        dns, cas = network_options
+        network = NetnsNetwork(work / "net", dns=dns, upstream_cas=cas)
+    runtime = None
     try:
         layout = Layout(work / "layout")
         layout.add_image("1.36", build_image([layer_tar(busybox_entries())]))
@@ -85,33 +92,21 @@ async def bench_node(
             boot_image=initramfs.build(guest_agent_binary()),
             tsc_khz=tsc_khz(),
             mirrors={"docker.io": registry.host},
-            network=network,
+            network=network if network is not None else NoNetwork(),
         )
         vmm = QemuVMM(
             cgroups=CgroupManager(parent=CGROUP_PARENT),
             run_as="nobody",
-            wrap=network.wrap_argv,
+            wrap=network.wrap_argv if network is not None else None,
         )
-        runtime = Runtime(
-            work / "state",
-            vmm=vmm,
-            preparer=preparer,
-            emulation=True,
-            timing=Timing(ready_timeout=180),
-        )
-        yield BenchNode(runtime, registry.host)
+        runtime = Runtime(work / "state", vmm=vmm, preparer=preparer, emulation=True,
+                          timing=Timing(ready_timeout=180))  # fmt: skip
+        yield runtime, registry.host
     finally:
-        if isinstance(network, NetnsNetwork) and runtime is not None:
+        if runtime is not None:
             for uid in list(runtime.sandboxes):
                 await runtime.remove(uid)
         await client.close()
         registry.stop()
         CgroupManager(parent=CGROUP_PARENT).remove_parents()
         shutil.rmtree(work, ignore_errors=True)
-
-
-@contextlib.asynccontextmanager
-async def bench_runtime(prefix: str) -> AsyncIterator[Runtime]:
-    """The runtime of a :func:`bench_node` without network."""
-    async with bench_node(prefix) as node:
-        yield node.runtime

@@ -342,6 +342,49 @@ async def test_create_writes_the_translated_sandbox_and_an_owned_secret(
     )
 
 
+async def test_secret_options_are_stored_as_spec_fields_the_apiserver_accepts(
+    client: AppClient, tenants: Tenants, control_plane: ControlPlane
+) -> None:
+    body = create_body("secret-options")
+    secrets = secret_entries(SECRET_VALUE)
+    secrets["entries"][0].update(
+        placeholder="OPENAI_PLACEHOLDER",
+        allowed_hosts=[{"type": "wildcard", "value": "*.openai.com"},
+                       {"type": "exact", "value": "203.0.113.9"}],
+        substitution={"headers": True, "header_fields": ["authorization"], "query": True,
+                      "body": False},
+        passthrough_hosts=[{"type": "exact", "value": "echo.openai.com"}],
+        require_tls_identity=False,
+        violation_action={"type": "block"},
+    )  # fmt: skip
+    secrets["violation_action"] = {"type": "block_and_terminate"}
+    body["network"]["secrets"] = secrets
+    response = await client.post(
+        "/v1/sandboxes", params=QUICK, json=body, headers=bearer(tenants.runner)
+    )
+    assert response.status == 200, await response.text()
+    sandbox = kubectl_json(control_plane, "get", "sandbox", "secret-options", "-n", tenants.a)
+    (entry,) = sandbox["spec"]["secrets"]
+    assert entry["placeholder"] == "OPENAI_PLACEHOLDER"
+    assert entry["allowHosts"] == ["*.openai.com", "203.0.113.9"]
+    assert entry["substitution"] == {"headers": True, "headerFields": ["authorization"],
+                                     "query": True, "body": False}  # fmt: skip
+    assert entry["allowPlaceholderFor"] == ["echo.openai.com"]
+    assert (entry["requireTLS"], entry["violationAction"]) == (False, "Block")
+    assert sandbox["spec"]["network"]["secretViolationAction"] == "BlockAndTerminate"
+    assert SECRET_VALUE not in json.dumps(sandbox)
+    # what the SDK reads back: its own shape of the same options, never the value
+    got = await client.get(f"/v1/sandboxes/{sandbox['metadata']['uid']}",
+                           headers=bearer(tenants.runner))  # fmt: skip
+    echoed = (await got.json())["spec"]["network"]["secrets"]
+    sent = json.loads(json.dumps(secrets))
+    del sent["entries"][0]["value"], sent["entries"][0]["violation_action"]
+    assert echoed == sent
+    response = await client.delete(f"/v1/sandboxes/{sandbox['metadata']['uid']}",
+                                   headers=bearer(tenants.runner))  # fmt: skip
+    assert response.status == 200
+
+
 async def test_a_taken_name_is_409_and_leaves_no_secret(
     client: AppClient, tenants: Tenants, control_plane: ControlPlane
 ) -> None:

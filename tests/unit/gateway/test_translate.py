@@ -152,6 +152,125 @@ def test_v06_secrets_and_registry_map_like_v07() -> None:
     assert "FAKE-V06-PASSWORD" in t.secret_data[".dockerconfigjson"]
 
 
+def secret_spec(**options: Any) -> JsonDict:
+    """The ``spec.secrets`` entry of the captured ``TOK`` secrets, with ``options``."""
+    ref = {"name": SECRET, "key": "env.TOK"}
+    return {"env": "TOK", "secretKeyRef": ref, "allowHosts": ["api.x.io"], **options}
+
+
+@pytest.mark.parametrize(
+    ("fixture", "entry"),
+    [
+        (
+            "secret-options",
+            secret_spec(
+                placeholder="PH_TOK",
+                substitution={"headerFields": ["authorization"], "query": True, "body": True},
+                allowPlaceholderFor=["y.io"],
+                requireTLS=False,
+            ),
+        ),
+        (
+            "secret-placeholder-for",
+            secret_spec(
+                substitution={"headers": False, "query": True},
+                allowPlaceholderFor=["*.z.io", "198.51.100.3"],
+            ),
+        ),
+        (
+            "secret-plain-http",
+            secret_spec(
+                placeholder="MY_TOKEN_PH",
+                substitution={"headerFields": ["authorization", "x-api-key"], "body": True},
+                requireTLS=False,
+            ),
+        ),
+        (
+            "secret-host-literals",
+            {
+                **secret_spec(),
+                "allowHosts": ["api.x.io", "*.y.io", "203.0.113.9", "2001:db8::7"],
+            },
+        ),
+        ("secret-violation-terminate", secret_spec()),
+    ],
+)
+def test_captured_secret_options_become_spec_fields(fixture: str, entry: JsonDict) -> None:
+    t = translate(body(fixture))
+    assert t.spec["secrets"] == [entry]
+    assert t.secret_data == {"env.TOK": "FAKE-VALUE" if fixture != "secret-options" else
+                             "FAKE-TOKEN-VALUE"}  # fmt: skip
+    SandboxSpec.model_validate(t.spec)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "action"),
+    [
+        ("secret-violation-block", "Block"),
+        ("secret-violation-terminate", "BlockAndTerminate"),
+        ("secret-options", None),  # block_and_log: the default, not written
+    ],
+)
+def test_the_network_violation_action_becomes_secret_violation_action(
+    fixture: str, action: str | None
+) -> None:
+    network = translate(body(fixture)).spec["network"]
+    assert network.get("secretViolationAction") == action
+    assert network["policy"] == "PublicOnly"
+
+
+@pytest.mark.parametrize(
+    ("sdk", "spec"),
+    [("block", "Block"), ("block_and_log", "BlockAndLog"),
+     ("block_and_terminate", "BlockAndTerminate")],
+)  # fmt: skip
+def test_an_entrys_violation_action_becomes_its_violation_action(sdk: str, spec: str) -> None:
+    # the 0.7.11 SDK cannot send it (Secret.env(violation_action=...) raises TypeError in the
+    # SDK itself); the shape is the network-level one, {"type": ...}
+    t = translate(with_secret(violation_action={"type": sdk}))
+    assert t.spec["secrets"][0]["violationAction"] == spec
+    assert "secretViolationAction" not in t.spec.get("network", {})
+
+
+def test_v06_on_violation_and_injection_map_like_v07() -> None:
+    b = body("v06-env")
+    b["network"]["secrets"]["on_violation"] = {"type": "block_and_terminate"}
+    injection = {"headers": True, "basic_auth": True, "query_params": True, "body": True}
+    b["network"]["secrets"]["entries"][0]["injection"] = injection
+    t = translate(b)
+    assert t.spec["network"]["secretViolationAction"] == "BlockAndTerminate"
+    assert t.spec["secrets"][0]["substitution"] == {"query": True, "body": True}
+    b["network"]["secrets"]["entries"][0]["injection"] = {**injection, "headers": False,
+                                                          "basic_auth": False}  # fmt: skip
+    assert translate(b).spec["secrets"][0]["substitution"] == {
+        "headers": False, "query": True, "body": True}  # fmt: skip
+
+
+def test_options_at_the_sdks_defaults_add_nothing() -> None:
+    t = translate(with_secret(violation_action=None, passthrough_hosts=[]))
+    assert t.spec["secrets"] == [{**secret_spec()}]
+    assert "secretViolationAction" not in t.spec.get("network", {})
+
+
+def test_a_refused_placeholder_never_shows_the_value() -> None:
+    error = refusal(with_secret(value="REAL-VALUE-42", placeholder="REAL-VALUE-42"))
+    assert "REAL-VALUE-42" not in str(error)
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    ["secret-options", "secret-placeholder-for", "secret-plain-http", "secret-host-literals",
+     "secret-violation-terminate", "secret-violation-block", "full"],
+)  # fmt: skip
+def test_secret_options_round_trip_through_the_sdk_shape(fixture: str) -> None:
+    b = body(fixture)
+    echoed = sandbox_object(stored(translate(b)))["spec"]["network"]["secrets"]
+    sent = copy.deepcopy(b["network"]["secrets"])
+    for entry in sent["entries"]:
+        del entry["value"]  # never echoed
+    assert echoed == sent
+
+
 @pytest.mark.parametrize(
     ("fixture", "policy"),
     [
@@ -252,8 +371,6 @@ def test_network_enabled_false_means_no_network() -> None:
         ("mount-tmpfs-flags", "mounts[0].options.noexec"),
         ("network-private", "network.policy.rules[3]"),  # a rule after the public profile
         ("patch-copy", "patches[0].type"),
-        ("secret-options", "network.secrets.entries[0].placeholder"),
-        ("secret-violation-block", "network.secrets.violation_action"),
         ("security-restricted", "security_profile"),
     ],
 )
@@ -306,6 +423,84 @@ SECRET_ENTRY = {
 def with_secret(**fields: Any) -> JsonDict:
     entry = {**SECRET_ENTRY, **fields}
     return changed(body("minimal"), ("network", "secrets"), {"entries": [entry]})
+
+
+SECRET_REFUSALS: list[tuple[str, JsonDict, str]] = [
+    ("violation type", {"violation_action": {"type": "kill"}}, "violation_action.type"),
+    ("violation string", {"violation_action": "block"}, "violation_action"),
+    (
+        "violation key",
+        {"violation_action": {"type": "block", "x": 1}},
+        "violation_action.x",
+    ),
+    ("placeholder short", {"placeholder": "PH"}, "placeholder"),
+    ("placeholder charset", {"placeholder": "PH TOK!"}, "placeholder"),
+    ("placeholder long", {"placeholder": "P" * 129}, "placeholder"),
+    ("placeholder number", {"placeholder": 123456}, "placeholder"),
+    (
+        "placeholder is value",
+        {"value": "REAL-VALUE-1", "placeholder": "REAL-VALUE-1"},
+        "placeholder",
+    ),
+    (
+        "placeholder holds value",
+        {"value": "REAL-VALUE", "placeholder": "xREAL-VALUEx"},
+        "placeholder",
+    ),
+    ("value holds placeholder", {"value": "a$MSB_TOKb"}, "placeholder"),
+    ("substitution key", {"substitution": {"cookies": True}}, "substitution.cookies"),
+    ("substitution shape", {"substitution": ["query"]}, "substitution"),
+    ("query not bool", {"substitution": {"query": "yes"}}, "substitution.query"),
+    (
+        "header field charset",
+        {"substitution": {"header_fields": ["x api"]}},
+        "substitution.header_fields[0]",
+    ),
+    (
+        "header field empty",
+        {"substitution": {"header_fields": [""]}},
+        "substitution.header_fields[0]",
+    ),
+    (
+        "header fields many",
+        {"substitution": {"header_fields": ["a"] * 17}},
+        "substitution.header_fields",
+    ),
+    (
+        "header fields without headers",
+        {"substitution": {"headers": False, "header_fields": ["authorization"]}},
+        "substitution.header_fields",
+    ),
+    ("injection and substitution", {"injection": {"headers": True}}, "injection"),
+    (
+        "passthrough host",
+        {"passthrough_hosts": [{"type": "exact", "value": "Y.io"}]},
+        "passthrough_hosts[0].value",
+    ),
+    (
+        "passthrough kind",
+        {"passthrough_hosts": [{"type": "any", "value": "y.io"}]},
+        "passthrough_hosts[0].type",
+    ),
+    ("passthrough shape", {"passthrough_hosts": ["y.io"]}, "passthrough_hosts[0]"),
+    (
+        "passthrough many",
+        {"passthrough_hosts": [{"type": "exact", "value": "y.io"}] * 33},
+        "passthrough_hosts",
+    ),
+    (
+        "ipv6 not hex",
+        {"allowed_hosts": [{"type": "exact", "value": "2001:db8::zz"}]},
+        "allowed_hosts[0].value",
+    ),
+    (
+        "ipv6 malformed",
+        {"allowed_hosts": [{"type": "exact", "value": "1:2:3"}]},
+        "allowed_hosts[0]",
+    ),
+    ("tls not bool", {"require_tls_identity": "no"}, "require_tls_identity"),
+]
+"""Bad secret options: (name, entry fields, the entry's field the refusal names)."""
 
 
 REFUSALS: list[tuple[str, JsonDict, str]] = [
@@ -656,20 +851,56 @@ REFUSALS: list[tuple[str, JsonDict, str]] = [
         "network.secrets.entries[0].value",
     ),
     ("secret bad env", with_secret(env_var="A B"), "network.secrets.entries[0].env_var"),
+    *[
+        (f"secret {name}", with_secret(**fields), f"network.secrets.entries[0].{field}")
+        for name, fields, field in SECRET_REFUSALS
+    ],
     (
-        "secret query",
-        with_secret(substitution={"headers": True, "query": True, "body": False}),
-        "network.secrets.entries[0].substitution",
+        "secret injection basic auth apart",
+        changed(
+            body("v06-env"),
+            ("network", "secrets", "entries", 0, "injection", "basic_auth"),
+            False,
+        ),
+        "network.secrets.entries[0].injection.basic_auth",
     ),
     (
-        "secret passthrough",
-        with_secret(passthrough_hosts=[{"type": "exact", "value": "y.io"}]),
-        "network.secrets.entries[0].passthrough_hosts",
+        "secret injection key",
+        changed(body("v06-env"), ("network", "secrets", "entries", 0, "injection", "cookies"), 1),
+        "network.secrets.entries[0].injection.cookies",
     ),
     (
-        "secret no tls identity",
-        with_secret(require_tls_identity=False),
-        "network.secrets.entries[0].require_tls_identity",
+        "secret placeholders alike",
+        changed(
+            body("minimal"),
+            ("network", "secrets"),
+            {
+                "entries": [
+                    {**SECRET_ENTRY, "env_var": "A", "placeholder": "SAME_PLACEHOLDER"},
+                    {**SECRET_ENTRY, "env_var": "B", "placeholder": "SAME_PLACEHOLDER"},
+                ]
+            },
+        ),
+        "network.secrets.entries",
+    ),
+    (
+        "network violation type",
+        changed(body("minimal"), ("network", "secrets"), {"violation_action": {"type": "log"}}),
+        "network.secrets.violation_action.type",
+    ),
+    (
+        "network violation shape",
+        changed(body("minimal"), ("network", "secrets"), {"violation_action": "block"}),
+        "network.secrets.violation_action",
+    ),
+    (
+        "network violations differ",
+        changed(
+            body("minimal"),
+            ("network", "secrets"),
+            {"violation_action": {"type": "block"}, "on_violation": {"type": "block_and_log"}},
+        ),
+        "network.secrets.on_violation",
     ),
     (
         "secret env taken",
@@ -1013,6 +1244,9 @@ def test_object_spec_never_carries_secret_values() -> None:
                 {"type": "exact", "value": "api.openai.com"},
                 {"type": "wildcard", "value": "*.openai.com"},
             ],
+            "substitution": {"headers": True, "query": False, "body": False},
+            "passthrough_hosts": [],
+            "require_tls_identity": True,
         }
     ]
 
