@@ -296,6 +296,29 @@ async def test_suspend_and_resume_keep_the_proxy(
     assert await guest_ca(sandbox) == before
 
 
+async def test_a_fork_gets_its_own_proxy_and_ca(
+    sandbox: Supervisor, runtime: Runtime, kit: EgressHosts
+) -> None:
+    source_ca = await guest_ca(sandbox)
+    spec = {
+        "image": {"sandbox": {"name": "sec"}},
+        "memory": 384,
+        "network": {"policy": "PublicOnly"},
+        "secrets": SECRETS,
+    }
+    fork = await booted(runtime, "sec-fork", spec, {"forkOf": sandbox.uid, "secrets": VALUES})
+    try:
+        fork_ca = await guest_ca(fork)
+        assert fork_ca.startswith("-----BEGIN CERTIFICATE-----")
+        assert fork_ca != source_ca
+        code, out = await guest(fork, curl('-H "X-Key: $API_KEY"', f"https://{API}/forked"))
+        assert code == 0, out
+        assert kit[API].wait_for(lambda r: r.path == "/forked").header("x-key") == VALUE
+        assert await guest_ca(sandbox) == source_ca  # the source keeps its own
+    finally:
+        await runtime.remove(fork.uid)
+
+
 async def test_a_restarted_node_agent_makes_a_new_ca_and_gets_the_values_again(
     sandbox: Supervisor, node: Node, kit: EgressHosts
 ) -> None:
