@@ -145,7 +145,9 @@ def _load_from_memory(context: ssl.SSLContext, pem: bytes) -> None:
     """``load_cert_chain`` from an anonymous memory file: the key touches no filesystem."""
     fd = os.memfd_create("ksb-egress-leaf", os.MFD_CLOEXEC)
     try:
-        os.write(fd, pem)
+        view = memoryview(pem)
+        while view:
+            view = view[os.write(fd, view) :]
         context.load_cert_chain(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)

@@ -144,8 +144,8 @@ async def client_hello(sock: socket.socket) -> bytes:
     they are not TLS."""
     data = _peek(sock, MAX_HELLO)
     async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-        while data[:1] == b"\x16" and len(data) >= 5:
-            need = 5 + int.from_bytes(data[3:5], "big")
+        while data[:1] == b"\x16":
+            need = 5 + int.from_bytes(data[3:5], "big") if len(data) >= 5 else 5
             if len(data) >= min(need, MAX_HELLO):
                 break
             await asyncio.sleep(0.01)  # the rest of the record is on its way

@@ -225,3 +225,33 @@ async def test_a_refused_destination_resets_the_guest_connection(proxy: Running)
     with pytest.raises(ConnectionResetError):
         await reader.read(1)
     writer.close()
+
+
+async def test_a_client_hello_in_small_pieces_is_read_whole(
+    proxy: Running, upstream: tuple[Upstream, str]
+) -> None:
+    state, _ = upstream
+    incoming = ssl.MemoryBIO()
+    outgoing = ssl.MemoryBIO()
+    context = ssl.create_default_context(cadata=proxy.proxy.ca.pem.decode())
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="api.example.com")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    for piece in (hello[:3], hello[3:40], hello[40:]):  # the SNI arrives last
+        writer.write(piece)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    while True:  # the proxy's ServerHello and the leaf for the SNI, verified by the client
+        incoming.write(await reader.read(65536))
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            continue
+    writer.close()
+    peer = tls.getpeercert()
+    assert peer is not None
+    assert ("DNS", "api.example.com") in peer["subjectAltName"]
+    assert state.received == b""
