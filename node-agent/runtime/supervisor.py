@@ -61,6 +61,8 @@ from kubesandbox_node.runtime.records import (
     SandboxRecord,
     SavedVM,
 )
+from kubesandbox_node.runtime.snapshots import UPPER as SNAPSHOT_UPPER
+from kubesandbox_node.runtime.snapshots import SnapshotRefused
 from kubesandbox_node.runtime.vmm import VMM, Incoming, VMHandle, VMRecord
 from kubesandbox_node.vm import bootconfig as bc
 from kubesandbox_node.vm.machine import BootError
@@ -111,6 +113,14 @@ class Preparer(Protocol):
         """A fork's own network (namespace, tap, MAC) and its share of the source's image."""
         ...
 
+    def share_image(self, source_uid: str, uid: str) -> None:
+        """Pins ``source_uid``'s image layers for ``uid`` too (a snapshot of it)."""
+        ...
+
+    def release_image(self, uid: str) -> None:
+        """``uid`` (a removed snapshot) no longer needs its image layers."""
+        ...
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -119,6 +129,10 @@ class Timing:
     concurrent_boots: int | None = None
     """VMs that may boot at once (until ``core.ready``); ``None``: :func:`boot_slots` decides,
     ``0``: no limit."""
+
+
+UPPER_SERIAL = "upper"
+"""The writable layer's drive (an OCI root's ext4 over its read-only layers)."""
 
 
 def boot_slots(limit: int | None, *, emulation: bool, cpus: int | None = None) -> int:
@@ -1007,6 +1021,34 @@ class Supervisor:
                       copy_seconds=round(paused - (saved_at - began), 3))  # fmt: skip
         return Capture(spec, state, handle.record.ready_frame, disks, paused, size,
                        time.monotonic() - saved_at)  # fmt: skip
+
+    async def capture_disk(self, into: Path) -> ImageStatus:
+        """A snapshot of this stopped sandbox: its writable layer copied into ``into``
+        (``upper.ext4``), under the lock so that no start interleaves; the pinned image it
+        lies over. Raises ``SnapshotRefused`` saying why not."""
+        name = self.desired.name
+        async with self._lock:
+            if self.handle is not None or self.phase != Phase.STOPPED:
+                raise SnapshotRefused(
+                    f"Sandbox {name!r} is {self.phase}; a snapshot is of a Stopped sandbox"
+                )
+            spec, image = self.record.spec, self.record.image
+            upper = (
+                next((d for d in spec.drives if d.serial == UPPER_SERIAL), None) if spec else None
+            )
+            if upper is None or image is None:
+                raise SnapshotRefused(
+                    f"Sandbox {name!r} has no writable layer over an OCI image to capture (only "
+                    "sandboxes of an image.oci, or of a snapshot, that have run have one)"
+                )
+            try:
+                await copy_file(upper.path, into / SNAPSHOT_UPPER)
+            except (ForkError, OSError) as exc:
+                raise SnapshotRefused(
+                    f"copying the writable layer of {name!r} failed: {exc}"
+                ) from exc
+            self.log.info("sandbox.snapshot_taken", into=str(into))
+            return image
 
     @staticmethod
     async def _copy_disks(spec: VMSpec, into: Path) -> dict[str, Path]:
