@@ -27,8 +27,6 @@ SNAPSHOT_PLURAL = "sandboxsnapshots"
 SNAPSHOT_SINGULAR = "sandboxsnapshot"
 SNAPSHOT_SHORT_NAME = "sbxsnap"
 SNAPSHOT_CRD_NAME = f"{SNAPSHOT_PLURAL}.{GROUP}"
-SNAPSHOT_FINALIZER = f"{GROUP}/snapshot-data"
-"""Held until the node agent has removed the snapshot's copy from the node."""
 
 _IMMUTABLE = cel("self == oldSelf", "spec.source is immutable: a snapshot is of one sandbox")
 
