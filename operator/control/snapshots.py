@@ -3,8 +3,8 @@
 :func:`take` captures a snapshot once its source is Stopped: the source's node agent copies
 the writable layer (``PUT /v1/snapshots/{uid}``, idempotent) and the answer becomes the
 status (``Ready``); a node agent that refuses (409: the source is not stopped there, or has
-no writable layer) fails the snapshot. :func:`remove` asks the node that holds the copy to
-delete it before the object goes.
+no writable layer; 404: it does not have the source) fails the snapshot. :func:`remove` asks
+the node that holds the copy to delete it before the object goes.
 """
 
 from typing import Any
@@ -44,7 +44,7 @@ async def take(runtime: Runtime, snapshot: SandboxSnapshot) -> tuple[JsonDict | 
             agent, snapshot.uid, snapshot.namespace, snapshot.name, source.uid
         )
     except NodeAgentError as error:
-        if error.status == 409:
+        if error.status in (404, 409):  # not there, or not capturable: asking again won't help
             return {"phase": SnapshotPhase.FAILED.value, "message": str(error)[-1000:]}, None
         log.warning("snapshot.node_agent_unreachable", error=str(error))
         return _pending(snapshot, f"the node agent of node {source.node}: {error}"), 5.0
