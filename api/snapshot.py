@@ -34,8 +34,6 @@ _IMMUTABLE = cel("self == oldSelf", "spec.source is immutable: a snapshot is of 
 class SnapshotPhase(StrEnum):
     PENDING = "Pending"
     """Not captured yet (the source is not Stopped, or not known on a node yet)."""
-    CAPTURING = "Capturing"
-    """The source's node agent is copying its writable layer."""
     READY = "Ready"
     """Captured: Sandboxes may start from it."""
     FAILED = "Failed"
@@ -59,7 +57,7 @@ class SandboxSnapshotStatus(ApiModel):
     """What was captured, and where."""
 
     phase: SnapshotPhase = SnapshotPhase.PENDING
-    """Pending, Capturing, Ready or Failed."""
+    """Pending, Ready or Failed (the copy is one request to the node agent)."""
     message: Annotated[str, Field(max_length=1024)] | None = None
     """Why it is Pending or Failed."""
     node_name: Annotated[str, Field(max_length=253)] | None = None

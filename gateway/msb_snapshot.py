@@ -45,7 +45,6 @@ _CREATE = frozenset(
 )
 OPERATION_STATUS = {
     "Pending": "queued",
-    "Capturing": "in_progress",
     "Ready": "succeeded",
     "Failed": "failed",
 }
