@@ -132,8 +132,13 @@ def boot_fields(spec: SandboxSpec) -> dict[str, Any]:
 
 def can_claim(spec: SandboxSpec) -> bool:
     """Whether a Sandbox with this spec may be served by a booted VM at all (a fork,
-    ``image.sandbox``, never: it starts from its source's state at the moment it is made)."""
-    return spec.lifecycle.state == DesiredState.RUNNING and spec.image.sandbox is None
+    ``image.sandbox``, never: it starts from its source's state at the moment it is made; nor
+    one from a snapshot, ``image.snapshot``: its writable layer is the snapshot's)."""
+    return (
+        spec.lifecycle.state == DesiredState.RUNNING
+        and spec.image.sandbox is None
+        and spec.image.snapshot is None
+    )
 
 
 def matches(template: SandboxSpec, spec: SandboxSpec) -> bool:

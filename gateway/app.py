@@ -81,6 +81,7 @@ MAX_LIMIT = 500
 UID_CACHE_TTL = 300.0
 LIST_INTERVAL = 1.0
 """Callers without namespace-wide rights list a namespace (by missing ids) at most this often."""
+SNAPSHOT_RESOURCE = "sandboxsnapshots"
 RUNNING = "Running"
 TERMINAL_FAILURES = ("Failed", "Crashed")
 
@@ -205,8 +206,14 @@ class Gateway:
         rights) is reviewed again with the sandbox's name, and their misses list the namespace
         at most once a second, so random ids cannot turn into a stream of lists.
         """
-        uid = request.match_info["id"]
         caller = await self.caller(request)
+        uid = request.match_info["id"]
+        return caller, await self.sandbox_by_uid(caller, uid, verb, subresource)
+
+    async def sandbox_by_uid(
+        self, caller: Caller, uid: str, verb: str, subresource: str = ""
+    ) -> JsonDict:
+        """:meth:`by_id` for a uid that came from elsewhere than the route (a request body)."""
         broad = Access(verb, caller.namespace, subresource=subresource)
         wide = await self.auth.authorize(caller.user, broad)
         sandbox = None
@@ -219,7 +226,7 @@ class Gateway:
             )
         if sandbox is None:
             raise not_found(repr(uid[:80]))
-        return caller, sandbox
+        return sandbox
 
     def cached(self, namespace: str, name: str) -> JsonDict | None:
         """The watch's copy of a Sandbox, or ``None`` (not there, or no usable watch)."""
@@ -343,6 +350,13 @@ class Gateway:
             translation = translate.sandbox_from_create(body, secret_name=secret_name)
         except translate.InvalidConfig as error:
             raise GatewayError(422, "invalid_sandbox_config", str(error)) from error
+        if translation.snapshot is not None:  # reading the snapshot is a right of its own
+            await self.allow(
+                caller,
+                Access(
+                    "get", caller.namespace, resource=SNAPSHOT_RESOURCE, name=translation.snapshot
+                ),
+            )
         spec = json.loads(json.dumps(translation.spec))
         if request.query.get("start", "true").lower() == "false":
             spec.setdefault("lifecycle", {})["state"] = "Stopped"
@@ -904,6 +918,9 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
     return response
 
 
+from kubesandbox_gateway.snapshots import SnapshotRoutes  # noqa: E402 - it builds on this module
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
@@ -933,6 +950,7 @@ def make_app(gateway: Gateway) -> web.Application:
         ("GET", "/v1/sandboxes/{id}/metrics", gateway.metrics),
         ("GET", "/v1/sandboxes/{id}/agent", gateway.agent),
         ("GET", "/v1/sandboxes/{id}/logs", gateway.logs),
+        *SnapshotRoutes(gateway).routes(),
     ]
     for prefix in ("", "/ns/{namespace}"):
         for method, path, handler in routes:

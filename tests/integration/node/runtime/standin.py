@@ -63,3 +63,9 @@ class StandinPreparer:
 
     async def remove(self, desired: DesiredSandbox) -> None:
         self.removed.append(desired.uid)
+
+    def share_image(self, source_uid: str, uid: str) -> None:
+        """No image layers to pin: the stand-in boots from the test's rootfs image."""
+
+    def release_image(self, uid: str) -> None:
+        """Likewise."""
