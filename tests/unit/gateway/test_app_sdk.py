@@ -21,7 +21,8 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
-from kubesandbox_gateway.app import Gateway, make_app
+from kubesandbox_gateway.app import Gateway
+from kubesandbox_gateway.routes import make_app
 from kubesandbox_protocol.frame import FLAG_TERMINAL, FrameDecoder
 from kubesandbox_protocol.messages import MessageType, decode_body, message_frame
 from tests.unit.gateway import fakes

@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from kubesandbox_gateway.app import Gateway, make_app
+from kubesandbox_gateway.app import Gateway
+from kubesandbox_gateway.routes import make_app
 from tests.unit.gateway import fakes
 from tests.unit.gateway.conftest import SA_USER, announce_node_agent
 from tests.unit.gateway.test_app_sdk import fake_relay, play_operator, run_sdk
