@@ -89,6 +89,8 @@ class Reason(StrEnum):
     FORK_SOURCE_NOT_READY = "ForkSourceNotReady"
     """``image.sandbox`` names a Sandbox that does not exist, is not Running, Paused or
     Suspended, is on no node, or does not match the fork (cpus, memory, network)."""
+    SNAPSHOT_NOT_READY = "SnapshotNotReady"
+    """``image.snapshot`` names a SandboxSnapshot that does not exist or is not Ready."""
     FORKED = "Forked"
     """The sandbox started from another sandbox's live state (node agent)."""
     FORK_FAILED = "ForkFailed"

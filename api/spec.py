@@ -80,7 +80,7 @@ class LocalObjectReference(ApiModel):
 class ImageSource(OneOf):
     """The root filesystem: exactly one of an OCI image, a disk image or a host directory."""
 
-    ONE_OF: ClassVar[tuple[str, ...]] = ("oci", "disk", "bind", "sandbox")
+    ONE_OF: ClassVar[tuple[str, ...]] = ("oci", "disk", "bind", "sandbox", "snapshot")
     WHAT: ClassVar[str] = "image"
 
     oci: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^\s]+$")] | None = None
@@ -97,6 +97,10 @@ class ImageSource(OneOf):
     must be Running, Paused or Suspended; the fork runs on its node, with its machine (cpus and
     memory must be the same), under a new hostname, machine-id, MAC and network namespace
     (docs/fork.md)."""
+    snapshot: LocalObjectReference | None = None
+    """Start from a ``SandboxSnapshot`` of this namespace: the image its source was pinned to,
+    with a copy of the captured writable layer (no memory: a boot). The snapshot must be
+    ``Ready``; the Sandbox runs on the node that holds it (docs/snapshots.md)."""
     pull_policy: PullPolicy = PullPolicy.IF_MISSING
     """When to contact the registry (OCI images only)."""
     pull_secrets: Annotated[list[LocalObjectReference], Field(max_length=16)] = []
@@ -801,7 +805,8 @@ def _unchanged(field: str) -> str:
 
 _IMAGE_IMMUTABLE = cel(
     " && ".join(_unchanged(source) for source in ImageSource._wire_names()),
-    "the root filesystem (image.oci, image.disk, image.bind, image.sandbox) is immutable: the "
+    "the root filesystem (image.oci, image.disk, image.bind, image.sandbox, image.snapshot) is "
+    "immutable: the "
     "writable layer belongs to it; create a new Sandbox instead",
 )
 

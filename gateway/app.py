@@ -81,6 +81,7 @@ MAX_LIMIT = 500
 UID_CACHE_TTL = 300.0
 LIST_INTERVAL = 1.0
 """Callers without namespace-wide rights list a namespace (by missing ids) at most this often."""
+SNAPSHOT_RESOURCE = "sandboxsnapshots"
 RUNNING = "Running"
 TERMINAL_FAILURES = ("Failed", "Crashed")
 
@@ -205,8 +206,14 @@ class Gateway:
         rights) is reviewed again with the sandbox's name, and their misses list the namespace
         at most once a second, so random ids cannot turn into a stream of lists.
         """
-        uid = request.match_info["id"]
         caller = await self.caller(request)
+        uid = request.match_info["id"]
+        return caller, await self.sandbox_by_uid(caller, uid, verb, subresource)
+
+    async def sandbox_by_uid(
+        self, caller: Caller, uid: str, verb: str, subresource: str = ""
+    ) -> JsonDict:
+        """:meth:`by_id` for a uid that came from elsewhere than the route (a request body)."""
         broad = Access(verb, caller.namespace, subresource=subresource)
         wide = await self.auth.authorize(caller.user, broad)
         sandbox = None
@@ -219,7 +226,7 @@ class Gateway:
             )
         if sandbox is None:
             raise not_found(repr(uid[:80]))
-        return caller, sandbox
+        return sandbox
 
     def cached(self, namespace: str, name: str) -> JsonDict | None:
         """The watch's copy of a Sandbox, or ``None`` (not there, or no usable watch)."""
@@ -343,6 +350,13 @@ class Gateway:
             translation = translate.sandbox_from_create(body, secret_name=secret_name)
         except translate.InvalidConfig as error:
             raise GatewayError(422, "invalid_sandbox_config", str(error)) from error
+        if translation.snapshot is not None:  # reading the snapshot is a right of its own
+            await self.allow(
+                caller,
+                Access(
+                    "get", caller.namespace, resource=SNAPSHOT_RESOURCE, name=translation.snapshot
+                ),
+            )
         spec = json.loads(json.dumps(translation.spec))
         if request.query.get("start", "true").lower() == "false":
             spec.setdefault("lifecycle", {})["state"] = "Stopped"
@@ -902,39 +916,3 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         seconds=round(time.monotonic() - started, 3),
     )
     return response
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
-
-
-def make_app(gateway: Gateway) -> web.Application:
-    """Every route at ``/v1/...`` and at ``/ns/{namespace}/v1/...``."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_and_access_log])
-    app[GATEWAY] = gateway
-    app.cleanup_ctx.append(gateway.node_agent_session)
-    app.router.add_get("/healthz", healthz)
-    routes: list[tuple[str, str, Handler]] = [
-        ("POST", "/v1/sandboxes", gateway.create),
-        ("GET", "/v1/sandboxes", gateway.list),
-        ("GET", "/v1/sandboxes/by-name/{name}", gateway.get_by_name),
-        ("DELETE", "/v1/sandboxes/by-name/{name}", gateway.delete_by_name),
-        ("GET", "/v1/sandboxes/{id}", gateway.get_by_id),
-        ("DELETE", "/v1/sandboxes/{id}", gateway.delete_by_id),
-        ("POST", "/v1/sandboxes/by-name/{name}/start", gateway.start),
-        ("POST", "/v1/sandboxes/by-name/{name}/stop", gateway.stop),
-        ("POST", "/v1/sandboxes/{id}/start", gateway.start),
-        ("POST", "/v1/sandboxes/{id}/stop", gateway.stop),
-        ("POST", "/v1/sandboxes/{id}/pause", gateway.pause),
-        ("POST", "/v1/sandboxes/{id}/resume", gateway.resume),
-        ("POST", "/v1/sandboxes/{id}/suspend", gateway.suspend),
-        ("POST", "/v1/sandboxes/{id}/kill", gateway.kill),
-        ("POST", "/v1/sandboxes/{id}/drain", gateway.drain),
-        ("GET", "/v1/sandboxes/{id}/metrics", gateway.metrics),
-        ("GET", "/v1/sandboxes/{id}/agent", gateway.agent),
-        ("GET", "/v1/sandboxes/{id}/logs", gateway.logs),
-    ]
-    for prefix in ("", "/ns/{namespace}"):
-        for method, path, handler in routes:
-            app.router.add_route(method, prefix + path, handler)
-    return app

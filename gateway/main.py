@@ -22,7 +22,8 @@ import structlog
 from aiohttp import web
 
 from kubesandbox_common import logs
-from kubesandbox_gateway.app import AGENTS_NAMESPACE, Gateway, make_app, trim_sandbox
+from kubesandbox_gateway.app import AGENTS_NAMESPACE, Gateway, trim_sandbox
+from kubesandbox_gateway.routes import make_app
 from kubesandbox_kube import KubeClient
 from kubesandbox_kube.auth import KubeAuthenticator
 from kubesandbox_kube.config import ConfigError

@@ -210,11 +210,12 @@ def _sdk_spec(
 
 def _sdk_source(image: Mapping[str, Any], pinned: Mapping[str, Any]) -> JsonDict:
     """The root filesystem in the SDK's shape (observed: ``oci``, ``bind``, ``disk_image``).
-    A fork (``image.sandbox``, which the SDK has no word for) shows the OCI image its layers
-    are (``status.image``, inherited from its source), or an empty reference until known."""
+    A fork (``image.sandbox``, which the SDK has no word for) and a sandbox from a snapshot
+    (``image.snapshot``) show the OCI image their layers are (``status.image``, inherited
+    from the source), or an empty reference until known."""
     if isinstance(image.get("oci"), str):
         return {"source": "oci", "reference": image["oci"]}
-    if image.get("sandbox") is not None:
+    if image.get("sandbox") is not None or image.get("snapshot") is not None:
         return {"source": "oci", "reference": _text(pinned.get("reference"))}
     bind = _mapping(image.get("bind"))
     if isinstance(bind.get("path"), str):

@@ -125,6 +125,9 @@ class Translation:
     secret_data: dict[str, str] = field(default_factory=dict)
     """Values for the companion Secret named by ``secret_name`` (network secrets, registry
     credentials), which ``spec`` references; empty when none is needed. Never logged."""
+    snapshot: str | None = None
+    """The SandboxSnapshot the sandbox starts from (``Sandbox.restore``), which the caller
+    must be allowed to read."""
 
     def __repr__(self) -> str:  # a Translation must never print secret values into a log
         return (
@@ -138,6 +141,7 @@ class Translation:
 _TOP = frozenset(
     {
         "source",
+        "disk_snapshot_ref",
         "reference",
         "image",
         "name",
@@ -225,14 +229,29 @@ def sandbox_from_create(body: Mapping[str, Any], *, secret_name: str) -> Transla
     secrets = _Secrets()
 
     name = _name(top.get("name"))
-    reference, reference_field = _reference(top)
-    image: JsonDict = {"oci": reference}
-    spec.came_from(("image", "oci"), reference_field)
+    snapshot = _snapshot_ref(top)
+    image: JsonDict
+    reference = ""
+    if snapshot is not None:
+        image = {"snapshot": {"name": snapshot}}
+        spec.came_from(("image", "snapshot"), "disk_snapshot_ref")
+        if array(top.get("patches"), "patches", MAX_PATCHES):
+            raise InvalidConfig(
+                "patches",
+                "patches cannot be combined with a snapshot: its writable layer is the "
+                "snapshot's, used as captured",
+            )
+    else:
+        reference, reference_field = _reference(top)
+        image = {"oci": reference}
+        spec.came_from(("image", "oci"), reference_field)
     pull = _pull_policy(top.get("pull_policy"))
-    if pull is not None:
+    if pull is not None and snapshot is None:  # a snapshot's image is pinned and on its node
         image["pullPolicy"] = pull
         spec.came_from(("image", "pullPolicy"), "pull_policy")
-    if _registry(top.get("registry"), reference, secrets):
+    if snapshot is not None and top.get("registry") is not None:
+        raise InvalidConfig("registry", "a snapshot's image is already on its node")
+    if snapshot is None and _registry(top.get("registry"), reference, secrets):
         image["pullSecrets"] = [{"name": secret_name}]
         spec.came_from(("image", "pullSecrets"), "registry")
     spec.data["image"] = image
@@ -264,6 +283,7 @@ def sandbox_from_create(body: Mapping[str, Any], *, secret_name: str) -> Transla
         labels=labels,
         annotations={},
         secret_data=secrets.data,
+        snapshot=snapshot,
     )
 
 
@@ -295,6 +315,32 @@ def _reference(top: Mapping[str, Any]) -> tuple[str, str]:
             raise InvalidConfig("source", "an OCI image is required (source: oci, reference)")
         raise InvalidConfig("source", _root_refusal(source))
     return string(top.get("reference"), "reference", MAX_REFERENCE), "reference"
+
+
+def _snapshot_ref(top: Mapping[str, Any]) -> str | None:
+    """``Sandbox.restore(snapshot, name=...)``: ``source: disk_snapshot`` with
+    ``disk_snapshot_ref: {type: managed, id}``, the id being a SandboxSnapshot's name (what
+    the snapshot routes report as its location). ``None`` for any other source."""
+    if top.get("source") != "disk_snapshot":
+        if top.get("disk_snapshot_ref") is not None:
+            raise InvalidConfig("disk_snapshot_ref", "only with source: disk_snapshot")
+        return None
+    if top.get("reference") is not None or top.get("image") is not None:
+        raise InvalidConfig("reference", "a sandbox from a snapshot has the snapshot's image")
+    ref = obj(top.get("disk_snapshot_ref"), "disk_snapshot_ref", frozenset({"type", "id"}))
+    kind = ref.get("type")
+    if kind != "managed":
+        raise InvalidConfig(
+            "disk_snapshot_ref.type",
+            f"{shown(str(kind))!r}: only managed snapshots (SandboxSnapshot objects of this "
+            "namespace) are served here; host-volume paths are not",
+        )
+    name = string(ref.get("id"), "disk_snapshot_ref.id", MAX_NAME)
+    if not _DNS_SUBDOMAIN.fullmatch(name):
+        raise InvalidConfig(
+            "disk_snapshot_ref.id", f"{shown(name)!r} is not a SandboxSnapshot name"
+        )
+    return name
 
 
 def _root_refusal(kind: object) -> str:

@@ -54,6 +54,7 @@ from kubesandbox_node.runtime.prepare import (
     NoNetwork,
     SandboxPreparer,
 )
+from kubesandbox_node.runtime.snapshots import SnapshotStore
 from kubesandbox_node.runtime.supervisor import Timing
 from kubesandbox_node.runtime.vmm import QemuVMM
 from kubesandbox_node.server import tls
@@ -304,6 +305,7 @@ async def serve(config: NodeAgentConfig) -> None:
         tsc_khz=tsc_khz(),
         mirrors=config.registry_mirrors,
         network=network,
+        snapshots=SnapshotStore(config.state_dir / "snapshots"),
     )
     vmm = QemuVMM(
         accel=accel,

@@ -22,6 +22,7 @@ import structlog
 
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.records import RecordStore, SandboxRecord
+from kubesandbox_node.runtime.snapshots import SnapshotInfo, SnapshotRefused, SnapshotStore
 from kubesandbox_node.runtime.supervisor import (
     DEFAULT_TIMING,
     ClaimRefused,
@@ -59,6 +60,7 @@ class Runtime:
         self.aliases: dict[str, str] = {}
         """Claimant's uid → the key of the pool VM that serves it."""
         self.listeners: list[Listener] = []
+        self.snapshots = SnapshotStore(state_dir / "snapshots")
 
     def _changed(self, supervisor: Supervisor) -> None:
         for listener in self.listeners:
@@ -157,6 +159,24 @@ class Runtime:
         if self.aliases.get(uid) == key:
             del self.aliases[uid]
             self.store.unlink(uid)
+
+    async def snapshot(self, uid: str, source_uid: str) -> SnapshotInfo:
+        """Takes snapshot ``uid`` of the stopped Sandbox ``source_uid`` (idempotent); raises
+        ``SnapshotRefused``."""
+        source = self.get(source_uid)
+        if source is None:
+            raise SnapshotRefused(f"Sandbox {source_uid} is not on this node")
+        namespace = source.desired.namespace
+        info = await self.snapshots.capture(uid, namespace, source_uid, source.capture_disk)
+        self.preparer.share_image(source.uid, uid)
+        log.info("snapshot.taken", snapshot=uid, source=source_uid, size_bytes=info.size_bytes)
+        return info
+
+    async def remove_snapshot(self, uid: str) -> bool:
+        """Deletes snapshot ``uid``'s copy and its pin on the image; whether it was here."""
+        removed = await self.snapshots.remove(uid)
+        self.preparer.release_image(uid)
+        return removed
 
     async def close(self) -> None:
         await asyncio.gather(*(s.detach() for s in self.sandboxes.values()))

@@ -45,6 +45,9 @@ class Resolved(_Model):
     pull_auths: list[PullAuth] = []
     fork_of: str | None = None
     """A fork's source Sandbox uid (``spec.image.sandbox``), until the fork has started."""
+    snapshot_of: str | None = None
+    """The uid of the SandboxSnapshot (``spec.image.snapshot``) whose writable layer a new
+    sandbox starts with; ``pinned_image`` is then the snapshot's image."""
 
 
 class DesiredSandbox(_Model):

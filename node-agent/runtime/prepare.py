@@ -37,12 +37,14 @@ from kubesandbox_node.images.errors import (
 )
 from kubesandbox_node.images.reference import parse_reference
 from kubesandbox_node.images.service import ImageService, ReadyImage
-from kubesandbox_node.rootfs.assemble import HostDirRoot, OverlayRoot, SandboxRootfs
+from kubesandbox_node.rootfs.assemble import UPPER_IMAGE, HostDirRoot, OverlayRoot, SandboxRootfs
 from kubesandbox_node.rootfs.disk import DiskRoot
 from kubesandbox_node.rootfs.errors import PatchError, RootfsError
 from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
 from kubesandbox_node.runtime.claim import hostname_of
+from kubesandbox_node.runtime.fork import ForkError, copy_file
 from kubesandbox_node.runtime.model import DesiredSandbox
+from kubesandbox_node.runtime.snapshots import SnapshotRefused, SnapshotStore
 from kubesandbox_node.runtime.supervisor import PrepareError
 from kubesandbox_node.vm import bootconfig as bc
 from kubesandbox_node.vm.spec import Accel, Drive, Share, VMSpec
@@ -154,11 +156,22 @@ class SandboxPreparer:
     tsc_khz: int | None = None
     mirrors: Mapping[str, str] = field(default_factory=dict)
     network: NetworkProvider = field(default_factory=NoNetwork)
+    snapshots: SnapshotStore | None = None
+    """Where snapshots are kept (``Runtime.snapshots``): a sandbox from one copies its layer."""
     _ready: dict[str, ReadyImage] = field(default_factory=dict)
 
     async def image(self, desired: DesiredSandbox) -> ImageStatus | None:
         source = desired.spec.image
-        if source.oci is None:
+        reference = source.oci
+        if source.snapshot is not None:  # the snapshot's image, pinned by the operator
+            snapshot = desired.resolved.snapshot_of
+            if desired.pinned_image is None or snapshot is None:
+                raise PrepareError(
+                    Reason.ROOTFS_FAILED, "spec.image.snapshot: the snapshot is not resolved"
+                )
+            reference = desired.pinned_image.reference
+            self.images.share(snapshot, desired.uid)
+        if reference is None:
             return None
         keychain = Keychain()
         for auth in desired.resolved.pull_auths:
@@ -167,7 +180,7 @@ class SandboxPreparer:
         try:
             ready = await self.images.ensure(
                 desired.uid,
-                mirrored(source.oci, self.mirrors),
+                mirrored(reference, self.mirrors),
                 pull_policy=source.pull_policy,
                 keychain=keychain,
                 pinned_digest=pinned,
@@ -177,7 +190,7 @@ class SandboxPreparer:
         self._ready[desired.uid] = ready
         record = ready.record
         return ImageStatus(
-            reference=source.oci,
+            reference=reference,
             digest=record.manifest_digest,
             layers=[LayerPin(digest=layer.digest, size=layer.size) for layer in record.layers],
             resolved_at=record.resolved_at,
@@ -193,6 +206,8 @@ class SandboxPreparer:
         spec = desired.spec
         ready = self._ready.get(desired.uid)
         sources = ResolvedSources(desired.resolved.files, desired.resolved.dirs)
+        if desired.resolved.snapshot_of is not None:
+            await self._seed_from_snapshot(desired, desired.resolved.snapshot_of)
         prepared = await self.rootfs.prepare(
             desired.uid,
             spec.image,
@@ -283,6 +298,23 @@ class SandboxPreparer:
             extra_args=tuple(nic_args),
         )
 
+    async def _seed_from_snapshot(self, desired: DesiredSandbox, snapshot: str) -> None:
+        """A sandbox from a snapshot starts with its own copy of the captured writable layer
+        (made once: later starts find it, as any sandbox finds its layer)."""
+        folder = self.rootfs.sandbox_dir(desired.uid)
+        upper = folder / UPPER_IMAGE
+        if upper.exists():
+            return
+        if self.snapshots is None:
+            raise PrepareError(Reason.ROOTFS_FAILED, "this node agent keeps no snapshots")
+        folder.mkdir(mode=0o700, exist_ok=True)
+        partial = folder / f".{UPPER_IMAGE}.partial"
+        try:
+            await copy_file(self.snapshots.upper(snapshot), partial)
+        except (SnapshotRefused, ForkError) as exc:
+            raise PrepareError(Reason.ROOTFS_FAILED, f"spec.image.snapshot: {exc}") from exc
+        partial.rename(upper)
+
     def _initrd(self, config: bc.BootConfig, vm_dir: Path) -> Path:
         vm_dir.mkdir(parents=True, exist_ok=True)
         return write_initrd(self.boot_image, config, vm_dir / "initrd.cpio")
@@ -340,6 +372,12 @@ class SandboxPreparer:
         source's image layers, which its machine reads (the source may go first)."""
         self.images.share(source_uid, desired.uid)
         return await self.network.attach(desired)
+
+    def share_image(self, source_uid: str, uid: str) -> None:
+        self.images.share(source_uid, uid)
+
+    def release_image(self, uid: str) -> None:
+        self.images.release(uid)
 
     async def remove(self, desired: DesiredSandbox) -> None:
         self._ready.pop(desired.uid, None)

@@ -61,6 +61,8 @@ from kubesandbox_node.runtime.records import (
     SandboxRecord,
     SavedVM,
 )
+from kubesandbox_node.runtime.snapshots import UPPER as SNAPSHOT_UPPER
+from kubesandbox_node.runtime.snapshots import SnapshotRefused
 from kubesandbox_node.runtime.vmm import VMM, Incoming, VMHandle, VMRecord
 from kubesandbox_node.vm import bootconfig as bc
 from kubesandbox_node.vm.machine import BootError
@@ -119,6 +121,14 @@ class Preparer(Protocol):
         """New secret values for the running egress proxy."""
         ...
 
+    def share_image(self, source_uid: str, uid: str) -> None:
+        """Pins ``source_uid``'s image layers for ``uid`` too (a snapshot of it)."""
+        ...
+
+    def release_image(self, uid: str) -> None:
+        """``uid`` (a removed snapshot) no longer needs its image layers."""
+        ...
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -130,6 +140,8 @@ class Timing:
 
 
 EGRESS_TRUST_TIMEOUT = 30.0
+UPPER_SERIAL = "upper"
+"""The writable layer's drive (an OCI root's ext4 over its read-only layers)."""
 
 
 def boot_slots(limit: int | None, *, emulation: bool, cpus: int | None = None) -> int:
@@ -204,6 +216,11 @@ class Supervisor:
         self._run_ended.set()
         self._suspending = False
         """QEMU is being ended on purpose after its state was saved: not a crash."""
+        self._deferred: tuple[bool, bool] | None = None
+        """A desired state that arrived while an operation was under way (whether its
+        generation and its ``lifecycle.state`` moved): looked at again when they are done."""
+        self._closing = False
+        """Removed or detached: nothing more is started."""
         self.log = log.bind(
             sandbox=record.desired.name, namespace=record.desired.namespace, uid=self.uid
         )
@@ -305,8 +322,19 @@ class Supervisor:
 
         task = asyncio.create_task(locked())
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._operation_done)
         return task
+
+    def _operation_done(self, task: asyncio.Task[None]) -> None:
+        """The desired state may have moved while operations ran (a Running that came while a
+        kill was finishing saw a VM still up, or none yet startable): once the last one is
+        done, steer towards the desired state as it is now."""
+        self._tasks.discard(task)
+        if self._deferred is None or self._closing or self._busy():
+            return
+        changed, moved = self._deferred
+        self._deferred = None
+        self._steer(changed=changed, moved=moved)
 
     def apply(self, desired: DesiredSandbox) -> asyncio.Task[None] | None:
         """New desired state from the operator; starts, stops or pauses as the spec asks."""
@@ -314,12 +342,23 @@ class Supervisor:
         previous = self.record.desired
         self.record.desired = desired
         self._save()
+        moved = desired.spec.lifecycle.state != previous.spec.lifecycle.state
+        if self.handle is not None and changed and desired.spec.network != previous.spec.network:
+            self._spawn(self._update_live(previous))
+        if self._busy():  # what is under way may change what this asks for: look again after
+            was_changed, was_moved = self._deferred or (False, False)
+            self._deferred = (changed or was_changed, moved or was_moved)
+        return self._steer(changed=changed, moved=moved)
+
+    def _steer(self, *, changed: bool, moved: bool) -> asyncio.Task[None] | None:
+        """The operation that brings the VM towards ``lifecycle.state``, if any (``changed``:
+        a new generation, which may start a stopped VM again)."""
+        if self._closing:
+            return None
+        desired = self.desired
         want = desired.spec.lifecycle.state
         running = self.handle is not None
-        if running and changed and desired.spec.network != previous.spec.network:
-            self._spawn(self._update_live(previous))
         if want == DesiredState.SUSPENDED or self.record.saved is not None:
-            moved = want != previous.spec.lifecycle.state
             return self._apply_suspension(want, running, moved=moved)
         if want in (DesiredState.RUNNING, DesiredState.PAUSED):
             if not running and (self.record.runs == 0 or changed) and not self._busy():
@@ -1017,6 +1056,34 @@ class Supervisor:
         return Capture(spec, state, handle.record.ready_frame, disks, paused, size,
                        time.monotonic() - saved_at)  # fmt: skip
 
+    async def capture_disk(self, into: Path) -> ImageStatus:
+        """A snapshot of this stopped sandbox: its writable layer copied into ``into``
+        (``upper.ext4``), under the lock so that no start interleaves; the pinned image it
+        lies over. Raises ``SnapshotRefused`` saying why not."""
+        name = self.desired.name
+        async with self._lock:
+            if self.handle is not None or self.phase != Phase.STOPPED:
+                raise SnapshotRefused(
+                    f"Sandbox {name!r} is {self.phase}; a snapshot is of a Stopped sandbox"
+                )
+            spec, image = self.record.spec, self.record.image
+            upper = (
+                next((d for d in spec.drives if d.serial == UPPER_SERIAL), None) if spec else None
+            )
+            if upper is None or image is None:
+                raise SnapshotRefused(
+                    f"Sandbox {name!r} has no writable layer over an OCI image to capture (only "
+                    "sandboxes of an image.oci, or of a snapshot, that have run have one)"
+                )
+            try:
+                await copy_file(upper.path, into / SNAPSHOT_UPPER)
+            except (ForkError, OSError) as exc:
+                raise SnapshotRefused(
+                    f"copying the writable layer of {name!r} failed: {exc}"
+                ) from exc
+            self.log.info("sandbox.snapshot_taken", into=str(into))
+            return image
+
     @staticmethod
     async def _copy_disks(spec: VMSpec, into: Path) -> dict[str, Path]:
         disks: dict[str, Path] = {}
@@ -1129,6 +1196,7 @@ class Supervisor:
 
     async def remove(self) -> None:
         """Kills the VM and deletes every per-sandbox file (named volumes stay)."""
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         async with self._lock:
@@ -1143,6 +1211,7 @@ class Supervisor:
 
     async def detach(self) -> None:
         """Node agent shutdown: stop watching, leave the VM running for the next agent."""
+        self._closing = True
         for task in [*self._tasks, *self._watchers]:
             task.cancel()
         for task in [*self._tasks, *self._watchers]:

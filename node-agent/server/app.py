@@ -22,13 +22,15 @@ from typing import Any, TypeVar
 
 import structlog
 from aiohttp import WSMsgType, web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
 
 from kubesandbox_api.conditions import Phase
 from kubesandbox_kube.auth import Access, ReviewUnavailable, User
 from kubesandbox_node.logs import stream
 from kubesandbox_node.metrics import prometheus
 from kubesandbox_node.runtime.model import ClaimRequest, DesiredSandbox
+from kubesandbox_node.runtime.snapshots import SnapshotRefused
 from kubesandbox_node.runtime.supervisor import ClaimRefused, Supervisor
 from kubesandbox_node.server.services import Services
 
@@ -127,6 +129,52 @@ async def _body(request: web.Request, model: type[Model]) -> Model:
             text=json.dumps({"message": f"invalid {model.__name__}", "details": detail}),
             content_type="application/json",
         ) from exc
+
+
+class SnapshotRequest(BaseModel):
+    """``PUT /v1/snapshots/{uid}``: take SandboxSnapshot ``uid`` of a stopped sandbox here."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    namespace: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=253)
+    """The SandboxSnapshot's name."""
+    source_uid: str = Field(pattern=r"^[0-9a-fA-F-]{8,64}$")
+
+
+async def put_snapshot(request: web.Request) -> web.Response:
+    """Takes the snapshot (a copy of the source's writable layer) and answers what it holds;
+    409 with the reason when it cannot be taken (docs/snapshots.md)."""
+    uid = request.match_info["uid"]
+    body = await _body(request, SnapshotRequest)
+    access = Access("update", body.namespace, resource="sandboxsnapshots", name=body.name)
+    await authorize(request, access)
+    runtime = _services(request).runtime
+    source = runtime.get(body.source_uid)
+    if source is None or source.desired.namespace != body.namespace:
+        return _json({"message": f"no sandbox {body.source_uid} of {body.namespace} here"}, 404)
+    try:
+        info = await runtime.snapshot(uid, body.source_uid)
+    except SnapshotRefused as error:
+        return _json({"message": str(error)}, 409)
+    return _json(info.model_dump(mode="json", by_alias=True))
+
+
+async def delete_snapshot(request: web.Request) -> web.Response:
+    """Removes the snapshot's copy (``?namespace=`` is the SandboxSnapshot's); 204 also when
+    it was not here."""
+    uid = request.match_info["uid"]
+    namespace = request.query.get("namespace", "")
+    runtime = _services(request).runtime
+    try:
+        info = runtime.snapshots.get(uid)
+    except SnapshotRefused as error:
+        return _json({"message": str(error)}, 422)
+    if info is not None and info.namespace != namespace:
+        namespace = info.namespace  # reviewed where the snapshot really is
+    await authorize(request, Access("update", namespace, resource="sandboxsnapshots"))
+    await runtime.remove_snapshot(uid)
+    return web.Response(status=204)
 
 
 async def put_sandbox(request: web.Request) -> web.Response:
@@ -339,4 +387,6 @@ def make_app(services: Services) -> web.Application:
     app.router.add_get("/v1/sandboxes/{uid}/logs", logs)
     app.router.add_post("/v1/sandboxes/{uid}/claim", claim)
     app.router.add_post("/v1/sandboxes/{uid}/{verb}", verb)
+    app.router.add_put("/v1/snapshots/{uid}", put_snapshot)
+    app.router.add_delete("/v1/snapshots/{uid}", delete_snapshot)
     return app

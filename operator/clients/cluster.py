@@ -16,8 +16,16 @@ from typing import Any
 import structlog
 
 from kubesandbox_api import API_VERSION, KIND, Sandbox
+from kubesandbox_api.snapshot import SandboxSnapshot
 from kubesandbox_kube import KubeClient, NotFound, nodeagents
-from kubesandbox_kube.paths import CONFIG_MAPS, LEASES, PODS, SANDBOXES, SECRETS
+from kubesandbox_kube.paths import (
+    CONFIG_MAPS,
+    LEASES,
+    PODS,
+    SANDBOX_SNAPSHOTS,
+    SANDBOXES,
+    SECRETS,
+)
 from kubesandbox_kube.watch import ListWatch
 from kubesandbox_operator.clients.cache import (
     LeaseCache,
@@ -129,6 +137,17 @@ class Cluster:
         except NotFound:
             return None
         return Sandbox.from_body(body)
+
+    async def snapshot(self, namespace: str, name: str) -> SandboxSnapshot | None:
+        """A SandboxSnapshot (what a sandbox from it starts from), read once per call: only
+        sandboxes that have not started yet ask."""
+        try:
+            body: JsonDict = await self.kube.get(
+                SANDBOX_SNAPSHOTS.in_namespace(namespace).named(name)
+            )
+        except NotFound:
+            return None
+        return SandboxSnapshot.from_body(body)
 
     def forget(self, key: SandboxKey) -> None:
         """The Sandbox is gone: drop what was kept for it."""

@@ -26,6 +26,11 @@ JsonDict = dict[str, Any]
 class NodeAgentError(Exception):
     """The node agent refused or could not be reached; retried on the next reconcile."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        """The node agent's HTTP status; ``None`` when it could not be reached."""
+
 
 @dataclass(frozen=True)
 class NodeAgentAuth:
@@ -50,6 +55,8 @@ def desired_state(sandbox: Sandbox, resolution: Resolution) -> JsonDict:
     }
     if sandbox.status and sandbox.status.image:
         body["pinnedImage"] = sandbox.status.image.model_dump(mode="json", exclude_none=True)
+    elif resolution.snapshot_image is not None:
+        body["pinnedImage"] = resolution.snapshot_image
     if pool_of(sandbox) is not None:
         body["poolMember"] = True
     return body
@@ -93,6 +100,32 @@ class NodeAgents:
         except aiohttp.ClientError as error:
             raise NodeAgentError(f"DELETE {url}: {error!r}") from error
 
+    async def snapshot(
+        self, agent: NodeAgent, uid: str, namespace: str, name: str, source_uid: str
+    ) -> JsonDict:
+        """Takes SandboxSnapshot ``uid`` of the stopped sandbox ``source_uid`` on that node
+        (idempotent); what it holds. A 409 ``NodeAgentError`` says why it cannot be taken."""
+        url = f"{agent.endpoint}/v1/snapshots/{uid}"
+        body = {"namespace": namespace, "name": name, "sourceUid": source_uid}
+        return await self._call("PUT", url, body, agent)
+
+    async def delete_snapshot(self, agent: NodeAgent, uid: str, namespace: str) -> None:
+        url = f"{agent.endpoint}/v1/snapshots/{uid}"
+        try:
+            async with self.session.delete(
+                url,
+                params={"namespace": namespace},
+                headers=self.auth.headers(),
+                ssl=self._ssl_for(agent),
+            ) as response:
+                if response.status not in (200, 204, 404):
+                    raise NodeAgentError(
+                        f"DELETE {url}: {response.status} {await response.text()}",
+                        response.status,
+                    )
+        except aiohttp.ClientError as error:
+            raise NodeAgentError(f"DELETE {url}: {error!r}") from error
+
     def _ssl_for(self, agent: NodeAgent) -> ssl.SSLContext:
         return self._ssl if agent.certificate is None else pinned_context(agent.certificate)
 
@@ -103,7 +136,8 @@ class NodeAgents:
             ) as response:
                 if response.status >= 400:
                     raise NodeAgentError(
-                        f"{method} {url}: {response.status} {await response.text()}"
+                        f"{method} {url}: {response.status} {await response.text()}",
+                        response.status,
                     )
                 answer = await response.json(content_type=None)
                 return dict(answer) if isinstance(answer, dict) else {}

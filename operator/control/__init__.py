@@ -42,6 +42,7 @@ from kubesandbox_operator.reconcile.pool import (
 )
 from kubesandbox_operator.reconcile.references import Problem, Resolution, resolve
 from kubesandbox_operator.reconcile.sandbox import Event, NodeAgent, Observed, fork_started, plan
+from kubesandbox_operator.reconcile.snapshot import SnapshotSource, check_snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -86,11 +87,17 @@ async def reconcile_once(runtime: Runtime, sandbox: Sandbox, emit: EmitEvent) ->
     node = pod.node_name if pod else None
     agent = await cluster.node_agent(node) if node else None
     source = sandbox.spec.image.sandbox
-    checked: ForkSource | Problem | None = None
+    checked: ForkSource | SnapshotSource | Problem | None = None
     if source is not None and not fork_started(sandbox):
         checked = check_source(sandbox, await cluster.sandbox(sandbox.namespace, source.name))
         if isinstance(checked, ForkSource):
             resolution.fork_of = checked.uid
+    snapshot = sandbox.spec.image.snapshot
+    if snapshot is not None and not fork_started(sandbox):
+        checked = check_snapshot(sandbox, await cluster.snapshot(sandbox.namespace, snapshot.name))
+        if isinstance(checked, SnapshotSource):
+            resolution.snapshot_of = checked.uid
+            resolution.snapshot_image = checked.image.model_dump(mode="json", exclude_none=True)
     decided = plan(
         Observed(
             sandbox=sandbox,

@@ -3,6 +3,6 @@
 Importing this package registers the handlers with Kopf's default registry.
 """
 
-from kubesandbox_operator.handlers import ephemeral, pool, sandbox
+from kubesandbox_operator.handlers import ephemeral, pool, sandbox, snapshot
 
-__all__ = ["ephemeral", "pool", "sandbox"]
+__all__ = ["ephemeral", "pool", "sandbox", "snapshot"]

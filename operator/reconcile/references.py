@@ -40,6 +40,10 @@ class Resolution:
     problems: list[Problem] = field(default_factory=list)
     fork_of: str | None = None
     """A fork's source Sandbox (its uid on the same node), until the fork has started."""
+    snapshot_of: str | None = None
+    """The SandboxSnapshot (its uid, on the same node) a new sandbox starts from."""
+    snapshot_image: JsonDict | None = None
+    """That snapshot's pinned image, the sandbox's until the node agent reports its own."""
 
     def payload(self) -> JsonDict:
         body: JsonDict = {
@@ -51,6 +55,8 @@ class Resolution:
         }
         if self.fork_of is not None:
             body["forkOf"] = self.fork_of
+        if self.snapshot_of is not None:
+            body["snapshotOf"] = self.snapshot_of
         return body
 
 

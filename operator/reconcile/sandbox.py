@@ -29,6 +29,7 @@ from kubesandbox_operator.reconcile.fork import ForkSource, pin_to_node
 from kubesandbox_operator.reconcile.pod import PodSettings, desired_pod
 from kubesandbox_operator.reconcile.podview import PodView
 from kubesandbox_operator.reconcile.references import Problem, Resolution
+from kubesandbox_operator.reconcile.snapshot import SnapshotSource
 
 JsonDict = dict[str, Any]
 
@@ -83,9 +84,10 @@ class Observed:
     now: datetime
     allow_host_paths: bool = False
     pod_settings: PodSettings = field(default_factory=PodSettings)
-    fork: ForkSource | Problem | None = None
-    """``spec.image.sandbox``'s source checked (``fork.check_source``) while the fork has not
-    started; ``None`` otherwise."""
+    fork: ForkSource | SnapshotSource | Problem | None = None
+    """``spec.image.sandbox``'s source checked (``fork.check_source``), or
+    ``spec.image.snapshot``'s snapshot (``snapshot.check_snapshot``), while the sandbox has
+    not started; ``None`` otherwise. Either pins the Pod to the node that holds the data."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def plan(observed: Observed) -> Plan:
     if problems:
         step = _refuse(problems)
     elif pod is None:
-        node = fork.node if isinstance(fork, ForkSource) else None
+        node = fork.node if isinstance(fork, ForkSource | SnapshotSource) else None
         step = _place(sandbox, observed.pod_settings, node)
     elif (node := pod.bound_node) is None:
         step = _wait_for_scheduler(pod)
@@ -170,7 +172,8 @@ def _refuse(problems: list[Problem]) -> _Step:
 
 
 def _place(sandbox: Sandbox, settings: PodSettings, node: str | None) -> _Step:
-    """The sandbox Pod; ``node``: a fork's, pinned to its source's node."""
+    """The sandbox Pod; ``node``: a fork's (its source's node) or a sandbox's from a
+    snapshot (the snapshot's node), to which it is pinned."""
     status = sandbox.status
     crashed = status is not None and status.phase == Phase.CRASHED
     if crashed and sandbox.spec.lifecycle.restart_policy is RestartPolicy.NEVER:

@@ -1,7 +1,8 @@
 # Run by the chart's pre-delete hook (templates/uninstall-hook.yaml) with `python3 -c`: deletes
-# every SandboxPool (first: a pool would boot new members) and every Sandbox and waits until
-# all are gone, while the operator and the node agents still run,
-# so that `helm uninstall` leaves no VM, network namespace or sandbox directory on any node.
+# every SandboxPool (first: a pool would boot new members), every Sandbox and every
+# SandboxSnapshot and waits until all are gone, while the operator and the node agents still
+# run, so that `helm uninstall` leaves no VM, network namespace, sandbox directory or snapshot
+# copy on any node (and no snapshot held by a finalizer nobody would remove).
 # Standard library only. In the Job it uses its Pod's ServiceAccount; KUBESANDBOX_API,
 # KUBESANDBOX_TOKEN_FILE and KUBESANDBOX_CA_FILE override that (the chart's tests run it so).
 import json
@@ -57,17 +58,19 @@ def remaining(plural, kind):
 deadline = time.monotonic() + timeout
 while True:
     pools = remaining("sandboxpools", "SandboxPool") or []
+    snapshots = remaining("sandboxsnapshots", "SandboxSnapshot") or []
     left = remaining("sandboxes", "Sandbox")
     if left is None:
         print("no Sandbox API (the CRD is gone): nothing to remove")
         break
-    if not left and not pools:
-        print("every Sandbox is gone")
+    if not left and not pools and not snapshots:
+        print("every Sandbox is gone, and every SandboxSnapshot")
         break
     if time.monotonic() > deadline:
-        names = ", ".join(f"{m['namespace']}/{m['name']}" for m in pools + left)
+        names = ", ".join(f"{m['namespace']}/{m['name']}" for m in pools + snapshots + left)
         sys.exit(
-            f"after {timeout:.0f} s these SandboxPools and Sandboxes are still there: {names}. "
+            f"after {timeout:.0f} s these SandboxPools, SandboxSnapshots and Sandboxes are still "
+            f"there: {names}. "
             "Is the operator running? `helm uninstall --no-hooks` skips this wait (their VMs "
             "then keep running until their node agent is back and removes them)"
         )

@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,21 +152,30 @@ def test_a_second_build_of_the_same_tree_builds_and_pushes_nothing(
 def test_a_changed_source_is_rebuilt_reusing_every_layer_below_the_project(
     built: images.Images, registry: Registry, source: Path, buildah: images.Buildah
 ) -> None:
+    # A change no earlier run made: the image store is a cache that outlives test runs, so a
+    # fixed edit would find its image already built by the last run and (rightly) build nothing.
     changed = source / "operator" / "main.py"
-    changed.write_text(changed.read_text() + "\n# a change\n")
+    edit = f"\n# a change {uuid.uuid4().hex}\n"
+    changed.write_text(changed.read_text() + edit)
     try:
         rebuilt = images.build_images(registry.host, repo=source)
     finally:
-        changed.write_text(changed.read_text().removesuffix("\n# a change\n"))
-    assert rebuilt.tag != built.tag
-    assert set(rebuilt.built) == set(rebuilt.pushed) == {"node-agent", "controller"}
-    pairs = [(built.node_agent, rebuilt.node_agent), (built.controller, rebuilt.controller)]
-    for old, new in pairs:
-        before, after = buildah.layers(old.ref), buildah.layers(new.ref)
-        # Only the last two layers (the wheel copied in, then installed) see Python sources.
-        assert before[:-2] == after[:-2], (old.ref, new.ref)
-        assert len(before) == len(after)
-        assert before[-2:] != after[-2:]
+        changed.write_text(changed.read_text().removesuffix(edit))
+    try:
+        assert rebuilt.tag != built.tag
+        assert set(rebuilt.built) == set(rebuilt.pushed) == {"node-agent", "controller"}
+        pairs = [(built.node_agent, rebuilt.node_agent), (built.controller, rebuilt.controller)]
+        for old, new in pairs:
+            before, after = buildah.layers(old.ref), buildah.layers(new.ref)
+            # Only the last two layers (the wheel copied in, then installed) see Python sources.
+            assert before[:-2] == after[:-2], (old.ref, new.ref)
+            assert len(before) == len(after)
+            assert before[-2:] != after[-2:]
+    finally:
+        # One-off images: left in the cached store, every run would add two.
+        for image in (rebuilt.node_agent, rebuilt.controller):
+            local = f"{images.LOCAL_PREFIX}/{image.target}:{rebuilt.tag}"
+            buildah("rmi", local, image.ref, what=f"removing {image.ref}")
 
 
 def test_node_agent_has_qemu_microvm_virtiofsd_and_the_storage_and_network_tools(

@@ -31,7 +31,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from kubesandbox_devenv.controlplane import ControlPlane
 from kubesandbox_gateway import translate
-from kubesandbox_gateway.app import Gateway, make_app
+from kubesandbox_gateway.app import Gateway
+from kubesandbox_gateway.routes import make_app
 from kubesandbox_kube import KubeClient
 from kubesandbox_kube.auth import Access, KubeAuthenticator
 from tests.support.waiting import eventually

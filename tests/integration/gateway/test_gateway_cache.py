@@ -15,7 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from kubesandbox_devenv.controlplane import ControlPlane
-from kubesandbox_gateway.app import Gateway, make_app, trim_sandbox
+from kubesandbox_gateway.app import Gateway, trim_sandbox
+from kubesandbox_gateway.routes import make_app
 from kubesandbox_kube import KubeClient
 from kubesandbox_kube.auth import KubeAuthenticator
 from kubesandbox_kube.informer import Informer

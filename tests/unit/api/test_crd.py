@@ -33,7 +33,9 @@ def _spec_and_status(definition: JsonDict | None = None) -> Iterator[tuple[str, 
 
 
 BOTH = pytest.mark.parametrize(
-    "definition", [crdgen.crd(), crdgen.pool_crd()], ids=["sandbox", "pool"]
+    "definition",
+    [crdgen.crd(), crdgen.pool_crd(), crdgen.snapshot_crd()],
+    ids=["sandbox", "pool", "snapshot"],
 )
 
 

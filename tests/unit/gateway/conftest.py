@@ -17,7 +17,8 @@ from structlog.testing import capture_logs
 
 from kubesandbox_gateway import app as app_module
 from kubesandbox_gateway import translate
-from kubesandbox_gateway.app import Gateway, make_app
+from kubesandbox_gateway.app import Gateway
+from kubesandbox_gateway.routes import make_app
 from tests.unit.gateway import fakes
 
 AppClient = TestClient[web.Request, web.Application]

@@ -14,8 +14,9 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from kubesandbox_gateway.app import Gateway, make_app, trim_sandbox
+from kubesandbox_gateway.app import Gateway, trim_sandbox
 from kubesandbox_gateway.ratelimit import FailureLimiter
+from kubesandbox_gateway.routes import make_app
 from tests.unit.gateway import fakes
 from tests.unit.gateway.conftest import (
     APP_FIXTURES,

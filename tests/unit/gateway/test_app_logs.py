@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from kubesandbox_gateway.app import Gateway, make_app
+from kubesandbox_gateway.app import Gateway
+from kubesandbox_gateway.routes import make_app
 from tests.unit.gateway import fakes
 from tests.unit.gateway.conftest import (
     APP_FIXTURES,

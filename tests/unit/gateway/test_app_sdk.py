@@ -21,7 +21,8 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
-from kubesandbox_gateway.app import Gateway, make_app
+from kubesandbox_gateway.app import Gateway
+from kubesandbox_gateway.routes import make_app
 from kubesandbox_protocol.frame import FLAG_TERMINAL, FrameDecoder
 from kubesandbox_protocol.messages import MessageType, decode_body, message_frame
 from tests.unit.gateway import fakes
@@ -115,7 +116,7 @@ async def play_operator(kube: fakes.FakeKube) -> None:
                 continue
             status = obj.setdefault("status", {})
             generation = obj["metadata"]["generation"]
-            if obj["spec"]["image"]["oci"] == "nope":
+            if obj["spec"]["image"].get("oci") == "nope":
                 status.update(phase="Failed", message="image nope: not found")
             else:
                 wanted = obj["spec"].get("lifecycle", {}).get("state", "Running")
@@ -142,7 +143,9 @@ async def served(kube: fakes.FakeKube, auth: fakes.FakeAuth) -> AsyncIterator[st
         await asyncio.gather(operator, return_exceptions=True)
 
 
-async def run_sdk(url: str, home: Path) -> dict[str, Any]:
+async def run_sdk(url: str, home: Path, script: str | None = None) -> dict[str, Any]:
+    """Runs ``script`` (this module's :data:`SCRIPT` by default) with the SDK's cloud backend
+    on ``url``; the JSON object its last line prints."""
     env = {
         "MSB_BACKEND": "cloud",
         "MSB_API_URL": url,
@@ -153,7 +156,7 @@ async def run_sdk(url: str, home: Path) -> dict[str, Any]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        SCRIPT % {"secret": SECRET_VALUE},
+        SCRIPT % {"secret": SECRET_VALUE} if script is None else script,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

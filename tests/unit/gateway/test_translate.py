@@ -389,7 +389,8 @@ def test_every_accepted_fixture_validates_with_the_model() -> None:
         except InvalidConfig:
             continue
         accepted += 1
-        assert SandboxSpec.model_validate(t.spec).image.oci
+        image = SandboxSpec.model_validate(t.spec).image
+        assert image.oci or (image.snapshot and image.snapshot.name == t.snapshot)
     assert accepted >= 10
 
 
@@ -1384,3 +1385,33 @@ def test_a_fork_shows_its_sources_image_to_the_sdk() -> None:
     answer = sandbox_object(fork)
     assert_sdk_decodes(answer)
     assert (answer["spec"]["source"], answer["spec"]["reference"]) == ("oci", "python:3.12")
+
+
+# --- Sandbox.restore(snapshot, name=...) ---------------------------------------------------------
+
+
+def test_a_restore_becomes_a_sandbox_of_the_snapshot() -> None:
+    t = translate(body("restore-snapshot"))
+    assert t.name == "fork3"
+    assert t.snapshot == "base-state"
+    assert t.spec["image"] == {"snapshot": {"name": "base-state"}}  # no pull policy: pinned
+    assert t.spec["cpus"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("disk_snapshot_ref", "type"), "host_volume", "disk_snapshot_ref.type"),
+        (("disk_snapshot_ref", "id"), "../etc", "disk_snapshot_ref.id"),
+        (("disk_snapshot_ref", "extra"), 1, "disk_snapshot_ref.extra"),
+        (("reference",), "alpine", "reference"),
+        (("patches",), [{"type": "mkdir", "path": "/x"}], "patches"),
+        (("registry",), {"auth": {"username": "u", "password": "p"}}, "registry"),
+        (("source",), "oci", "disk_snapshot_ref"),
+    ],
+)
+def test_restore_refusals_name_the_body_field(
+    path: tuple[str | int, ...], value: Any, field: str
+) -> None:
+    error = refusal(changed(body("restore-snapshot"), path, value))
+    assert error.field == field

@@ -12,6 +12,7 @@ from kubesandbox_api.pool import can_claim
 from kubesandbox_operator.reconcile.fork import ForkSource, check_source, pin_to_node
 from kubesandbox_operator.reconcile.references import Problem, Resolution
 from kubesandbox_operator.reconcile.sandbox import Observed, fork_started, plan
+from kubesandbox_operator.reconcile.snapshot import SnapshotSource
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -123,7 +124,7 @@ def test_the_pod_is_pinned_to_the_sources_node_and_keeps_its_own_affinity() -> N
     }
 
 
-def decide(target: Sandbox, checked: ForkSource | Problem | None) -> Any:
+def decide(target: Sandbox, checked: ForkSource | SnapshotSource | Problem | None) -> Any:
     return plan(
         Observed(
             sandbox=target, pod=None, agent=None, resolution=Resolution(), now=NOW, fork=checked

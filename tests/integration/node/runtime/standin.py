@@ -70,3 +70,9 @@ class StandinPreparer:
 
     def rotate_secrets(self, desired: DesiredSandbox) -> None:
         self.rotated.append(dict(desired.resolved.secrets))
+
+    def share_image(self, source_uid: str, uid: str) -> None:
+        """No image layers to pin: the stand-in boots from the test's rootfs image."""
+
+    def release_image(self, uid: str) -> None:
+        """Likewise."""

@@ -141,6 +141,28 @@ async def test_stop_keeps_files_and_start_boots_again(world: World, sandbox: Sup
     assert handle(supervisor).record.pid != pid
 
 
+def next_generation(supervisor: Supervisor, **lifecycle: str) -> DesiredSandbox:
+    data = supervisor.desired.model_dump(by_alias=True)
+    data["generation"] += 1
+    data["spec"]["lifecycle"] = {**data["spec"]["lifecycle"], **lifecycle}
+    return DesiredSandbox.model_validate(data)
+
+
+async def test_running_right_after_a_kill_boots_again(world: World, sandbox: Supervisor) -> None:
+    """The operator's next desired state arriving while the kill is still finishing (it used
+    to be dropped: the VM stayed Stopped)."""
+    supervisor = world.runtime.sandboxes[sandbox.uid]
+    pid = handle(supervisor).record.pid
+    world.runtime.put(next_generation(supervisor, state="Stopped", stopMode="Kill"))
+    world.runtime.put(next_generation(supervisor, state="Running"))
+    await until(supervisor, Phase.STOPPED, Phase.PULLING, Phase.BOOTING, within=20)
+    await until(supervisor, Phase.RUNNING)
+    assert not exists(f"/proc/{pid}")
+    assert handle(supervisor).record.pid != pid
+    async with await AgentClient.connect(supervisor.relay_socket) as client:
+        assert client.ready["agent_version"] == "standin"
+
+
 async def test_qemu_dying_is_a_crash(world: World, sandbox: Supervisor) -> None:
     supervisor = world.runtime.sandboxes[sandbox.uid]
     os.kill(handle(supervisor).record.pid, signal.SIGKILL)

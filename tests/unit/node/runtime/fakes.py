@@ -15,12 +15,13 @@ from kubesandbox_api.conditions import Reason
 from kubesandbox_api.status import ImageStatus, LayerPin
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.relay import SandboxRelay
+from kubesandbox_node.runtime.snapshots import SnapshotStore
 from kubesandbox_node.runtime.supervisor import PrepareError
 from kubesandbox_node.runtime.vmm import ExitInfo, Incoming, VMRecord
 from kubesandbox_node.vm import bootconfig
 from kubesandbox_node.vm.machine import BootError
 from kubesandbox_node.vm.snapshot import SnapshotError
-from kubesandbox_node.vm.spec import VMSpec
+from kubesandbox_node.vm.spec import Drive, VMSpec
 from tests.support.fakeguest import FakeGuest, guest_pair
 
 DIGEST = "sha256:" + "a" * 64
@@ -181,6 +182,9 @@ class FakePreparer:
     updated: list[int] = field(default_factory=list)
     forked: list[tuple[str, str]] = field(default_factory=list)
     rotated: list[dict[str, str]] = field(default_factory=list)
+    pins: dict[str, str] = field(default_factory=dict)
+    snapshots: SnapshotStore | None = None
+    """uid → the uid whose image it shares (snapshots)."""
 
     async def image(self, desired: DesiredSandbox) -> ImageStatus | None:
         if self.image_error is not None:
@@ -191,8 +195,21 @@ class FakePreparer:
         )  # fmt: skip
 
     async def build(self, desired: DesiredSandbox, vm_dir: Path) -> VMSpec:
+        """A machine whose writable layer is ``<root>/<uid>/upper.ext4`` (made once, as the
+        real one: from the snapshot's copy for a sandbox from a snapshot)."""
         self.built.append(desired.uid)
-        return VMSpec(name=desired.uid[:8], kernel=Path("k"), initrd=Path("i"), state_dir=vm_dir)
+        upper = self.root / desired.uid / "upper.ext4"
+        if not upper.exists():
+            upper.parent.mkdir(parents=True, exist_ok=True)
+            seed = desired.resolved.snapshot_of
+            if seed is not None and self.snapshots is not None:
+                upper.write_bytes(self.snapshots.upper(seed).read_bytes())
+            else:
+                upper.write_bytes(b"fresh layer of " + desired.uid.encode())
+        return VMSpec(
+            name=desired.uid[:8], kernel=Path("k"), initrd=Path("i"), state_dir=vm_dir,
+            drives=(Drive("upper", upper, read_only=False),),
+        )  # fmt: skip
 
     async def claim_env(self, desired: DesiredSandbox) -> list[str]:
         return [f"{v.name}={v.value}" for v in desired.spec.env if v.value is not None]
@@ -214,6 +231,12 @@ class FakePreparer:
 
     def rotate_secrets(self, desired: DesiredSandbox) -> None:
         self.rotated.append(dict(desired.resolved.secrets))
+
+    def share_image(self, source_uid: str, uid: str) -> None:
+        self.pins[uid] = source_uid
+
+    def release_image(self, uid: str) -> None:
+        self.pins.pop(uid, None)
 
 
 def _write_private(path: Path, data: bytes) -> int:

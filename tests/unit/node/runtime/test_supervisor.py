@@ -131,6 +131,66 @@ async def test_lifecycle_state_in_a_new_generation_steers_the_sandbox(env: Env) 
     await until(supervisor, Phase.RUNNING)
 
 
+def phases_seen(env: Env, supervisor: Supervisor) -> list[Phase]:
+    """Every phase the node agent reports from now on (fast transitions included)."""
+    seen: list[Phase] = []
+
+    start = supervisor.phase
+    env.runtime.listeners.append(
+        lambda s: None if (seen[-1] if seen else start) == s.phase else seen.append(s.phase)
+    )
+    return seen
+
+
+async def test_running_right_after_a_kill_starts_the_sandbox_again(env: Env) -> None:
+    d = desired()
+    supervisor = env.runtime.put(d)
+    await until(supervisor, Phase.RUNNING)
+    seen = phases_seen(env, supervisor)
+    env.runtime.put(again(d, 2, state="Stopped", stopMode="Kill"))
+    env.runtime.put(again(d, 3, state="Running"))  # while the kill is still under way
+    async with asyncio.timeout(5):
+        while Phase.STOPPED not in seen or supervisor.phase != Phase.RUNNING:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert seen[0] == Phase.STOPPED
+    assert len(env.vmm.handles) == 2
+    assert env.vmm.handles[0].calls == ["kill"]
+
+
+async def test_running_while_a_graceful_stop_finishes_starts_the_sandbox_again(env: Env) -> None:
+    env.vmm.obeys_shutdown = False  # the stop waits out its grace period, then quits QEMU
+    d = desired()
+    supervisor = env.runtime.put(d)
+    await until(supervisor, Phase.RUNNING)
+    seen = phases_seen(env, supervisor)
+    env.runtime.put(again(d, 2, state="Stopped", stopGracePeriodSeconds=1))
+    await until(supervisor, Phase.STOPPING)
+    env.runtime.put(again(d, 3, state="Running"))
+    async with asyncio.timeout(5):
+        while Phase.STOPPED not in seen or supervisor.phase != Phase.RUNNING:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert seen[:2] == [Phase.STOPPING, Phase.STOPPED]
+    assert env.vmm.handles[0].calls == ["shutdown", "quit"]
+    assert len(env.vmm.handles) == 2
+    assert supervisor.record.runs == 2
+
+
+async def test_a_state_moved_and_back_while_busy_does_nothing_more(env: Env) -> None:
+    d = desired()
+    supervisor = env.runtime.put(d)
+    await until(supervisor, Phase.RUNNING)
+    seen = phases_seen(env, supervisor)
+    env.runtime.put(again(d, 2, state="Paused"))
+    env.runtime.put(again(d, 3, state="Running"))  # while the pause is under way
+    async with asyncio.timeout(5):
+        while seen != [Phase.PAUSED, Phase.RUNNING]:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert seen == [Phase.PAUSED, Phase.RUNNING]
+    assert len(env.vmm.handles) == 1
+    assert env.vmm.last.calls == ["pause", "resume"]
+
+
 async def test_drain_lets_running_commands_finish_and_refuses_new_ones(env: Env) -> None:
     supervisor = await running(env)
     async with await AgentClient.connect(supervisor.relay_socket) as client:

@@ -318,3 +318,41 @@ async def test_agent_websocket_does_not_wake_a_sandbox_suspended_on_purpose(api:
     async with api.client.get(f"/v1/sandboxes/{uid}/agent", headers=headers) as response:
         assert response.status == 409
     assert api.vmm.restored_from == []
+
+
+async def test_snapshots_are_taken_of_stopped_sandboxes_and_authorized_on_snapshots(
+    api: Api,
+) -> None:
+    uid = await api.running()
+    snap = str(uuid.uuid4())
+    body = {"namespace": "team-a", "name": "snap", "sourceUid": uid}
+    status, answer = await api.call("PUT", f"/v1/snapshots/{snap}", json=body)
+    assert status == 409
+    assert "a snapshot is of a Stopped sandbox" in answer["message"]
+    await api.call("POST", f"/v1/sandboxes/{uid}/kill")
+    await api.until(uid, "Stopped")
+    assert (await api.call("PUT", f"/v1/snapshots/{snap}", READER, json=body))[0] == 403
+    asked = api.auth.asked[-1]
+    assert (asked.verb, asked.resource, asked.namespace, asked.name) == (
+        "update", "sandboxsnapshots", "team-a", "snap",
+    )  # fmt: skip
+    other = {**body, "namespace": "team-b"}
+    assert (await api.call("PUT", f"/v1/snapshots/{snap}", json=other))[0] == 404
+    status, answer = await api.call("PUT", f"/v1/snapshots/{snap}", json=body)
+    assert status == 200, answer
+    assert answer["sourceUid"] == uid
+    assert answer["namespace"] == "team-a"
+    assert answer["apparentBytes"] > 0
+    assert answer["image"]["reference"] == "busybox:1.36"
+    assert (await api.call("PUT", f"/v1/snapshots/{snap}", json=body))[1] == answer
+    copy = api.services.runtime.snapshots.upper(snap)
+    assert copy.is_file()
+    # a caller without rights in the snapshot's own namespace cannot delete it by naming another
+    path = f"/v1/snapshots/{snap}?namespace=team-b"
+    assert (await api.call("DELETE", path, READER))[0] == 403
+    assert api.auth.asked[-1].namespace == "team-a"
+    assert copy.is_file()
+    assert (await api.call("DELETE", f"/v1/snapshots/{snap}?namespace=team-a"))[0] == 204
+    assert not copy.parent.exists()
+    assert (await api.call("DELETE", f"/v1/snapshots/{snap}?namespace=team-a"))[0] == 204
+    assert (await api.call("DELETE", "/v1/snapshots/..?namespace=team-a"))[0] in (404, 422)
