@@ -33,10 +33,11 @@ class Stream:
     """A guest stream with bytes pushed back (the proxy looks at the first bytes to tell
     HTTP from anything else) and bounded line reads."""
 
-    def __init__(self, reader: asyncio.StreamReader, *, idle: float = 300.0) -> None:
+    def __init__(self, reader: asyncio.StreamReader, *, idle: float | None = 300.0) -> None:
         self.reader = reader
         self.pending = b""
         self.idle = idle
+        """Seconds a read may wait (``None``: for ever, a raw stream's idle SSH session)."""
 
     def unread(self, data: bytes) -> None:
         self.pending = data + self.pending

@@ -437,6 +437,7 @@ class EgressProxy:
                 raise BadRequest("chunk without its CRLF")
 
     async def _raw(self, stream: Stream, up: asyncio.StreamWriter, connection: Connection) -> None:
+        stream.idle = None  # a raw stream may sit idle as long as its peers like (SSH, databases)
         entries = stream_entries(self.entries, connection, self.pins)
         scanner = Scanner(entries)
         while True:
