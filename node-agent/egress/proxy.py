@@ -18,7 +18,9 @@ around it. Per connection:
 4. anything else (a raw stream, what follows an Upgrade) is forwarded as it is and scanned:
    a placeholder in it is a violation unless the destination may have it.
 
-Responses flow back untouched. The secrets and their values are swapped in place
+Answers flow back as they come, except that any secret value in them is masked (``Masker``:
+an echoing server must not show the guest the value; requests that got a value ask for an
+uncompressed answer so that the mask sees it). The secrets and their values are swapped in place
 (:meth:`EgressProxy.configure`) when the operator sends new ones: rotation needs no restart.
 """
 
@@ -42,6 +44,7 @@ from kubesandbox_node.egress.substitute import (
     Connection,
     Entry,
     Head,
+    Masker,
     Pins,
     Refused,
     Violation,
@@ -64,6 +67,8 @@ CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 FIRST_BYTES_TIMEOUT = 300.0
 MAX_HELLO = 16 * 1024 + 5
+HOLD = 0.2
+"""How long the end of an answer that could begin a secret value waits for the rest."""
 log = structlog.get_logger(__name__)
 
 Connector = Callable[[str, int], Awaitable[socket.socket]]
@@ -247,8 +252,14 @@ class EgressProxy:
         try:
             sock.setblocking(False)
             address, port = self.destination(sock)
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                upstream = await self.connect(address, port)
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    upstream = await self.connect(address, port)
+            except (OSError, TimeoutError):
+                # refused or unreachable (the namespace's rules, or nobody there): the guest
+                # gets a reset, as it would have without the proxy
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                raise
             first = await self._first_speaker(sock, upstream)
             sni = server_name(first) if first[:1] == b"\x16" else None
             tls = first[:1] == b"\x16"
@@ -266,7 +277,9 @@ class EgressProxy:
             reader, writer = await _streams(sock, context)
             writers.append(writer)
             connection = Connection(address, port, tls=tls, sni=sni)
-            back = asyncio.create_task(_pipe(up_reader, writer))
+            back = asyncio.create_task(
+                _pipe(up_reader, writer, Masker(lambda: self.values.values()))
+            )
             try:
                 await self._forward(Stream(reader), up_writer, connection, first == b"")
                 if up_writer.can_write_eof():  # a half-close (nc -N): the answer still comes
@@ -438,13 +451,23 @@ class EgressProxy:
             await up.drain()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Server to guest, as it comes."""
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, masker: Masker) -> None:
+    """Server to guest, as it comes, secret values masked (a few bytes that could begin one
+    wait for the next piece, at most ``HOLD`` seconds)."""
     with contextlib.suppress(OSError, ConnectionError):
         while True:
-            data = await reader.read(http.READ_SIZE)
+            try:
+                async with asyncio.timeout(HOLD if masker.held else None):
+                    data = await reader.read(http.READ_SIZE)
+            except TimeoutError:
+                writer.write(masker.flush())
+                await writer.drain()
+                continue
             if not data:
+                writer.write(masker.flush())
                 break
-            writer.write(data)
-            await writer.drain()
+            out = masker.feed(data)
+            if out:
+                writer.write(out)
+                await writer.drain()
     writer.close()

@@ -24,7 +24,7 @@ import base64
 import binascii
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import quote
@@ -304,6 +304,9 @@ def rewrite(
     host = host_of(hosts[0].decode("latin-1")) if len(hosts) == 1 else None
     destination = destination_of(connection, host)
     allowed = [e for e in entries if may_substitute(e, connection, host, pins)]
+    if head.method == b"TRACE":  # the server echoes the request: the value would come back
+        allowed = []
+    substituted = False
     free = [e for e in entries if e not in allowed and passthrough(e, connection, host, pins)]
     bad: list[Entry] = []
     where: list[str] = []
@@ -324,6 +327,7 @@ def rewrite(
         if use and not bad:
             _check_values(use, values, header=False)
             target = _replace_query(target, use, values)
+            substituted = True
             if found_in(target, use):  # the placeholder was in the path, not the query
                 bad.extend(use)
                 where.append("URL path")
@@ -342,17 +346,23 @@ def rewrite(
                 _check_values(use, values, header=True)
                 credentials = _replace(decoded, use, values)
                 value = b"Basic " + base64.b64encode(credentials)
+                substituted = True
             found = [e for e in found if e not in inner]
         if found:
             use = judge(found, f"{name.decode('latin-1')} header", may)
             if use:
                 _check_values(use, values, header=True)
                 value = _replace(value, use, values)
+                substituted = True
         headers.append((name, value))
     if bad:
         return Outcome(violation=violation(bad, " and ".join(dict.fromkeys(where)), destination))
     body_entries = tuple(e for e in allowed if e.body)
     scan = tuple(e for e in entries if e not in body_entries and e not in free)
+    if substituted or body_entries:
+        # an answer that echoes the value must come uncompressed, so that ``Masker`` sees it
+        headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+        headers.append((b"Accept-Encoding", b"identity"))
     return Outcome(
         head=Head(head.method, target, head.version, headers),
         body_entries=body_entries,
@@ -387,3 +397,37 @@ def stream_entries(
 def longest(entries: Iterable[Entry]) -> int:
     """The longest form of any placeholder (the overlap a streaming scan keeps)."""
     return max((max(len(e.placeholder), len(e.encoded)) for e in entries), default=0)
+
+
+MIN_MASKED = 4
+"""Values shorter than this are not masked in answers (every such byte string would be)."""
+
+
+class Masker:
+    """Hides secret values in what servers send back, so that an answer echoing a request
+    (``/headers`` endpoints, error pages quoting the credential) does not show the guest the
+    value: each occurrence becomes as many ``*`` (the length is kept, so HTTP framing still
+    holds). The end of a piece that could begin a value is held back until the next piece
+    comes or :meth:`flush`."""
+
+    def __init__(self, values: Callable[[], Iterable[bytes]]) -> None:
+        self.values = values
+        self.held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self.held + data
+        secrets = [v for v in self.values() if len(v) >= MIN_MASKED]
+        for value in secrets:
+            data = data.replace(value, b"*" * len(value))
+        keep = 0
+        for value in secrets:
+            for size in range(min(len(value) - 1, len(data)), keep, -1):
+                if data.endswith(value[:size]):
+                    keep = size
+                    break
+        self.held = data[len(data) - keep :] if keep else b""
+        return data[: len(data) - keep]
+
+    def flush(self) -> bytes:
+        out, self.held = self.held, b""
+        return out

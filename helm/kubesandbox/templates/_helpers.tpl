@@ -96,5 +96,6 @@ affinity:
 {{- with $agent.plainHttpRegistries }}{{ $_ := set $config "plainHttpRegistries" . }}{{ end -}}
 {{- with $agent.registryMirrors }}{{ $_ := set $config "registryMirrors" . }}{{ end -}}
 {{- with $agent.allowedHostPaths }}{{ $_ := set $config "allowedHostPaths" . }}{{ end -}}
+{{- if $agent.egressUpstreamCA }}{{ $_ := set $config "egressUpstreamCAs" (list "/etc/kubesandbox/egress-upstream-ca.pem") }}{{ end -}}
 {{- toYaml (mustMergeOverwrite $config (deepCopy $agent.extraConfig)) }}
 {{- end }}

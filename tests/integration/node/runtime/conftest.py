@@ -117,45 +117,88 @@ async def world(images: Images) -> AsyncIterator[World]:
         shutil.rmtree(w.state, ignore_errors=True)
 
 
+class Node:
+    """A node agent's runtime and network (real QEMU, the real preparer, a network namespace
+    per sandbox) over one state directory; ``restart`` lets go of them as a node agent that
+    exits does (VMs keep running) and builds new ones. ``upstream_cas``: what the egress
+    proxy trusts besides the node's trust store."""
+
+    def __init__(
+        self,
+        state: Path,
+        images: Images,
+        registry: RegistryClient,
+        *,
+        dns: tuple[str, ...] = (),
+        upstream_cas: tuple[str, ...] = (),
+        timing: Timing | None = None,
+    ) -> None:
+        self.state, self.images, self.registry = state, images, registry
+        self.dns, self.upstream_cas, self.timing = dns, upstream_cas, timing or Timing()
+        self.network, self.runtime = self._build()
+
+    def _build(self) -> tuple[NetnsNetwork, Runtime]:
+        network = NetnsNetwork(
+            self.state / "network", dns=list(self.dns), upstream_cas=list(self.upstream_cas)
+        )
+        policy = HostPathPolicy.of([])
+        preparer = SandboxPreparer(
+            images=ImageService(self.state / "images", self.registry),
+            rootfs=SandboxRootfs(self.state / "rootfs", policy),
+            named=NamedVolumes(self.state / "volumes"),
+            policy=policy,
+            boot_image=self.images.boot_image,
+            tsc_khz=tsc_khz(),
+            mirrors=self.images.mirrors,
+            network=network,
+        )
+        vmm = QemuVMM(
+            cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}"),
+            wrap=network.wrap_argv,
+            run_as="nobody",
+        )
+        runtime = Runtime(
+            self.state, vmm=vmm, preparer=preparer, emulation=True, timing=self.timing
+        )
+        return network, runtime
+
+    async def restart(self) -> dict[str, bool]:
+        await self.runtime.close()
+        self.network.close()
+        self.network, self.runtime = self._build()
+        return await self.runtime.recover()
+
+
 @contextlib.asynccontextmanager
-async def networked_runtime(
+async def networked_node(
     images: Images,
     *,
     prefix: str,
     dns: tuple[str, ...] = (),
     timing: Timing | None = None,
     upstream_cas: tuple[str, ...] = (),
-) -> AsyncIterator[Runtime]:
-    """A runtime with real QEMU, the real preparer and a network namespace per sandbox
-    (``upstream_cas``: what the egress proxy trusts besides the node's trust store)."""
+) -> AsyncIterator[Node]:
+    """A :class:`Node` in a state directory of its own, its sandboxes removed afterwards."""
     state = Path(tempfile.mkdtemp(prefix=prefix))
     registry = RegistryClient(RegistryConfig(plain_http=frozenset({images.registry.host})))
-    network = NetnsNetwork(state / "network", dns=list(dns), upstream_cas=list(upstream_cas))
-    policy = HostPathPolicy.of([])
-    preparer = SandboxPreparer(
-        images=ImageService(state / "images", registry),
-        rootfs=SandboxRootfs(state / "rootfs", policy),
-        named=NamedVolumes(state / "volumes"),
-        policy=policy,
-        boot_image=images.boot_image,
-        tsc_khz=tsc_khz(),
-        mirrors=images.mirrors,
-        network=network,
-    )
-    vmm = QemuVMM(
-        cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}"),
-        wrap=network.wrap_argv,
-        run_as="nobody",
-    )
-    rt = Runtime(state, vmm=vmm, preparer=preparer, emulation=True, timing=timing or Timing())
+    node = Node(state, images, registry, dns=dns, upstream_cas=upstream_cas, timing=timing)
     try:
-        yield rt
+        yield node
     finally:
-        for uid in list(rt.sandboxes):
-            await rt.remove(uid)
+        for uid in list(node.runtime.sandboxes):
+            await node.runtime.remove(uid)
         await registry.close()
         CgroupManager(parent=f"kubesandbox-test-{os.getpid()}").remove_parents()
         shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def networked_runtime(
+    images: Images, *, prefix: str, dns: tuple[str, ...] = (), timing: Timing | None = None
+) -> AsyncIterator[Runtime]:
+    """The runtime of a :func:`networked_node`."""
+    async with networked_node(images, prefix=prefix, dns=dns, timing=timing) as node:
+        yield node.runtime
 
 
 async def booted(

@@ -18,13 +18,13 @@ import pytest
 import pytest_asyncio
 import structlog
 
+from kubesandbox_api.conditions import Phase
 from kubesandbox_node.egress.substitute import Violation
-from kubesandbox_node.network.netns import NetnsNetwork
 from kubesandbox_node.runtime.manager import Runtime
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.supervisor import Supervisor
 from kubesandbox_protocol import AgentClient
-from tests.integration.node.runtime.conftest import Images, booted, networked_runtime
+from tests.integration.node.runtime.conftest import Images, Node, booted, networked_node
 from tests.support.egress import EgressHosts, egress_hosts
 
 pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="module")]
@@ -56,21 +56,24 @@ def logs() -> Iterator[list[MutableMapping[str, Any]]]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def runtime(
+async def node(
     images: Images, kit: EgressHosts, logs: list[MutableMapping[str, Any]]
-) -> AsyncIterator[Runtime]:
-    async with networked_runtime(
+) -> AsyncIterator[Node]:
+    async with networked_node(
         images, prefix="ksb-sec-", dns=(kit.dns,), upstream_cas=(str(kit.ca_pem),)
-    ) as rt:
-        yield rt
+    ) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
-def violations(runtime: Runtime) -> list[tuple[str, Violation]]:
+def runtime(node: Node) -> Runtime:
+    return node.runtime  # the first runtime; the restart test (last) makes another
+
+
+@pytest.fixture(scope="module")
+def violations(node: Node) -> list[tuple[str, Violation]]:
     found: list[tuple[str, Violation]] = []
-    network = runtime.preparer.network  # type: ignore[attr-defined]
-    assert isinstance(network, NetnsNetwork)
-    network.on_violation = lambda uid, violation: found.append((uid, violation))
+    node.network.on_violation = lambda uid, violation: found.append((uid, violation))
     return found
 
 
@@ -265,6 +268,52 @@ async def test_a_rotated_value_is_used_at_once(
     assert code == 0, out
     assert kit[API].wait_for(lambda r: r.path == "/rotated").header("x-key") == ROTATED
     assert sandbox.handle is not None  # the same VM: no restart
+
+
+async def guest_ca(sandbox: Supervisor) -> str:
+    code, out = await guest(sandbox, 'cat "$NODE_EXTRA_CA_CERTS"')
+    assert code == 0, out
+    return out
+
+
+async def test_suspend_and_resume_keep_the_proxy(
+    sandbox: Supervisor, runtime: Runtime, kit: EgressHosts
+) -> None:
+    before = await guest_ca(sandbox)
+    data = sandbox.desired.model_dump(by_alias=True)
+    data["resolved"] = {"secrets": {**VALUES, "API_KEY": ROTATED}}
+    for generation, state, phase in ((7, "Suspended", Phase.SUSPENDED),
+                                     (8, "Running", Phase.RUNNING)):  # fmt: skip
+        data["generation"] = generation
+        data["spec"]["lifecycle"]["state"] = state
+        runtime.put(DesiredSandbox.model_validate(data))
+        async with asyncio.timeout(180):
+            while sandbox.phase != phase:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+    code, out = await guest(sandbox, curl('-H "X-Key: $API_KEY"', f"https://{API}/resumed"))
+    assert code == 0, out
+    assert kit[API].wait_for(lambda r: r.path == "/resumed").header("x-key") == ROTATED
+    assert await guest_ca(sandbox) == before
+
+
+async def test_a_restarted_node_agent_makes_a_new_ca_and_gets_the_values_again(
+    sandbox: Supervisor, node: Node, kit: EgressHosts
+) -> None:
+    before = await guest_ca(sandbox)
+    desired = sandbox.desired
+    assert (await node.restart())[sandbox.uid] is True
+    adopted = node.runtime.sandboxes[sandbox.uid]
+    async with asyncio.timeout(60):  # the guest's files are rewritten in the background
+        while (now := await guest_ca(adopted)) == before:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+    assert now.startswith("-----BEGIN CERTIFICATE-----")
+    code, out = await guest(adopted, curl('-H "X-Key: $API_KEY"', f"https://{API}/early"))
+    assert code != 0, out  # no value yet: refused, not sent
+    assert all(r.path != "/early" for r in kit[API].requests())
+    node.runtime.put(desired)  # what the operator sends a new node agent instance
+    code, out = await guest(adopted, curl('-H "X-Key: $API_KEY"', f"https://{API}/adopted"))
+    assert code == 0, out
+    assert kit[API].wait_for(lambda r: r.path == "/adopted").header("x-key") == ROTATED
 
 
 async def test_the_values_are_nowhere_in_the_guest_the_node_or_the_logs(

@@ -11,31 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from kubesandbox_node.images.registry import RegistryClient, RegistryConfig
-from kubesandbox_node.images.service import ImageService
 from kubesandbox_node.metrics.sampler import Sampler
-from kubesandbox_node.network.netns import NetnsNetwork
-from kubesandbox_node.rootfs.assemble import SandboxRootfs
-from kubesandbox_node.rootfs.hostpaths import HostPathPolicy
-from kubesandbox_node.runtime.cgroups import CgroupManager
 from kubesandbox_node.runtime.manager import Runtime
 from kubesandbox_node.runtime.model import DesiredSandbox
-from kubesandbox_node.runtime.prepare import SandboxPreparer
-from kubesandbox_node.runtime.supervisor import Supervisor, Timing
-from kubesandbox_node.runtime.vmm import QemuVMM
-from kubesandbox_node.vm.host import tsc_khz
-from kubesandbox_node.volumes.prepare import NamedVolumes
+from kubesandbox_node.runtime.supervisor import Supervisor
 from kubesandbox_protocol import AgentClient
-from tests.integration.node.runtime.conftest import Images
+from tests.integration.node.runtime.conftest import Images, Node, networked_node
 from tests.integration.node.runtime.conftest import booted as boot
 from tests.support.testnet import (
     CLIENT,
@@ -76,56 +63,10 @@ def hosts() -> Iterator[list[Host]]:
             remove_host(host, 20 + i)
 
 
-class Node:
-    """A node agent's runtime and network over one state directory; ``restart`` lets go of
-    them as a node agent that exits does (VMs keep running) and builds new ones."""
-
-    def __init__(self, state: Path, images: Images, registry: RegistryClient) -> None:
-        self.state, self.images, self.registry = state, images, registry
-        self.network, self.runtime = self._build()
-
-    def _build(self) -> tuple[NetnsNetwork, Runtime]:
-        network = NetnsNetwork(self.state / "network", dns=[DNS])
-        policy = HostPathPolicy.of([])
-        preparer = SandboxPreparer(
-            images=ImageService(self.state / "images", self.registry),
-            rootfs=SandboxRootfs(self.state / "rootfs", policy),
-            named=NamedVolumes(self.state / "volumes"),
-            policy=policy,
-            boot_image=self.images.boot_image,
-            tsc_khz=tsc_khz(),
-            mirrors=self.images.mirrors,
-            network=network,
-        )
-        vmm = QemuVMM(
-            cgroups=CgroupManager(parent=f"kubesandbox-test-{os.getpid()}"),
-            wrap=network.wrap_argv,
-            run_as="nobody",
-        )
-        runtime = Runtime(self.state, vmm=vmm, preparer=preparer, emulation=True,
-                          timing=Timing())  # fmt: skip
-        return network, runtime
-
-    async def restart(self) -> dict[str, bool]:
-        await self.runtime.close()
-        self.network.close()
-        self.network, self.runtime = self._build()
-        return await self.runtime.recover()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def node(images: Images, hosts: list[Host]) -> AsyncIterator[Node]:
-    state = Path(tempfile.mkdtemp(prefix="ksb-vmnet-"))
-    registry = RegistryClient(RegistryConfig(plain_http=frozenset({images.registry.host})))
-    made = Node(state, images, registry)
-    try:
+    async with networked_node(images, prefix="ksb-vmnet-", dns=(DNS,)) as made:
         yield made
-    finally:
-        for uid in list(made.runtime.sandboxes):
-            await made.runtime.remove(uid)
-        await registry.close()
-        CgroupManager(parent=f"kubesandbox-test-{os.getpid()}").remove_parents()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

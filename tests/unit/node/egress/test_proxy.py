@@ -55,6 +55,12 @@ async def upstream(tmp_path: Path) -> AsyncIterator[tuple[Upstream, str]]:
                 else:
                     state.received += await stream.readexactly(length)
                 state.requests += 1
+                if head.target == b"/echo":  # the request's X-Key header, sent back
+                    echo = b"".join(head.values(b"x-key"))
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(echo))
+                    writer.write(echo)
+                    await writer.drain()
+                    continue
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
@@ -84,7 +90,11 @@ async def proxy(upstream: tuple[Upstream, str]) -> AsyncIterator[Running]:
     async def connect(address: str, port: int) -> socket.socket:
         sock = socket.socket()
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (address, port))
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (address, port))
+        except OSError:
+            sock.close()
+            raise
         return sock
 
     proxy = EgressProxy(
@@ -189,3 +199,29 @@ async def test_an_unverifiable_upstream_is_never_intercepted(
     with pytest.raises((ssl.SSLError, ConnectionError)):
         await client(proxy)  # the proxy hangs up before its own handshake
     assert upstream[0].received == b""
+
+
+async def test_an_answer_echoing_the_value_shows_the_guest_only_a_mask(
+    proxy: Running, upstream: tuple[Upstream, str]
+) -> None:
+    reader, writer = await client(proxy)
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: api.example.com\r\nX-Key: $MSB_KEY\r\n\r\n")
+    await writer.drain()
+    answer = await reader.readuntil(b"\r\n\r\n")
+    body = await reader.readexactly(len(VALUE))
+    writer.close()
+    assert b"Content-Length: %d" % len(VALUE) in answer
+    assert body == b"*" * len(VALUE)
+    assert VALUE in upstream[0].received
+
+
+async def test_a_refused_destination_resets_the_guest_connection(proxy: Running) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    proxy.proxy.destination = lambda sock: ("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    with pytest.raises(ConnectionResetError):
+        await reader.read(1)
+    writer.close()

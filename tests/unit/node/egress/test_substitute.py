@@ -7,6 +7,7 @@ from kubesandbox_node.egress.substitute import (
     Connection,
     Entry,
     Head,
+    Masker,
     Refused,
     host_matches,
     may_substitute,
@@ -182,3 +183,28 @@ def test_the_body_is_substituted_only_when_asked() -> None:
     plain = rewrite(head("api.example.com"), TLS_API, [entry()], VALUES, PINS)
     assert plain.body_entries == ()
     assert len(plain.scan_entries) == 1
+
+
+def test_a_request_that_gets_a_value_asks_for_an_uncompressed_answer() -> None:
+    h = head("api.example.com", (b"X-Key", b"$MSB_API_KEY"), (b"Accept-Encoding", b"gzip"))
+    out = rewrite(h, TLS_API, [entry()], VALUES, PINS)
+    assert out.head is not None
+    assert out.head.values(b"accept-encoding") == [b"identity"]
+    untouched = rewrite(head("api.example.com", (b"Accept-Encoding", b"gzip")), TLS_API,
+                        [entry()], VALUES, PINS)  # fmt: skip
+    assert untouched.head is not None
+    assert untouched.head.values(b"accept-encoding") == [b"gzip"]
+
+
+def test_trace_never_gets_a_value() -> None:
+    h = Head(b"TRACE", b"/", b"HTTP/1.1", [(b"Host", b"api.example.com"), (b"X", b"$MSB_API_KEY")])
+    assert rewrite(h, TLS_API, [entry()], VALUES, PINS).violation is not None
+
+
+def test_answers_show_masks_where_a_value_was_even_across_pieces() -> None:
+    masker = Masker(lambda: [VALUE])
+    first = masker.feed(b'{"echo": "Bearer ' + VALUE[:5])
+    second = masker.feed(VALUE[5:] + b'"}')
+    assert first + second + masker.flush() == b'{"echo": "Bearer ' + b"*" * len(VALUE) + b'"}'
+    assert masker.feed(b"s3c") == b""  # could begin the value: held
+    assert masker.flush() == b"s3c"

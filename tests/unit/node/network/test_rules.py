@@ -141,3 +141,34 @@ def test_resolvers_skip_loopback(tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
     conf.write_text("nameserver 127.0.0.53\nnameserver 10.255.255.53\nsearch x\n")
     assert resolvers(str(conf)) == ["10.255.255.53"]
+
+
+def test_a_sandbox_with_secrets_sends_its_tcp_to_the_proxy_and_drops_quic() -> None:
+    rule = NetworkRule.model_validate(
+        {"action": "Deny", "destination": {"domain": "blocked.example"}, "protocol": "TCP"}
+    )
+    plan = Plan(UID, 7, NetworkPolicy.PUBLIC_ONLY, (), (rule,), egress=True)
+    lines = namespace_rules(plan, ["10.0.0.0/8"], {0: ["198.51.100.9"]}).splitlines()
+    assert "-A PREROUTING -i tap0 -p tcp ! -d 10.0.2.1/32 -j REDIRECT --to-ports 15001" in lines
+    assert lines.index("-A PREROUTING -i tap0 -p tcp --dport 53 -j DNAT --to-destination "
+                       "10.0.2.1:53") < lines.index(
+        "-A PREROUTING -i tap0 -p tcp ! -d 10.0.2.1/32 -j REDIRECT --to-ports 15001"
+    )  # fmt: skip
+    assert "-I FORWARD 1 -i tap0 -p udp --dport 443 -j DROP" in lines
+    assert "-A INPUT -i tap0 -d 10.0.2.1/32 -p tcp --dport 15001 -j ACCEPT" in lines
+    # the proxy's own connections meet the same rules, in the same order, then the policy
+    output = [line for line in lines if line.startswith("-A OUTPUT")]
+    assert output == [
+        "-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        "-A OUTPUT -o eth0 -p tcp -j KSB-R0",
+        "-A OUTPUT -o eth0 -d 10.0.0.0/8 -j REJECT --reject-with icmp-net-prohibited",
+        "-A OUTPUT -o eth0 -j ACCEPT",
+    ]
+    assert "-A KSB-R0 -d 198.51.100.9/32 -j REJECT --reject-with icmp-net-prohibited" in lines
+
+
+def test_without_secrets_nothing_is_redirected() -> None:
+    rules = namespace_rules(Plan(UID, 7, NetworkPolicy.ALL, ()), [])
+    assert "REDIRECT" not in rules
+    assert "-A OUTPUT" not in rules
+    assert "--dport 443" not in rules
