@@ -119,7 +119,7 @@ class NodeAgentConfig(BaseModel):
     dns: list[ipaddress.IPv4Address] = []
     """Resolvers the sandboxes' resolvers forward to (default: the node's, from
     /etc/resolv.conf, loopback ones left out)."""
-    egress_upstream_cas: list[Path] = []
+    egress_upstream_cas: list[Path] = Field(default=[], alias="egressUpstreamCAs")
     """PEM bundles the egress proxy trusts besides the node's trust store when it verifies
     the servers a sandbox with secrets connects to (docs/networking.md)."""
     ready_timeout: float = 120.0
@@ -205,7 +205,7 @@ def load_config(argv: Sequence[str] | None = None) -> NodeAgentConfig:
             continue
         if name == "registry_mirrors":
             value = dict(item.split("=", 1) for item in value)
-        data[to_camel(name)] = value
+        data[NodeAgentConfig.model_fields[name].alias or to_camel(name)] = value
     return NodeAgentConfig.model_validate(data)
 
 

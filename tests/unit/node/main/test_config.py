@@ -81,3 +81,13 @@ def test_tls_off_unquoted_in_yaml_means_off(tmp_path: Path) -> None:
     config.write_text("tls: sometimes\n")
     with pytest.raises(ValueError, match="tls"):
         load_config(["--config", str(config)])
+
+
+def test_egress_upstream_cas_under_the_documented_key_and_flag(tmp_path: Path) -> None:
+    # docs/node-agent.md and the chart's _helpers.tpl write `egressUpstreamCAs`
+    config = tmp_path / "node-agent.yaml"
+    config.write_text("egressUpstreamCAs: [/etc/kubesandbox/egress-upstream-ca.pem]\n")
+    loaded = load_config(["--config", str(config)])
+    assert loaded.egress_upstream_cas == [Path("/etc/kubesandbox/egress-upstream-ca.pem")]
+    flagged = load_config(["--egress-upstream-cas", "/a.pem", "--egress-upstream-cas", "/b.pem"])
+    assert flagged.egress_upstream_cas == [Path("/a.pem"), Path("/b.pem")]
