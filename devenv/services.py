@@ -225,11 +225,20 @@ class NodeAgentService:
 
     name = "node-agent"
 
-    def __init__(self, paths: Paths, registry: RegistryService, *, dns: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        registry: RegistryService,
+        *,
+        dns: Sequence[str] = (),
+        upstream_cas: Sequence[str] = (),
+    ) -> None:
         self.paths = paths
         self.registry = registry
         self.dns = list(dns)
         """Upstream resolvers of the sandboxes' resolvers (empty: the machine's)."""
+        self.upstream_cas = list(upstream_cas)
+        """PEM files the egress proxy trusts besides the machine's store (a test CA)."""
         self.process = ManagedProcess("node-agent", paths.logs, paths.run)
         self.port = paths.remembered_port("node-agent")
         self.node = node_names(1)[0]
@@ -270,6 +279,8 @@ class NodeAgentService:
         }
         if self.dns:
             config["dns"] = self.dns
+        if self.upstream_cas:
+            config["egressUpstreamCAs"] = self.upstream_cas
         config_file = self.paths.state_dir / "node-agent.yaml"
         config_file.parent.mkdir(parents=True, exist_ok=True)
         config_file.write_text(yaml.safe_dump(config))
@@ -590,12 +601,14 @@ def running_system(
     node_shape: NodeShape | None = None,
     cleanup_timeout: float = 60.0,
     dns: Sequence[str] = (),
+    egress_upstream_cas: Sequence[str] = (),
 ) -> Iterator[RunningSystem]:
     """The host-process system, in a fresh temporary directory, tied to this process
     (benchmarks and tests that want no real node); on exit every sandbox is deleted, the
     processes stopped, the directory removed. The directory is short on purpose (unix socket
     paths are limited to 108 bytes). ``dns``: the node agent's upstream resolvers (a test
-    zone's server)."""
+    zone's server); ``egress_upstream_cas``: PEM files its egress proxy also trusts (a test
+    CA)."""
     state = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     try:
         with ControlPlane(
@@ -607,7 +620,9 @@ def running_system(
             access = AccessComponent(paths, plane)
             access.start()
             registry = RegistryService(paths)
-            node_agent = NodeAgentService(paths, registry, dns=dns)
+            node_agent = NodeAgentService(
+                paths, registry, dns=dns, upstream_cas=egress_upstream_cas
+            )
             operator = OperatorService(paths)
             gateway = GatewayService(paths, plane)
             order: list[_Service] = [registry, node_agent, operator, gateway]
