@@ -231,14 +231,14 @@ class NodeAgentService:
         registry: RegistryService,
         *,
         dns: Sequence[str] = (),
-        upstream_cas: Sequence[str] = (),
+        egress_upstream_cas: Sequence[str] = (),
     ) -> None:
         self.paths = paths
         self.registry = registry
         self.dns = list(dns)
         """Upstream resolvers of the sandboxes' resolvers (empty: the machine's)."""
-        self.upstream_cas = list(upstream_cas)
-        """PEM files the egress proxy trusts besides the machine's store (a test CA)."""
+        self.egress_upstream_cas = list(egress_upstream_cas)
+        """PEM files the egress proxy trusts besides the machine's trust store."""
         self.process = ManagedProcess("node-agent", paths.logs, paths.run)
         self.port = paths.remembered_port("node-agent")
         self.node = node_names(1)[0]
@@ -279,8 +279,8 @@ class NodeAgentService:
         }
         if self.dns:
             config["dns"] = self.dns
-        if self.upstream_cas:
-            config["egressUpstreamCAs"] = self.upstream_cas
+        if self.egress_upstream_cas:
+            config["egressUpstreamCAs"] = self.egress_upstream_cas
         config_file = self.paths.state_dir / "node-agent.yaml"
         config_file.parent.mkdir(parents=True, exist_ok=True)
         config_file.write_text(yaml.safe_dump(config))
@@ -607,8 +607,7 @@ def running_system(
     (benchmarks and tests that want no real node); on exit every sandbox is deleted, the
     processes stopped, the directory removed. The directory is short on purpose (unix socket
     paths are limited to 108 bytes). ``dns``: the node agent's upstream resolvers (a test
-    zone's server); ``egress_upstream_cas``: PEM files its egress proxy also trusts (a test
-    CA)."""
+    zone's server); ``egress_upstream_cas``: PEM files the egress proxy trusts (a test CA)."""
     state = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     try:
         with ControlPlane(
@@ -621,7 +620,7 @@ def running_system(
             access.start()
             registry = RegistryService(paths)
             node_agent = NodeAgentService(
-                paths, registry, dns=dns, upstream_cas=egress_upstream_cas
+                paths, registry, dns=dns, egress_upstream_cas=egress_upstream_cas
             )
             operator = OperatorService(paths)
             gateway = GatewayService(paths, plane)

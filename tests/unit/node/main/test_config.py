@@ -83,11 +83,9 @@ def test_tls_off_unquoted_in_yaml_means_off(tmp_path: Path) -> None:
         load_config(["--config", str(config)])
 
 
-def test_egress_upstream_cas_under_the_documented_key_and_flag(tmp_path: Path) -> None:
-    # docs/node-agent.md and the chart's _helpers.tpl write `egressUpstreamCAs`
+def test_egress_upstream_cas_from_the_file_and_the_flag(tmp_path: Path) -> None:
     config = tmp_path / "node-agent.yaml"
-    config.write_text("egressUpstreamCAs: [/etc/kubesandbox/egress-upstream-ca.pem]\n")
-    loaded = load_config(["--config", str(config)])
-    assert loaded.egress_upstream_cas == [Path("/etc/kubesandbox/egress-upstream-ca.pem")]
-    flagged = load_config(["--egress-upstream-cas", "/a.pem", "--egress-upstream-cas", "/b.pem"])
-    assert flagged.egress_upstream_cas == [Path("/a.pem"), Path("/b.pem")]
+    config.write_text("egressUpstreamCAs: [/etc/ca/one.pem]\n")
+    assert load_config(["--config", str(config)]).egress_upstream_cas == [Path("/etc/ca/one.pem")]
+    flags = ["--egress-upstream-cas", "/a.pem", "--egress-upstream-cas", "/b.pem"]
+    assert load_config(flags).egress_upstream_cas == [Path("/a.pem"), Path("/b.pem")]
