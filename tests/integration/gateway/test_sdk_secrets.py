@@ -5,7 +5,8 @@ placeholders (the SDK's default one and a custom one), the allowed host receives
 value over HTTPS, the entry with ``require_tls_identity=False`` also over plain HTTP, and the
 placeholder sent to another host is blocked without the value and reported as a
 ``SecretViolation`` Event on the Sandbox. The Sandbox object and the SDK's view of it carry
-the options, never the values.
+the options, never the values. With ``secret_violation_action=BLOCK_AND_TERMINATE`` a
+violation stops the sandbox (a request to the allowed host does not).
 
 Written against a small interface (``plane.kubectl``, ``gateway_url``, ``demo_token``) as
 tests/integration/gateway/test_sdk_rules.py is, so that it can move to the Helm install's
@@ -14,12 +15,14 @@ suite (the node agent's ``dns`` and ``egressUpstreamCAs`` through the chart's va
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from microsandbox import BackendKind, Sandbox, Secret, backend_scope
+from microsandbox import BackendKind, Sandbox, Secret, ViolationAction, backend_scope
+from microsandbox.errors import MicrosandboxError
 
 from kubesandbox_devenv import services
 from tests.integration.gateway.test_sdk_rules import System, wait_for_demo_rights
@@ -116,3 +119,34 @@ async def test_sdk_secrets_reach_only_their_hosts(world: World) -> None:
         ]
         assert VALUE not in handle.config_json
         await sandbox.stop()
+
+
+def phase(system: System, name: str) -> str:
+    out = system.plane.kubectl(
+        "get", "sandbox", name, "-n", "default", "-o", "jsonpath={.status.phase}"
+    ).stdout
+    return out.strip()
+
+
+async def test_block_and_terminate_from_the_sdk_stops_the_sandbox(world: World) -> None:
+    kit, system, name = world.kit, world.system, f"{NAME}-kill"
+    url = f"{system.gateway_url}/ns/default"
+    with backend_scope(BackendKind.CLOUD, url=url, api_key=system.demo_token):
+        sandbox = await Sandbox.create(
+            name,
+            image=world.image,
+            secrets=[Secret.env("API_KEY", value=VALUE, allow=[API])],
+            secret_violation_action=ViolationAction.BLOCK_AND_TERMINATE,
+        )
+        stored = json.loads(system.plane.kubectl(
+            "get", "sandbox", name, "-n", "default", "-o", "json").stdout)  # fmt: skip
+        assert stored["spec"]["network"]["secretViolationAction"] == "BlockAndTerminate"
+        ok = await sandbox.shell(f'curl -sS --max-time 30 -H "X-Key: $API_KEY" https://{API}/k')
+        assert ok.stdout_text == f"ok {API}\n", ok.stderr_text  # the allowed host: no violation
+        assert phase(system, name) == "Running"
+        with contextlib.suppress(MicrosandboxError):  # the VM may be killed under the exec
+            await sandbox.shell(f'curl -sS --max-time 30 -H "X-Key: $API_KEY" https://{OTHER}/k')
+        eventually(lambda: phase(system, name) in ("Stopped", "Crashed", "Failed"), 90,
+                   lambda: f"the sandbox to be stopped, it is {phase(system, name)}")  # fmt: skip
+        assert not kit[OTHER].carries(VALUE)
+        assert not kit[OTHER].carries("$MSB_API_KEY")
