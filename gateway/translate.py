@@ -918,6 +918,8 @@ def _secret_entries(
 ) -> list[JsonDict]:
     out: list[JsonDict] = []
     seen: dict[str, str] = {}
+    placeholders: list[tuple[str, str]] = []
+    values: list[str] = []
     for i, item in enumerate(array(block.get("entries"), "network.secrets.entries", MAX_SECRETS)):
         where = join("network.secrets.entries", i)
         entry = obj(item, where, _SECRET_ENTRY)
@@ -942,24 +944,26 @@ def _secret_entries(
             "secretKeyRef": {"name": secret_name, "key": key},
             "allowHosts": hosts,
         }
-        translated.update(_secret_options(entry, env, value_text, where, at, spec))
+        translated.update(_secret_options(entry, env, where, at, spec))
         out.append(translated)
+        placeholders.append((where, translated.get("placeholder") or default_placeholder(env)))
+        values.append(value_text)
+    for where, placeholder in placeholders:
+        # the guest's environment holds the placeholders: none may reveal a value
+        if any(placeholder in value or value in placeholder for value in values):
+            raise InvalidConfig(
+                f"{where}.placeholder", "must not contain a secret value nor be part of one"
+            )
     return out
 
 
 def _secret_options(
-    entry: Mapping[str, Any], env: str, value: str, where: str, at: JsonPath, spec: _Spec
+    entry: Mapping[str, Any], env: str, where: str, at: JsonPath, spec: _Spec
 ) -> JsonDict:
     """The entry's options → ``spec.secrets[]`` fields; only those that differ from the
     defaults (which are the SDK's too) are written."""
     out: JsonDict = {}
     placeholder = opt_string(entry.get("placeholder"), f"{where}.placeholder", MAX_PLACEHOLDER)
-    effective = placeholder or default_placeholder(env)
-    if effective in value or value in effective:
-        # the guest's environment holds the placeholder: it must not reveal the value
-        raise InvalidConfig(
-            f"{where}.placeholder", "must not contain the secret value nor be part of it"
-        )
     if placeholder is not None and placeholder != default_placeholder(env):
         out["placeholder"] = placeholder
         spec.came_from((*at, "placeholder"), f"{where}.placeholder")

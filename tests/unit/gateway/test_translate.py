@@ -885,6 +885,20 @@ REFUSALS: list[tuple[str, JsonDict, str]] = [
         "network.secrets.entries",
     ),
     (
+        "secret placeholder is another entry's value",
+        changed(
+            body("minimal"),
+            ("network", "secrets"),
+            {
+                "entries": [
+                    {**SECRET_ENTRY, "env_var": "A", "placeholder": "OTHER-VALUE-7"},
+                    {**SECRET_ENTRY, "env_var": "B", "value": "OTHER-VALUE-7"},
+                ]
+            },
+        ),
+        "network.secrets.entries[0].placeholder",
+    ),
+    (
         "network violation type",
         changed(body("minimal"), ("network", "secrets"), {"violation_action": {"type": "log"}}),
         "network.secrets.violation_action.type",
@@ -997,7 +1011,9 @@ def leaf_paths(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[s
             yield from leaf_paths(item, (*path, i))
 
 
-@pytest.mark.parametrize("fixture", ["full", "v06-env", "mount-bind"])
+@pytest.mark.parametrize(
+    "fixture", ["full", "v06-env", "mount-bind", "secret-options", "secret-violation-terminate"]
+)
 def test_any_value_anywhere_gives_a_translation_or_invalid_config(fixture: str) -> None:
     base = body(fixture)
     outcomes = [
