@@ -21,7 +21,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +88,18 @@ def release_values(registry: str, tag: str, node: RealNode, dirs: NodeDirs) -> d
     }
 
 
+def merge_values(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in, map into map (as Helm merges values files)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        below = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            merged[key] = merge_values(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
 class RealNodeComponent:
     """The real node, its containerd told to pull from the local registry."""
 
@@ -151,6 +163,7 @@ class ReleaseComponent:
         images_component: ImagesComponent,
         registry: services.RegistryService,
         dirs: NodeDirs,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.helm = helm
         self.plane = plane
@@ -158,13 +171,15 @@ class ReleaseComponent:
         self.images = images_component
         self.registry = registry
         self.dirs = dirs
+        self.overrides = overrides or {}
 
     @property
     def gateway_url(self) -> str:
         return gateway_url(self.node)
 
     def values(self) -> dict[str, Any]:
-        return release_values(self.registry.host, self.images.tag, self.node, self.dirs)
+        values = release_values(self.registry.host, self.images.tag, self.node, self.dirs)
+        return merge_values(values, self.overrides)
 
     def start(self) -> str:
         self.helm.run(
@@ -275,9 +290,12 @@ class InstalledSystem:
 
 
 @contextmanager
-def installed_system(prefix: str, *, cleanup_timeout: float = 300.0) -> Iterator[InstalledSystem]:
+def installed_system(
+    prefix: str, *, cleanup_timeout: float = 300.0, overrides: Mapping[str, Any] | None = None
+) -> Iterator[InstalledSystem]:
     """Everything ``make up`` installs, in a fresh short temporary directory, tied to this
-    process (tests and benchmarks). The node agent's state directory is below it (its cache is
+    process (tests and benchmarks); ``overrides`` are chart values on top of the devenv's (a
+    benchmark's capacity settings, say). The node agent's state directory is below it (its cache is
     the chart's default, shared with ``make up``: images are content-addressed). On exit every
     sandbox is deleted while the system still runs, then the node, the registry and the control
     plane stop and the directory is removed. Only one real node runs per machine: this fails
@@ -295,7 +313,7 @@ def installed_system(prefix: str, *, cleanup_timeout: float = 300.0) -> Iterator
             node = RealNode(plane, binaries=ensure_node_binaries())
             registry = services.RegistryService(paths)
             built = ImagesComponent(registry)
-            release = ReleaseComponent(helm, plane, node, built, registry, dirs)
+            release = ReleaseComponent(helm, plane, node, built, registry, dirs, overrides)
             access = services.AccessComponent(paths, plane, apply_rbac=False)
             registry.start()
             stack.callback(registry.stop)

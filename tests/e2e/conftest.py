@@ -8,7 +8,8 @@ For tests of the gateway, the SDK and ``kubectl sandbox``: ``system.gateway_url`
 no ``/ns/`` suffix), ``system.demo_token`` (ServiceAccount ``default/demo``, bound to ``edit``
 in ``default``), ``system.token_for(namespace, name, cluster_role=None)`` (a new
 ServiceAccount's token, bound to that ClusterRole in that namespace when given) and
-``system.kubeconfig_for(token, namespace)`` (a kubeconfig file with that token)."""
+``system.kubeconfig_for(token, namespace)`` (a kubeconfig file with that token);
+``system.upstream_ca``: the CA the node agent trusts upstream (the egress test hosts')."""
 
 import asyncio
 import json
@@ -24,6 +25,7 @@ import pytest
 
 from kubesandbox_devenv import installed, services
 from kubesandbox_devenv.controlplane import ControlPlane
+from tests.support.egress import TestCA
 from tests.support.waiting import eventually
 
 
@@ -38,6 +40,8 @@ class System:
     registry: str = ""
     """The preloaded registry's ``host:port`` (``busybox:1.36`` resolves through it)."""
     files: Path = Path()
+    upstream_ca: TestCA | None = None
+    """The CA the node agent's egress proxy trusts besides the node's store (test hosts')."""
 
     def token_for(self, namespace: str, name: str, cluster_role: str | None = None) -> str:
         """A token of the ServiceAccount ``namespace/name`` (created, and the namespace too,
@@ -107,8 +111,13 @@ class System:
 
 
 @pytest.fixture(scope="package")
-def system() -> Iterator[System]:
-    with installed.installed_system("ksbe-") as running:
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    # The egress tests' hosts serve certificates of this CA; the node agent is installed
+    # trusting it upstream (the chart's nodeAgent.egressUpstreamCA), as a platform team
+    # would install it for a private CA of the APIs its tenants call.
+    upstream_ca = TestCA(tmp_path_factory.mktemp("upstream-ca"))
+    overrides = {"nodeAgent": {"egressUpstreamCA": upstream_ca.pem.read_text()}}
+    with installed.installed_system("ksbe-", overrides=overrides) as running:
         files = running.paths.state_dir / "e2e"
         files.mkdir(mode=0o700)
         yield System(
@@ -118,4 +127,5 @@ def system() -> Iterator[System]:
             demo_token=running.demo_token,
             registry=running.registry.host,
             files=files,
+            upstream_ca=upstream_ca,
         )

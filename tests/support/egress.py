@@ -127,6 +127,31 @@ def guest_image(registry_host: str) -> str:
     return ref
 
 
+# --- where a value must never be --------------------------------------------------------------
+
+
+def file_holds(path: Path, needle: bytes, chunk: int = 4 << 20) -> bool:
+    """Whether ``needle`` is in the file (read in pieces: disks are large and sparse)."""
+    tail = b""
+    with path.open("rb") as handle:
+        while piece := handle.read(chunk):
+            if needle in tail + piece:
+                return True
+            tail = piece[-len(needle) :]
+    return False
+
+
+def files_holding(root: Path, values: list[str]) -> list[Path]:
+    """Every regular file under ``root`` that holds one of ``values``."""
+    found = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder, name)
+            if path.is_file() and any(file_holds(path, v.encode()) for v in values):
+                found.append(path)
+    return found
+
+
 # --- the test CA ---------------------------------------------------------------------------------
 
 
@@ -328,12 +353,13 @@ def _namespace(label: str, link: int, address: str) -> str:
 
 @contextlib.contextmanager
 def egress_hosts(
-    names: Sequence[str], *, nets: Sequence[str] = (), ttl: int = 300
+    names: Sequence[str], *, nets: Sequence[str] = (), ttl: int = 300, ca: TestCA | None = None
 ) -> Iterator[EgressHosts]:
     """Test hosts called ``names`` (e.g. ``api.egress.test``), on addresses of ``nets`` (one
-    TEST-NET /24 prefix per name; by default they take turns), their DNS server and CA."""
+    TEST-NET /24 prefix per name; by default they take turns), their DNS server and CA (a new
+    one, or ``ca``: one the node agent was installed trusting)."""
     folder = Path(tempfile.mkdtemp(prefix="ksb-egress-"))
-    ca = TestCA(folder / "ca")
+    ca = ca or TestCA(folder / "ca")
     made: list[TestHost] = []
     dns: tuple[Host, int] | None = None
     try:

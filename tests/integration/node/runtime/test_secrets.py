@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 from collections.abc import AsyncIterator, Iterator, MutableMapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +23,7 @@ from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.supervisor import Supervisor
 from kubesandbox_protocol import AgentClient
 from tests.integration.node.runtime.conftest import Images, Node, booted, networked_node
-from tests.support.egress import EgressHosts, egress_hosts
+from tests.support.egress import EgressHosts, egress_hosts, files_holding
 
 pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="module")]
 API, PLAIN, OTHER = "api.sec.test", "plain.sec.test", "other.sec.test"
@@ -98,28 +96,6 @@ async def guest(sandbox: Supervisor, script: str) -> tuple[int, str]:
 
 def curl(*args: str) -> str:
     return "curl -sS --max-time 20 " + " ".join(args)
-
-
-def file_holds(path: Path, needle: bytes, chunk: int = 4 << 20) -> bool:
-    """Whether ``needle`` is in the file (read in pieces: disks are large and sparse)."""
-    tail = b""
-    with path.open("rb") as handle:
-        while piece := handle.read(chunk):
-            if needle in tail + piece:
-                return True
-            tail = piece[-len(needle) :]
-    return False
-
-
-def files_holding(root: Path, values: list[str]) -> list[Path]:
-    """Every regular file under ``root`` that holds one of ``values``."""
-    found = []
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = Path(folder, name)
-            if path.is_file() and any(file_holds(path, v.encode()) for v in values):
-                found.append(path)
-    return found
 
 
 def nobody_carries(kit: EgressHosts, *texts: str) -> None:
