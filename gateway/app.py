@@ -132,6 +132,8 @@ class Gateway:
     )
     _listed: TtlCache[str, bool] = field(default_factory=lambda: TtlCache[str, bool](LIST_INTERVAL))
     _session: aiohttp.ClientSession | None = None
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
+    """Relays being closed after their handler ended (a close waits for the peer's answer)."""
 
     def remember(self, sandbox: JsonDict) -> None:
         metadata = sandbox.get("metadata") or {}
@@ -703,8 +705,11 @@ class Gateway:
             await pipe(client, upstream)
         finally:
             # aiohttp cancels this handler when the client drops its connection (the SDK does,
-            # after each call): the relay slot is still given back.
-            await asyncio.shield(close_both(client, upstream))
+            # after each call): the relay slot is still given back, and a shutdown waits for it.
+            closing = asyncio.ensure_future(close_both(client, upstream))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            await asyncio.shield(closing)
         return client
 
     @property
@@ -718,6 +723,9 @@ class Gateway:
         async with aiohttp.ClientSession(connector=connector) as session:
             self._session = session
             yield
+            # Relays still closing finish first: a socket the session no longer tracks (a
+            # WebSocket's) would otherwise outlive the event loop.
+            await asyncio.gather(*self._closing, return_exceptions=True)
             self._session = None
 
 
