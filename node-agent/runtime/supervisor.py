@@ -160,6 +160,8 @@ def boot_slots(limit: int | None, *, emulation: bool, cpus: int | None = None) -
 
 
 DEFAULT_TIMING = Timing()
+BOOT_RETRY_FIRST = 10.0
+BOOT_RETRY_MAX = 300.0
 
 
 def suspend_refusal(spec: VMSpec | None) -> str | None:
@@ -221,6 +223,9 @@ class Supervisor:
         generation and its ``lifecycle.state`` moved): looked at again when they are done."""
         self._closing = False
         """Removed or detached: nothing more is started."""
+        self._boot_failures = 0
+        """Boots in a row that failed (reset by one that reaches the guest agent)."""
+        self._boot_retry: asyncio.TimerHandle | None = None
         self.log = log.bind(
             sandbox=record.desired.name, namespace=record.desired.namespace, uid=self.uid
         )
@@ -559,12 +564,38 @@ class Supervisor:
                 reason, why = boot_failure(exc.reason, exc.console)
                 self._condition(ConditionType.AGENT_CONNECTED, False, reason, why)
                 self._end(Phase.CRASHED, reason, False, None, f"{why}\n{exc.console[-1500:]}")
+                self._retry_boot()
                 return
         except Exception as exc:
             self.log.exception("sandbox.start_failed")
             self._end(Phase.FAILED, Reason.VMM_EXITED, False, None, f"start failed: {exc}")
             return
+        self._boot_failures = 0
         await self._started(handle, pause_after)
+
+    def _retry_boot(self) -> None:
+        """Under ``restartPolicy`` OnFailure or Always, a boot that failed is tried again
+        after a back-off that doubles with each failure in a row (10 s up to 5 min, as the
+        kubelet backs off a crashing container): a node too loaded to boot in time gets
+        another go, an image that can never boot does not spin."""
+        if self.desired.spec.lifecycle.restart_policy == RestartPolicy.NEVER:
+            return
+        self._boot_failures += 1
+        delay = min(BOOT_RETRY_FIRST * 2 ** (self._boot_failures - 1), BOOT_RETRY_MAX)
+        self.log.warning("sandbox.boot_retry", in_seconds=delay, failures=self._boot_failures)
+        if self._boot_retry is not None:
+            self._boot_retry.cancel()
+        self._boot_retry = asyncio.get_running_loop().call_later(delay, self._boot_again)
+
+    def _boot_again(self) -> None:
+        """The retry, unless something else happened meanwhile (a new desired state, a
+        start, a removal)."""
+        self._boot_retry = None
+        state = self.desired.spec.lifecycle.state
+        wanted = state in (DesiredState.RUNNING, DesiredState.PAUSED)
+        crashed = self.phase == Phase.CRASHED and self.handle is None
+        if wanted and crashed and not self._closing and not self._busy():
+            self.start(pause_after=state == DesiredState.PAUSED)
 
     async def _started(
         self, handle: VMHandle, pause_after: bool, *, forked: str | None = None

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from kubesandbox_api.conditions import ConditionStatus, Phase, Reason
+from kubesandbox_node.runtime import supervisor as supervisor_module
 from kubesandbox_node.runtime.model import DesiredSandbox
 from kubesandbox_node.runtime.records import SandboxRecord
 from kubesandbox_node.runtime.supervisor import Supervisor
@@ -262,6 +263,33 @@ async def test_boot_timeout_is_reported(env: Env) -> None:
     await until(supervisor, Phase.CRASHED)
     assert condition(supervisor, "AgentConnected") == (ConditionStatus.FALSE, Reason.BOOT_TIMEOUT)
     assert "last words" in (supervisor.record.message or "")
+
+
+async def test_a_failed_boot_is_tried_again_under_on_failure_with_a_back_off(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor_module, "BOOT_RETRY_FIRST", 0.2)
+    env.vmm.boot_error = BootError("guest agent not ready after 5s; VM killed", "")
+    supervisor = env.runtime.put(desired(lifecycle={"restartPolicy": "OnFailure"}))
+    await until(supervisor, Phase.CRASHED)
+    await asyncio.sleep(0.3)  # the first retry (0.2 s) failed too: the next waits 0.4 s
+    assert supervisor.phase == Phase.CRASHED
+    env.vmm.boot_error = None
+    await until(supervisor, Phase.RUNNING)
+    assert supervisor._boot_failures == 0
+
+
+async def test_a_failed_boot_stays_crashed_under_restart_policy_never(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor_module, "BOOT_RETRY_FIRST", 0.05)
+    env.vmm.boot_error = BootError("guest agent not ready after 5s; VM killed", "")
+    supervisor = env.runtime.put(desired())
+    await until(supervisor, Phase.CRASHED)
+    env.vmm.boot_error = None
+    await asyncio.sleep(0.3)
+    assert supervisor.phase == Phase.CRASHED
+    assert env.vmm.handles == []
 
 
 async def test_a_restarted_runtime_re_adopts_running_vms(env: Env) -> None:
