@@ -67,6 +67,11 @@ class SandboxRelay(Relay):
         self.draining = True
         self._sessions_changed.set()
 
+    def touch(self) -> None:
+        """Counts as activity now: a run's idle time starts when its guest agent is ready,
+        not when QEMU started (a boot on a busy node can take longer than the timeout)."""
+        self.last_activity = time.monotonic()
+
     @property
     def idle_seconds(self) -> float:
         if self.sessions:

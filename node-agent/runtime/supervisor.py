@@ -602,6 +602,7 @@ class Supervisor:
     ) -> None:
         """Running; ``forked``: what the fork was made from (the condition's and Event's)."""
         self._attach(handle)
+        handle.relay.touch()
         group = handle.record.cgroup()
         self.record.oom_kills_at_start = group.usage().oom_kills if group else 0
         self.record.started_at = _now()

@@ -108,6 +108,8 @@ class FakeVMM:
     save_error: SnapshotError | None = None
     restored_from: list[bytes] = field(default_factory=list)
     obeys_shutdown: bool = True
+    boot_delay: float = 0.0
+    """Seconds between the relay's start and the guest's ready frame (a slow boot)."""
     handles: list[FakeHandle] = field(default_factory=list)
     alive: set[int] = field(default_factory=set)
     specs: list[VMSpec] = field(default_factory=list)
@@ -135,6 +137,7 @@ class FakeVMM:
         )  # fmt: skip
         handle = await self._handle(record, relay_socket)
         ready = await handle.relay.wait_ready()
+        await asyncio.sleep(self.boot_delay)
         record.ready_frame = base64.b64encode(ready).decode()
         self.alive.add(pid)
         return handle

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 
@@ -205,6 +206,16 @@ async def test_idle_suspend_sleeps_through_puts_of_the_same_state_until_woken(en
     assert supervisor.status().phase == Phase.RUNNING
     assert condition(supervisor, "Suspended") == (ConditionStatus.FALSE, Reason.WOKEN_BY_USE)
     assert "woken by use" in (supervisor.record.message or "")
+
+
+async def test_the_idle_time_counts_from_running_not_from_a_slow_boot(env: Env) -> None:
+    env.vmm.boot_delay = 1.5  # longer than the idle timeout
+    d = desired(lifecycle={"idleTimeoutSeconds": 1, "idleAction": "Suspend"})
+    supervisor = env.runtime.put(d)
+    await until(supervisor, Phase.RUNNING)
+    await asyncio.sleep(0.5)  # ten policy ticks
+    assert supervisor.phase == Phase.RUNNING
+    await until(supervisor, Phase.SUSPENDED, within=5)
 
 
 async def test_an_idle_suspended_sandbox_asked_paused_is_restored_paused(env: Env) -> None:
