@@ -103,6 +103,7 @@ async def test_sdk_rules_are_enforced_and_change_live(system: System) -> None:
                  "protocol": "TCP", "ports": [{"port": 8080}]},
                 {"action": "Deny", "destination": {"cidr": "203.0.113.0/24"}},
             ],
+            "secretViolationAction": "BlockAndLog",  # the schema's default, for secrets
         }  # fmt: skip
 
         async def lookup(args: str) -> str:
