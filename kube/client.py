@@ -99,7 +99,16 @@ class KubeClient:
                 if response.status >= 400:
                     text = await response.text()
                     raise from_status(response.status, _json_or_none(text), text.strip()[:500])
-                yield _lines(response.content)
+                try:
+                    yield _lines(response.content)
+                except BaseException:
+                    # A watch given up half-way (cancelled, timed out, its reader failed) is
+                    # dropped at once: TLS's polite close needs the event loop to run on, and
+                    # at a shutdown its socket outlived the loop (a leaked file descriptor).
+                    connection = response.connection
+                    if connection is not None and connection.transport is not None:
+                        connection.transport.abort()
+                    raise
         except (aiohttp.ClientError, TimeoutError) as error:
             raise KubeError(0, "Unreachable", f"GET {path.url} (stream): {error!r}") from error
 
