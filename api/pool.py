@@ -12,10 +12,10 @@ question the operator and the gateway ask: which pool, if any, can serve a spec.
 
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kubesandbox_api._schema import ApiModel, cel, rules
-from kubesandbox_api.resource import GROUP, Namespaced
+from kubesandbox_api.resource import GROUP, ApiObject
 from kubesandbox_api.spec import DesiredState, SandboxSpec
 from kubesandbox_api.status import Condition
 
@@ -98,28 +98,11 @@ class SandboxPoolStatus(ApiModel):
     """``Ready``: every wanted member is Running."""
 
 
-class SandboxPool(Namespaced, BaseModel):
+class SandboxPool(ApiObject):
     """A pool of booted sandbox VMs, claimed by matching Sandboxes."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    metadata: dict[str, Any]
     spec: SandboxPoolSpec
     status: SandboxPoolStatus | None = None
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> "SandboxPool":
-        return cls.model_validate(
-            {
-                "metadata": body.get("metadata", {}),
-                "spec": body.get("spec", {}),
-                "status": body.get("status") or None,
-            }
-        )
-
-    @property
-    def deleting(self) -> bool:
-        return bool(self.metadata.get("deletionTimestamp"))
 
 
 def boot_fields(spec: SandboxSpec) -> dict[str, Any]:

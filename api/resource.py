@@ -1,6 +1,6 @@
 """The whole ``Sandbox`` object, and the names that identify the API."""
 
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -37,6 +37,30 @@ class Namespaced:
     @property
     def generation(self) -> int:
         return int(self.metadata.get("generation", 0))
+
+    @property
+    def deleting(self) -> bool:
+        return bool(self.metadata.get("deletionTimestamp"))
+
+
+class ApiObject(Namespaced, BaseModel):
+    """A kind of this API besides Sandbox (pools, snapshots), as the components read it:
+    metadata, spec and status, the rest of the body ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    metadata: dict[str, Any]
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Self:
+        """Parses a raw object as the apiserver returns it."""
+        return cls.model_validate(
+            {
+                "metadata": body.get("metadata", {}),
+                "spec": body.get("spec", {}),
+                "status": body.get("status") or None,
+            }
+        )
 
 
 class Sandbox(Namespaced, BaseModel):

@@ -13,12 +13,12 @@ This module holds the model (the CRD is generated from it by :mod:`.crdgen`); it
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kubesandbox_api._schema import ApiModel, cel, rules
-from kubesandbox_api.resource import GROUP, Namespaced
+from kubesandbox_api.resource import GROUP, ApiObject
 from kubesandbox_api.spec import LocalObjectReference
 from kubesandbox_api.status import ImageStatus
 
@@ -77,25 +77,8 @@ class SandboxSnapshotStatus(ApiModel):
     """When the copy was taken."""
 
 
-class SandboxSnapshot(Namespaced, BaseModel):
+class SandboxSnapshot(ApiObject):
     """The captured disk state of a stopped Sandbox."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    metadata: dict[str, Any]
     spec: SandboxSnapshotSpec
     status: SandboxSnapshotStatus | None = None
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> "SandboxSnapshot":
-        return cls.model_validate(
-            {
-                "metadata": body.get("metadata", {}),
-                "spec": body.get("spec", {}),
-                "status": body.get("status") or None,
-            }
-        )
-
-    @property
-    def deleting(self) -> bool:
-        return bool(self.metadata.get("deletionTimestamp"))
