@@ -21,28 +21,18 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 from microsandbox import BackendKind, Sandbox, Snapshot, backend_scope
 
 from kubesandbox_devenv import services
-from kubesandbox_devenv.controlplane import ControlPlane
-from tests.integration.gateway.test_sdk_rules import wait_for_demo_rights
+from tests.integration.gateway.test_sdk_rules import System, wait_for_demo_rights
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.registry, pytest.mark.controlplane]
 
 BASE, SNAP, FORK = "snapshot-baseline", "snapshot-baseline-state", "snapshot-fork"
 MARKER = "shipped via snapshot"
-
-
-class System(Protocol):
-    @property
-    def plane(self) -> ControlPlane: ...
-    @property
-    def gateway_url(self) -> str: ...
-    @property
-    def demo_token(self) -> str: ...
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ each call returned or raised. tests/e2e drives the same SDK against real VMs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +126,13 @@ async def play_operator(kube: fakes.FakeKube) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-async def served(kube: fakes.FakeKube, auth: fakes.FakeAuth) -> AsyncIterator[str]:
-    gateway = Gateway(kube, auth, poll_interval=0.02)
-    operator = asyncio.create_task(play_operator(kube))
+@contextlib.asynccontextmanager
+async def serving(
+    kube: fakes.FakeKube, gateway: Gateway, *background: Coroutine[Any, Any, None]
+) -> AsyncIterator[str]:
+    """The gateway and a fake node agent relay on loopback, with ``background`` coroutines
+    (the operator's part played) running meanwhile; yields the gateway's base URL."""
+    tasks = [asyncio.create_task(work) for work in background]
     relay = web.Application()
     relay.router.add_get("/v1/sandboxes/{uid}/agent", fake_relay)
     try:
@@ -139,8 +143,16 @@ async def served(kube: fakes.FakeKube, auth: fakes.FakeAuth) -> AsyncIterator[st
             announce_node_agent(kube, str(node_agent.make_url("")).rstrip("/"))
             yield str(server.make_url("")).rstrip("/")
     finally:
-        operator.cancel()
-        await asyncio.gather(operator, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def served(kube: fakes.FakeKube, auth: fakes.FakeAuth) -> AsyncIterator[str]:
+    gateway = Gateway(kube, auth, poll_interval=0.02)
+    async with serving(kube, gateway, play_operator(kube)) as url:
+        yield url
 
 
 async def run_sdk(url: str, home: Path, script: str | None = None) -> dict[str, Any]:

@@ -17,14 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from kubesandbox_gateway.app import Gateway
-from kubesandbox_gateway.routes import make_app
 from tests.unit.gateway import fakes
-from tests.unit.gateway.conftest import SA_USER, announce_node_agent
-from tests.unit.gateway.test_app_sdk import fake_relay, play_operator, run_sdk
+from tests.unit.gateway.conftest import SA_USER
+from tests.unit.gateway.test_app_sdk import play_operator, run_sdk, serving
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -100,20 +97,8 @@ async def capture_snapshots(kube: fakes.FakeKube) -> None:
 async def served(kube: fakes.FakeKube, auth: fakes.FakeAuth) -> AsyncIterator[str]:
     auth.grant(SA_USER, "create,get,list,delete", "team-a", resource="sandboxsnapshots")
     gateway = Gateway(kube, auth, poll_interval=0.02, max_wait=5.0)
-    tasks = [asyncio.create_task(play_operator(kube)), asyncio.create_task(capture_snapshots(kube))]
-    relay = web.Application()
-    relay.router.add_get("/v1/sandboxes/{uid}/agent", fake_relay)
-    try:
-        async with (
-            TestServer(relay, host="127.0.0.1") as node_agent,
-            TestServer(make_app(gateway), host="127.0.0.1") as server,
-        ):
-            announce_node_agent(kube, str(node_agent.make_url("")).rstrip("/"))
-            yield str(server.make_url("")).rstrip("/")
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async with serving(kube, gateway, play_operator(kube), capture_snapshots(kube)) as url:
+        yield url
 
 
 async def test_the_snapshot_fork_example_runs_through_the_gateway(
