@@ -13,6 +13,10 @@ guest reader waits (back-pressure, so the guest's own writes block) for at most
 On disconnect the guest is told ``core.relay.client.disconnected`` with the client's id range
 so that it kills that client's processes and closes its file handles.
 
+Clients in the relay's own process (the node agent's agent WebSocket) are served by
+``attach`` exactly as socket clients are (greeting, slot, checks, back-pressure, disconnect
+notice), without a round trip through the socket.
+
 Next: ``kubesandbox_node.vm`` connects this relay to QEMU's chardev socket and waits on
 ``wait_ready`` as its boot watchdog.
 """
@@ -26,6 +30,7 @@ import os
 import struct
 import time
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -50,10 +55,41 @@ class RelayClosedError(ConnectionError):
     """The guest channel is gone; the relay accepts no more clients."""
 
 
+class ClientWriter(Protocol):
+    """Where the relay writes one client's bytes."""
+
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def close(self) -> None:
+        """The relay is done with the client (it then reads nothing more from it)."""
+
+    def abort(self) -> None:
+        """The relay closes: drop the client without flushing."""
+
+
+class SocketWriter:
+    """A unix socket client's :class:`ClientWriter`."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def abort(self) -> None:
+        self._writer.transport.abort()
+
+
 class _Client:
     """One connected client: its id range and a byte-bounded outbox drained by one task."""
 
-    def __init__(self, slot: int, writer: asyncio.StreamWriter, limit: int) -> None:
+    def __init__(self, slot: int, writer: ClientWriter, limit: int) -> None:
         self.slot = slot
         self.id_start = slot * SLOT_STEP
         self.id_end = (slot + 1) * SLOT_STEP
@@ -162,7 +198,7 @@ class Relay:
         if server is not None:
             server.close()
         for client in list(self._slots.values()):
-            client.writer.transport.abort()
+            client.writer.abort()
             await self._drop_client(client, notify_guest=False)
         if self._guest_writer is not None:
             self._guest_writer.close()
@@ -258,7 +294,7 @@ class Relay:
             return
         if not await client.enqueue(raw, self.slow_client_timeout):
             self._log.warning("relay.slow_client_dropped", slot=client.slot)
-            client.writer.transport.abort()  # close() would wait to flush what it never reads
+            client.writer.abort()  # close() would wait to flush what it never reads
             await self._drop_client(client, notify_guest=True)
 
     async def _on_ready(self, raw: bytes) -> None:
@@ -287,7 +323,7 @@ class Relay:
 
     # --- client side -----------------------------------------------------------------------
 
-    def _claim_slot(self, writer: asyncio.StreamWriter) -> _Client | None:
+    def _claim_slot(self, writer: ClientWriter) -> _Client | None:
         """The next free slot after the last one given out (round robin, not lowest first):
         a slot comes back into use as late as possible, which leaves the guest time to finish
         the sessions of its previous owner before the same ids appear again."""
@@ -300,7 +336,20 @@ class Relay:
                 return client
         return None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def attach(self, reader: asyncio.StreamReader, writer: ClientWriter) -> None:
+        """Serves a client of this process until either side ends it: ``reader`` holds the
+        client's bytes (EOF when it is gone), ``writer`` takes the relay's. The relay's
+        :meth:`close` ends it too (``writer.abort``)."""
+        await self._serve(reader, writer)
+
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve(reader, SocketWriter(writer))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: ClientWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._client_tasks.add(task)
@@ -310,9 +359,7 @@ class Relay:
             self._client_tasks.discard(task)
             writer.close()
 
-    async def _serve_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: ClientWriter) -> None:
         try:
             first_ready = await self.wait_ready()
         except RelayClosedError:

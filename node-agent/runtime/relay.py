@@ -28,7 +28,7 @@ import time
 
 from kubesandbox_node.logs import SessionRecorder
 from kubesandbox_node.relay import Relay
-from kubesandbox_node.relay.relay import SLOT_COUNT, SLOT_STEP, _Client
+from kubesandbox_node.relay.relay import SLOT_COUNT, SLOT_STEP, ClientWriter, _Client
 from kubesandbox_protocol.frame import FLAG_SESSION_START, FLAG_TERMINAL, Frame
 from kubesandbox_protocol.messages import (
     BodyError,
@@ -83,11 +83,11 @@ class SandboxRelay(Relay):
             self._sessions_changed.clear()
             await self._sessions_changed.wait()
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: ClientWriter) -> None:
         if self.draining:
             writer.close()
             return
-        await super()._on_client(reader, writer)
+        await super()._serve(reader, writer)
 
     async def _to_guest(self, raw: bytes) -> None:
         (id,) = struct.unpack_from(">I", raw, 4)

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
@@ -32,12 +32,12 @@ from kubesandbox_node.metrics import prometheus
 from kubesandbox_node.runtime.model import ClaimRequest, DesiredSandbox
 from kubesandbox_node.runtime.snapshots import SnapshotRefused
 from kubesandbox_node.runtime.supervisor import ClaimRefused, Supervisor
+from kubesandbox_node.server.bridge import AgentBridge
 from kubesandbox_node.server.services import Services
 
 SERVICES = web.AppKey("services", Services)
 USER = web.RequestKey("user", User)
 DELETE_PATIENCE = 1.0
-WS_CHUNK = 1 << 16
 WAKE_MARGIN = 30.0
 """Beyond the ready timeout, for a suspend in progress to finish before the wake."""
 VERBS = ("stop", "start", "kill", "drain", "pause", "resume")
@@ -319,37 +319,12 @@ async def agent(request: web.Request) -> web.StreamResponse:
                 await supervisor.wake()
     if supervisor.handle is None:
         raise web.HTTPConflict(text=f"sandbox is {supervisor.phase.value}, not running")
-    try:
-        reader, writer = await asyncio.open_unix_connection(str(supervisor.relay_socket))
-    except OSError as exc:
-        raise web.HTTPServiceUnavailable(text=f"relay unavailable: {exc}") from exc
+    relay = supervisor.handle.relay
+    if relay.closed:
+        raise web.HTTPServiceUnavailable(text="relay unavailable: the guest channel is closed")
     ws = web.WebSocketResponse(max_msg_size=8 << 20)
     await ws.prepare(request)
-
-    async def relay_to_ws() -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while chunk := await reader.read(WS_CHUNK):
-                await ws.send_bytes(chunk)
-        await ws.close()  # the relay ended the slot (drain, VM gone): end the socket too
-
-    pump = asyncio.create_task(relay_to_ws())
-    try:
-        async for message in ws:
-            if message.type == WSMsgType.BINARY:
-                writer.write(message.data)
-                await writer.drain()
-            elif message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
-                break
-            if pump.done():
-                break
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        writer.close()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-            await asyncio.wait_for(pump, 2)
-        pump.cancel()
-        await ws.close()
+    await AgentBridge(ws).serve(relay)
     return ws
 
 
