@@ -207,6 +207,10 @@ async def claim(request: web.Request) -> web.Response:
     except ClaimRefused as error:
         return _json({"message": str(error)}, 409)
     services.forget_target(member.uid)
+    if services.status is not None:
+        # The claimant's status (Running, pool) is stored before the operator hears of the
+        # claim: it writes Ready from this answer, and Ready must not come first.
+        await services.status.write_now(supervisor.sandbox_uid)
     return _json(_status(supervisor, services))
 
 

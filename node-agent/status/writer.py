@@ -9,7 +9,10 @@ Sandbox deleted and re-created under the same name is never written with the old
 
 Cadence: a transition is written at once (``notify``, coalesced per sandbox while a write is
 in flight); metrics at most every ``metrics_interval`` (15 s) per sandbox and only when a
-value other than uptime and timestamp changed. 404 means the Sandbox is gone: the write is
+value other than uptime and timestamp changed. ``write_now`` writes one sandbox's pending
+status ahead of the queue (a claim is answered only once the claimant's status says what its
+VM is, so the operator's ``Ready`` never lands before it); one sandbox's writes never overlap,
+so an older status cannot land after a newer one. 404 means the Sandbox is gone: the write is
 dropped. Other failures are retried with backoff.
 """
 
@@ -76,6 +79,7 @@ class _State:
     metrics: SandboxMetrics | None = None
     metrics_written_at: float = -1e9
     dirty: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -114,8 +118,23 @@ class StatusWriter:
     async def flush(self) -> None:
         """Writes everything pending once (retrying errors is ``run``'s job)."""
         for uid, state in list(self._states.items()):
-            if not state.dirty or state.status is None:
-                continue
+            await self._write(uid, state)
+
+    async def write_now(self, uid: str) -> None:
+        """Writes ``uid``'s pending status now; a failure is left to ``run``'s retries."""
+        state = self._states.get(uid)
+        if state is None:
+            return
+        try:
+            await self._write(uid, state)
+        except KubeError as exc:
+            log.warning("status.write_failed", error=str(exc))
+            self._wake.set()
+
+    async def _write(self, uid: str, state: _State) -> None:
+        async with state.lock:
+            if not state.dirty or state.status is None or self._states.get(uid) is not state:
+                return
             state.dirty = False
             status = state.status.model_copy(update={"metrics": state.metrics})
             try:
@@ -131,7 +150,7 @@ class StatusWriter:
                 if exc.status in (404, 409):
                     log.info("status.target_gone", uid=uid, status=exc.status)
                     self._states.pop(uid, None)
-                    continue
+                    return
                 state.dirty = True
                 raise
 

@@ -22,6 +22,7 @@ from kubesandbox_node.runtime.manager import Runtime
 from kubesandbox_node.runtime.supervisor import Timing
 from kubesandbox_node.server.app import make_app
 from kubesandbox_node.server.services import Services
+from kubesandbox_node.status.writer import StatusWriter
 from kubesandbox_protocol.frame import FLAG_SESSION_START, Frame, decode_frame
 from kubesandbox_protocol.messages import MessageType, decode_body, encode_body, exec_request
 from tests.unit.node.runtime.fakes import FakePreparer, FakeVMM
@@ -278,6 +279,32 @@ async def test_a_pool_member_is_claimed_through_the_api_and_serves_nobody_before
     again = {"pool": "pool", "sandbox": desired(str(uuid.uuid4()))}
     status, answer = await api.call("POST", f"/v1/sandboxes/{claimant}/claim", json=again)
     assert status == 409, answer
+
+
+async def test_a_claim_is_answered_after_the_claimants_status_is_stored(api: Api) -> None:
+    """The operator writes Ready from the claim's answer: the claimant's phase and pool must
+    be in the apiserver first (a burst of claims saw Ready without them)."""
+    stored: list[dict[str, Any]] = []
+
+    class Kube:
+        async def apply(
+            self, path: ResourcePath, body: dict[str, Any], *, field_manager: str
+        ) -> dict[str, Any]:
+            stored.append(body)
+            return body
+
+    api.services.status = StatusWriter(Kube())  # type: ignore[arg-type]  # its loop not run
+    member = str(uuid.uuid4())
+    body = {**desired(member), "name": "pool-x", "poolMember": True}
+    assert (await api.call("PUT", f"/v1/sandboxes/{member}", json=body))[0] == 200
+    await api.until(member, "Running")
+    claimant = str(uuid.uuid4())
+    claim = {"pool": "warm", "sandbox": desired(claimant)}
+    status, answer = await api.call("POST", f"/v1/sandboxes/{member}/claim", json=claim)
+    assert status == 200, answer
+    mine = [b["status"] for b in stored if b["metadata"]["uid"] == claimant]
+    assert mine, stored
+    assert (mine[-1]["phase"], mine[-1]["pool"]) == ("Running", "warm")
 
 
 async def test_a_claim_is_authorized_in_the_claimants_namespace(api: Api) -> None:

@@ -106,3 +106,47 @@ async def test_a_deleted_sandbox_is_forgotten_and_other_errors_retried() -> None
     kube.fail_with = None
     await w.flush()
     assert len(kube.applied) == 1
+
+
+async def test_write_now_writes_one_sandbox_ahead_of_the_loop_and_only_once() -> None:
+    w, kube, _ = writer()
+    other = Target("team-a", "other", "0b6f6f7e-0000-4000-8000-000000000002")
+    w.notify(other, running())
+    w.notify(TARGET, running())
+    await w.write_now(TARGET.uid)
+    assert [body["metadata"]["name"] for _, body, _ in kube.applied] == ["hello"]
+    await w.flush()
+    assert [body["metadata"]["name"] for _, body, _ in kube.applied] == ["hello", "other"]
+    await w.write_now(TARGET.uid)  # nothing pending: nothing written
+    await w.write_now("unknown")
+    assert len(kube.applied) == 2
+
+
+async def test_one_sandboxs_writes_never_overlap_so_the_newest_status_lands_last() -> None:
+    import asyncio
+
+    release = asyncio.Event()
+    landed: list[str] = []
+    calls = 0
+
+    class SlowKube(FakeKube):
+        async def apply(
+            self, path: ResourcePath, body: dict[str, Any], *, field_manager: str
+        ) -> dict[str, Any]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await release.wait()  # the first write is slow
+            landed.append(body["status"]["phase"])
+            return body
+
+    w = StatusWriter(SlowKube())  # type: ignore[arg-type]
+    w.notify(TARGET, NodeSandboxStatus(phase=Phase.BOOTING))
+    looping = asyncio.create_task(w.flush())
+    await asyncio.sleep(0)
+    w.notify(TARGET, running())
+    claiming = asyncio.create_task(w.write_now(TARGET.uid))
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(looping, claiming)
+    assert landed == ["Booting", "Running"]
