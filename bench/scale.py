@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale.py --count 1000 --baseline-ref 5541648   # old operator too
     .venv/bin/python bench/scale.py --count 10000 --rounds 1
+    .venv/bin/python bench/scale.py --count 1000 --installed   # the operator of the Helm install
 
 A real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, one
 registered Node) in a temporary directory, the CRDs, and the operator as its own process.
@@ -22,6 +23,12 @@ git revision the same way, for ratios measured in the same run), then for each r
   left, and the operator's RSS afterwards (does the memory come back?).
 
 The bench's own requests (the counting lists) happen outside the idle windows.
+
+``--installed`` measures the system users run instead: everything ``make up`` installs (the
+chart on the real kubelet node: the operator's Pod, the gateway's and the node agent's, all
+watching Sandboxes), and the operator measured from outside, as the process in its Pod's
+container (found by the Pod's uid in its cgroup). The apiserver's counts then include the
+gateway's and the node agent's requests too.
 """
 
 from __future__ import annotations
@@ -182,9 +189,59 @@ class Operator:
                 self.process.wait(10)
 
 
+class InstalledOperator:
+    """The operator of the Helm release: its Pod's process on this (the only) node. Started
+    and stopped by the install, not by the bench."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+        self._pid = 0
+
+    def start(self) -> None:
+        listed = json.loads(
+            self.plane.kubectl(
+                "get", "pods", "-n", SYSTEM, "-l", "app.kubernetes.io/component=operator",
+                "-o", "json",
+            ).stdout
+        )  # fmt: skip
+        uids = [pod["metadata"]["uid"] for pod in listed["items"]]
+        if len(uids) != 1:
+            raise SystemExit(f"expected one operator Pod, found {len(uids)}")
+        self._pid = pod_process(uids[0], "kubesandbox-operator")
+        time.sleep(2)
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def stop(self) -> None:
+        pass
+
+
+def pod_process(pod_uid: str, command: str) -> int:
+    """The pid of the process running ``command`` in the Pod ``pod_uid`` (the cgroupfs
+    driver names each Pod's cgroup ``pod<uid>``)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cgroups = (entry / "cgroup").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"pod{pod_uid}" in cgroups and any(command.encode() in arg for arg in argv):
+            return int(entry.name)
+    raise SystemExit(f"no process running {command} in Pod {pod_uid}")
+
+
+Measured = Operator | InstalledOperator
+
+
 class Bench:
-    def __init__(self, plane: ControlPlane, state: Path, idle: float) -> None:
-        self.plane, self.state, self.idle = plane, state, idle
+    def __init__(
+        self, plane: ControlPlane, state: Path, idle: float, *, installed: bool = False
+    ) -> None:
+        self.plane, self.state, self.idle, self.installed = plane, state, idle, installed
         self.kubectl_binary = str(plane.binaries.kubectl)
         from kubernetes import client  # the bench's own reads, outside the idle windows
 
@@ -241,7 +298,7 @@ class Bench:
             if not token:
                 return waiting
 
-    def window(self, operator: Operator, seconds: float) -> Window:
+    def window(self, operator: Measured, seconds: float) -> Window:
         apiserver = self.plane.status()["kube-apiserver"]
         assert apiserver is not None
         before = requests_by_verb(self.plane)
@@ -276,7 +333,7 @@ class Bench:
         path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
         return path
 
-    def round(self, operator: Operator, count: int) -> Round:
+    def round(self, operator: Measured, count: int) -> Round:
         result = Round(count)
         manifest = self.manifest(count)
         env = dict(os.environ, KUBECONFIG=str(self.plane.kubeconfig))
@@ -329,7 +386,11 @@ class Bench:
         return result
 
     def measure(self, label: str, revision: str | None, count: int, rounds: int) -> OperatorRun:
-        operator = Operator(self.plane, self.state, revision)
+        operator: Measured = (
+            InstalledOperator(self.plane)
+            if self.installed
+            else Operator(self.plane, self.state, revision)
+        )
         operator.start()
         progress(f"{label} started; idle window without Sandboxes")
         run = OperatorRun(label, rss_start=rss_mib(operator.pid))
@@ -403,16 +464,34 @@ def control_plane(count: int) -> Iterator[tuple[ControlPlane, Path]]:
     try:
         with ControlPlane(state / "plane", nodes=1, binaries=ensure_binaries()) as plane:
             plane.install_crds(REPO_ROOT / "crds")
-            for name in (SYSTEM, NAMESPACE):
-                plane.kubectl("create", "namespace", name)
-            deadline = time.monotonic() + 60
-            while plane.kubectl("get", "sa", "default", "-n", NAMESPACE, check=False).returncode:
-                if time.monotonic() > deadline:
-                    raise SystemExit("no default ServiceAccount in the bench namespace")
-                time.sleep(0.5)
+            plane.kubectl("create", "namespace", SYSTEM)
+            bench_namespace(plane)
             yield plane, state
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+@contextmanager
+def installed_plane() -> Iterator[tuple[ControlPlane, Path]]:
+    """What ``make up`` installs (the chart on the real node), for ``--installed``."""
+    from kubesandbox_devenv.installed import installed_system
+
+    state = Path(tempfile.mkdtemp(prefix="ksb-scale-", dir="/tmp"))
+    try:
+        with installed_system("ksbs-", cleanup_timeout=900) as system:
+            bench_namespace(system.plane)
+            yield system.plane, state
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def bench_namespace(plane: ControlPlane) -> None:
+    plane.kubectl("create", "namespace", NAMESPACE)
+    deadline = time.monotonic() + 60
+    while plane.kubectl("get", "sa", "default", "-n", NAMESPACE, check=False).returncode:
+        if time.monotonic() > deadline:
+            raise SystemExit("no default ServiceAccount in the bench namespace")
+        time.sleep(0.5)
 
 
 def main() -> None:
@@ -423,15 +502,24 @@ def main() -> None:
     parser.add_argument(
         "--baseline-ref", default=None, help="also measure the operator of this git revision"
     )
+    parser.add_argument(
+        "--installed",
+        action="store_true",
+        help="measure the operator of the Helm install on the real node (make up's system)",
+    )
     args = parser.parse_args()
-    with control_plane(args.count) as (plane, state):
-        bench = Bench(plane, state, args.idle)
+    if args.installed and args.baseline_ref:
+        parser.error("--baseline-ref runs an operator process of its own: not with --installed")
+    system = installed_plane() if args.installed else control_plane(args.count)
+    with system as (plane, state):
+        bench = Bench(plane, state, args.idle, installed=args.installed)
         old = None
         if args.baseline_ref:
             old = bench.measure(
                 f"operator at {args.baseline_ref}", args.baseline_ref, args.count, 1
             )
-        new = bench.measure("this operator", None, args.count, args.rounds)
+        label = "the installed operator" if args.installed else "this operator"
+        new = bench.measure(label, None, args.count, args.rounds)
         if old is not None:
             compare(old, new)
 
