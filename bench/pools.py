@@ -1,6 +1,6 @@
 """Warm-pool benchmark: a claim against a cold boot, measured in one run.
 
-    .venv/bin/python bench/pools.py [--runs 5] [--memory 128]
+    .venv/bin/python bench/pools.py [--runs 5] [--burst 20] [--memory 128]
 
 The whole system of ``make up`` (control plane, registry, node agent, operator, gateway) is
 started in a temporary directory with a SandboxPool of one VM (``busybox:1.36``, 1 vCPU,
@@ -17,8 +17,13 @@ both alike, for the same spec (its own env and hostname, which a claim applies):
   gateway, then the first ``exec`` answering: what an SDK script waits for before its first
   command; the same pool juggling.
 
-At most two VMs run at once (the pool's member and the sandbox measured). Prints each sample,
-the medians and the ratios warm / cold. Speed is measured, never asserted.
+At most two VMs run at once there (the pool's member and the sandbox measured). Then the
+**burst** (``--burst`` N, 0 to skip): the pool scaled to N and filled; N matching Sandboxes in
+one ``kubectl apply``, polled until each is Ready (all claims at once: p50 and the last one);
+the time until the pool is back to N ready VMs (N boots at once, with the N claimed VMs still
+running); the N deleted, the pool scaled to 0 and the same N applied again, booted cold at
+once. Prints each sample, the medians and the ratios warm / cold. Speed is measured, never
+asserted.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,7 @@ from typing import Any
 from microsandbox import BackendKind, Sandbox, backend_scope
 
 from kubesandbox_devenv import services
+from kubesandbox_devenv.nodes import NodeShape
 
 POOL = "bench-warm"
 BOOT_TIMEOUT = 300.0
@@ -124,7 +133,108 @@ def summary(label: str, warm: list[float], cold: list[float]) -> None:
     )
 
 
-def measure(system: services.RunningSystem, runs: int, memory: int) -> None:
+def burst_bodies(prefix: str, count: int, memory: int) -> dict[str, Any]:
+    items = [
+        {
+            "apiVersion": "kubesandbox.dev/v1alpha1",
+            "kind": "Sandbox",
+            "metadata": {
+                "name": f"{prefix}-{i}",
+                "namespace": "default",
+                "labels": {"bench": prefix},
+            },
+            "spec": {
+                **template(memory),
+                "hostname": f"{prefix}-{i}",
+                "env": [{"name": "RUN", "value": str(i)}],
+            },
+        }
+        for i in range(count)
+    ]
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def apply_burst(
+    system: services.RunningSystem, prefix: str, count: int, memory: int
+) -> tuple[list[float], list[str]]:
+    """All ``count`` applied at once; seconds from the apply until each was Ready (sorted), and
+    the ``status.pool`` of each. Readiness comes from a watch (``kubectl get -w``), so a list
+    slowed down by the load of the burst cannot delay when a Sandbox counts as Ready."""
+    plane = system.plane
+    template = (
+        '{.metadata.name} {.status.conditions[?(@.type=="Ready")].status} {.status.pool}{"\\n"}'
+    )
+    watch = subprocess.Popen(
+        [str(plane.binaries.kubectl), "get", "sandboxes", "-l", f"bench={prefix}", "-w",
+         "-o", f"jsonpath={template}"],
+        env=dict(os.environ, KUBECONFIG=str(plane.kubeconfig)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    ready: dict[str, float] = {}
+    pools: dict[str, str] = {}
+    began = 0.0
+
+    def follow() -> None:
+        assert watch.stdout is not None
+        for line in watch.stdout:
+            name, _, rest = line.strip().partition(" ")
+            state, _, pool = rest.partition(" ")
+            if name and state == "True" and name not in ready:
+                ready[name] = time.perf_counter() - began
+                pools[name] = pool
+
+    reader = threading.Thread(target=follow, daemon=True)
+    try:
+        time.sleep(1.0)  # the watch is established before the apply
+        began = time.perf_counter()
+        reader.start()
+        kubectl(system, "apply", "-f", "-", stdin=json.dumps(burst_bodies(prefix, count, memory)))
+        while len(ready) < count:
+            if time.perf_counter() - began > BOOT_TIMEOUT * 2:
+                raise SystemExit(f"{count - len(ready)} of the {prefix} burst not Ready in time")
+            time.sleep(0.1)
+    finally:
+        watch.kill()
+        watch.wait()
+    return sorted(ready.values()), [pools[name] for name in sorted(pools)]
+
+
+def delete_burst(system: services.RunningSystem, prefix: str) -> None:
+    kubectl(system, "delete", "sandboxes", "-l", f"bench={prefix}", "--timeout=600s")
+
+
+def burst(system: services.RunningSystem, count: int, memory: int) -> None:
+    """``count`` claims at once against ``count`` cold boots at once, and the refill."""
+    print(f"\nburst of {count}: pool scaled from 1 to {count} ...")
+    filled = time.perf_counter()
+    kubectl(system, "scale", f"sandboxpool/{POOL}", f"--replicas={count}")
+    wait_pool(system, count)
+    print(f"pool filled to {count} in {time.perf_counter() - filled:.1f} s")
+    warm, served = apply_burst(system, "burst-warm", count, memory)
+    unserved = [p for p in served if p != POOL]
+    if unserved:
+        raise SystemExit(f"{len(unserved)} of the warm burst were not served by the pool")
+    refilled = wait_pool(system, count) + warm[-1]
+    delete_burst(system, "burst-warm")
+    scale(system, 0)
+    cold, served = apply_burst(system, "burst-cold", count, memory)
+    assert not any(served), served
+    delete_burst(system, "burst-cold")
+    scale(system, 1)
+    w50, c50 = statistics.median(warm), statistics.median(cold)
+    print(
+        f"{count} claims at once: Ready p50 {w50:.2f} s, last {warm[-1]:.2f} s; "
+        f"{count} cold boots at once: p50 {c50:.2f} s, last {cold[-1]:.2f} s; "
+        f"warm / cold = {w50 / c50:.2f}x (p50), {warm[-1] / cold[-1]:.2f}x (last)"
+    )
+    print(
+        f"refill of {count} (from the apply until the pool has {count} ready again): "
+        f"{refilled:.1f} s"
+    )
+
+
+def measure(system: services.RunningSystem, runs: int, burst_count: int, memory: int) -> None:
     pool = {
         "apiVersion": "kubesandbox.dev/v1alpha1",
         "kind": "SandboxPool",
@@ -169,22 +279,29 @@ def measure(system: services.RunningSystem, runs: int, memory: int) -> None:
             f"the apply), cold {cold[-1]:.2f} s; SDK warm {sdk_warm[-1]:.2f} s, "
             f"cold {sdk_cold[-1]:.2f} s"
         )
-    print()
-    summary("kubectl apply -> Ready", warm, cold)
-    summary("SDK create -> first exec", sdk_warm, sdk_cold)
-    print(f"{'refill (apply -> pool ready)':<28} median {statistics.median(refill):6.2f} s")
+    if runs:
+        print()
+        summary("kubectl apply -> Ready", warm, cold)
+        summary("SDK create -> first exec", sdk_warm, sdk_cold)
+        print(f"{'refill (apply -> pool ready)':<28} median {statistics.median(refill):6.2f} s")
+    if burst_count:
+        burst(system, burst_count, memory)
     kubectl(system, "delete", "sandboxpool", POOL, "--timeout=300s")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--burst", type=int, default=20, help="claims at once (0: none)")
     parser.add_argument("--memory", type=int, default=128)
     args = parser.parse_args()
     began = time.perf_counter()
-    with services.running_system("ksb-bench-pool-") as running:
+    # The Node advertises room for a burst's Pods (each requests its vCPU: the default 8 CPUs
+    # would hold 7 of them) and its refill; the VMs themselves share this machine's cores.
+    shape = NodeShape(cpu=str(4 * args.burst + 8), memory=f"{args.burst * 2 + 8}Gi")
+    with services.running_system("ksb-bench-pool-", node_shape=shape) as running:
         print(f"system up in {time.perf_counter() - began:.1f} s ({Path(running.paths.state_dir)})")
-        measure(running, args.runs, args.memory)
+        measure(running, args.runs, args.burst, args.memory)
     return 0
 
 
