@@ -116,13 +116,12 @@ def boot_fields(spec: SandboxSpec) -> dict[str, Any]:
 def can_claim(spec: SandboxSpec) -> bool:
     """Whether a Sandbox with this spec may be served by a booted VM at all (a fork,
     ``image.sandbox``, never: it starts from its source's state at the moment it is made; nor
-    one from a snapshot, ``image.snapshot``: its writable layer is the snapshot's; nor a
-    sandbox with ``secrets``: its egress proxy and CA are set up before it boots)."""
+    one from a snapshot, ``image.snapshot``: its writable layer is the snapshot's). Secrets
+    are applied at the claim (an egress proxy of the claimant's own)."""
     return (
         spec.lifecycle.state == DesiredState.RUNNING
         and spec.image.sandbox is None
         and spec.image.snapshot is None
-        and not spec.secrets
     )
 
 

@@ -553,6 +553,11 @@ class NetnsNetwork:
         egress = self._egress.get(uid)
         return egress.ca.pem if egress is not None else None
 
+    def drop_egress(self, uid: str) -> None:
+        egress = self._egress.pop(uid, None)
+        if egress is not None:
+            egress.close()
+
     async def _host_rules(self, plan: Plan, ns_ip: str, subnet: str) -> None:
         await run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         await self._drop_host_rules(plan.uid)

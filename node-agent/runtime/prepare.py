@@ -75,6 +75,11 @@ class NetworkProvider(Protocol):
         """The PEM certificate of the sandbox's egress CA, when it has an egress proxy."""
         ...
 
+    def drop_egress(self, uid: str) -> None:
+        """Closes the sandbox's egress proxy and forgets its CA (the next ``attach`` with
+        secrets makes a new one)."""
+        ...
+
 
 class NoNetwork:
     async def attach(self, desired: DesiredSandbox) -> tuple[bc.Network | None, list[str]]:
@@ -90,6 +95,9 @@ class NoNetwork:
         return None
 
     def ca_certificate(self, uid: str) -> bytes | None:
+        return None
+
+    def drop_egress(self, uid: str) -> None:
         return None
 
 
@@ -351,6 +359,16 @@ class SandboxPreparer:
 
     def rotate_secrets(self, desired: DesiredSandbox) -> None:
         self.network.update_secrets(desired)
+
+    async def claim_network(self, member: DesiredSandbox, claimant: DesiredSandbox) -> None:
+        """A claimed VM's egress as if it had booted with the claimant's spec: with secrets, a
+        proxy holding the claimant's values behind a CA of its own (a member's proxy, if its
+        template had secrets, is dropped with its CA); without, none. Both share the network
+        policy, rules and ports (they are boot-time fields)."""
+        if not member.spec.secrets and not claimant.spec.secrets:
+            return
+        self.network.drop_egress(member.uid)
+        await self.update_live(member, claimant)
 
     async def update_live(self, previous: DesiredSandbox, desired: DesiredSandbox) -> None:
         """Network policy, rules and published ports of a running sandbox (also called with

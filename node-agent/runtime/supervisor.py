@@ -121,6 +121,10 @@ class Preparer(Protocol):
         """New secret values for the running egress proxy."""
         ...
 
+    async def claim_network(self, member: DesiredSandbox, claimant: DesiredSandbox) -> None:
+        """The claimant's egress proxy (secrets, a CA of its own) on the member's network."""
+        ...
+
     def share_image(self, source_uid: str, uid: str) -> None:
         """Pins ``source_uid``'s image layers for ``uid`` too (a snapshot of it)."""
         ...
@@ -729,10 +733,12 @@ class Supervisor:
     # --- claim (warm pools) -----------------------------------------------------------------
 
     async def claim(self, claimant: DesiredSandbox, pool: str) -> None:
-        """This pool member's running VM becomes ``claimant``'s: the guest agent takes on its
-        env, hostname, scripts and a fresh identity (``kubesandbox.claim``), then the record
-        says whom it serves. The VM keeps its key (:attr:`uid`); lifecycle policies follow the
-        claimant's spec from now on, ``maxDurationSeconds`` counted from the claim."""
+        """This pool member's running VM becomes ``claimant``'s: its secrets get an egress proxy
+        of their own, the guest agent takes on its env (with the secrets' placeholders),
+        hostname, scripts and a fresh identity (``kubesandbox.claim``) and the proxy's CA in
+        its trust store, then the record says whom it serves. The VM keeps its key
+        (:attr:`uid`); lifecycle policies follow the claimant's spec from now on,
+        ``maxDurationSeconds`` counted from the claim."""
         async with self._lock:
             handle = self.handle
             if handle is None or self.phase != Phase.RUNNING or not self.desired.pool_member:
@@ -746,10 +752,21 @@ class Supervisor:
             )
             payload = claim_payload(desired, await self.preparer.claim_env(desired))
             try:
+                # the claimant's secrets behind its own egress proxy before its env (their
+                # placeholders) reaches the guest
+                await self.preparer.claim_network(self.desired, desired)
+            except PrepareError as exc:
+                raise ClaimRefused(f"the claimant's network: {exc}") from exc
+            try:
                 async with await AgentClient.connect(self.relay_socket) as client:
                     answer = await asyncio.wait_for(
                         client.request(MessageType.CLAIM, payload), CLAIM_TIMEOUT
                     )
+                    if answer.t == MessageType.CLAIMED and desired.spec.secrets:
+                        await asyncio.wait_for(
+                            self.preparer.egress_trust(desired, self.relay_socket),
+                            EGRESS_TRUST_TIMEOUT,
+                        )
             except (AgentError, OSError, TimeoutError) as exc:
                 raise ClaimRefused(f"the guest agent did not answer the claim: {exc}") from exc
             if answer.t != MessageType.CLAIMED:

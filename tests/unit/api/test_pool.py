@@ -56,9 +56,10 @@ def test_a_sandbox_created_stopped_is_not_served_from_a_pool() -> None:
     assert not matches(spec(), spec(lifecycle={"state": "Stopped"}))
 
 
-def test_a_sandbox_with_secrets_is_not_served_from_a_pool() -> None:
+def test_secrets_are_applied_at_the_claim_and_need_not_match() -> None:
     secret = {"env": "TOKEN", "secretKeyRef": {"name": "s", "key": "k"}, "allowHosts": ["a.b"]}
-    assert not matches(spec(), spec(secrets=[secret]))
+    assert matches(spec(), spec(secrets=[secret]))
+    assert matches(spec(secrets=[secret]), spec())
 
 
 def test_boot_fields_leave_out_exactly_the_claim_time_fields() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import uuid
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from typing import Any
 
@@ -293,6 +294,52 @@ async def test_a_fork_gets_its_own_proxy_and_ca(
         assert await guest_ca(sandbox) == source_ca  # the source keeps its own
     finally:
         await runtime.remove(fork.uid)
+
+
+async def test_a_pool_vm_claimed_with_secrets_gets_its_own_proxy_and_ca(
+    sandbox: Supervisor, runtime: Runtime, kit: EgressHosts, egress_guest_image: str
+) -> None:
+    """Secrets apply at a claim (docs/pools.md): a member booted without any serves a
+    claimant that has them, as if it had booted with them: placeholders in its env, a proxy
+    holding the values behind a CA of its own in its trust store, the value sent only to the
+    allowed host."""
+    spec: dict[str, Any] = {
+        "image": {"oci": egress_guest_image},
+        "memory": 384,
+        "network": {"policy": "PublicOnly"},
+    }
+    member = DesiredSandbox.model_validate(
+        {"namespace": "default", "name": "sec-pool-x", "uid": str(uuid.uuid4()),
+         "generation": 1, "spec": spec, "poolMember": True}
+    )  # fmt: skip
+    supervisor = runtime.put(member)
+    async with asyncio.timeout(240):
+        while supervisor.phase != Phase.RUNNING:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    # no secrets, no proxy: nothing to trust
+    assert await guest(supervisor, 'echo "[$NODE_EXTRA_CA_CERTS]"') == (0, "[]\n")
+    claimant = DesiredSandbox.model_validate(
+        {"namespace": "default", "name": "sec-claimed", "uid": str(uuid.uuid4()),
+         "generation": 1, "spec": {**spec, "secrets": SECRETS}, "resolved": {"secrets": VALUES}}
+    )  # fmt: skip
+    claimed = await runtime.claim(member.uid, claimant, "sec-pool")
+    try:
+        code, out = await guest(claimed, 'printf "%s\n" "$API_KEY"')
+        assert (code, out) == (0, "$MSB_API_KEY\n")
+        claimed_ca = await guest_ca(claimed)
+        assert claimed_ca.startswith("-----BEGIN CERTIFICATE-----")
+        assert claimed_ca != await guest_ca(sandbox)
+        code, out = await guest(claimed, curl('-H "X-Key: $API_KEY"', f"https://{API}/claimed"))
+        assert code == 0, out
+        assert kit[API].wait_for(lambda r: r.path == "/claimed").header("x-key") == VALUE
+        for host in kit.hosts.values():
+            host.clear()
+        code, out = await guest(
+            claimed, curl('-H "X-Key: $API_KEY"', f"https://{OTHER}/claimed-elsewhere")
+        )
+        nobody_carries(kit, VALUE)
+    finally:
+        await runtime.remove(claimed.uid)
 
 
 async def test_a_restarted_node_agent_makes_a_new_ca_and_gets_the_values_again(

@@ -185,6 +185,10 @@ class FakePreparer:
     updated: list[int] = field(default_factory=list)
     forked: list[tuple[str, str]] = field(default_factory=list)
     rotated: list[dict[str, str]] = field(default_factory=list)
+    trusted: list[str] = field(default_factory=list)
+    """uids whose guest was given the egress CA."""
+    claim_networks: list[tuple[str, int]] = field(default_factory=list)
+    """(member uid, the claimant's secret count) per claim."""
     pins: dict[str, str] = field(default_factory=dict)
     snapshots: SnapshotStore | None = None
     """uid → the uid whose image it shares (snapshots)."""
@@ -230,7 +234,10 @@ class FakePreparer:
         self.removed.append(desired.uid)
 
     async def egress_trust(self, desired: DesiredSandbox, relay_socket: Path) -> None:
-        return None
+        self.trusted.append(desired.uid)
+
+    async def claim_network(self, member: DesiredSandbox, claimant: DesiredSandbox) -> None:
+        self.claim_networks.append((member.uid, len(claimant.spec.secrets)))
 
     def rotate_secrets(self, desired: DesiredSandbox) -> None:
         self.rotated.append(dict(desired.resolved.secrets))

@@ -132,3 +132,22 @@ def test_each_claim_payload_is_a_fresh_identity() -> None:
     assert one["machine_id"] != two["machine_id"]
     assert one["entropy"] != two["entropy"]
     assert one["hostname"] == "x" * 63
+
+
+async def test_a_claimants_secrets_get_their_egress_before_the_guest_takes_its_env(
+    env: Env,
+) -> None:
+    vm = await member(env)
+    secret = {"env": "API_KEY", "secretKeyRef": {"name": "s", "key": "k"}, "allowHosts": ["a.b"]}
+    claimant = desired("mine", secrets=[secret])
+    await env.runtime.claim(vm.uid, claimant, "pool")
+    assert env.preparer.claim_networks == [(vm.uid, 1)]
+    assert env.preparer.trusted == [vm.uid]  # the egress CA into the guest's trust store
+    # (the placeholders in the env: tests/integration/node/runtime/test_secrets.py, real VM)
+
+
+async def test_a_claimant_without_secrets_gets_no_egress_ca(env: Env) -> None:
+    vm = await member(env)
+    await env.runtime.claim(vm.uid, desired("mine"), "pool")
+    assert env.preparer.claim_networks == [(vm.uid, 0)]
+    assert env.preparer.trusted == []
