@@ -141,3 +141,37 @@ def test_a_secret_reaches_only_its_host_and_is_nowhere_else(
     finally:
         system.plane.kubectl("delete", "sandbox", NAME, "--wait", "--timeout=120s")
         system.plane.kubectl("delete", "secret", SECRET)
+
+
+def test_a_sandbox_with_secrets_is_served_by_a_warm_pool(system: System, kit: EgressHosts) -> None:
+    """Secrets apply at a claim (docs/pools.md): the pool's VM booted without any, the
+    claimant's value still reaches only its host, through a proxy of its own."""
+    api = kit[API]
+    image = guest_image(system.registry)
+    pool = {
+        "apiVersion": "kubesandbox.dev/v1alpha1",
+        "kind": "SandboxPool",
+        "metadata": {"name": "keyholders", "namespace": "default"},
+        "spec": {"replicas": 1, "template": {"spec": {"image": {"oci": image}, "memory": 384}}},
+    }
+    system.plane.kubectl("apply", "-f", "-", input_text=json.dumps(pool))
+    system.plane.kubectl("apply", "-f", "-", input_text=secret(VALUE))
+    try:
+        system.plane.kubectl(
+            "wait", "--for=condition=Ready", "sandboxpool/keyholders", "--timeout=300s"
+        )
+        system.plane.kubectl("apply", "-f", "-", input_text=sandbox(image, api.address))
+        body = system.wait_for_phase(NAME, {"Running"}, ready=True)
+        assert body["status"].get("pool") == "keyholders", body["status"]
+
+        _, out = system.run(NAME, 'printf "%s\\n" "$API_KEY"')
+        assert out == "$MSB_API_KEY\n", out
+        code, out = system.run(NAME, curl(api.address, "/pooled"))
+        assert (code, out) == (0, "200"), out
+        assert api.wait_for(lambda r: r.path == "/pooled").header("authorization") == (
+            f"Bearer {VALUE}"
+        )
+    finally:
+        system.plane.kubectl("delete", "sandbox", NAME, "--wait", "--timeout=120s")
+        system.plane.kubectl("delete", "sandboxpool", "keyholders", "--wait", "--timeout=120s")
+        system.plane.kubectl("delete", "secret", SECRET)
