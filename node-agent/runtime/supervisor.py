@@ -762,15 +762,18 @@ class Supervisor:
                     answer = await asyncio.wait_for(
                         client.request(MessageType.CLAIM, payload), CLAIM_TIMEOUT
                     )
-                    if answer.t == MessageType.CLAIMED and desired.spec.secrets:
-                        await asyncio.wait_for(
-                            self.preparer.egress_trust(desired, self.relay_socket),
-                            EGRESS_TRUST_TIMEOUT,
-                        )
             except (AgentError, OSError, TimeoutError) as exc:
                 raise ClaimRefused(f"the guest agent did not answer the claim: {exc}") from exc
             if answer.t != MessageType.CLAIMED:
                 raise ClaimRefused(f"the guest agent refused the claim: {answer.payload}")
+            if desired.spec.secrets:
+                try:
+                    await asyncio.wait_for(
+                        self.preparer.egress_trust(desired, self.relay_socket),
+                        EGRESS_TRUST_TIMEOUT,
+                    )
+                except (AgentError, OSError, TimeoutError) as exc:
+                    raise ClaimRefused(f"the egress CA did not reach the guest: {exc}") from exc
             self.record.claimed_by = claimant.uid
             self.record.pool = pool
             self.record.desired = desired
