@@ -71,6 +71,9 @@ class StandinPreparer:
     def rotate_secrets(self, desired: DesiredSandbox) -> None:
         self.rotated.append(dict(desired.resolved.secrets))
 
+    async def claim_network(self, member: DesiredSandbox, claimant: DesiredSandbox) -> None:
+        """The stand-in boots without a network: no egress to set up."""
+
     def share_image(self, source_uid: str, uid: str) -> None:
         """No image layers to pin: the stand-in boots from the test's rootfs image."""
 
