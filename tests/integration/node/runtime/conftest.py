@@ -185,8 +185,9 @@ async def networked_node(
     try:
         yield node
     finally:
-        for uid in list(node.runtime.sandboxes):
-            await node.runtime.remove(uid)
+        # by the Sandbox each VM serves: a claimed pool VM answers to its claimant's uid only
+        for supervisor in list(node.runtime.sandboxes.values()):
+            await node.runtime.remove(supervisor.sandbox_uid)
         await registry.close()
         CgroupManager(parent=f"kubesandbox-test-{os.getpid()}").remove_parents()
         shutil.rmtree(state, ignore_errors=True)

@@ -339,7 +339,7 @@ async def test_a_pool_vm_claimed_with_secrets_gets_its_own_proxy_and_ca(
         )
         nobody_carries(kit, VALUE)
     finally:
-        await runtime.remove(claimed.uid)
+        await runtime.remove(claimant.uid)  # a claimed VM is the claimant's (its own uid: nobody)
 
 
 async def test_a_restarted_node_agent_makes_a_new_ca_and_gets_the_values_again(
