@@ -33,6 +33,7 @@ import re
 import statistics
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -46,16 +47,29 @@ from kubesandbox_devenv.processes import ManagedProcess
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE"}
 
 
+def sandbox_body(
+    name: str,
+    spec: Mapping[str, object] | None = None,
+    *,
+    namespace: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Sandbox of ``busybox:1.36`` (unless ``spec`` names another image) for the benches."""
+    metadata: dict[str, object] = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    if labels:
+        metadata["labels"] = labels
+    return {
+        "apiVersion": "kubesandbox.dev/v1alpha1",
+        "kind": "Sandbox",
+        "metadata": metadata,
+        "spec": {"image": {"oci": "busybox:1.36"}, **(spec or {})},
+    }
+
+
 def sandbox_manifest(name: str, **spec: object) -> str:
-    body = {"image": {"oci": "busybox:1.36"}, **spec}
-    return json.dumps(
-        {
-            "apiVersion": "kubesandbox.dev/v1alpha1",
-            "kind": "Sandbox",
-            "metadata": {"name": name},
-            "spec": body,
-        }
-    )
+    return json.dumps(sandbox_body(name, spec))
 
 
 def ready(plane: ControlPlane, names: list[str]) -> set[str]:
@@ -126,9 +140,14 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def sandbox_list(names: list[str], **spec: object) -> str:
+def sandbox_list(
+    names: list[str], spec: Mapping[str, object], *, namespace: str | None = None
+) -> str:
     """One ``List`` manifest, so that ``kubectl apply`` creates them all in one go."""
-    items = [json.loads(sandbox_manifest(name, **spec)) for name in names]
+    return as_list([sandbox_body(name, spec, namespace=namespace) for name in names])
+
+
+def as_list(items: list[dict[str, Any]]) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
 
 
@@ -230,7 +249,7 @@ def batch(system: services.RunningSystem, count: int, memory: int, idle: float) 
     cheap = {"cpus": 1, "memory": memory, "network": {"policy": "None"}}
     before = write_requests(plane)
     began = time.monotonic()
-    plane.kubectl("apply", "-f", "-", input_text=sandbox_list(names, **cheap))
+    plane.kubectl("apply", "-f", "-", input_text=sandbox_list(names, cheap))
     applied = time.monotonic() - began
     ready_at: dict[str, float] = {}
     crashed: dict[str, str] = {}

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apply import sandbox_list  # bench/apply.py: this folder is on sys.path
 from microsandbox import BackendKind, Sandbox, backend_scope
 
 from kubesandbox_devenv import installed, services
@@ -55,24 +56,9 @@ CAPACITY = {
 
 
 def manifest(count: int, idle: int, memory: int) -> str:
-    items = [
-        {
-            "apiVersion": "kubesandbox.dev/v1alpha1",
-            "kind": "Sandbox",
-            "metadata": {"name": f"{PREFIX}-{i:03d}", "namespace": NAMESPACE},
-            "spec": {
-                "image": {"oci": "busybox:1.36"},
-                "memory": memory,
-                "lifecycle": {
-                    "idleTimeoutSeconds": idle,
-                    "idleAction": "Suspend",
-                    "restartPolicy": "OnFailure",
-                },
-            },
-        }
-        for i in range(count)
-    ]
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    lifecycle = {"idleTimeoutSeconds": idle, "idleAction": "Suspend", "restartPolicy": "OnFailure"}
+    names = [f"{PREFIX}-{i:03d}" for i in range(count)]
+    return sandbox_list(names, {"memory": memory, "lifecycle": lifecycle}, namespace=NAMESPACE)
 
 
 class Sampler(threading.Thread):

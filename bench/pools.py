@@ -19,7 +19,8 @@ both alike, for the same spec (its own env and hostname, which a claim applies):
 
 At most two VMs run at once there (the pool's member and the sandbox measured). Then the
 **burst** (``--burst`` N, 0 to skip): the pool scaled to N and filled; N matching Sandboxes in
-one ``kubectl apply``, polled until each is Ready (all claims at once: p50 and the last one);
+one ``kubectl apply``, each timed until a watch sees it Ready (all claims at once: p50 and the
+last one);
 the time until the pool is back to N ready VMs (N boots at once, with the N claimed VMs still
 running); the N deleted, the pool scaled to 0 and the same N applied again, booted cold at
 once. Prints each sample, the medians and the ratios warm / cold. Speed is measured, never
@@ -39,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apply import as_list, sandbox_body  # bench/apply.py: this folder is on sys.path
 from microsandbox import BackendKind, Sandbox, backend_scope
 
 from kubesandbox_devenv import services
@@ -83,18 +85,8 @@ def scale(system: services.RunningSystem, replicas: int) -> None:
 
 def kubectl_apply(system: services.RunningSystem, name: str, memory: int) -> tuple[float, str]:
     """apply → Ready; returns the seconds and ``status.pool`` (empty when booted cold)."""
-    body = {
-        "apiVersion": "kubesandbox.dev/v1alpha1",
-        "kind": "Sandbox",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            **template(memory),
-            "hostname": name,
-            "env": [{"name": "RUN", "value": name}],
-        },
-    }
     began = time.perf_counter()
-    kubectl(system, "apply", "-f", "-", stdin=json.dumps(body))
+    kubectl(system, "apply", "-f", "-", stdin=json.dumps(claimant(name, memory)))
     kubectl(system, "wait", "--for=condition=Ready", f"sandbox/{name}", "--timeout=300s")
     took = time.perf_counter() - began
     status = json.loads(kubectl(system, "get", "sandbox", name, "-o", "json"))["status"]
@@ -133,25 +125,10 @@ def summary(label: str, warm: list[float], cold: list[float]) -> None:
     )
 
 
-def burst_bodies(prefix: str, count: int, memory: int) -> dict[str, Any]:
-    items = [
-        {
-            "apiVersion": "kubesandbox.dev/v1alpha1",
-            "kind": "Sandbox",
-            "metadata": {
-                "name": f"{prefix}-{i}",
-                "namespace": "default",
-                "labels": {"bench": prefix},
-            },
-            "spec": {
-                **template(memory),
-                "hostname": f"{prefix}-{i}",
-                "env": [{"name": "RUN", "value": str(i)}],
-            },
-        }
-        for i in range(count)
-    ]
-    return {"apiVersion": "v1", "kind": "List", "items": items}
+def claimant(name: str, memory: int, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Sandbox that matches the pool, with an env and hostname of its own (claim-time)."""
+    spec = {**template(memory), "hostname": name, "env": [{"name": "RUN", "value": name}]}
+    return sandbox_body(name, spec, namespace="default", labels=labels)
 
 
 def apply_burst(
@@ -189,7 +166,8 @@ def apply_burst(
         time.sleep(1.0)  # the watch is established before the apply
         began = time.perf_counter()
         reader.start()
-        kubectl(system, "apply", "-f", "-", stdin=json.dumps(burst_bodies(prefix, count, memory)))
+        bodies = [claimant(f"{prefix}-{i}", memory, {"bench": prefix}) for i in range(count)]
+        kubectl(system, "apply", "-f", "-", stdin=as_list(bodies))
         while len(ready) < count:
             if time.perf_counter() - began > BOOT_TIMEOUT * 2:
                 raise SystemExit(f"{count - len(ready)} of the {prefix} burst not Ready in time")

@@ -54,6 +54,7 @@ from apply import (  # bench/apply.py: this folder is on sys.path
     cpu_seconds,
     requests_by_verb,
     rss_mib,
+    sandbox_list,
 )
 
 from kubesandbox_devenv.binaries import REPO_ROOT, ensure_binaries
@@ -315,22 +316,13 @@ class Bench:
         )
 
     def manifest(self, count: int) -> Path:
-        items = [
-            {
-                "apiVersion": "kubesandbox.dev/v1alpha1",
-                "kind": "Sandbox",
-                "metadata": {"name": f"waiting-{index}", "namespace": NAMESPACE},
-                "spec": {
-                    "image": {"oci": "busybox:1.36"},
-                    "cpus": 1,
-                    "memory": 128,
-                    "nodeSelector": NOWHERE,
-                },
-            }
-            for index in range(count)
-        ]
+        names = [f"waiting-{index}" for index in range(count)]
         path = self.state / f"sandboxes-{count}.json"
-        path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+        path.write_text(
+            sandbox_list(
+                names, {"cpus": 1, "memory": 128, "nodeSelector": NOWHERE}, namespace=NAMESPACE
+            )
+        )
         return path
 
     def round(self, operator: Measured, count: int) -> Round:
