@@ -27,14 +27,13 @@ The bench's own requests (the counting lists) happen outside the idle windows.
 ``--installed`` measures the system users run instead: everything ``make up`` installs (the
 chart on the real kubelet node: the operator's Pod, the gateway's and the node agent's, all
 watching Sandboxes), and the operator measured from outside, as the process in its Pod's
-container (found by the Pod's uid in its cgroup). The apiserver's counts then include the
+container (its pid from the node's CRI). The apiserver's counts then include the
 gateway's and the node agent's requests too.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -59,6 +58,7 @@ from apply import (  # bench/apply.py: this folder is on sys.path
 
 from kubesandbox_devenv.binaries import REPO_ROOT, ensure_binaries
 from kubesandbox_devenv.controlplane import ControlPlane
+from kubesandbox_devenv.installed import InstalledSystem, installed_system
 
 SYSTEM = "kubesandbox-system"
 NAMESPACE = "scale"
@@ -191,24 +191,15 @@ class Operator:
 
 
 class InstalledOperator:
-    """The operator of the Helm release: its Pod's process on this (the only) node. Started
-    and stopped by the install, not by the bench."""
+    """The operator of the Helm release: its container's process on this (the only) node.
+    Started and stopped by the install, not by the bench."""
 
-    def __init__(self, plane: ControlPlane) -> None:
-        self.plane = plane
+    def __init__(self, system: InstalledSystem) -> None:
+        self.system = system
         self._pid = 0
 
     def start(self) -> None:
-        listed = json.loads(
-            self.plane.kubectl(
-                "get", "pods", "-n", SYSTEM, "-l", "app.kubernetes.io/component=operator",
-                "-o", "json",
-            ).stdout
-        )  # fmt: skip
-        uids = [pod["metadata"]["uid"] for pod in listed["items"]]
-        if len(uids) != 1:
-            raise SystemExit(f"expected one operator Pod, found {len(uids)}")
-        self._pid = pod_process(uids[0], "kubesandbox-operator")
+        self._pid = self.system.container_pid("operator")
         time.sleep(2)
 
     @property
@@ -219,28 +210,17 @@ class InstalledOperator:
         pass
 
 
-def pod_process(pod_uid: str, command: str) -> int:
-    """The pid of the process running ``command`` in the Pod ``pod_uid`` (the cgroupfs
-    driver names each Pod's cgroup ``pod<uid>``)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cgroups = (entry / "cgroup").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"pod{pod_uid}" in cgroups and any(command.encode() in arg for arg in argv):
-            return int(entry.name)
-    raise SystemExit(f"no process running {command} in Pod {pod_uid}")
-
-
 Measured = Operator | InstalledOperator
 
 
 class Bench:
     def __init__(
-        self, plane: ControlPlane, state: Path, idle: float, *, installed: bool = False
+        self,
+        plane: ControlPlane,
+        state: Path,
+        idle: float,
+        *,
+        installed: InstalledSystem | None = None,
     ) -> None:
         self.plane, self.state, self.idle, self.installed = plane, state, idle, installed
         self.kubectl_binary = str(plane.binaries.kubectl)
@@ -379,8 +359,8 @@ class Bench:
 
     def measure(self, label: str, revision: str | None, count: int, rounds: int) -> OperatorRun:
         operator: Measured = (
-            InstalledOperator(self.plane)
-            if self.installed
+            InstalledOperator(self.installed)
+            if self.installed is not None
             else Operator(self.plane, self.state, revision)
         )
         operator.start()
@@ -451,28 +431,26 @@ def compare(old: OperatorRun, new: OperatorRun) -> None:
 
 
 @contextmanager
-def control_plane(count: int) -> Iterator[tuple[ControlPlane, Path]]:
+def control_plane(count: int) -> Iterator[tuple[ControlPlane, Path, InstalledSystem | None]]:
     state = Path(tempfile.mkdtemp(prefix="ksb-scale-", dir="/tmp"))
     try:
         with ControlPlane(state / "plane", nodes=1, binaries=ensure_binaries()) as plane:
             plane.install_crds(REPO_ROOT / "crds")
             plane.kubectl("create", "namespace", SYSTEM)
             bench_namespace(plane)
-            yield plane, state
+            yield plane, state, None
     finally:
         shutil.rmtree(state, ignore_errors=True)
 
 
 @contextmanager
-def installed_plane() -> Iterator[tuple[ControlPlane, Path]]:
+def installed_plane() -> Iterator[tuple[ControlPlane, Path, InstalledSystem | None]]:
     """What ``make up`` installs (the chart on the real node), for ``--installed``."""
-    from kubesandbox_devenv.installed import installed_system
-
     state = Path(tempfile.mkdtemp(prefix="ksb-scale-", dir="/tmp"))
     try:
         with installed_system("ksbs-", cleanup_timeout=900) as system:
             bench_namespace(system.plane)
-            yield system.plane, state
+            yield system.plane, state, system
     finally:
         shutil.rmtree(state, ignore_errors=True)
 
@@ -503,8 +481,8 @@ def main() -> None:
     if args.installed and args.baseline_ref:
         parser.error("--baseline-ref runs an operator process of its own: not with --installed")
     system = installed_plane() if args.installed else control_plane(args.count)
-    with system as (plane, state):
-        bench = Bench(plane, state, args.idle, installed=args.installed)
+    with system as (plane, state, installed):
+        bench = Bench(plane, state, args.idle, installed=installed)
         old = None
         if args.baseline_ref:
             old = bench.measure(

@@ -275,6 +275,23 @@ class InstalledSystem:
     def relay_socket(self, uid: str) -> Path:
         return self.dirs.relay_socket(uid)
 
+    def container_pid(self, container: str) -> int:
+        """The host pid of the running container ``container`` (``operator``, ``gateway``,
+        ``node-agent``) of the release's Pods, from the CRI; ``LookupError`` unless exactly
+        one runs."""
+        listed = self.node.crictl(
+            "ps", "--state", "Running", "--namespace", SYSTEM_NAMESPACE,
+            "--label", f"io.kubernetes.container.name={container}", "-q",
+        )  # fmt: skip
+        ids = listed.stdout.split()
+        if len(ids) != 1:
+            raise LookupError(f"running {container} containers: {ids}")
+        info = json.loads(self.node.crictl("inspect", ids[0]).stdout)["info"]
+        pid = info.get("pid")
+        if not isinstance(pid, int) or pid <= 0:
+            raise LookupError(f"{container} container {ids[0]} has no process: {info}")
+        return pid
+
     def node_agent_pod(self) -> dict[str, Any] | None:
         """The node agent's Pod when exactly one is Ready and none is being deleted."""
         listed = self.plane.kubectl(

@@ -26,7 +26,6 @@ from kubernetes import client
 
 from kubesandbox_api import GROUP, PLURAL, VERSION
 from kubesandbox_devenv import services
-from kubesandbox_devenv.installed import SYSTEM_NAMESPACE
 from tests.e2e.conftest import System
 from tests.support.waiting import eventually
 
@@ -230,7 +229,7 @@ class Chaos:
         as a crash or an OOM kill would; the kubelet starts the container again. Returns the
         killed pid. The VMs are no processes of the node agent's container (they live in
         cgroups of their own), so they are not in it."""
-        pid = container_pid(self.system, component)
+        pid = self.system.installed.container_pid(component)
         os.kill(pid, signal.SIGKILL)
         eventually(lambda: not Path(f"/proc/{pid}").exists(), 30, f"{component} {pid} alive")
         return pid
@@ -238,26 +237,11 @@ class Chaos:
     def wait_restarted(self, component: str, killed: int) -> None:
         def started_again() -> bool:
             try:
-                return container_pid(self.system, component) != killed
-            except AssertionError:
+                return self.system.installed.container_pid(component) != killed
+            except LookupError:
                 return False
 
         eventually(started_again, 180, f"the kubelet restarted {component}")
-
-
-def container_pid(system: System, component: str) -> int:
-    """The host pid of the running container of kubesandbox's ``component`` Pod (CRI)."""
-    listed = system.installed.node.crictl(
-        "ps", "--state", "Running", "--namespace", SYSTEM_NAMESPACE,
-        "--label", f"io.kubernetes.container.name={component}", "-q",
-    )  # fmt: skip
-    ids = listed.stdout.split()
-    assert len(ids) == 1, f"running {component} containers: {ids}"
-    inspected = json.loads(system.installed.node.crictl("inspect", ids[0]).stdout)
-    pid = inspected["info"]["pid"]
-    assert isinstance(pid, int), inspected["info"]
-    assert pid > 0, inspected["info"]
-    return pid
 
 
 @pytest.fixture(scope="module")
