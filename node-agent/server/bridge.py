@@ -85,8 +85,8 @@ class AgentBridge:
     async def serve(self, relay: Relay) -> None:
         """Until the client leaves or the relay ends the slot (drain, the VM gone); then the
         WebSocket is closed."""
+        # the relay closes its writer (this bridge: ``_end``) whenever it stops serving
         serving = asyncio.create_task(relay.attach(self.reader, self), name="agent-bridge")
-        serving.add_done_callback(lambda _: self._end())
         closer = asyncio.create_task(self._close_after(serving))
         try:
             async for message in self.ws:
